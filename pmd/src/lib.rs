@@ -1,0 +1,23 @@
+//! virtio-pmd: a userspace, poll-mode virtio-net driver.
+//!
+//! Layers, bottom up (see `DESIGN.md`): [`spec`] (wire layouts), [`mem`] (DMA regions and IOVAs),
+//! [`mbuf`] (zero-copy packet buffers and their pools), [`virtqueue`] (the driver side of packed and
+//! split rings), [`transport`] (how a device is reached: VFIO PCI or vhost-user), and the
+//! virtio-net port on top. The `testing` feature adds a software device that plays the device side
+//! of both ring formats.
+//!
+//! Unsafe code is confined to the modules that touch DMA memory, MMIO and ioctls; each of them
+//! opts in with `#![allow(unsafe_code)]` and documents every block.
+#![deny(unsafe_code)]
+
+pub mod error;
+pub mod mbuf;
+pub mod mem;
+pub mod spec;
+pub mod transport;
+pub mod virtqueue;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::{Error, Result};

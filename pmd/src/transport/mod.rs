@@ -1,0 +1,78 @@
+//! How a virtio device is reached: the [`Transport`] trait, and its implementations over VFIO
+//! (a PCI function owned by this process) and vhost-user (a backend process over a socket).
+//!
+//! Only the transport knows which one it is. The net device, the rings and the mempool see
+//! features, status, device configuration, queue set-up, a [`Notify`] per queue, and DMA regions
+//! the device can reach at their IOVA.
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::mem::DmaRegion;
+use crate::spec::features::Features;
+
+/// Device addresses of the three areas of a virtqueue ("Virtqueues", 2.6): descriptor area,
+/// driver area (split: available ring; packed: driver event suppression) and device area
+/// (split: used ring; packed: device event suppression).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueAddresses {
+    /// Descriptor area.
+    pub desc: u64,
+    /// Driver area.
+    pub driver: u64,
+    /// Device area.
+    pub device: u64,
+}
+
+/// Which ring layout a queue uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingFormat {
+    /// "Packed Virtqueues" (VIRTIO_F_RING_PACKED).
+    Packed,
+    /// "Split Virtqueues".
+    Split,
+}
+
+/// Sends an available-buffer notification ("kick") for one queue. Called at most once per burst,
+/// and only when the device's event suppression asks for it, so an indirect call is cheap here.
+pub trait Notify: Send {
+    /// Notifies the device that `queue` has new available buffers.
+    fn notify(&self);
+}
+
+/// The operations the virtio-net device needs from a transport.
+///
+/// Order of use follows "Device Initialization" (3.1.1): `reset`, status ACKNOWLEDGE | DRIVER,
+/// `device_features` / `set_driver_features`, FEATURES_OK (read back), `map_dma` for every region
+/// the device will see, `setup_queue` for each queue, then DRIVER_OK.
+pub trait Transport: Send {
+    /// What the user calls this device: a PCI address or a socket path.
+    fn name(&self) -> &str;
+    /// Resets the device and waits until the reset is complete.
+    fn reset(&mut self) -> Result<()>;
+    /// Reads the device status.
+    fn status(&mut self) -> Result<u8>;
+    /// Writes the device status.
+    fn set_status(&mut self, status: u8) -> Result<()>;
+    /// The features the device offers.
+    fn device_features(&mut self) -> Result<Features>;
+    /// Writes the features the driver accepts.
+    fn set_driver_features(&mut self, features: Features) -> Result<()>;
+    /// Number of virtqueues the device has (for vhost-user: the most the backend supports).
+    fn num_queues(&mut self) -> Result<u16>;
+    /// Largest ring size the device allows for `queue`.
+    fn max_queue_size(&mut self, queue: u16) -> Result<u16>;
+    /// Reads `buf.len()` bytes of the device-specific configuration at `offset`.
+    fn read_device_config(&mut self, offset: usize, buf: &mut [u8]) -> Result<()>;
+    /// Makes `region` reachable by the device at `region.iova()`. Mapping a region twice is a no-op.
+    fn map_dma(&mut self, region: &Arc<DmaRegion>) -> Result<()>;
+    /// Configures and enables `queue` with `size` entries of `format` at `addresses`, and returns
+    /// its notifier.
+    fn setup_queue(
+        &mut self,
+        queue: u16,
+        size: u16,
+        format: RingFormat,
+        addresses: QueueAddresses,
+    ) -> Result<Box<dyn Notify>>;
+}
