@@ -13,6 +13,7 @@
 pub mod error;
 pub mod mbuf;
 pub mod mem;
+pub mod net;
 pub mod spec;
 pub mod transport;
 pub mod virtqueue;

@@ -1,1 +1,300 @@
-//! placeholder
+//! Zero-copy packet buffers ([`Mbuf`]) and the pools they come from ([`Mempool`]).
+//!
+//! Every element of a pool lives in one DMA region: a 64-byte header the CPU alone touches,
+//! then `headroom` bytes (room for the 12-byte virtio-net header to be written in place, and for
+//! encapsulations), then the data room. An `Mbuf` owns one element: it moves into a ring and back
+//! out, and goes back to its pool when dropped.
+//!
+//! Accounting invariant: every element is, at any time, in exactly one place: the pool's shared
+//! store, one thread's cache, a ring's shadow state, or an `Mbuf` the application holds.
+#![allow(unsafe_code)]
+
+mod pool;
+
+use std::ptr::NonNull;
+
+pub use pool::{Mempool, MempoolConfig, PoolStats};
+
+/// Bytes reserved before the data in every buffer (at least the virtio-net header, and a cache
+/// line multiple so that the data starts cache-aligned).
+pub const DEFAULT_HEADROOM: u16 = 128;
+/// Default data room: a full 1514-byte frame plus its header, rounded to 2 KiB.
+pub const DEFAULT_DATA_ROOM: u16 = 2048;
+
+/// Per-element metadata, at the start of the element, outside the area a device may touch.
+#[repr(C, align(64))]
+pub(crate) struct MbufHeader {
+    /// IOVA of `buf` (the first headroom byte).
+    buf_iova: u64,
+    /// Owning pool.
+    pool: NonNull<pool::PoolShared>,
+    /// Headroom + data room.
+    buf_len: u32,
+    /// Bytes of valid data starting at `data_off`.
+    data_len: u32,
+    /// Offset of the first data byte from the start of `buf`.
+    data_off: u16,
+    /// Port the packet was received on, or is bound for.
+    port: u16,
+    /// RSS hash reported by the device.
+    rss_hash: u32,
+    /// Offload flags (`OL_*`).
+    ol_flags: u64,
+    /// Free for the application's use (e.g. a timestamp or sequence number).
+    user_data: u64,
+}
+const _: () = assert!(core::mem::size_of::<MbufHeader>() == 64);
+
+impl MbufHeader {
+    /// Address of the first headroom byte.
+    #[inline(always)]
+    fn buf(this: NonNull<MbufHeader>) -> *mut u8 {
+        // SAFETY: the buffer immediately follows the header inside the same pool element.
+        unsafe { this.as_ptr().add(1).cast() }
+    }
+}
+
+/// An owned packet buffer from a [`Mempool`]. `Send`, not `Clone`; returned to its pool on drop.
+///
+/// The data is `len()` bytes at offset `headroom()` of the buffer; bytes before it can be claimed
+/// with [`Mbuf::prepend`], bytes after it with [`Mbuf::append`].
+pub struct Mbuf {
+    hdr: NonNull<MbufHeader>,
+}
+
+// SAFETY: an `Mbuf` is the unique owner of its element (the pool hands each element out once), so
+// moving it to another thread moves that ownership; the pool it points to is `Sync`.
+unsafe impl Send for Mbuf {}
+
+/// The device checked the packet's checksum (`VIRTIO_NET_HDR_F_DATA_VALID`).
+pub const OL_RX_CSUM_VALID: u64 = 1;
+
+impl Mbuf {
+    #[inline(always)]
+    fn header(&self) -> &MbufHeader {
+        // SAFETY: `hdr` points to this mbuf's header, which only its owner touches.
+        unsafe { self.hdr.as_ref() }
+    }
+
+    #[inline(always)]
+    fn header_mut(&mut self) -> &mut MbufHeader {
+        // SAFETY: as in `header`; `&mut self` makes the access unique.
+        unsafe { self.hdr.as_mut() }
+    }
+
+    /// Takes ownership of an element handed out by a pool.
+    ///
+    /// # Safety
+    /// `hdr` must be an element of a live pool that nothing else owns.
+    #[inline(always)]
+    pub(crate) unsafe fn from_raw(hdr: NonNull<MbufHeader>) -> Mbuf {
+        Mbuf { hdr }
+    }
+
+    /// Gives up ownership without returning the element to its pool.
+    #[inline(always)]
+    pub(crate) fn into_raw(self) -> NonNull<MbufHeader> {
+        let hdr = self.hdr;
+        std::mem::forget(self);
+        hdr
+    }
+
+    /// The pool this buffer belongs to (identity only).
+    #[inline(always)]
+    pub(crate) fn pool_ptr(&self) -> NonNull<pool::PoolShared> {
+        self.header().pool
+    }
+
+    /// Bytes of packet data.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.header().data_len as usize
+    }
+
+    /// Whether the packet has no data.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Free bytes before the data.
+    #[inline(always)]
+    pub fn headroom(&self) -> usize {
+        self.header().data_off as usize
+    }
+
+    /// Free bytes after the data.
+    #[inline(always)]
+    pub fn tailroom(&self) -> usize {
+        let h = self.header();
+        (h.buf_len - h.data_off as u32 - h.data_len) as usize
+    }
+
+    /// Headroom + data room: the whole buffer.
+    #[inline(always)]
+    pub fn capacity(&self) -> usize {
+        self.header().buf_len as usize
+    }
+
+    /// The packet data.
+    #[inline(always)]
+    pub fn data(&self) -> &[u8] {
+        let h = self.header();
+        // SAFETY: `data_off + data_len <= buf_len` is kept by every mutator, the element is owned
+        // by this mbuf, and no device writes it while the application holds it.
+        unsafe { std::slice::from_raw_parts(MbufHeader::buf(self.hdr).add(h.data_off as usize), h.data_len as usize) }
+    }
+
+    /// The packet data, writable.
+    #[inline(always)]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let (off, len) = (self.header().data_off as usize, self.header().data_len as usize);
+        // SAFETY: as in `data`; `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(MbufHeader::buf(self.hdr).add(off), len) }
+    }
+
+    /// Grows the data by `n` bytes at the end and returns them, or `None` without enough tailroom.
+    #[inline]
+    pub fn append(&mut self, n: usize) -> Option<&mut [u8]> {
+        if n > self.tailroom() {
+            return None;
+        }
+        let old = self.len();
+        self.header_mut().data_len += n as u32;
+        Some(&mut self.data_mut()[old..])
+    }
+
+    /// Grows the data by `n` bytes at the front and returns them, or `None` without enough headroom.
+    #[inline]
+    pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
+        if n > self.headroom() {
+            return None;
+        }
+        let h = self.header_mut();
+        h.data_off -= n as u16;
+        h.data_len += n as u32;
+        Some(&mut self.data_mut()[..n])
+    }
+
+    /// Removes `n` bytes from the front of the data (they become headroom); false if `n > len()`.
+    #[inline]
+    pub fn adj(&mut self, n: usize) -> bool {
+        if n > self.len() {
+            return false;
+        }
+        let h = self.header_mut();
+        h.data_off += n as u16;
+        h.data_len -= n as u32;
+        true
+    }
+
+    /// Shortens the data to `len` bytes (no-op when already shorter).
+    #[inline]
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len() {
+            self.header_mut().data_len = len as u32;
+        }
+    }
+
+    /// Empties the packet and restores the default headroom.
+    #[inline]
+    pub fn reset(&mut self, headroom: u16) {
+        let h = self.header_mut();
+        h.data_off = headroom.min(h.buf_len as u16);
+        h.data_len = 0;
+        h.ol_flags = 0;
+        h.rss_hash = 0;
+    }
+
+    /// Sets the data window directly: `len` bytes at offset `off` of the buffer.
+    #[inline(always)]
+    pub(crate) fn set_window(&mut self, off: u16, len: u32) {
+        debug_assert!(off as u32 + len <= self.header().buf_len);
+        let h = self.header_mut();
+        h.data_off = off;
+        h.data_len = len;
+    }
+
+    /// Port the packet arrived on (set by receive) or is meant for.
+    #[inline(always)]
+    pub fn port(&self) -> u16 {
+        self.header().port
+    }
+
+    /// Sets the port.
+    #[inline(always)]
+    pub fn set_port(&mut self, port: u16) {
+        self.header_mut().port = port;
+    }
+
+    /// Offload flags (`OL_*`).
+    #[inline(always)]
+    pub fn ol_flags(&self) -> u64 {
+        self.header().ol_flags
+    }
+
+    /// Sets the offload flags.
+    #[inline(always)]
+    pub fn set_ol_flags(&mut self, flags: u64) {
+        self.header_mut().ol_flags = flags;
+    }
+
+    /// RSS hash reported by the device (0 when none).
+    #[inline(always)]
+    pub fn rss_hash(&self) -> u32 {
+        self.header().rss_hash
+    }
+
+    /// Sets the RSS hash.
+    #[inline(always)]
+    pub fn set_rss_hash(&mut self, hash: u32) {
+        self.header_mut().rss_hash = hash;
+    }
+
+    /// The application's own 64 bits of per-packet data.
+    #[inline(always)]
+    pub fn user_data(&self) -> u64 {
+        self.header().user_data
+    }
+
+    /// Sets the application's per-packet data.
+    #[inline(always)]
+    pub fn set_user_data(&mut self, value: u64) {
+        self.header_mut().user_data = value;
+    }
+
+    /// IOVA of the buffer's first byte (headroom included).
+    #[inline(always)]
+    pub(crate) fn buf_iova(&self) -> u64 {
+        self.header().buf_iova
+    }
+
+    /// IOVA of the first data byte.
+    #[inline(always)]
+    pub(crate) fn data_iova(&self) -> u64 {
+        self.header().buf_iova + self.header().data_off as u64
+    }
+
+    /// Address of the buffer's first byte in this process.
+    #[inline(always)]
+    pub(crate) fn buf_ptr(&self) -> *mut u8 {
+        MbufHeader::buf(self.hdr)
+    }
+}
+
+impl Drop for Mbuf {
+    #[inline]
+    fn drop(&mut self) {
+        pool::PoolShared::put_one(self.hdr);
+    }
+}
+
+impl std::fmt::Debug for Mbuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mbuf")
+            .field("len", &self.len())
+            .field("headroom", &self.headroom())
+            .field("port", &self.port())
+            .finish_non_exhaustive()
+    }
+}

@@ -32,8 +32,8 @@ pub struct SplitDesc {
 }
 const _: () = assert!(core::mem::size_of::<SplitDesc>() == 16);
 
-/// `struct virtq_used_elem`.
-#[repr(C, align(8))]
+/// `struct virtq_used_elem` (4-byte aligned: the used ring places it at `4 + 8 * i`).
+#[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct UsedElem {
     /// Index of the head of the used descriptor chain (le32 with only 16 bits meaningful).

@@ -1,1 +1,100 @@
-//! placeholder
+//! The driver side of virtqueues: one [`Virtqueue`] trait over the packed ([`PackedRing`]) and
+//! split ([`SplitRing`]) formats.
+//!
+//! Invariants both formats keep:
+//! - The driver's own shadow records every in-flight chain (its token, descriptor count and
+//!   device-writable length). Nothing the device writes is trusted: each used id is checked
+//!   against the shadow and each used length against the chain's writable length. A bad value is
+//!   counted in [`RingErrors`]; when the ring can no longer be followed safely it reports itself
+//!   broken and stops handing out completions. Never a panic, never undefined behaviour.
+//! - Chains become visible to the device only in [`Virtqueue::publish`], once per burst: split
+//!   rings with one release store of `avail.idx`, packed rings by writing the first head's flags
+//!   last, with release ordering.
+//! - [`Virtqueue::publish`] says whether the device asked to be notified, per its event
+//!   suppression state, so the caller kicks at most once per burst.
+//! - Ring memory is only accessed through raw pointers with volatile or atomic operations.
+
+pub mod event;
+mod layout;
+mod packed;
+pub mod position;
+mod shadow;
+mod split;
+
+pub use layout::{ring_bytes, RingMemory, RING_ALIGN};
+pub use packed::PackedRing;
+pub use split::SplitRing;
+
+use crate::transport::QueueAddresses;
+
+/// One buffer of a descriptor chain, as the device will see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Device address (IOVA) of the first byte.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// Whether the device writes (true) or reads (false) this buffer.
+    pub writable: bool,
+}
+
+/// Device misbehaviour a ring detected. Plain counters owned by the queue's thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingErrors {
+    /// Used ids that were out of range or not in flight.
+    pub bad_id: u64,
+    /// Used lengths larger than the chain's device-writable length.
+    pub bad_len: u64,
+    /// Used index moves larger than the number of chains in flight (split rings).
+    pub bad_used_idx: u64,
+}
+
+impl RingErrors {
+    /// All detected errors.
+    pub fn total(&self) -> u64 {
+        self.bad_id + self.bad_len + self.bad_used_idx
+    }
+}
+
+/// A completed chain: the token it was added with, and how many bytes the device wrote into
+/// it, or `None` when that length is unknown or was out of bounds (then already counted in
+/// [`RingErrors`] if the device was at fault).
+pub type UsedLen = Option<u32>;
+
+/// The driver side of one virtqueue. Owned by one thread (`Send`, not `Sync`); the token type
+/// `T` is what the caller gets back on completion (an [`Mbuf`](crate::mbuf::Mbuf) on the data
+/// path).
+pub trait Virtqueue<T>: Send {
+    /// Number of descriptors.
+    fn size(&self) -> u16;
+
+    /// Descriptors not in flight.
+    fn free_descriptors(&self) -> u16;
+
+    /// Chains added and not yet completed.
+    fn in_flight(&self) -> u16;
+
+    /// Writes one chain into the ring; the device sees it after the next [`publish`](Self::publish).
+    /// Gives `token` back when the chain is empty, longer than the ring, or there is no room.
+    fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T>;
+
+    /// Makes every chain added since the last call visible to the device, and returns whether
+    /// the device asked to be notified of that.
+    fn publish(&mut self) -> bool;
+
+    /// Hands up to `max` completed chains, oldest first, to `sink`; returns how many.
+    fn pop_used(&mut self, max: usize, sink: impl FnMut(T, UsedLen)) -> usize;
+
+    /// Whether the ring stopped because the device broke the protocol (see [`RingErrors`]).
+    fn is_broken(&self) -> bool;
+
+    /// What the ring detected so far.
+    fn errors(&self) -> RingErrors;
+
+    /// Hands every in-flight token to `sink`, for teardown after the device was reset (or is
+    /// gone). The ring must not be used afterwards; it reports itself broken.
+    fn drain(&mut self, sink: impl FnMut(T));
+
+    /// Device addresses of the ring's three areas, for the transport.
+    fn addresses(&self) -> QueueAddresses;
+}

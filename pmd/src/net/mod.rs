@@ -1,0 +1,7 @@
+//! The virtio-net device ("Network Device", 5.1): its receive and transmit queues on mbufs.
+
+mod queue;
+mod stats;
+
+pub use queue::{Ring, RxQueue, TxQueue};
+pub use stats::QueueStats;

@@ -1,0 +1,349 @@
+//! The DEVICE side of packed and split rings, for the software device: it reads what the driver
+//! made available and writes used entries, in shared memory, exactly as a device would.
+//!
+//! The device validates what it reads (addresses inside known regions, chain lengths, indices)
+//! and reports a malformed ring as an error rather than touching memory it does not know.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::Arc;
+
+use crate::mem::DmaRegion;
+use crate::spec::packed::{
+    EventSuppress, PackedDesc, DESC_F_AVAIL, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE, EVENT_FLAGS_DESC,
+    EVENT_FLAGS_DISABLE, EVENT_FLAGS_ENABLE,
+};
+use crate::spec::split::{self, avail, used, SplitDesc, UsedElem, USED_F_NO_NOTIFY};
+use crate::spec::{Le16, Le32};
+use crate::transport::{QueueAddresses, RingFormat};
+use crate::virtqueue::position::RingPos;
+
+/// When the device asks the driver for available-buffer notifications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyMode {
+    /// After every publish (packed ENABLE; split without NO_NOTIFY, or EVENT_IDX at the next index).
+    Always,
+    /// Never (packed DISABLE; split NO_NOTIFY, or EVENT_IDX kept behind the driver).
+    Never,
+    /// EVENT_IDX / RING_EVENT_FLAGS_DESC: when the driver makes the descriptor this many entries
+    /// past the device's position available.
+    AtIndex(u16),
+}
+
+/// One buffer of an available chain, translated to this process's addresses.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceSegment {
+    /// Where the buffer is in this process.
+    pub ptr: *mut u8,
+    /// Its length.
+    pub len: u32,
+    /// Whether the device may write it.
+    pub writable: bool,
+}
+
+/// A chain the driver made available.
+#[derive(Debug, Default)]
+pub struct Chain {
+    /// Buffer id (packed) or head index (split).
+    pub id: u16,
+    /// Descriptors in the chain.
+    pub descs: u16,
+    /// Its buffers.
+    pub segments: Vec<DeviceSegment>,
+}
+
+impl Chain {
+    /// Bytes the device may write.
+    pub fn writable_len(&self) -> u32 {
+        self.segments.iter().filter(|s| s.writable).map(|s| s.len).sum()
+    }
+
+    /// Copies the device-readable buffers into `out`; returns the bytes copied.
+    pub fn gather(&self, out: &mut [u8]) -> usize {
+        let mut at = 0;
+        for segment in self.segments.iter().filter(|s| !s.writable) {
+            let n = (segment.len as usize).min(out.len() - at);
+            // SAFETY: the segment was translated and bounds-checked against its DMA region, and
+            // the driver does not touch a buffer while it is available to the device.
+            unsafe { std::ptr::copy_nonoverlapping(segment.ptr, out[at..].as_mut_ptr(), n) };
+            at += n;
+        }
+        at
+    }
+
+    /// Copies `data` into the device-writable buffers, as much as they hold.
+    pub fn scatter(&self, data: &[u8]) {
+        let mut at = 0;
+        for segment in self.segments.iter().filter(|s| s.writable) {
+            let n = (segment.len as usize).min(data.len() - at);
+            // SAFETY: as in `gather`, for a device-writable buffer.
+            unsafe { std::ptr::copy_nonoverlapping(data[at..].as_ptr(), segment.ptr, n) };
+            at += n;
+        }
+    }
+}
+
+/// What makes a ring unusable for the device.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RingFault {
+    /// An address outside every known region.
+    BadAddress(u64),
+    /// A chain longer than the ring or looping.
+    BadChain,
+}
+
+/// Translates device addresses to pointers, bounds-checked against the known regions.
+#[derive(Clone)]
+pub struct AddressSpace {
+    regions: Vec<Arc<DmaRegion>>,
+}
+
+impl AddressSpace {
+    /// The regions the driver mapped for the device.
+    pub fn new(regions: Vec<Arc<DmaRegion>>) -> Self {
+        Self { regions }
+    }
+
+    /// The pointer for `[iova, iova+len)`, if it lies inside one region.
+    pub fn translate(&self, iova: u64, len: u64) -> Result<*mut u8, RingFault> {
+        self.regions
+            .iter()
+            .find(|r| iova >= r.iova() && iova.checked_add(len).is_some_and(|end| end <= r.iova() + r.len() as u64))
+            // SAFETY: the offset is inside the region, as just checked.
+            .map(|r| unsafe { r.as_ptr().add((iova - r.iova()) as usize) })
+            .ok_or(RingFault::BadAddress(iova))
+    }
+}
+
+/// The device side of one ring.
+pub enum DeviceRing {
+    /// Packed.
+    Packed(PackedDevice),
+    /// Split.
+    Split(SplitDevice),
+}
+
+impl DeviceRing {
+    /// The device side of the ring at `addresses`.
+    pub fn new(format: RingFormat, size: u16, addresses: QueueAddresses, space: &AddressSpace, event_idx: bool) -> Result<Self, RingFault> {
+        Ok(match format {
+            RingFormat::Packed => DeviceRing::Packed(PackedDevice {
+                desc: space.translate(addresses.desc, 16 * size as u64)?.cast(),
+                device_event: space.translate(addresses.device, 4)?.cast(),
+                size,
+                avail: RingPos::START,
+                used: RingPos::START,
+            }),
+            RingFormat::Split => DeviceRing::Split(SplitDevice {
+                desc: space.translate(addresses.desc, 16 * size as u64)?.cast(),
+                avail: space.translate(addresses.driver, avail::bytes(size) as u64)?,
+                used: space.translate(addresses.device, used::bytes(size) as u64)?,
+                size,
+                event_idx,
+                last_avail: 0,
+                used_idx: 0,
+            }),
+        })
+    }
+
+    /// Reads the next available chain, if any, into `chain`.
+    pub fn pop_avail(&mut self, space: &AddressSpace, chain: &mut Chain) -> Result<bool, RingFault> {
+        match self {
+            DeviceRing::Packed(r) => r.pop_avail(space, chain),
+            DeviceRing::Split(r) => r.pop_avail(space, chain),
+        }
+    }
+
+    /// Writes a used entry for chain `id` of `descs` descriptors (`skip` descriptors in all for
+    /// an in-order batch), with `len` bytes written. Visible to the driver at once.
+    pub fn push_used(&mut self, id: u16, len: u32, skip: u16, batch: u16) {
+        match self {
+            DeviceRing::Packed(r) => r.push_used(id, len, skip),
+            DeviceRing::Split(r) => r.push_used(id as u32, len, batch),
+        }
+    }
+
+    /// Writes a used entry with a raw id (fault injection: ids the driver never gave out).
+    pub fn push_used_raw(&mut self, id: u32, len: u32) {
+        match self {
+            DeviceRing::Packed(r) => r.push_used(id as u16, len, 1),
+            DeviceRing::Split(r) => r.push_used(id, len, 1),
+        }
+    }
+
+    /// Sets the device's available-buffer notification suppression.
+    pub fn set_notify(&mut self, mode: NotifyMode) {
+        match self {
+            DeviceRing::Packed(r) => r.set_notify(mode),
+            DeviceRing::Split(r) => r.set_notify(mode),
+        }
+    }
+}
+
+/// Packed ring, device side.
+pub struct PackedDevice {
+    desc: *mut PackedDesc,
+    device_event: *mut EventSuppress,
+    size: u16,
+    avail: RingPos,
+    used: RingPos,
+}
+
+impl PackedDevice {
+    fn flags(&self, slot: u16) -> &AtomicU16 {
+        // SAFETY: `slot < size`, the descriptor ring was translated for `16 * size` bytes.
+        unsafe { AtomicU16::from_ptr(std::ptr::addr_of_mut!((*self.desc.add(slot as usize)).flags).cast()) }
+    }
+
+    fn pop_avail(&mut self, space: &AddressSpace, chain: &mut Chain) -> Result<bool, RingFault> {
+        chain.segments.clear();
+        let mut pos = self.avail;
+        loop {
+            let flags = u16::from_le(self.flags(pos.idx()).load(Ordering::Acquire));
+            let available = (flags & DESC_F_AVAIL != 0) == pos.wrap() && (flags & DESC_F_USED != 0) != pos.wrap();
+            if !available {
+                if chain.segments.is_empty() {
+                    return Ok(false);
+                }
+                // A chain whose tail is not available yet: the driver publishes whole chains.
+                return Err(RingFault::BadChain);
+            }
+            // SAFETY: `idx < size`; acquire above orders the read after the driver's writes.
+            let desc = unsafe { self.desc.add(pos.idx() as usize).read_volatile() };
+            let len = desc.len.get();
+            chain.segments.push(DeviceSegment {
+                ptr: space.translate(desc.addr.get(), len as u64)?,
+                len,
+                writable: flags & DESC_F_WRITE != 0,
+            });
+            chain.id = desc.id.get();
+            pos.advance(1, self.size);
+            if flags & DESC_F_NEXT == 0 {
+                break;
+            }
+            if chain.segments.len() >= self.size as usize {
+                return Err(RingFault::BadChain);
+            }
+        }
+        chain.descs = chain.segments.len() as u16;
+        self.avail = pos;
+        Ok(true)
+    }
+
+    fn push_used(&mut self, id: u16, len: u32, skip: u16) {
+        let slot = self.used.idx();
+        let wrap = self.used.wrap();
+        // SAFETY: `slot < size`; the driver does not touch the slot until it sees the flags.
+        unsafe {
+            let desc = self.desc.add(slot as usize);
+            std::ptr::addr_of_mut!((*desc).id).write_volatile(Le16::new(id));
+            std::ptr::addr_of_mut!((*desc).len).write_volatile(Le32::new(len));
+        }
+        let flags = if wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
+        // Release: id and len are visible before the flags mark the descriptor used.
+        self.flags(slot).store(flags.to_le(), Ordering::Release);
+        self.used.advance(skip.min(self.size), self.size);
+    }
+
+    fn set_notify(&mut self, mode: NotifyMode) {
+        let (flags, off_wrap) = match mode {
+            NotifyMode::Always => (EVENT_FLAGS_ENABLE, 0),
+            NotifyMode::Never => (EVENT_FLAGS_DISABLE, 0),
+            NotifyMode::AtIndex(ahead) => {
+                let mut at = self.avail;
+                at.advance(ahead % self.size, self.size);
+                (EVENT_FLAGS_DESC, at.off_wrap())
+            }
+        };
+        // SAFETY: translated for 4 bytes at set-up.
+        unsafe { self.device_event.write_volatile(EventSuppress { desc: Le16::new(off_wrap), flags: Le16::new(flags) }) };
+        // The driver reads this after its own full fence; pair with one here.
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// Split ring, device side.
+pub struct SplitDevice {
+    desc: *mut SplitDesc,
+    avail: *mut u8,
+    used: *mut u8,
+    size: u16,
+    event_idx: bool,
+    last_avail: u16,
+    used_idx: u16,
+}
+
+impl SplitDevice {
+    fn avail_u16(&self, offset: usize) -> &AtomicU16 {
+        // SAFETY: offsets from `spec::split::avail`, within the translated `avail::bytes(size)`.
+        unsafe { AtomicU16::from_ptr(self.avail.add(offset).cast()) }
+    }
+
+    fn used_u16(&self, offset: usize) -> &AtomicU16 {
+        // SAFETY: offsets from `spec::split::used`, within the translated `used::bytes(size)`.
+        unsafe { AtomicU16::from_ptr(self.used.add(offset).cast()) }
+    }
+
+    fn pop_avail(&mut self, space: &AddressSpace, chain: &mut Chain) -> Result<bool, RingFault> {
+        chain.segments.clear();
+        let avail_idx = u16::from_le(self.avail_u16(avail::IDX).load(Ordering::Acquire));
+        if avail_idx == self.last_avail {
+            return Ok(false);
+        }
+        if avail_idx.wrapping_sub(self.last_avail) > self.size {
+            return Err(RingFault::BadChain);
+        }
+        let head = u16::from_le(self.avail_u16(avail::ring(self.last_avail % self.size)).load(Ordering::Relaxed));
+        let mut at = head;
+        loop {
+            if at >= self.size || chain.segments.len() >= self.size as usize {
+                return Err(RingFault::BadChain);
+            }
+            // SAFETY: `at < size`; acquire on avail.idx ordered this after the driver's writes.
+            let desc = unsafe { self.desc.add(at as usize).read_volatile() };
+            let flags = desc.flags.get();
+            let len = desc.len.get();
+            chain.segments.push(DeviceSegment {
+                ptr: space.translate(desc.addr.get(), len as u64)?,
+                len,
+                writable: flags & split::DESC_F_WRITE != 0,
+            });
+            if flags & split::DESC_F_NEXT == 0 {
+                break;
+            }
+            at = desc.next.get();
+        }
+        chain.id = head;
+        chain.descs = chain.segments.len() as u16;
+        self.last_avail = self.last_avail.wrapping_add(1);
+        Ok(true)
+    }
+
+    fn push_used(&mut self, id: u32, len: u32, batch: u16) {
+        let offset = used::ring(self.used_idx % self.size);
+        // SAFETY: the entry is inside the translated used ring.
+        unsafe { self.used.add(offset).cast::<UsedElem>().write_volatile(UsedElem { id: Le32::new(id), len: Le32::new(len) }) };
+        self.used_idx = self.used_idx.wrapping_add(batch.max(1));
+        // Release: the entry is visible before the index that publishes it.
+        self.used_u16(used::IDX).store(self.used_idx.to_le(), Ordering::Release);
+    }
+
+    fn set_notify(&mut self, mode: NotifyMode) {
+        let flags = if mode == NotifyMode::Never { USED_F_NO_NOTIFY } else { 0 };
+        self.used_u16(used::FLAGS).store(flags.to_le(), Ordering::Relaxed);
+        if self.event_idx {
+            let event = match mode {
+                NotifyMode::Always => self.last_avail,
+                NotifyMode::Never => self.last_avail.wrapping_sub(1),
+                NotifyMode::AtIndex(ahead) => self.last_avail.wrapping_add(ahead),
+            };
+            self.used_u16(used::avail_event(self.size)).store(event.to_le(), Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
+    }
+}
+
+// SAFETY: the pointers target DMA regions kept alive by the `AddressSpace` the device holds.
+unsafe impl Send for DeviceRing {}
+// SAFETY: a segment is a plain address the device thread uses while the chain is its own.
+unsafe impl Send for DeviceSegment {}

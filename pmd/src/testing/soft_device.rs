@@ -1,0 +1,384 @@
+//! The software device: plays the DEVICE side of a receive/transmit ring pair in shared memory,
+//! in its own thread ([`SoftDevice`]) or stepped inline ([`DeviceCore::poll`], for benches).
+//!
+//! Modes: loopback (each transmitted frame comes back on receive), sink (transmitted frames are
+//! consumed), source (frames are generated into receive buffers). Without IN_ORDER it completes
+//! chains out of order (shuffled within a window); with IN_ORDER it may complete a whole batch
+//! with one used entry. It can ask for notifications always, never or at an index, and inject
+//! one fault (bad id, bad length, a buffer used twice).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::device_ring::{AddressSpace, Chain, DeviceRing, NotifyMode, RingFault};
+use super::rng::Rng;
+use crate::spec::net::NET_HDR_LEN;
+use crate::transport::{QueueAddresses, RingFormat};
+
+/// Where a ring is and how it is laid out, as the device learns it from the transport.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueSpec {
+    /// Ring format.
+    pub format: RingFormat,
+    /// Number of descriptors.
+    pub size: u16,
+    /// Device addresses of its areas.
+    pub addresses: QueueAddresses,
+}
+
+/// A fault the device injects once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// A used entry whose id the driver never handed out (out of range).
+    BadId,
+    /// A used length larger than the chain's device-writable length.
+    BadLen,
+    /// A chain completed twice ("used flag flipped twice").
+    UsedTwice,
+}
+
+/// Which ring of the pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The receive ring (device writes frames into it).
+    Rx,
+    /// The transmit ring (device reads frames from it).
+    Tx,
+}
+
+/// Inject `fault` on the `role` ring at its `at`-th completion (counting from 0).
+#[derive(Clone, Copy, Debug)]
+pub struct FaultPlan {
+    /// The fault.
+    pub fault: Fault,
+    /// On which ring.
+    pub role: Role,
+    /// At which completion.
+    pub at: u64,
+}
+
+/// Generates one frame (after the virtio-net header) into `buf`, returning its length.
+pub type FrameSource = Box<dyn FnMut(u64, &mut [u8]) -> usize + Send>;
+/// Receives each transmitted frame (after the virtio-net header).
+pub type FrameSink = Box<dyn FnMut(&[u8]) + Send>;
+
+/// What the device does with frames.
+pub enum Mode {
+    /// Transmitted frames come back on the receive ring (waiting for receive buffers).
+    Loopback,
+    /// Transmitted frames are consumed, each handed to the optional sink.
+    Sink(Option<FrameSink>),
+    /// `count` frames are generated into receive buffers. With `None` as the source, buffers
+    /// are completed with a fixed 64-byte length without writing them (for benches).
+    Source {
+        /// Frames to generate (`u64::MAX`: no limit).
+        count: u64,
+        /// Frame generator.
+        source: Option<FrameSource>,
+    },
+}
+
+/// How the device behaves.
+pub struct DeviceConfig {
+    /// What to do with frames.
+    pub mode: Mode,
+    /// IN_ORDER negotiated: complete in order.
+    pub in_order: bool,
+    /// With `in_order`: complete transmit batches with a single used entry.
+    pub batch_used: bool,
+    /// EVENT_IDX negotiated (split rings).
+    pub event_idx: bool,
+    /// Available-buffer notification suppression the device asks for.
+    pub notify: NotifyMode,
+    /// Most chains gathered before completing them (and shuffling them without IN_ORDER).
+    pub window: usize,
+    /// One fault to inject.
+    pub fault: Option<FaultPlan>,
+    /// Seed for shuffling and window sizes.
+    pub seed: u64,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Loopback,
+            in_order: false,
+            batch_used: false,
+            event_idx: false,
+            notify: NotifyMode::Never,
+            window: 16,
+            fault: None,
+            seed: 1,
+        }
+    }
+}
+
+/// Counters the device keeps, readable while it runs.
+#[derive(Debug, Default)]
+pub struct DeviceStats {
+    /// Chains completed on the transmit ring.
+    pub tx_chains: AtomicU64,
+    /// Chains completed on the receive ring.
+    pub rx_chains: AtomicU64,
+    /// Frames the device could not deliver (receive buffer too small).
+    pub dropped: AtomicU64,
+    /// Faults injected.
+    pub faults_injected: AtomicU64,
+}
+
+/// A pending completion.
+struct Done {
+    id: u16,
+    descs: u16,
+    len: u32,
+}
+
+/// The device's engine for one ring pair; single-threaded, stepped by [`DeviceCore::poll`].
+pub struct DeviceCore {
+    config: DeviceConfig,
+    space: AddressSpace,
+    rx: Option<DeviceRing>,
+    tx: Option<DeviceRing>,
+    rng: Rng,
+    stats: Arc<DeviceStats>,
+    scratch: Vec<u8>,
+    rx_chain: Chain,
+    tx_chain: Chain,
+    rx_done: Vec<Done>,
+    tx_done: Vec<Done>,
+    rx_count: u64,
+    tx_count: u64,
+    generated: u64,
+    /// The receive chain popped but not yet filled (loopback waits for a frame).
+    rx_held: bool,
+}
+
+impl DeviceCore {
+    /// The device side of the rings in `rx` / `tx` (either may be absent), in `space`.
+    pub fn new(config: DeviceConfig, space: AddressSpace, rx: Option<QueueSpec>, tx: Option<QueueSpec>) -> Result<Self, RingFault> {
+        let ring = |q: QueueSpec| DeviceRing::new(q.format, q.size, q.addresses, &space, config.event_idx);
+        let mut rx = rx.map(ring).transpose()?;
+        let mut tx = tx.map(ring).transpose()?;
+        for r in rx.iter_mut().chain(tx.iter_mut()) {
+            r.set_notify(config.notify);
+        }
+        Ok(Self {
+            rng: Rng::new(config.seed),
+            config,
+            space,
+            rx,
+            tx,
+            stats: Arc::default(),
+            scratch: vec![0; 64 * 1024],
+            rx_chain: Chain::default(),
+            tx_chain: Chain::default(),
+            rx_done: Vec::new(),
+            tx_done: Vec::new(),
+            rx_count: 0,
+            tx_count: 0,
+            generated: 0,
+            rx_held: false,
+        })
+    }
+
+    /// The device's counters.
+    pub fn stats(&self) -> Arc<DeviceStats> {
+        self.stats.clone()
+    }
+
+    /// One step: gathers up to a window of chains, moves frames, completes them. Returns how
+    /// many chains it completed.
+    pub fn poll(&mut self) -> Result<usize, RingFault> {
+        let window = if self.config.window <= 1 { 1 } else { self.rng.range(1, self.config.window as u64) as usize };
+        for _ in 0..window {
+            if !self.step()? {
+                break;
+            }
+        }
+        let done = self.rx_done.len() + self.tx_done.len();
+        self.complete(Role::Rx);
+        self.complete(Role::Tx);
+        if let NotifyMode::AtIndex(_) | NotifyMode::Always = self.config.notify {
+            for r in self.rx.iter_mut().chain(self.tx.iter_mut()) {
+                r.set_notify(self.config.notify);
+            }
+        } else if self.config.event_idx {
+            // Keep the split ring's avail_event just behind the device so the driver never passes it.
+            for r in self.rx.iter_mut().chain(self.tx.iter_mut()) {
+                r.set_notify(NotifyMode::Never);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Moves one frame; false when nothing could move.
+    fn step(&mut self) -> Result<bool, RingFault> {
+        match &mut self.config.mode {
+            Mode::Loopback => {
+                let (Some(rx), Some(tx)) = (self.rx.as_mut(), self.tx.as_mut()) else { return Ok(false) };
+                if !self.rx_held {
+                    if !rx.pop_avail(&self.space, &mut self.rx_chain)? {
+                        return Ok(false);
+                    }
+                    self.rx_held = true;
+                }
+                if !tx.pop_avail(&self.space, &mut self.tx_chain)? {
+                    return Ok(false);
+                }
+                let len = self.tx_chain.gather(&mut self.scratch);
+                self.tx_done.push(Done { id: self.tx_chain.id, descs: self.tx_chain.descs, len: 0 });
+                if len <= self.rx_chain.writable_len() as usize && len >= NET_HDR_LEN {
+                    // A device sets num_buffers to 1 without MRG_RXBUF; the rest of the
+                    // transmitted header passes through.
+                    self.scratch[10..12].copy_from_slice(&1u16.to_le_bytes());
+                    self.rx_chain.scatter(&self.scratch[..len]);
+                    self.rx_done.push(Done { id: self.rx_chain.id, descs: self.rx_chain.descs, len: len as u32 });
+                    self.rx_held = false;
+                } else {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(true)
+            }
+            Mode::Sink(sink) => {
+                let Some(tx) = self.tx.as_mut() else { return Ok(false) };
+                if !tx.pop_avail(&self.space, &mut self.tx_chain)? {
+                    return Ok(false);
+                }
+                if let Some(sink) = sink {
+                    let len = self.tx_chain.gather(&mut self.scratch);
+                    sink(&self.scratch[NET_HDR_LEN.min(len)..len]);
+                }
+                self.tx_done.push(Done { id: self.tx_chain.id, descs: self.tx_chain.descs, len: 0 });
+                Ok(true)
+            }
+            Mode::Source { count, source } => {
+                let Some(rx) = self.rx.as_mut() else { return Ok(false) };
+                if self.generated >= *count || !rx.pop_avail(&self.space, &mut self.rx_chain)? {
+                    return Ok(false);
+                }
+                let len = match source {
+                    Some(source) => {
+                        self.scratch[..NET_HDR_LEN].fill(0);
+                        self.scratch[10..12].copy_from_slice(&1u16.to_le_bytes());
+                        let room = (self.rx_chain.writable_len() as usize).min(self.scratch.len());
+                        let frame = source(self.generated, &mut self.scratch[NET_HDR_LEN..room]);
+                        self.rx_chain.scatter(&self.scratch[..NET_HDR_LEN + frame]);
+                        (NET_HDR_LEN + frame) as u32
+                    }
+                    None => (NET_HDR_LEN + 64) as u32,
+                };
+                self.generated += 1;
+                self.rx_done.push(Done { id: self.rx_chain.id, descs: self.rx_chain.descs, len });
+                Ok(true)
+            }
+        }
+    }
+
+    /// Writes the used entries of `role`'s pending completions, in order or shuffled, in one
+    /// batch entry or one each, with the planned fault if it falls here.
+    fn complete(&mut self, role: Role) {
+        let (ring, done, count, stat) = match role {
+            Role::Rx => (&mut self.rx, &mut self.rx_done, &mut self.rx_count, &self.stats.rx_chains),
+            Role::Tx => (&mut self.tx, &mut self.tx_done, &mut self.tx_count, &self.stats.tx_chains),
+        };
+        let Some(ring) = ring.as_mut() else { return };
+        if done.is_empty() {
+            return;
+        }
+        if !self.config.in_order {
+            self.rng.shuffle(done);
+        }
+        let fault = self.config.fault.filter(|f| f.role == role && (*count..*count + done.len() as u64).contains(&f.at));
+        // Receive entries carry lengths the driver needs, so only transmit completions batch.
+        if self.config.in_order && self.config.batch_used && role == Role::Tx && fault.is_none() {
+            let skip = done.iter().map(|d| d.descs).sum();
+            let last = done.last().map_or(0, |d| d.id);
+            let len = done.last().map_or(0, |d| d.len);
+            ring.push_used(last, len, skip, done.len() as u16);
+        } else {
+            for (i, d) in done.iter().enumerate() {
+                match fault.filter(|f| f.at == *count + i as u64).map(|f| f.fault) {
+                    Some(Fault::BadId) => ring.push_used_raw(0xffff, d.len),
+                    Some(Fault::BadLen) => ring.push_used(d.id, d.len + 100_000, d.descs, 1),
+                    Some(Fault::UsedTwice) => {
+                        ring.push_used(d.id, d.len, d.descs, 1);
+                        ring.push_used(d.id, d.len, d.descs, 1);
+                    }
+                    None => ring.push_used(d.id, d.len, d.descs, 1),
+                }
+            }
+        }
+        if fault.is_some() {
+            self.stats.faults_injected.fetch_add(1, Ordering::Relaxed);
+            self.config.fault = None;
+        }
+        *count += done.len() as u64;
+        stat.fetch_add(done.len() as u64, Ordering::Relaxed);
+        done.clear();
+    }
+}
+
+/// A [`DeviceCore`] running in its own thread until stopped.
+pub struct SoftDevice {
+    stop: Arc<AtomicBool>,
+    stats: Arc<DeviceStats>,
+    thread: Option<JoinHandle<Result<(), RingFault>>>,
+}
+
+impl SoftDevice {
+    /// Starts the device thread.
+    pub fn spawn(core: DeviceCore) -> std::io::Result<SoftDevice> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = core.stats();
+        let thread = {
+            let stop = stop.clone();
+            let mut core = core;
+            std::thread::Builder::new()
+                .name("soft-device".into())
+                .spawn(move || {
+                    let mut idle = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        if core.poll()? > 0 {
+                            idle = 0;
+                        } else {
+                            idle += 1;
+                            if idle > 64 {
+                                std::thread::yield_now();
+                            } else {
+                                std::hint::spin_loop();
+                            }
+                        }
+                    }
+                    Ok(())
+                })?
+        };
+        Ok(SoftDevice { stop, stats, thread: Some(thread) })
+    }
+
+    /// The device's counters.
+    pub fn stats(&self) -> &DeviceStats {
+        &self.stats
+    }
+
+    /// Stops the device (like a reset: it touches the rings no more) and reports whether it
+    /// found the rings malformed.
+    pub fn stop(mut self) -> Result<(), RingFault> {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> Result<(), RingFault> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(RingFault::BadChain),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SoftDevice {
+    fn drop(&mut self) {
+        let _ = self.halt();
+    }
+}

@@ -1,0 +1,84 @@
+//! The driver's shadow of in-flight chains, indexed by buffer id (packed) or head descriptor
+//! index (split). It is the only source of truth for what the device may complete.
+
+use super::UsedLen;
+
+/// One in-flight chain.
+struct Slot<T> {
+    token: Option<T>,
+    descs: u16,
+    writable_len: u32,
+}
+
+/// What the driver remembers of each in-flight chain.
+pub(super) struct Shadow<T> {
+    slots: Box<[Slot<T>]>,
+    in_flight: u16,
+}
+
+/// A chain taken back from the shadow.
+pub(super) struct Completed<T> {
+    pub token: T,
+    pub descs: u16,
+    pub writable_len: u32,
+}
+
+impl<T> Completed<T> {
+    /// Checks a device-reported length against the chain's writable length.
+    #[inline(always)]
+    pub fn checked_len(&self, len: u32) -> UsedLen {
+        (len <= self.writable_len).then_some(len)
+    }
+}
+
+impl<T> Shadow<T> {
+    pub fn new(size: u16) -> Self {
+        let slots = (0..size).map(|_| Slot { token: None, descs: 0, writable_len: 0 }).collect();
+        Self { slots, in_flight: 0 }
+    }
+
+    #[inline(always)]
+    pub fn in_flight(&self) -> u16 {
+        self.in_flight
+    }
+
+    /// Records a chain under `id`, which must be free (the id allocators guarantee it).
+    #[inline(always)]
+    pub fn insert(&mut self, id: u16, token: T, descs: u16, writable_len: u32) {
+        let slot = &mut self.slots[id as usize];
+        debug_assert!(slot.token.is_none());
+        *slot = Slot { token: Some(token), descs, writable_len };
+        self.in_flight += 1;
+    }
+
+    /// Whether `id` is a chain in flight.
+    #[inline(always)]
+    pub fn contains(&self, id: u16) -> bool {
+        self.slots.get(id as usize).is_some_and(|s| s.token.is_some())
+    }
+
+    /// Descriptor count of the in-flight chain `id` (0 when not in flight).
+    #[inline(always)]
+    pub fn descs(&self, id: u16) -> u16 {
+        self.slots.get(id as usize).map_or(0, |s| if s.token.is_some() { s.descs } else { 0 })
+    }
+
+    /// Takes chain `id` back, or `None` when `id` is out of range or not in flight.
+    #[inline(always)]
+    pub fn take(&mut self, id: u16) -> Option<Completed<T>> {
+        let slot = self.slots.get_mut(id as usize)?;
+        let token = slot.token.take()?;
+        self.in_flight -= 1;
+        Some(Completed { token, descs: slot.descs, writable_len: slot.writable_len })
+    }
+
+    /// Hands every in-flight token to `sink`.
+    pub fn drain(&mut self, mut sink: impl FnMut(T)) {
+        for slot in self.slots.iter_mut() {
+            if let Some(token) = slot.token.take() {
+                sink(token);
+            }
+        }
+        self.in_flight = 0;
+    }
+}

@@ -1,0 +1,324 @@
+//! The driver side of a split virtqueue ("Split Virtqueues", 2.7).
+//!
+//! Descriptors: without IN_ORDER, free descriptors form a list through the driver's own copy of
+//! the `next` links (the device never gets to change it); with IN_ORDER they are used in ring
+//! order, a chain at offset `x` linking to `x + 1` ("The Virtqueue Descriptor Table", 2.7.5).
+//!
+//! Used ring: each entry's id must be the head of a chain in flight. With IN_ORDER one entry may
+//! stand for a batch: every chain from the oldest up to that id, and `used.idx` moves by the
+//! batch size ("In-order use of descriptors", 2.7.9). A bad id is counted; without IN_ORDER the
+//! entry is skipped and the queue stays usable (the chain the device meant stays in flight until
+//! [`Virtqueue::drain`]); with IN_ORDER nothing after it can be followed, so the ring stops.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+
+use super::event::split_need_event;
+use super::layout::RingMemory;
+use super::shadow::Shadow;
+use super::{RingErrors, Segment, UsedLen, Virtqueue};
+use crate::error::{Error, Result};
+use crate::spec::split::{
+    avail, used, SplitDesc, UsedElem, AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, MAX_QUEUE_SIZE,
+    USED_F_NO_NOTIFY,
+};
+use crate::spec::{Le16, Le32, Le64};
+use crate::transport::{QueueAddresses, RingFormat};
+
+/// The driver side of a split ring of `size` descriptors (a power of two up to 32768).
+pub struct SplitRing<T> {
+    memory: RingMemory,
+    desc: *mut SplitDesc,
+    avail: *mut u8,
+    used: *mut u8,
+    size: u16,
+    mask: u16,
+    event_idx: bool,
+    in_order: bool,
+    /// Our `avail.idx`, free-running.
+    avail_idx: u16,
+    /// `avail_idx` at the last publish.
+    published_idx: u16,
+    /// Used entries consumed, free-running.
+    last_used: u16,
+    free: u16,
+    /// Without IN_ORDER: head of the free descriptor list, linked through `next`.
+    free_head: u16,
+    /// The driver's copy of every descriptor's `next` link.
+    next: Box<[u16]>,
+    /// IN_ORDER: the descriptor the next chain starts at.
+    next_desc: u16,
+    /// IN_ORDER: the head of the oldest chain in flight.
+    oldest_head: u16,
+    /// IN_ORDER: the head of the last chain of a batch being completed, with its length.
+    batch_end: Option<(u16, u32)>,
+    shadow: Shadow<T>,
+    errors: RingErrors,
+    broken: bool,
+}
+
+// SAFETY: the raw pointers target ring memory owned (through `memory`) by this value; the ring
+// is used from one thread at a time and tokens are `Send`.
+unsafe impl<T: Send> Send for SplitRing<T> {}
+
+impl<T: Send> SplitRing<T> {
+    /// A fresh ring in `memory`. Used-buffer notifications are suppressed (poll mode): with
+    /// `event_idx` through `used_event`, otherwise with VIRTQ_AVAIL_F_NO_INTERRUPT.
+    pub fn new(memory: RingMemory, event_idx: bool, in_order: bool) -> Result<Self> {
+        let size = memory.size();
+        if memory.format() != RingFormat::Split || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
+            return Err(Error::InvalidConfig(format!(
+                "split ring size {size} must be a power of two up to {MAX_QUEUE_SIZE}"
+            )));
+        }
+        let ring = SplitRing {
+            desc: memory.desc().cast(),
+            avail: memory.driver(),
+            used: memory.device(),
+            size,
+            mask: size - 1,
+            event_idx,
+            in_order,
+            avail_idx: 0,
+            published_idx: 0,
+            last_used: 0,
+            free: size,
+            free_head: 0,
+            next: (1..=size).map(|i| i & (size - 1)).collect(),
+            next_desc: 0,
+            oldest_head: 0,
+            batch_end: None,
+            shadow: Shadow::new(size),
+            errors: RingErrors::default(),
+            broken: false,
+            memory,
+        };
+        // Ask for no used-buffer notifications. With EVENT_IDX, `used_event` is put as far
+        // behind as it goes, so the device's used index passes it only once every 2^16 entries.
+        ring.avail_u16(avail::FLAGS).store(AVAIL_F_NO_INTERRUPT.to_le(), Ordering::Relaxed);
+        ring.avail_u16(avail::used_event(size)).store(0u16.wrapping_sub(size + 1).to_le(), Ordering::Relaxed);
+        Ok(ring)
+    }
+
+    /// A 16-bit field of the available ring, at byte `offset` (from `spec::split::avail`).
+    #[inline(always)]
+    fn avail_u16(&self, offset: usize) -> &AtomicU16 {
+        debug_assert!(offset + 2 <= avail::bytes(self.size));
+        // SAFETY: offsets from `spec::split::avail` are within `avail::bytes(size)`, inside the
+        // ring memory and 2-byte aligned (RingMemory's invariant); shared with the device,
+        // hence atomic; the memory lives as long as `self`.
+        unsafe { AtomicU16::from_ptr(self.avail.add(offset).cast()) }
+    }
+
+    /// A 16-bit field of the used ring, at byte `offset` (from `spec::split::used`).
+    #[inline(always)]
+    fn used_u16(&self, offset: usize) -> &AtomicU16 {
+        debug_assert!(offset + 2 <= used::bytes(self.size));
+        // SAFETY: as in `avail_u16`, for the used ring.
+        unsafe { AtomicU16::from_ptr(self.used.add(offset).cast()) }
+    }
+
+    /// Completes the chain headed by `head` and frees its descriptors; false if not in flight.
+    #[inline(always)]
+    fn complete(&mut self, head: u16, len: Option<u32>, sink: &mut impl FnMut(T, UsedLen)) -> bool {
+        let Some(chain) = self.shadow.take(head) else { return false };
+        let used_len = match len {
+            Some(len) => {
+                let checked = chain.checked_len(len);
+                self.errors.bad_len += checked.is_none() as u64;
+                checked
+            }
+            None => (chain.writable_len == 0).then_some(0),
+        };
+        if self.in_order {
+            self.oldest_head = (head + chain.descs) & self.mask;
+        } else {
+            let mut tail = head;
+            for _ in 1..chain.descs {
+                tail = self.next[tail as usize];
+            }
+            self.next[tail as usize] = self.free_head;
+            self.free_head = head;
+        }
+        self.free += chain.descs;
+        sink(chain.token, used_len);
+        true
+    }
+
+    /// How many chains, from the oldest in flight, end with the one headed by `head` (IN_ORDER);
+    /// `None` when `head` does not start a chain in flight.
+    fn in_order_batch(&self, head: u16) -> Option<u16> {
+        let mut at = self.oldest_head;
+        for count in 1..=self.shadow.in_flight() {
+            if at == head {
+                return Some(count);
+            }
+            at = (at + self.shadow.descs(at)) & self.mask;
+        }
+        None
+    }
+}
+
+impl<T: Send> Virtqueue<T> for SplitRing<T> {
+    #[inline]
+    fn size(&self) -> u16 {
+        self.size
+    }
+
+    #[inline]
+    fn free_descriptors(&self) -> u16 {
+        self.free
+    }
+
+    #[inline]
+    fn in_flight(&self) -> u16 {
+        self.shadow.in_flight()
+    }
+
+    #[inline]
+    fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
+        let count = segments.len();
+        if count == 0 || count > self.free as usize || self.broken {
+            return Err(token);
+        }
+        let head = if self.in_order { self.next_desc } else { self.free_head };
+        let mut at = head;
+        let mut writable_len = 0u32;
+        for (i, segment) in segments.iter().enumerate() {
+            let next = if self.in_order { (at + 1) & self.mask } else { self.next[at as usize] };
+            let mut flags = 0;
+            if segment.writable {
+                flags |= DESC_F_WRITE;
+                writable_len = writable_len.saturating_add(segment.len);
+            }
+            if i + 1 < count {
+                flags |= DESC_F_NEXT;
+            }
+            // SAFETY: `at <= mask < size`, so the descriptor is inside the ring memory; it is
+            // free, so the device does not read it until the next publish.
+            unsafe {
+                self.desc.add(at as usize).write_volatile(SplitDesc {
+                    addr: Le64::new(segment.addr),
+                    len: Le32::new(segment.len),
+                    flags: Le16::new(flags),
+                    next: Le16::new(if i + 1 < count { next } else { 0 }),
+                })
+            };
+            at = next;
+        }
+        if self.in_order {
+            self.next_desc = at;
+        } else {
+            self.free_head = at;
+        }
+        self.free -= count as u16;
+        self.shadow.insert(head, token, count as u16, writable_len);
+        self.avail_u16(avail::ring(self.avail_idx & self.mask)).store(head.to_le(), Ordering::Relaxed);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        Ok(())
+    }
+
+    #[inline]
+    fn publish(&mut self) -> bool {
+        if self.avail_idx == self.published_idx {
+            return false;
+        }
+        // Release: the descriptors and ring entries written in `add` are visible before the
+        // device can see the new index (2.7.13.3).
+        self.avail_u16(avail::IDX).store(self.avail_idx.to_le(), Ordering::Release);
+        let old = std::mem::replace(&mut self.published_idx, self.avail_idx);
+        // Order the index store before reading the device's suppression state (2.7.13.4).
+        fence(Ordering::SeqCst);
+        if self.event_idx {
+            let event = u16::from_le(self.used_u16(used::avail_event(self.size)).load(Ordering::Relaxed));
+            split_need_event(event, self.avail_idx, old)
+        } else {
+            u16::from_le(self.used_u16(used::FLAGS).load(Ordering::Relaxed)) & USED_F_NO_NOTIFY == 0
+        }
+    }
+
+    #[inline]
+    fn pop_used(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
+        let mut done = 0;
+        if self.broken {
+            return 0;
+        }
+        // Acquire: the used entries below are read after the device's writes of them.
+        let used_idx = u16::from_le(self.used_u16(used::IDX).load(Ordering::Acquire));
+        let pending = used_idx.wrapping_sub(self.last_used);
+        if pending > self.shadow.in_flight() {
+            // The device claims more completions than chains in flight: nothing it says can be
+            // followed any more.
+            self.errors.bad_used_idx += 1;
+            self.broken = true;
+            return 0;
+        }
+        while done < max && self.last_used != used_idx {
+            if let Some((last_head, len)) = self.batch_end {
+                let oldest = self.oldest_head;
+                let len = if oldest == last_head {
+                    self.batch_end = None;
+                    Some(len)
+                } else {
+                    None
+                };
+                self.complete(oldest, len, &mut sink);
+                self.last_used = self.last_used.wrapping_add(1);
+                done += 1;
+                continue;
+            }
+            let offset = used::ring(self.last_used & self.mask);
+            // SAFETY: the entry is inside the used ring (`last_used & mask < size`), 8-byte
+            // aligned; the acquire load of `used.idx` ordered this read after the device's write.
+            let elem = unsafe { self.used.add(offset).cast::<UsedElem>().read_volatile() };
+            let (id, len) = (elem.id.get(), elem.len.get());
+            let head = id as u16;
+            if id >= self.size as u32 || !self.shadow.contains(head) {
+                self.errors.bad_id += 1;
+                if self.in_order {
+                    // In order, every later entry is judged by the chains before it: with one
+                    // lost, nothing after it can be followed.
+                    self.broken = true;
+                    break;
+                }
+                self.last_used = self.last_used.wrapping_add(1);
+                continue;
+            }
+            if self.in_order && head != self.oldest_head {
+                match self.in_order_batch(head) {
+                    // The entry stands for `batch` chains; `used.idx` moved by as many.
+                    Some(batch) if batch <= used_idx.wrapping_sub(self.last_used) => {
+                        self.batch_end = Some((head, len));
+                        continue;
+                    }
+                    _ => {
+                        self.errors.bad_id += 1;
+                        self.broken = true;
+                        break;
+                    }
+                }
+            }
+            self.complete(head, Some(len), &mut sink);
+            self.last_used = self.last_used.wrapping_add(1);
+            done += 1;
+        }
+        done
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn errors(&self) -> RingErrors {
+        self.errors
+    }
+
+    fn drain(&mut self, sink: impl FnMut(T)) {
+        self.shadow.drain(sink);
+        self.broken = true;
+    }
+
+    fn addresses(&self) -> QueueAddresses {
+        self.memory.addresses()
+    }
+}
