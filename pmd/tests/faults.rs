@@ -54,7 +54,8 @@ fn run(spec: RingSpec, plan: FaultPlan) -> (u64, u64, bool, bool, u64) {
     drop(pending);
     device.stop().expect("rings stayed well-formed on the driver's side");
     assert_eq!(device_faults(&rx, &tx), (rx.stats().errors.total(), tx.stats().errors.total()));
-    let result = (rx.stats().errors.total(), tx.stats().errors.total(), rx.is_broken(), tx.is_broken(), rx.stats().drops);
+    let result =
+        (rx.stats().errors.total(), tx.stats().errors.total(), rx.is_broken(), tx.is_broken(), rx.stats().drops);
     drop((rx, tx));
     assert_eq!(pool.stats().in_use, 0, "every mbuf is back after the faulty run");
     result

@@ -91,20 +91,6 @@ impl Mbuf {
         Mbuf { hdr }
     }
 
-    /// Gives up ownership without returning the element to its pool.
-    #[inline(always)]
-    pub(crate) fn into_raw(self) -> NonNull<MbufHeader> {
-        let hdr = self.hdr;
-        std::mem::forget(self);
-        hdr
-    }
-
-    /// The pool this buffer belongs to (identity only).
-    #[inline(always)]
-    pub(crate) fn pool_ptr(&self) -> NonNull<pool::PoolShared> {
-        self.header().pool
-    }
-
     /// Bytes of packet data.
     #[inline(always)]
     pub fn len(&self) -> usize {
@@ -264,7 +250,7 @@ impl Mbuf {
     }
 
     /// IOVA of the buffer's first byte (headroom included).
-    #[inline(always)]
+    #[cfg(test)]
     pub(crate) fn buf_iova(&self) -> u64 {
         self.header().buf_iova
     }
@@ -276,7 +262,7 @@ impl Mbuf {
     }
 
     /// Address of the buffer's first byte in this process.
-    #[inline(always)]
+    #[cfg(test)]
     pub(crate) fn buf_ptr(&self) -> *mut u8 {
         MbufHeader::buf(self.hdr)
     }

@@ -97,7 +97,13 @@ impl RxQueue {
     }
 
     #[inline(always)]
-    fn receive<R: Virtqueue<Mbuf>>(ring: &mut R, stats: &mut QueueStats, port: u16, out: &mut Vec<Mbuf>, max: usize) -> usize {
+    fn receive<R: Virtqueue<Mbuf>>(
+        ring: &mut R,
+        stats: &mut QueueStats,
+        port: u16,
+        out: &mut Vec<Mbuf>,
+        max: usize,
+    ) -> usize {
         let before = out.len();
         let mut bytes = 0u64;
         let mut drops = 0u64;
@@ -193,7 +199,8 @@ impl TxQueue {
     /// returns how many. The rest stay in `pkts`, in order, for the caller to retry or drop.
     #[inline]
     pub fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>) -> usize {
-        let (accepted, kick) = with_ring!(&mut self.ring, ring => Self::transmit(ring, &mut self.stats, self.reclaim_threshold, pkts));
+        let (accepted, kick) =
+            with_ring!(&mut self.ring, ring => Self::transmit(ring, &mut self.stats, self.reclaim_threshold, pkts));
         if accepted > 0 {
             self.stats.publishes += 1;
             if kick {
@@ -205,7 +212,12 @@ impl TxQueue {
     }
 
     #[inline(always)]
-    fn transmit<R: Virtqueue<Mbuf>>(ring: &mut R, stats: &mut QueueStats, reclaim_threshold: u16, pkts: &mut Vec<Mbuf>) -> (usize, bool) {
+    fn transmit<R: Virtqueue<Mbuf>>(
+        ring: &mut R,
+        stats: &mut QueueStats,
+        reclaim_threshold: u16,
+        pkts: &mut Vec<Mbuf>,
+    ) -> (usize, bool) {
         if ring.is_broken() {
             return (0, false);
         }

@@ -125,7 +125,13 @@ pub enum DeviceRing {
 
 impl DeviceRing {
     /// The device side of the ring at `addresses`.
-    pub fn new(format: RingFormat, size: u16, addresses: QueueAddresses, space: &AddressSpace, event_idx: bool) -> Result<Self, RingFault> {
+    pub fn new(
+        format: RingFormat,
+        size: u16,
+        addresses: QueueAddresses,
+        space: &AddressSpace,
+        event_idx: bool,
+    ) -> Result<Self, RingFault> {
         Ok(match format {
             RingFormat::Packed => DeviceRing::Packed(PackedDevice {
                 desc: space.translate(addresses.desc, 16 * size as u64)?.cast(),
@@ -256,7 +262,9 @@ impl PackedDevice {
             }
         };
         // SAFETY: translated for 4 bytes at set-up.
-        unsafe { self.device_event.write_volatile(EventSuppress { desc: Le16::new(off_wrap), flags: Le16::new(flags) }) };
+        unsafe {
+            self.device_event.write_volatile(EventSuppress { desc: Le16::new(off_wrap), flags: Le16::new(flags) })
+        };
         // The driver reads this after its own full fence; pair with one here.
         fence(Ordering::SeqCst);
     }
@@ -322,7 +330,9 @@ impl SplitDevice {
     fn push_used(&mut self, id: u32, len: u32, batch: u16) {
         let offset = used::ring(self.used_idx % self.size);
         // SAFETY: the entry is inside the translated used ring.
-        unsafe { self.used.add(offset).cast::<UsedElem>().write_volatile(UsedElem { id: Le32::new(id), len: Le32::new(len) }) };
+        unsafe {
+            self.used.add(offset).cast::<UsedElem>().write_volatile(UsedElem { id: Le32::new(id), len: Le32::new(len) })
+        };
         self.used_idx = self.used_idx.wrapping_add(batch.max(1));
         // Release: the entry is visible before the index that publishes it.
         self.used_u16(used::IDX).store(self.used_idx.to_le(), Ordering::Release);

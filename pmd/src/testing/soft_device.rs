@@ -91,11 +91,11 @@ pub struct DeviceConfig {
     pub event_idx: bool,
     /// Available-buffer notification suppression the device asks for.
     pub notify: NotifyMode,
-    /// Most chains gathered before completing them (and shuffling them without IN_ORDER).
+    /// Chains gathered (when available) before completing them, shuffled without IN_ORDER.
     pub window: usize,
     /// One fault to inject.
     pub fault: Option<FaultPlan>,
-    /// Seed for shuffling and window sizes.
+    /// Seed for shuffling.
     pub seed: u64,
 }
 
@@ -156,7 +156,12 @@ pub struct DeviceCore {
 
 impl DeviceCore {
     /// The device side of the rings in `rx` / `tx` (either may be absent), in `space`.
-    pub fn new(config: DeviceConfig, space: AddressSpace, rx: Option<QueueSpec>, tx: Option<QueueSpec>) -> Result<Self, RingFault> {
+    pub fn new(
+        config: DeviceConfig,
+        space: AddressSpace,
+        rx: Option<QueueSpec>,
+        tx: Option<QueueSpec>,
+    ) -> Result<Self, RingFault> {
         let ring = |q: QueueSpec| DeviceRing::new(q.format, q.size, q.addresses, &space, config.event_idx);
         let mut rx = rx.map(ring).transpose()?;
         let mut tx = tx.map(ring).transpose()?;
@@ -190,8 +195,7 @@ impl DeviceCore {
     /// One step: gathers up to a window of chains, moves frames, completes them. Returns how
     /// many chains it completed.
     pub fn poll(&mut self) -> Result<usize, RingFault> {
-        let window = if self.config.window <= 1 { 1 } else { self.rng.range(1, self.config.window as u64) as usize };
-        for _ in 0..window {
+        for _ in 0..self.config.window.max(1) {
             if !self.step()? {
                 break;
             }
@@ -216,7 +220,9 @@ impl DeviceCore {
     fn step(&mut self) -> Result<bool, RingFault> {
         match &mut self.config.mode {
             Mode::Loopback => {
-                let (Some(rx), Some(tx)) = (self.rx.as_mut(), self.tx.as_mut()) else { return Ok(false) };
+                let (Some(rx), Some(tx)) = (self.rx.as_mut(), self.tx.as_mut()) else {
+                    return Ok(false);
+                };
                 if !self.rx_held {
                     if !rx.pop_avail(&self.space, &mut self.rx_chain)? {
                         return Ok(false);
@@ -241,7 +247,9 @@ impl DeviceCore {
                 Ok(true)
             }
             Mode::Sink(sink) => {
-                let Some(tx) = self.tx.as_mut() else { return Ok(false) };
+                let Some(tx) = self.tx.as_mut() else {
+                    return Ok(false);
+                };
                 if !tx.pop_avail(&self.space, &mut self.tx_chain)? {
                     return Ok(false);
                 }
@@ -253,7 +261,9 @@ impl DeviceCore {
                 Ok(true)
             }
             Mode::Source { count, source } => {
-                let Some(rx) = self.rx.as_mut() else { return Ok(false) };
+                let Some(rx) = self.rx.as_mut() else {
+                    return Ok(false);
+                };
                 if self.generated >= *count || !rx.pop_avail(&self.space, &mut self.rx_chain)? {
                     return Ok(false);
                 }
@@ -289,7 +299,8 @@ impl DeviceCore {
         if !self.config.in_order {
             self.rng.shuffle(done);
         }
-        let fault = self.config.fault.filter(|f| f.role == role && (*count..*count + done.len() as u64).contains(&f.at));
+        let fault =
+            self.config.fault.filter(|f| f.role == role && (*count..*count + done.len() as u64).contains(&f.at));
         // Receive entries carry lengths the driver needs, so only transmit completions batch.
         if self.config.in_order && self.config.batch_used && role == Role::Tx && fault.is_none() {
             let skip = done.iter().map(|d| d.descs).sum();
@@ -334,24 +345,22 @@ impl SoftDevice {
         let thread = {
             let stop = stop.clone();
             let mut core = core;
-            std::thread::Builder::new()
-                .name("soft-device".into())
-                .spawn(move || {
-                    let mut idle = 0u32;
-                    while !stop.load(Ordering::Relaxed) {
-                        if core.poll()? > 0 {
-                            idle = 0;
+            std::thread::Builder::new().name("soft-device".into()).spawn(move || {
+                let mut idle = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    if core.poll()? > 0 {
+                        idle = 0;
+                    } else {
+                        idle += 1;
+                        if idle > 64 {
+                            std::thread::yield_now();
                         } else {
-                            idle += 1;
-                            if idle > 64 {
-                                std::thread::yield_now();
-                            } else {
-                                std::hint::spin_loop();
-                            }
+                            std::hint::spin_loop();
                         }
                     }
-                    Ok(())
-                })?
+                }
+                Ok(())
+            })?
         };
         Ok(SoftDevice { stop, stats, thread: Some(thread) })
     }

@@ -98,10 +98,10 @@ impl<T: Send> PackedRing<T> {
         // SAFETY: the driver area holds an `EventSuppress` (RingMemory's invariant), and the
         // device does not look at it before the queue is enabled.
         unsafe {
-            ring.memory.driver().cast::<EventSuppress>().write_volatile(EventSuppress {
-                desc: Le16::new(0),
-                flags: Le16::new(EVENT_FLAGS_DISABLE),
-            })
+            ring.memory
+                .driver()
+                .cast::<EventSuppress>()
+                .write_volatile(EventSuppress { desc: Le16::new(0), flags: Le16::new(EVENT_FLAGS_DISABLE) })
         };
         Ok(ring)
     }
@@ -149,7 +149,9 @@ impl<T: Send> PackedRing<T> {
     /// Hands chain `id` to `sink` and frees its descriptors; false if it was not in flight.
     #[inline(always)]
     fn complete(&mut self, id: u16, len: Option<u32>, sink: &mut impl FnMut(T, UsedLen)) -> bool {
-        let Some(chain) = self.shadow.take(id) else { return false };
+        let Some(chain) = self.shadow.take(id) else {
+            return false;
+        };
         let used_len = match len {
             Some(len) => {
                 let checked = chain.checked_len(len);
@@ -194,7 +196,9 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
         if count == 0 || count > self.free as usize || self.broken {
             return Err(token);
         }
-        let Some(id) = self.alloc_id() else { return Err(token) };
+        let Some(id) = self.alloc_id() else {
+            return Err(token);
+        };
         let mut writable_len = 0u32;
         for (i, segment) in segments.iter().enumerate() {
             let slot = self.avail.idx();
@@ -239,7 +243,9 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
 
     #[inline]
     fn publish(&mut self) -> bool {
-        let Some((slot, flags)) = self.pending_head.take() else { return false };
+        let Some((slot, flags)) = self.pending_head.take() else {
+            return false;
+        };
         // Release: every descriptor of the batch (written above) is visible before this head's
         // flags make the batch available.
         self.flags(slot).store(flags.to_le(), Ordering::Release);

@@ -19,8 +19,7 @@ use super::shadow::Shadow;
 use super::{RingErrors, Segment, UsedLen, Virtqueue};
 use crate::error::{Error, Result};
 use crate::spec::split::{
-    avail, used, SplitDesc, UsedElem, AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, MAX_QUEUE_SIZE,
-    USED_F_NO_NOTIFY,
+    avail, used, SplitDesc, UsedElem, AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY,
 };
 use crate::spec::{Le16, Le32, Le64};
 use crate::transport::{QueueAddresses, RingFormat};
@@ -121,7 +120,9 @@ impl<T: Send> SplitRing<T> {
     /// Completes the chain headed by `head` and frees its descriptors; false if not in flight.
     #[inline(always)]
     fn complete(&mut self, head: u16, len: Option<u32>, sink: &mut impl FnMut(T, UsedLen)) -> bool {
-        let Some(chain) = self.shadow.take(head) else { return false };
+        let Some(chain) = self.shadow.take(head) else {
+            return false;
+        };
         let used_len = match len {
             Some(len) => {
                 let checked = chain.checked_len(len);

@@ -1,4 +1,5 @@
 //! Shared test fixtures: deterministic frames with sequence numbers, and their checker.
+#![allow(dead_code)] // Each test binary uses its own part of the fixtures.
 
 use virtio_pmd::mbuf::{Mbuf, Mempool, MempoolConfig};
 use virtio_pmd::mem::{HugePages, IovaAllocator};
@@ -48,7 +49,6 @@ pub fn check_frame(frame: &[u8]) -> Result<u64, String> {
 }
 
 /// A mbuf holding frame `seq`.
-#[allow(dead_code)]
 pub fn frame_mbuf(pool: &Mempool, seq: u64) -> Option<Mbuf> {
     let mut m = pool.alloc()?;
     write_frame(seq, m.append(frame_len(seq))?);
@@ -64,10 +64,12 @@ pub fn test_pool(count: u32) -> Mempool {
 /// Remembers which sequence numbers arrived.
 pub struct SeenSet {
     bits: Vec<u64>,
+    /// How many distinct sequence numbers arrived.
     pub count: u64,
 }
 
 impl SeenSet {
+    /// A set for sequence numbers `0..total`.
     pub fn new(total: u64) -> Self {
         Self { bits: vec![0; total.div_ceil(64) as usize], count: 0 }
     }
