@@ -64,6 +64,185 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// No PCI function at this address (or the address is malformed).
+    #[error("PCI device {device} not found ({reason}): list virtio devices with `lspci -D -d 1af4:`")]
+    PciDeviceNotFound {
+        /// The PCI address asked for.
+        device: String,
+        /// What is missing.
+        reason: String,
+    },
+    /// The PCI function is not a virtio-net device.
+    #[error(
+        "PCI device {device} is {vendor:04x}:{device_id:04x}, not a virtio-net device \
+         (1af4:1041, or transitional 1af4:1000): check the address with `lspci -D -d 1af4:`"
+    )]
+    NotVirtioNet {
+        /// The PCI address.
+        device: String,
+        /// Its vendor id.
+        vendor: u16,
+        /// Its device id.
+        device_id: u16,
+    },
+    /// The PCI function is not bound to `vfio-pci`.
+    #[error("PCI device {device} is not bound to vfio-pci ({driver}): run `scripts/bind-vfio.sh {device}`")]
+    NotBoundToVfio {
+        /// The PCI address.
+        device: String,
+        /// "bound to `driver`" or "no driver bound".
+        driver: String,
+    },
+    /// Another device of the function's IOMMU group is bound to a host driver.
+    #[error(
+        "IOMMU group {group} of PCI device {device} is not viable: every device in the group must \
+         be bound to vfio-pci or to no driver, and these are not: {blockers}; bind them with \
+         `scripts/bind-vfio.sh`, or put the device in a slot with its own IOMMU group"
+    )]
+    VfioGroupNotViable {
+        /// The PCI address.
+        device: String,
+        /// The IOMMU group number.
+        group: u32,
+        /// The devices in the way, with their drivers.
+        blockers: String,
+    },
+    /// The IOMMU group is already open (by another process, or another container of this one).
+    #[error(
+        "IOMMU group {group} of PCI device {device} is in use: /dev/vfio/{group} is held by another \
+         process (or by another VFIO container in this one); stop it first \
+         (`fuser -v /dev/vfio/{group}` names it)"
+    )]
+    VfioGroupBusy {
+        /// The PCI address.
+        device: String,
+        /// The IOMMU group number.
+        group: u32,
+    },
+    /// VFIO has no usable IOMMU.
+    #[error("no usable IOMMU for VFIO: {reason}")]
+    IommuUnavailable {
+        /// What is missing, and what to do.
+        reason: String,
+    },
+    /// The device has no virtio PCI capabilities: a legacy-only virtio device.
+    #[error(
+        "PCI device {device} has no virtio PCI capabilities: it is a legacy-only virtio device, which \
+         this driver does not support; use a modern device (QEMU: `-device \
+         virtio-net-pci,disable-legacy=on`, without `disable-modern=on`)"
+    )]
+    LegacyOnlyDevice {
+        /// The PCI address.
+        device: String,
+    },
+    /// The PCI capability list is malformed or lacks a required virtio structure.
+    #[error("PCI device {device}: {problem}")]
+    BadPciCapabilities {
+        /// The PCI address.
+        device: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A VFIO operation failed.
+    #[error("{device}: {what}: {source}")]
+    Vfio {
+        /// The PCI address (or "VFIO container").
+        device: String,
+        /// What was being done.
+        what: String,
+        /// The error from `vfio-ioctls`.
+        #[source]
+        source: vfio_ioctls::VfioError,
+    },
+    /// A device register did not read back what the driver wrote.
+    #[error("{device}: the device did not accept {what}: wrote {wrote:#x}, read back {read:#x}")]
+    RegisterReadBack {
+        /// The device.
+        device: String,
+        /// Which register.
+        what: String,
+        /// The value written.
+        wrote: u64,
+        /// The value read back.
+        read: u64,
+    },
+    /// Writing 0 to the device status did not reset the device in time.
+    #[error(
+        "{device}: the device did not finish its reset within {timeout_ms} ms (status still \
+         {status:#x}): reset the function (`echo 1 > /sys/bus/pci/devices/{device}/reset`) or \
+         restart the VM"
+    )]
+    ResetTimeout {
+        /// The device.
+        device: String,
+        /// The status last read.
+        status: u8,
+        /// How long the driver waited.
+        timeout_ms: u64,
+    },
+    /// Nothing listens at a vhost-user socket path (after the connect retry window).
+    #[error(
+        "no vhost-user backend at {path} ({source}): start one, e.g. \
+         `scripts/dpdk/vhost-testpmd.sh start --socket {path}`"
+    )]
+    VhostUserNoBackend {
+        /// The socket path.
+        path: String,
+        /// Why the last connect attempt failed.
+        #[source]
+        source: io::Error,
+    },
+    /// A vhost-user request failed, or the backend refused it (with REPLY_ACK a refusal carries no
+    /// reason: the backend's own log says why).
+    #[error("vhost-user backend at {path}: {step} failed: {source}")]
+    VhostUser {
+        /// The socket path.
+        path: String,
+        /// The request that failed.
+        step: &'static str,
+        /// The frontend library's error.
+        #[source]
+        source: vhost::Error,
+    },
+    /// The vhost-user backend closed the connection (it exited or crashed).
+    #[error(
+        "vhost-user backend at {path} is gone ({step}: {source}): restart the backend, then \
+         reset and set up the port again"
+    )]
+    VhostUserDisconnected {
+        /// The socket path.
+        path: String,
+        /// The request that found the connection broken.
+        step: &'static str,
+        /// The frontend library's error.
+        #[source]
+        source: vhost::Error,
+    },
+    /// The vhost-user backend did not answer in time (stopped, hung, or overloaded); the
+    /// connection was shut down so that no call can hang.
+    #[error(
+        "vhost-user backend at {path} did not answer {step} within {timeout:?} (is it stopped or \
+         hung?); the connection was closed: restart the backend, then reset and set up the port again"
+    )]
+    VhostUserTimeout {
+        /// The socket path.
+        path: String,
+        /// The request that timed out.
+        step: &'static str,
+        /// The per-request time limit.
+        timeout: std::time::Duration,
+    },
+    /// More DMA regions than a vhost-user memory table can carry.
+    #[error(
+        "vhost-user passes at most {max} memory regions to the backend and {count} were mapped: \
+         allocate DMA memory in fewer, larger regions (e.g. one mempool per process)"
+    )]
+    TooManyDmaRegions {
+        /// Regions asked for.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// `Result` with the driver's [`Error`].

@@ -39,7 +39,7 @@ impl IovaAllocator {
     }
 
     /// IOVA = VA whenever the region's VA range lies inside one of `ranges`; otherwise the next
-    /// free, aligned addresses of `ranges`.
+    /// free, aligned addresses of `ranges` (never address 0).
     pub fn identity_within(ranges: Vec<IovaRange>) -> Self {
         let next = ranges.first().map_or(0, |r| r.start);
         Self { mode: Mutex::new(Mode::Ranges { ranges, current: 0, next }) }
@@ -59,7 +59,8 @@ impl IovaAllocator {
                 }
                 while *current < ranges.len() {
                     let range = ranges[*current];
-                    let start = (*next).max(range.start).next_multiple_of(align);
+                    // Never IOVA 0: devices read a ring address of 0 as "not set up".
+                    let start = (*next).max(range.start).max(1).next_multiple_of(align);
                     if fits(&range, start) {
                         *next = start + len;
                         return Ok(start);
@@ -84,6 +85,8 @@ mod tests {
             IovaRange { start: 0xfef0_0000, end: 0xffff_ffff_ffff },
         ]);
         assert_eq!(a.assign(0x7f00_0000_0000, 0x20_0000, 0x20_0000).unwrap(), 0x7f00_0000_0000);
+        let from_zero = IovaAllocator::identity_within(vec![IovaRange { start: 0, end: 0xff_ffff }]);
+        assert_eq!(from_zero.assign(1 << 46, 0x1000, 0x1000).unwrap(), 0x1000, "never IOVA 0");
         let narrow = IovaAllocator::identity_within(vec![
             IovaRange { start: 0x1000, end: 0x3f_ffff },
             IovaRange { start: 0x100_0000, end: 0x1ff_ffff },

@@ -14,10 +14,20 @@ use crate::spec::net::{NetHeader, NET_HDR_LEN};
 use crate::transport::{Notify, QueueAddresses};
 use crate::virtqueue::{PackedRing, Segment, SplitRing, Virtqueue};
 
+use std::sync::Arc;
+
+use super::stats::QueueCounters;
 use super::QueueStats;
 
 /// `VIRTIO_NET_HDR_F_DATA_VALID`.
 const HDR_F_DATA_VALID: u8 = 2;
+
+/// Stops a device from touching its rings: called before a queue hands its in-flight buffers
+/// back to their pools.
+pub(crate) trait Quiesce: Send + Sync {
+    /// Resets (or otherwise stops) the device; idempotent.
+    fn quiesce(&self);
+}
 
 /// A ring of either format, chosen at set-up time.
 pub enum Ring {
@@ -56,7 +66,8 @@ pub struct RxQueue {
     port: u16,
     /// Refill once at least this many descriptors are free.
     refill_threshold: u16,
-    stats: QueueStats,
+    counters: Arc<QueueCounters>,
+    device: Option<Arc<dyn Quiesce>>,
 }
 
 /// A transmit queue: takes frames, reclaims their mbufs once the device is done.
@@ -65,13 +76,15 @@ pub struct TxQueue {
     notify: Box<dyn Notify>,
     /// Reclaim completions once fewer than this many descriptors are free.
     reclaim_threshold: u16,
-    stats: QueueStats,
+    counters: Arc<QueueCounters>,
+    device: Option<Arc<dyn Quiesce>>,
 }
 
 impl RxQueue {
     /// A receive queue for `port` over `ring`, filled from `pool`. The ring is filled now; the
-    /// device must be told about it (and started) by the caller. Drop it only after the device
-    /// was reset: dropping returns the posted buffers to the pool.
+    /// device must be told about it (and started) by the caller. Dropping returns the posted
+    /// buffers to the pool, after stopping the device given to [`RxQueue::with_quiesce`] (without
+    /// one, the caller must have stopped the device).
     pub(crate) fn new(ring: Ring, pool: Mempool, notify: Box<dyn Notify>, port: u16) -> RxQueue {
         let size = with_ring!(&ring, r => r.size());
         let mut queue = RxQueue {
@@ -80,7 +93,8 @@ impl RxQueue {
             notify,
             port,
             refill_threshold: (size / 8).clamp(1, 64),
-            stats: QueueStats::default(),
+            counters: Arc::default(),
+            device: None,
         };
         queue.refill();
         queue
@@ -91,7 +105,7 @@ impl RxQueue {
     #[inline]
     pub fn rx_burst(&mut self, out: &mut Vec<Mbuf>) -> usize {
         let max = out.capacity() - out.len();
-        let received = with_ring!(&mut self.ring, ring => Self::receive(ring, &mut self.stats, self.port, out, max));
+        let received = with_ring!(&mut self.ring, ring => Self::receive(ring, &self.counters, self.port, out, max));
         self.refill();
         received
     }
@@ -99,7 +113,7 @@ impl RxQueue {
     #[inline(always)]
     fn receive<R: Virtqueue<Mbuf>>(
         ring: &mut R,
-        stats: &mut QueueStats,
+        counters: &QueueCounters,
         port: u16,
         out: &mut Vec<Mbuf>,
         max: usize,
@@ -129,10 +143,10 @@ impl RxQueue {
             _ => drops += 1,
         });
         let received = out.len() - before;
-        stats.packets += received as u64;
-        stats.bytes += bytes;
-        stats.drops += drops;
-        stats.errors = ring.errors();
+        if received as u64 + drops > 0 {
+            counters.add_traffic(received as u64, bytes, drops);
+            counters.set_errors(&ring.errors());
+        }
         received
     }
 
@@ -144,7 +158,7 @@ impl RxQueue {
             return;
         }
         let pool = &self.pool;
-        let stats = &mut self.stats;
+        let counters = &self.counters;
         let kick = with_ring!(&mut self.ring, ring => {
             let posted = pool.alloc_bulk_with(free as usize, |mbuf| {
                 let segment = Segment {
@@ -155,19 +169,25 @@ impl RxQueue {
                 // Cannot fail: `free` descriptors are free and each buffer takes one.
                 let _ = ring.add(&[segment], mbuf);
             });
-            stats.alloc_failures += !posted as u64;
+            if !posted {
+                counters.add_alloc_failure();
+            }
             ring.publish()
         });
-        self.stats.publishes += 1;
         if kick {
             self.notify.notify();
-            self.stats.kicks += 1;
         }
+        self.counters.add_publish(kick);
     }
 
     /// The queue's counters.
     pub fn stats(&self) -> QueueStats {
-        self.stats
+        self.counters.snapshot()
+    }
+
+    /// The live counters, for a port summary read from another thread.
+    pub(crate) fn counters(&self) -> Arc<QueueCounters> {
+        self.counters.clone()
     }
 
     /// Whether the device broke the ring protocol; the queue then receives nothing more.
@@ -181,18 +201,30 @@ impl RxQueue {
     }
 }
 
+impl RxQueue {
+    /// Makes dropping the queue stop `device` before the buffers go back to the pool.
+    pub(crate) fn with_quiesce(mut self, device: Arc<dyn Quiesce>) -> Self {
+        self.device = Some(device);
+        self
+    }
+}
+
 impl Drop for RxQueue {
     fn drop(&mut self) {
+        if let Some(device) = &self.device {
+            device.quiesce();
+        }
         self.ring.drain();
     }
 }
 
 impl TxQueue {
-    /// A transmit queue over `ring`. Drop it only after the device was reset: dropping returns
-    /// the mbufs still in flight to their pools.
+    /// A transmit queue over `ring`. Dropping returns the mbufs still in flight to their pools,
+    /// after stopping the device given to [`TxQueue::with_quiesce`] (without one, the caller
+    /// must have stopped the device).
     pub(crate) fn new(ring: Ring, notify: Box<dyn Notify>) -> TxQueue {
         let size = with_ring!(&ring, r => r.size());
-        TxQueue { ring, notify, reclaim_threshold: (size / 4).clamp(1, 64), stats: QueueStats::default() }
+        TxQueue { ring, notify, reclaim_threshold: (size / 4).clamp(1, 64), counters: Arc::default(), device: None }
     }
 
     /// Queues frames from the front of `pkts` for transmission, removing the ones it accepted;
@@ -200,13 +232,12 @@ impl TxQueue {
     #[inline]
     pub fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>) -> usize {
         let (accepted, kick) =
-            with_ring!(&mut self.ring, ring => Self::transmit(ring, &mut self.stats, self.reclaim_threshold, pkts));
+            with_ring!(&mut self.ring, ring => Self::transmit(ring, &self.counters, self.reclaim_threshold, pkts));
         if accepted > 0 {
-            self.stats.publishes += 1;
             if kick {
                 self.notify.notify();
-                self.stats.kicks += 1;
             }
+            self.counters.add_publish(kick);
         }
         accepted
     }
@@ -214,7 +245,7 @@ impl TxQueue {
     #[inline(always)]
     fn transmit<R: Virtqueue<Mbuf>>(
         ring: &mut R,
-        stats: &mut QueueStats,
+        counters: &QueueCounters,
         reclaim_threshold: u16,
         pkts: &mut Vec<Mbuf>,
     ) -> (usize, bool) {
@@ -239,11 +270,10 @@ impl TxQueue {
             // Cannot fail: `count` descriptors are free and each packet takes one.
             let _ = ring.add(&[segment], mbuf);
         }
-        let sent = count as u64 - drops;
-        stats.packets += sent;
-        stats.bytes += bytes;
-        stats.drops += drops;
-        stats.errors = ring.errors();
+        if count > 0 {
+            counters.add_traffic(count as u64 - drops, bytes, drops);
+            counters.set_errors(&ring.errors());
+        }
         (count, ring.publish())
     }
 
@@ -256,7 +286,7 @@ impl TxQueue {
     /// Reclaims every completed transmission now (normally done lazily inside `tx_burst`).
     pub fn reclaim(&mut self) {
         with_ring!(&mut self.ring, r => Self::reclaim_ring(r));
-        self.stats.errors = with_ring!(&self.ring, r => r.errors());
+        self.counters.set_errors(&with_ring!(&self.ring, r => r.errors()));
     }
 
     /// Frames handed to the device and not yet completed.
@@ -266,7 +296,12 @@ impl TxQueue {
 
     /// The queue's counters.
     pub fn stats(&self) -> QueueStats {
-        self.stats
+        self.counters.snapshot()
+    }
+
+    /// The live counters, for a port summary read from another thread.
+    pub(crate) fn counters(&self) -> Arc<QueueCounters> {
+        self.counters.clone()
     }
 
     /// Whether the device broke the ring protocol; the queue then accepts nothing more.
@@ -280,8 +315,19 @@ impl TxQueue {
     }
 }
 
+impl TxQueue {
+    /// Makes dropping the queue stop `device` before the buffers go back to their pools.
+    pub(crate) fn with_quiesce(mut self, device: Arc<dyn Quiesce>) -> Self {
+        self.device = Some(device);
+        self
+    }
+}
+
 impl Drop for TxQueue {
     fn drop(&mut self) {
+        if let Some(device) = &self.device {
+            device.quiesce();
+        }
         self.ring.drain();
     }
 }

@@ -1,19 +1,24 @@
-//! Per-queue counters: plain integers owned by the queue's thread, read by copying.
+//! Per-queue counters. Each queue's thread is the only writer: it adds with a relaxed load and
+//! store (a plain add, no locked instruction) once per burst. Any thread may read them, e.g. to
+//! print a port summary while the queues run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::virtqueue::RingErrors;
 
-/// Counters of one queue. Receive queues count packets received, transmit queues packets sent.
+/// A snapshot of one queue's counters (or a sum of several). Receive queues count packets
+/// received, transmit queues packets sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueStats {
     /// Packets moved.
     pub packets: u64,
     /// Bytes moved (frame bytes, without the virtio-net header).
     pub bytes: u64,
-    /// Packets dropped by the driver (receive: bad length from the device; transmit: no
-    /// headroom for the virtio-net header).
+    /// Packets dropped by the driver (receive: a length from the device that does not fit;
+    /// transmit: no headroom for the virtio-net header).
     pub drops: u64,
-    /// Protocol errors the ring detected (bad ids, bad lengths).
-    pub errors: RingErrors,
+    /// Protocol errors the ring detected (bad ids, bad lengths, bad used indices).
+    pub errors: u64,
     /// Receive: refills that found the pool empty.
     pub alloc_failures: u64,
     /// Notifications sent to the device.
@@ -27,11 +32,69 @@ impl std::ops::AddAssign for QueueStats {
         self.packets += other.packets;
         self.bytes += other.bytes;
         self.drops += other.drops;
-        self.errors.bad_id += other.errors.bad_id;
-        self.errors.bad_len += other.errors.bad_len;
-        self.errors.bad_used_idx += other.errors.bad_used_idx;
+        self.errors += other.errors;
         self.alloc_failures += other.alloc_failures;
         self.kicks += other.kicks;
         self.publishes += other.publishes;
+    }
+}
+
+/// The live counters of one queue.
+#[derive(Debug, Default)]
+pub(crate) struct QueueCounters {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    drops: AtomicU64,
+    errors: AtomicU64,
+    alloc_failures: AtomicU64,
+    kicks: AtomicU64,
+    publishes: AtomicU64,
+}
+
+/// Adds `n` to a counter this thread alone writes.
+#[inline(always)]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+impl QueueCounters {
+    #[inline(always)]
+    pub fn add_traffic(&self, packets: u64, bytes: u64, drops: u64) {
+        bump(&self.packets, packets);
+        bump(&self.bytes, bytes);
+        if drops > 0 {
+            bump(&self.drops, drops);
+        }
+    }
+
+    #[inline(always)]
+    pub fn set_errors(&self, errors: &RingErrors) {
+        self.errors.store(errors.total(), Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    pub fn add_alloc_failure(&self) {
+        bump(&self.alloc_failures, 1);
+    }
+
+    #[inline(always)]
+    pub fn add_publish(&self, kicked: bool) {
+        bump(&self.publishes, 1);
+        if kicked {
+            bump(&self.kicks, 1);
+        }
+    }
+
+    pub fn snapshot(&self) -> QueueStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        QueueStats {
+            packets: get(&self.packets),
+            bytes: get(&self.bytes),
+            drops: get(&self.drops),
+            errors: get(&self.errors),
+            alloc_failures: get(&self.alloc_failures),
+            kicks: get(&self.kicks),
+            publishes: get(&self.publishes),
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Virtio over PCI layouts ("Virtio Over PCI Bus", 4.1): the vendor capability, the common
 //! configuration structure's field offsets, and the PCI ids of a modern virtio-net function.
 
-use super::{Le32, Le16, Le64};
+use super::{Le16, Le32, Le64};
 
 /// PCI vendor id of virtio devices.
 pub const VENDOR_ID: u16 = 0x1af4;
@@ -102,3 +102,35 @@ pub struct CommonCfg {
 }
 const _: () = assert!(core::mem::offset_of!(CommonCfg, queue_desc) == 0x20);
 const _: () = assert!(core::mem::offset_of!(CommonCfg, queue_reset) == 0x3a);
+
+/// Minimum length of the common configuration structure this driver needs: every field up to
+/// and including `queue_device`. The fields after it exist only with features this driver does
+/// not negotiate (NOTIF_CONFIG_DATA, RING_RESET, ADMIN_VQ).
+pub const COMMON_CFG_MIN_LEN: usize = core::mem::offset_of!(CommonCfg, queue_notif_config_data);
+const _: () = assert!(COMMON_CFG_MIN_LEN == 0x38);
+
+/// Generic PCI configuration header offsets and bits (PCI Local Bus Specification, type 0 header).
+pub mod config {
+    /// Vendor id (16 bits).
+    pub const VENDOR_ID: u16 = 0x00;
+    /// Device id (16 bits).
+    pub const DEVICE_ID: u16 = 0x02;
+    /// Command register (16 bits).
+    pub const COMMAND: u16 = 0x04;
+    /// Status register (16 bits).
+    pub const STATUS: u16 = 0x06;
+    /// Pointer to the first capability (8 bits; the bottom two bits are reserved).
+    pub const CAPABILITIES_POINTER: u16 = 0x34;
+    /// Command: respond to Memory Space accesses.
+    pub const COMMAND_MEMORY: u16 = 1 << 1;
+    /// Command: Bus Master, i.e. the function may issue DMA.
+    pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
+    /// Status: the function has a capability list at `CAPABILITIES_POINTER`.
+    pub const STATUS_CAPABILITIES_LIST: u16 = 1 << 4;
+    /// First offset past the standard header, where capabilities may start.
+    pub const FIRST_CAPABILITY: u16 = 0x40;
+    /// Size of the conventional configuration space, where the capability list lives.
+    pub const CONVENTIONAL_SIZE: u16 = 0x100;
+    /// Capability id of MSI-X.
+    pub const CAP_ID_MSIX: u8 = 0x11;
+}

@@ -4,6 +4,7 @@
 //! unit and integration tests, the benches and the fuzz targets.
 
 mod device_ring;
+mod fake_transport;
 mod rng;
 mod soft_device;
 
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use device_ring::{AddressSpace, NotifyMode, RingFault};
+pub use fake_transport::{FakeDeviceConfig, FakeTransport};
 pub use rng::Rng;
 pub use soft_device::{
     DeviceConfig, DeviceCore, DeviceStats, Fault, FaultPlan, FrameSink, FrameSource, Mode, QueueSpec, Role, SoftDevice,

@@ -5,6 +5,10 @@
 //! features, status, device configuration, queue set-up, a [`Notify`] per queue, and DMA regions
 //! the device can reach at their IOVA.
 
+pub mod pci;
+pub mod vfio;
+pub mod vhost_user;
+
 use std::sync::Arc;
 
 use crate::error::Result;

@@ -1,0 +1,546 @@
+//! Test frames of the VM peer: layout, builder and byte-exact checker.
+//!
+//! Every frame is a complete Ethernet frame without FCS (one per UDP datagram, as QEMU's
+//! `-netdev dgram` carries them), `MIN_LEN..=MAX_LEN` bytes long:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0  | 6 | destination MAC |
+//! | 6  | 6 | source MAC |
+//! | 12 | 2 | ethertype [`ETHERTYPE`] (0x88b5, IEEE "local experimental") |
+//! | 14 | 4 | magic [`MAGIC`] |
+//! | 18 | 1 | kind: [`Kind::Data`] or [`Kind::Probe`] |
+//! | 19 | 1 | direction: 0 = sent into port 0 (comes out of port 1), 1 = the reverse |
+//! | 20 | 2 | frame length in bytes |
+//! | 22 | 8 | sequence number, per direction and kind, from 0 |
+//! | 30 | 8 | send time, ns since the sender's epoch (a monotonic clock) |
+//! | 38 | 4 | FNV-1a of bytes 14..38 (covers the timestamp, which cannot be predicted) |
+//! | 42 | .. | fill: a xorshift stream seeded from (kind, direction, sequence number) |
+//!
+//! All multi-byte fields are big-endian (network order). The length of a data frame is a
+//! function of its sequence number ([`SizePlan`]), so the checker knows every byte of a frame from
+//! its direction, sequence number and timestamp: it rebuilds the frame and compares it whole.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Ethertype of test frames: IEEE 802 "local experimental ethertype 1".
+pub const ETHERTYPE: u16 = 0x88b5;
+/// Magic at the start of the payload ("vPMD").
+pub const MAGIC: [u8; 4] = *b"vPMD";
+/// Shortest Ethernet frame without FCS.
+pub const MIN_LEN: usize = 60;
+/// Longest standard Ethernet frame without FCS (1500-byte MTU).
+pub const MAX_LEN: usize = 1514;
+/// Bytes before the fill.
+pub const HEADER_LEN: usize = 42;
+
+const OFF_MAGIC: usize = 14;
+const OFF_KIND: usize = 18;
+const OFF_DIR: usize = 19;
+const OFF_LEN: usize = 20;
+const OFF_SEQ: usize = 22;
+const OFF_TS: usize = 30;
+const OFF_CHECK: usize = 38;
+
+/// A MAC address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// DPDK l2fwd's default destination for frames sent out of `port`: 02:00:00:00:00:<port>.
+    pub fn l2fwd_dst(port: u8) -> Mac {
+        Mac([0x02, 0, 0, 0, 0, port])
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 {
+            return Err(format!("'{s}' is not a MAC address (expected six hex bytes, e.g. 02:00:00:00:00:01)"));
+        }
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(&parts) {
+            let hex = !part.is_empty() && part.len() <= 2 && part.chars().all(|c| c.is_ascii_hexdigit());
+            *byte = u8::from_str_radix(part, 16)
+                .ok()
+                .filter(|_| hex)
+                .ok_or_else(|| format!("'{s}' is not a MAC address: '{part}' is not a hex byte"))?;
+        }
+        Ok(Mac(mac))
+    }
+}
+
+/// What the checker expects in one MAC field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MacExpect {
+    /// Accept any address (the forwarder under test does not rewrite it predictably).
+    Any,
+    /// Exactly this address.
+    Exact(Mac),
+}
+
+impl FromStr for MacExpect {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("any") {
+            Ok(MacExpect::Any)
+        } else {
+            s.parse().map(MacExpect::Exact)
+        }
+    }
+}
+
+impl fmt::Display for MacExpect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MacExpect::Any => f.write_str("any"),
+            MacExpect::Exact(mac) => mac.fmt(f),
+        }
+    }
+}
+
+/// What a frame is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A counted test frame.
+    Data = 1,
+    /// A readiness probe: sent until one comes back, never counted.
+    Probe = 2,
+}
+
+/// Frame lengths by sequence number: mostly pseudo-random in `min..=max`, with the two extremes
+/// every 8 frames so that both are always covered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizePlan {
+    /// Shortest frame.
+    pub min: usize,
+    /// Longest frame.
+    pub max: usize,
+}
+
+impl SizePlan {
+    /// A plan for `min..=max`; both must be within `MIN_LEN..=MAX_LEN`, `min <= max`.
+    pub fn new(min: usize, max: usize) -> Result<SizePlan, String> {
+        if !(MIN_LEN..=MAX_LEN).contains(&min) || !(MIN_LEN..=MAX_LEN).contains(&max) || min > max {
+            return Err(format!(
+                "frame sizes {min}..{max} are invalid: both must be in {MIN_LEN}..={MAX_LEN} and min <= max"
+            ));
+        }
+        Ok(SizePlan { min, max })
+    }
+
+    /// The length of data frame `seq`.
+    pub fn len_of(&self, seq: u64) -> usize {
+        match seq % 8 {
+            0 => self.min,
+            1 => self.max,
+            _ => {
+                let span = (self.max - self.min + 1) as u64;
+                self.min + (splitmix64(seq ^ 0x5eed_5eed) % span) as usize
+            }
+        }
+    }
+}
+
+/// The identity of a frame: everything needed to rebuild it except its MACs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameId {
+    /// Data or probe.
+    pub kind: Kind,
+    /// 0: into port 0, out of port 1; 1: the reverse.
+    pub dir: u8,
+    /// Sequence number within (kind, dir).
+    pub seq: u64,
+    /// Send time, ns since the sender's epoch.
+    pub ts_ns: u64,
+    /// Whole frame length.
+    pub len: usize,
+}
+
+/// Writes frame `id` with the given MACs into `buf` (cleared first).
+pub fn build(buf: &mut Vec<u8>, dst: Mac, src: Mac, id: &FrameId) {
+    debug_assert!((HEADER_LEN..=u16::MAX as usize).contains(&id.len));
+    buf.clear();
+    buf.extend_from_slice(&dst.0);
+    buf.extend_from_slice(&src.0);
+    buf.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    buf.extend_from_slice(&MAGIC);
+    buf.push(id.kind as u8);
+    buf.push(id.dir);
+    buf.extend_from_slice(&(id.len as u16).to_be_bytes());
+    buf.extend_from_slice(&id.seq.to_be_bytes());
+    buf.extend_from_slice(&id.ts_ns.to_be_bytes());
+    let check = fnv1a(&buf[OFF_MAGIC..OFF_CHECK]);
+    buf.extend_from_slice(&check.to_be_bytes());
+    buf.resize(id.len, 0);
+    fill(&mut buf[HEADER_LEN..], id.kind, id.dir, id.seq);
+}
+
+/// Why a received frame is not the frame that was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Defect {
+    /// Shorter than a header, or longer than `MAX_LEN`.
+    BadLength(usize),
+    /// Not one of ours: wrong ethertype or magic.
+    Foreign {
+        /// The frame's ethertype.
+        ethertype: u16,
+        /// The frame's destination MAC.
+        dst: Mac,
+    },
+    /// Unknown kind byte.
+    BadKind(u8),
+    /// The header check word does not match (header bytes 14..42 corrupted).
+    HeaderCheck,
+    /// A direction that does not come out of this port.
+    Misrouted {
+        /// Direction in the frame.
+        dir: u8,
+    },
+    /// The length field differs from the datagram length.
+    LengthField {
+        /// The length field.
+        field: usize,
+        /// Bytes received.
+        actual: usize,
+    },
+    /// A data frame whose sequence number was never sent.
+    SeqOutOfRange(u64),
+    /// The length is not the one planned for this sequence number.
+    SizePlan {
+        /// Planned length.
+        expected: usize,
+        /// Bytes received.
+        actual: usize,
+    },
+    /// The destination MAC is not the expected one.
+    DstMac {
+        /// What arrived.
+        got: Mac,
+        /// What the forwarder should have written.
+        want: Mac,
+    },
+    /// The source MAC is not the expected one.
+    SrcMac {
+        /// What arrived.
+        got: Mac,
+        /// What the forwarder should have written.
+        want: Mac,
+    },
+    /// A payload byte differs.
+    Payload {
+        /// Offset in the frame.
+        offset: usize,
+        /// The byte received.
+        got: u8,
+        /// The byte sent.
+        want: u8,
+    },
+    /// A second copy of a data frame that already arrived intact.
+    Duplicate(u64),
+}
+
+impl fmt::Display for Defect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Defect::BadLength(n) => write!(f, "{n} bytes is not a valid frame length"),
+            Defect::Foreign { ethertype, dst } => {
+                write!(f, "not a test frame (ethertype {ethertype:#06x}, destination {dst})")
+            }
+            Defect::BadKind(k) => write!(f, "unknown kind byte {k:#04x}"),
+            Defect::HeaderCheck => f.write_str("header check word mismatch (header corrupted)"),
+            Defect::Misrouted { dir } => {
+                write!(f, "direction {dir} frame came out of the wrong port")
+            }
+            Defect::LengthField { field, actual } => {
+                write!(f, "length field says {field} bytes, datagram has {actual}")
+            }
+            Defect::SeqOutOfRange(s) => write!(f, "sequence number {s} was never sent"),
+            Defect::SizePlan { expected, actual } => {
+                write!(f, "frame is {actual} bytes, this sequence number was sent with {expected}")
+            }
+            Defect::DstMac { got, want } => write!(f, "destination MAC {got}, expected {want}"),
+            Defect::SrcMac { got, want } => write!(f, "source MAC {got}, expected {want}"),
+            Defect::Payload { offset, got, want } => {
+                write!(f, "byte {offset} is {got:#04x}, expected {want:#04x}")
+            }
+            Defect::Duplicate(s) => write!(f, "sequence number {s} arrived twice"),
+        }
+    }
+}
+
+/// What a receiving port expects of the frames that come out of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Expect {
+    /// The only direction that may come out of this port.
+    pub dir: u8,
+    /// Expected destination MAC (after the forwarder's rewrite).
+    pub dst: MacExpect,
+    /// Expected source MAC (after the forwarder's rewrite).
+    pub src: MacExpect,
+    /// Data frames sent in this direction (valid sequence numbers are below it).
+    pub frames: u64,
+    /// Lengths of data frames.
+    pub sizes: SizePlan,
+}
+
+/// Checks every byte of `frame` against what was sent; returns its identity when intact.
+///
+/// `scratch` is reused to rebuild the expected frame. Duplicates are not detected here (the
+/// caller keeps the set of sequence numbers seen).
+pub fn check(frame: &[u8], expect: &Expect, scratch: &mut Vec<u8>) -> Result<FrameId, Defect> {
+    if frame.len() < HEADER_LEN || frame.len() > MAX_LEN {
+        return Err(Defect::BadLength(frame.len()));
+    }
+    if frame[12..14] != ETHERTYPE.to_be_bytes() || frame[OFF_MAGIC..OFF_KIND] != MAGIC {
+        return Err(Defect::Foreign {
+            ethertype: u16::from_be_bytes([frame[12], frame[13]]),
+            dst: Mac(frame[0..6].try_into().unwrap_or([0; 6])),
+        });
+    }
+    let check_word = u32::from_be_bytes(frame[OFF_CHECK..HEADER_LEN].try_into().unwrap_or([0; 4]));
+    if fnv1a(&frame[OFF_MAGIC..OFF_CHECK]) != check_word {
+        return Err(Defect::HeaderCheck);
+    }
+    let kind = match frame[OFF_KIND] {
+        1 => Kind::Data,
+        2 => Kind::Probe,
+        other => return Err(Defect::BadKind(other)),
+    };
+    let dir = frame[OFF_DIR];
+    if dir != expect.dir {
+        return Err(Defect::Misrouted { dir });
+    }
+    let field = u16::from_be_bytes([frame[OFF_LEN], frame[OFF_LEN + 1]]) as usize;
+    if field != frame.len() {
+        return Err(Defect::LengthField { field, actual: frame.len() });
+    }
+    let seq = be_u64(&frame[OFF_SEQ..OFF_TS]);
+    let ts_ns = be_u64(&frame[OFF_TS..OFF_CHECK]);
+    if kind == Kind::Data {
+        if seq >= expect.frames {
+            return Err(Defect::SeqOutOfRange(seq));
+        }
+        let planned = expect.sizes.len_of(seq);
+        if planned != frame.len() {
+            return Err(Defect::SizePlan { expected: planned, actual: frame.len() });
+        }
+    }
+    let got_dst = Mac(frame[0..6].try_into().unwrap_or([0; 6]));
+    let got_src = Mac(frame[6..12].try_into().unwrap_or([0; 6]));
+    if let MacExpect::Exact(want) = expect.dst {
+        if got_dst != want {
+            return Err(Defect::DstMac { got: got_dst, want });
+        }
+    }
+    if let MacExpect::Exact(want) = expect.src {
+        if got_src != want {
+            return Err(Defect::SrcMac { got: got_src, want });
+        }
+    }
+    let id = FrameId { kind, dir, seq, ts_ns, len: frame.len() };
+    build(scratch, got_dst, got_src, &id);
+    if let Some(offset) = frame.iter().zip(scratch.iter()).position(|(a, b)| a != b) {
+        return Err(Defect::Payload { offset, got: frame[offset], want: scratch[offset] });
+    }
+    Ok(id)
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// SplitMix64: one well-mixed 64-bit value from any seed.
+fn splitmix64(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The deterministic fill of frame (kind, dir, seq): a xorshift64* stream.
+fn fill(out: &mut [u8], kind: Kind, dir: u8, seq: u64) {
+    let mut state = splitmix64(seq ^ (u64::from(dir) << 56) ^ ((kind as u64) << 48)) | 1;
+    for chunk in out.chunks_mut(8) {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let word = state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+}
+
+/// 32-bit FNV-1a.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DST: Mac = Mac([0x02, 0, 0, 0, 0, 1]);
+    const SRC: Mac = Mac([0x52, 0x54, 0, 0, 0, 2]);
+
+    fn expect() -> Expect {
+        Expect {
+            dir: 0,
+            dst: MacExpect::Exact(DST),
+            src: MacExpect::Exact(SRC),
+            frames: 1000,
+            sizes: SizePlan::new(MIN_LEN, MAX_LEN).unwrap(),
+        }
+    }
+
+    fn frame(seq: u64) -> Vec<u8> {
+        let len = expect().sizes.len_of(seq);
+        let mut buf = Vec::new();
+        build(&mut buf, DST, SRC, &FrameId { kind: Kind::Data, dir: 0, seq, ts_ns: 123_456_789, len });
+        buf
+    }
+
+    #[test]
+    fn layout_is_as_documented() {
+        let f = frame(0);
+        assert_eq!(f.len(), MIN_LEN);
+        assert_eq!(&f[0..6], &DST.0);
+        assert_eq!(&f[6..12], &SRC.0);
+        assert_eq!(&f[12..14], &[0x88, 0xb5]);
+        assert_eq!(&f[14..18], b"vPMD");
+        assert_eq!(f[18], 1);
+        assert_eq!(f[19], 0);
+        assert_eq!(&f[20..22], &60u16.to_be_bytes());
+        assert_eq!(&f[22..30], &0u64.to_be_bytes());
+        assert_eq!(&f[30..38], &123_456_789u64.to_be_bytes());
+        assert_eq!(frame(1).len(), MAX_LEN);
+    }
+
+    #[test]
+    fn sizes_cover_the_range_and_stay_inside_it() {
+        let plan = SizePlan::new(MIN_LEN, MAX_LEN).unwrap();
+        let lens: Vec<usize> = (0..4000).map(|s| plan.len_of(s)).collect();
+        assert!(lens.iter().all(|l| (MIN_LEN..=MAX_LEN).contains(l)));
+        assert!(lens.contains(&MIN_LEN) && lens.contains(&MAX_LEN));
+        let distinct: std::collections::HashSet<_> = lens.iter().collect();
+        assert!(distinct.len() > 500, "only {} distinct sizes", distinct.len());
+        let fixed = SizePlan::new(64, 64).unwrap();
+        assert!((0..100).all(|s| fixed.len_of(s) == 64));
+        assert!(SizePlan::new(59, 100).is_err());
+        assert!(SizePlan::new(100, 1515).is_err());
+        assert!(SizePlan::new(200, 100).is_err());
+    }
+
+    #[test]
+    fn intact_frames_pass() {
+        let mut scratch = Vec::new();
+        for seq in 0..200 {
+            let id = check(&frame(seq), &expect(), &mut scratch).unwrap();
+            assert_eq!((id.seq, id.dir, id.kind, id.ts_ns), (seq, 0, Kind::Data, 123_456_789));
+        }
+    }
+
+    #[test]
+    fn fills_differ_between_frames() {
+        let a = frame(2);
+        let b = frame(10);
+        let n = a.len().min(b.len());
+        assert_ne!(&a[HEADER_LEN..n], &b[HEADER_LEN..n]);
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_caught() {
+        let mut scratch = Vec::new();
+        for seq in [0u64, 1, 5] {
+            let good = frame(seq);
+            for offset in 0..good.len() {
+                let mut bad = good.clone();
+                bad[offset] ^= 0x10;
+                assert!(
+                    check(&bad, &expect(), &mut scratch).is_err(),
+                    "flip at byte {offset} of seq {seq} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn defects_are_named() {
+        let mut scratch = Vec::new();
+        let e = expect();
+        let mut f = frame(3);
+        f[0] = 0xaa;
+        assert!(matches!(check(&f, &e, &mut scratch), Err(Defect::DstMac { .. })));
+        let mut f = frame(3);
+        f[11] = 0xaa;
+        assert!(matches!(check(&f, &e, &mut scratch), Err(Defect::SrcMac { .. })));
+        let mut f = frame(3);
+        let last = f.len() - 1;
+        f[last] ^= 1;
+        assert!(matches!(check(&f, &e, &mut scratch), Err(Defect::Payload { offset, .. }) if offset == last));
+        let mut f = frame(3);
+        f.pop();
+        assert!(matches!(check(&f, &e, &mut scratch), Err(Defect::LengthField { .. })));
+        let mut f = frame(3);
+        f[12] = 0x08;
+        assert!(matches!(check(&f, &e, &mut scratch), Err(Defect::Foreign { ethertype: 0x08b5, .. })));
+        let mut f = frame(3);
+        f[31] ^= 1;
+        assert_eq!(check(&f, &e, &mut scratch), Err(Defect::HeaderCheck));
+        assert_eq!(check(&[0u8; 20], &e, &mut scratch), Err(Defect::BadLength(20)));
+        let back = Expect { dir: 1, ..e };
+        assert_eq!(check(&frame(3), &back, &mut scratch), Err(Defect::Misrouted { dir: 0 }));
+        let few = Expect { frames: 3, ..e };
+        assert_eq!(check(&frame(3), &few, &mut scratch), Err(Defect::SeqOutOfRange(3)));
+        let small = Expect { sizes: SizePlan::new(60, 60).unwrap(), ..e };
+        assert!(matches!(check(&frame(1), &small, &mut scratch), Err(Defect::SizePlan { .. })));
+    }
+
+    #[test]
+    fn any_mac_accepts_rewrites() {
+        let mut scratch = Vec::new();
+        let e = Expect { dst: MacExpect::Any, src: MacExpect::Any, ..expect() };
+        let mut f = frame(4);
+        f[0..12].copy_from_slice(&[9; 12]);
+        assert!(check(&f, &e, &mut scratch).is_ok());
+    }
+
+    #[test]
+    fn probes_are_recognised() {
+        let mut buf = Vec::new();
+        build(&mut buf, DST, SRC, &FrameId { kind: Kind::Probe, dir: 0, seq: 7, ts_ns: 1, len: MIN_LEN });
+        let id = check(&buf, &expect(), &mut Vec::new()).unwrap();
+        assert_eq!((id.kind, id.seq), (Kind::Probe, 7));
+    }
+
+    #[test]
+    fn macs_parse_and_print() {
+        let m: Mac = "52:54:00:AB:cd:0f".parse().unwrap();
+        assert_eq!(m.0, [0x52, 0x54, 0, 0xab, 0xcd, 0x0f]);
+        assert_eq!(m.to_string(), "52:54:00:ab:cd:0f");
+        assert!("52:54:00:00:00".parse::<Mac>().is_err());
+        assert!("52:54:00:00:00:100".parse::<Mac>().is_err());
+        assert!("52:54:00:00:00:zz".parse::<Mac>().is_err());
+        assert_eq!("ANY".parse::<MacExpect>().unwrap(), MacExpect::Any);
+        assert_eq!(Mac::l2fwd_dst(1).to_string(), "02:00:00:00:00:01");
+    }
+}

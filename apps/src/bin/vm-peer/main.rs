@@ -1,0 +1,293 @@
+//! `vm-peer`: the host-side traffic peer of the VM harness.
+//!
+//! The guest runs l2fwd between two virtio-net NICs; QEMU wires each NIC to a pair of host UDP
+//! ports (`scripts/vm/run-vm.sh`), one raw Ethernet frame per datagram. `vm-peer run` sends paced
+//! test frames into both ports at once and checks every byte of what comes out of the other port,
+//! the MAC rewrite included ([`frame`]), then prints
+//! `RESULT sent=<n> received=<n> lost=<n> corrupted=<n> p50_us=<x> p99_us=<x>` and exits 1 on any
+//! loss or corruption. `vm-peer reflect` plays QEMU + l2fwd over the same sockets, as a self-test
+//! of the peer without a VM ([`reflect`]).
+//!
+//! Exit codes: 0 clean run; 1 frames lost or corrupted; 2 the run could not be made (bad option,
+//! port in use, forwarder never ready, damaged probe).
+#![deny(unsafe_code)]
+
+mod frame;
+mod peer;
+mod ports;
+mod reflect;
+
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use frame::{Defect, Mac, MacExpect, SizePlan};
+use peer::{PeerConfig, PeerPort};
+use reflect::ReflectConfig;
+
+/// Everything that can stop a run before it produces a result.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// An option is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// A UDP socket could not be bound.
+    #[error("cannot bind UDP {addr}: {source}; is another vm-peer (or QEMU, for the qemu ports) using it? Pick other ports with --port-base")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A socket or thread operation failed.
+    #[error("cannot {what}: {source}")]
+    Socket {
+        /// What was attempted.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Sending failed for a reason other than a full queue.
+    #[error("sending to {to} failed: {source}")]
+    Send {
+        /// The destination.
+        to: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Receiving failed.
+    #[error("receiving failed: {source}")]
+    Recv {
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// No probe came back in time.
+    #[error("no probe came back within {secs} s in direction {missing}: is the VM up and the guest's forwarder running on these ports? (check the console log for VM-READY and the app's output; --ready-timeout sets the wait)")]
+    NotReady {
+        /// The wait, in seconds.
+        secs: u64,
+        /// The directions that never answered.
+        missing: String,
+    },
+    /// A probe came back, damaged.
+    #[error("a probe came back damaged in direction {dir}: {defect}; check the forwarder's MAC rewrite against --expect-dst-mac-*/--expect-src-mac-* (\"any\" disables a check)")]
+    ProbeDamaged {
+        /// The direction.
+        dir: &'static str,
+        /// What was wrong.
+        defect: Defect,
+    },
+    /// A worker thread died.
+    #[error("internal error: {0}")]
+    Thread(&'static str),
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vm-peer",
+    version,
+    about = "Host traffic peer for the l2fwd VM test (QEMU -netdev dgram UDP sockets)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Send test frames into both ports, check what comes back, print RESULT.
+    Run(RunArgs),
+    /// Self-test: stand in for QEMU + l2fwd (MAC rewrite included) on the QEMU side of the ports.
+    Reflect(ReflectArgs),
+}
+
+/// Where the ports are and what the guest NICs are called.
+#[derive(Args, Debug)]
+struct PortArgs {
+    /// IP address of QEMU's UDP sockets (and of the peer's).
+    #[arg(long, default_value_t = ports::LOOPBACK)]
+    host: IpAddr,
+    /// Port i uses QEMU port BASE+10i and peer port BASE+10i+1 (as run-vm.sh --port-base).
+    #[arg(long, default_value_t = ports::DEFAULT_PORT_BASE)]
+    port_base: u16,
+    /// Explicit QEMU_PORT:PEER_PORT per port, e.g. 40001:40002,40011:40012 (as run-vm.sh --ports).
+    #[arg(long)]
+    ports: Option<String>,
+    /// MAC addresses of the guest NICs of port 0 and port 1 (run-vm.sh's defaults).
+    #[arg(long, value_delimiter = ',', default_values_t = [
+        Mac([0x52, 0x54, 0, 0, 0, 1]), Mac([0x52, 0x54, 0, 0, 0, 2])])]
+    port_mac: Vec<Mac>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    ports: PortArgs,
+    /// Data frames per direction.
+    #[arg(long, default_value_t = 10_000)]
+    frames: u64,
+    /// Frames per second per direction (0: unpaced; QEMU's socket overflows without pacing).
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Which directions run: both, 0to1 (into port 0, out of port 1) or 1to0.
+    #[arg(long, default_value = "both", value_parser = ["both", "0to1", "1to0"])]
+    direction: String,
+    /// Shortest frame (bytes, without FCS; at least 60).
+    #[arg(long, default_value_t = frame::MIN_LEN)]
+    min_size: usize,
+    /// Longest frame (bytes, without FCS; at most 1514).
+    #[arg(long, default_value_t = frame::MAX_LEN)]
+    max_size: usize,
+    /// Destination MAC expected on frames out of port 1 ("any": no check) [default: 02:00:00:00:00:01].
+    #[arg(long)]
+    expect_dst_mac_0to1: Option<MacExpect>,
+    /// Source MAC expected on frames out of port 1 ("any": no check) [default: port 1's MAC].
+    #[arg(long)]
+    expect_src_mac_0to1: Option<MacExpect>,
+    /// Destination MAC expected on frames out of port 0 ("any": no check) [default: 02:00:00:00:00:00].
+    #[arg(long)]
+    expect_dst_mac_1to0: Option<MacExpect>,
+    /// Source MAC expected on frames out of port 0 ("any": no check) [default: port 0's MAC].
+    #[arg(long)]
+    expect_src_mac_1to0: Option<MacExpect>,
+    /// Seconds to probe for a working forwarder before sending (0: no probing, send at once).
+    #[arg(long, default_value_t = 60)]
+    ready_timeout: u64,
+    /// Milliseconds to wait for stragglers after the last frame.
+    #[arg(long, default_value_t = 2000)]
+    drain_ms: u64,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct ReflectArgs {
+    #[command(flatten)]
+    ports: PortArgs,
+    /// Exit after this many seconds without a frame (0: run until killed).
+    #[arg(long, default_value_t = 0)]
+    idle_exit: u64,
+}
+
+fn bind(addr: SocketAddr) -> Result<UdpSocket, PeerError> {
+    ports::bind_udp(addr).map_err(|source| PeerError::Bind { addr, source })
+}
+
+fn addrs(args: &PortArgs) -> Result<([ports::PortAddrs; 2], [Mac; 2]), String> {
+    let addrs = ports::resolve(args.host, args.port_base, args.ports.as_deref())?;
+    let macs = match args.port_mac.as_slice() {
+        [a, b] => [*a, *b],
+        _ => return Err("--port-mac takes exactly two MACs: port 0's,port 1's".into()),
+    };
+    Ok((addrs, macs))
+}
+
+fn run(args: &RunArgs) -> Result<ExitCode, PeerError> {
+    let (addrs, macs) = addrs(&args.ports).map_err(PeerError::Config)?;
+    let sizes = SizePlan::new(args.min_size, args.max_size).map_err(PeerError::Config)?;
+    let dirs = match args.direction.as_str() {
+        "0to1" => [true, false],
+        "1to0" => [false, true],
+        _ => [true, true],
+    };
+    let exact = MacExpect::Exact;
+    let cfg = PeerConfig {
+        frames: args.frames,
+        rate: args.rate,
+        dirs,
+        tx_dst: macs,
+        // Locally administered "peer" addresses: 02:00:00:00:10:<port>.
+        tx_src: [Mac([2, 0, 0, 0, 0x10, 0]), Mac([2, 0, 0, 0, 0x10, 1])],
+        expect_dst: [
+            args.expect_dst_mac_0to1.unwrap_or(exact(Mac::l2fwd_dst(1))),
+            args.expect_dst_mac_1to0.unwrap_or(exact(Mac::l2fwd_dst(0))),
+        ],
+        expect_src: [
+            args.expect_src_mac_0to1.unwrap_or(exact(macs[1])),
+            args.expect_src_mac_1to0.unwrap_or(exact(macs[0])),
+        ],
+        sizes,
+        ready_timeout: Duration::from_secs(args.ready_timeout),
+        drain: Duration::from_millis(args.drain_ms),
+        progress: if args.quiet { None } else { Some(Duration::from_secs(1)) },
+    };
+    let ports = [
+        PeerPort { socket: bind(addrs[0].peer)?, qemu: addrs[0].qemu },
+        PeerPort { socket: bind(addrs[1].peer)?, qemu: addrs[1].qemu },
+    ];
+    let mut err = io::stderr();
+    writeln!(
+        err,
+        "vm-peer: {} frames per direction ({}) at {} pps, sizes {}..{}; port0 {} -> {}, port1 {} -> {}; expect 0to1 dst={} src={}, 1to0 dst={} src={}; socket receive buffer {} KiB",
+        cfg.frames,
+        args.direction,
+        cfg.rate,
+        sizes.min,
+        sizes.max,
+        addrs[0].peer,
+        addrs[0].qemu,
+        addrs[1].peer,
+        addrs[1].qemu,
+        cfg.expect_dst[0],
+        cfg.expect_src[0],
+        cfg.expect_dst[1],
+        cfg.expect_src[1],
+        ports::recv_buffer(&ports[0].socket) / 1024,
+    )
+    .ok();
+    let report = peer::run(&cfg, ports, &mut err)?;
+    for (i, d) in report.dirs.iter().enumerate() {
+        for s in &d.samples {
+            writeln!(err, "corrupted {}: {s}", peer::dir_name(i)).ok();
+        }
+    }
+    let mut out = io::stdout().lock();
+    for line in report.dir_lines() {
+        writeln!(out, "{line}").ok();
+    }
+    writeln!(out, "elapsed_s={:.2}", report.elapsed.as_secs_f64()).ok();
+    writeln!(out, "{}", report.result_line()).ok();
+    Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn reflect(args: &ReflectArgs) -> Result<ExitCode, PeerError> {
+    let (addrs, macs) = addrs(&args.ports).map_err(PeerError::Config)?;
+    let cfg = ReflectConfig {
+        out_dst: [Mac::l2fwd_dst(0), Mac::l2fwd_dst(1)],
+        out_src: macs,
+        idle_exit: (args.idle_exit > 0).then(|| Duration::from_secs(args.idle_exit)),
+    };
+    let qemu = [bind(addrs[0].qemu)?, bind(addrs[1].qemu)?];
+    eprintln!(
+        "vm-peer reflect: {} <-> {} (l2fwd MAC rewrite: port0 out src {}, port1 out src {})",
+        addrs[0].qemu, addrs[1].qemu, macs[0], macs[1]
+    );
+    let stop = AtomicBool::new(false);
+    let n = reflect::serve(&cfg, qemu, [addrs[0].peer, addrs[1].peer], &stop, &mut io::stderr())?;
+    println!("reflect forwarded port0->port1={} port1->port0={}", n[0], n[1]);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.cmd {
+        Cmd::Run(args) => run(args),
+        Cmd::Reflect(args) => reflect(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vm-peer: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! A virtio-net port: device initialisation ("Device Initialization", 3.1.1), feature
+//! negotiation, queue set-up, and the port-level view (MAC, MTU, link, health, statistics).
+//!
+//! Negotiation requires VIRTIO_F_VERSION_1 (modern devices only), accepts ACCESS_PLATFORM
+//! whenever offered (a device behind an IOMMU refuses FEATURES_OK without it), prefers
+//! RING_PACKED and IN_ORDER, and asks for MAC, STATUS and MTU when offered. Queue pair `i` is
+//! virtqueue `2i` (receive) and `2i + 1` (transmit) ("Device Types / Network Device /
+//! Virtqueues", 5.1.2).
+//!
+//! Invariant: a queue hands its in-flight buffers back to their pools only after the device was
+//! reset: dropping any queue (or the port) resets the device first, so a device can never write
+//! into a buffer the application got back.
+
+use std::sync::{Arc, Mutex};
+
+use super::queue::{Quiesce, Ring, RxQueue, TxQueue};
+use super::stats::QueueCounters;
+use super::QueueStats;
+use crate::error::{Error, Result};
+use crate::mbuf::Mempool;
+use crate::mem::{DmaRegion, HugePages, IovaAllocator};
+use crate::spec::features::{self, Features};
+use crate::spec::net::{self as net_spec, config as net_config};
+use crate::spec::status;
+use crate::transport::{RingFormat, Transport};
+use crate::virtqueue::{ring_bytes, PackedRing, RingMemory, SplitRing};
+
+/// Which ring layout to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RingChoice {
+    /// Packed when the device offers it, split otherwise.
+    #[default]
+    Auto,
+    /// Packed, or an error when the device does not offer it.
+    Packed,
+    /// Split.
+    Split,
+}
+
+/// How to set a port up.
+#[derive(Clone, Debug)]
+pub struct PortConfig {
+    /// The port's number, stamped on received mbufs.
+    pub port_id: u16,
+    /// Receive/transmit queue pairs.
+    pub queue_pairs: u16,
+    /// Descriptors per ring; `None`: the device's maximum, capped at 1024.
+    pub ring_size: Option<u16>,
+    /// Ring layout.
+    pub ring: RingChoice,
+    /// Use IN_ORDER when the device offers it.
+    pub in_order: bool,
+    /// Huge page policy for the rings' memory.
+    pub huge_pages: HugePages,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        Self {
+            port_id: 0,
+            queue_pairs: 1,
+            ring_size: None,
+            ring: RingChoice::Auto,
+            in_order: true,
+            huge_pages: HugePages::Preferred,
+        }
+    }
+}
+
+/// Statistics of a port: per queue pair, and summed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Receive queues, by pair.
+    pub rx_queues: Vec<QueueStats>,
+    /// Transmit queues, by pair.
+    pub tx_queues: Vec<QueueStats>,
+    /// All receive queues.
+    pub rx: QueueStats,
+    /// All transmit queues.
+    pub tx: QueueStats,
+}
+
+/// The transport, shared by the port and its queues so that whichever goes first resets the
+/// device before buffers are handed back.
+struct Device {
+    transport: Mutex<Box<dyn Transport>>,
+    name: String,
+}
+
+impl Quiesce for Device {
+    fn quiesce(&self) {
+        let mut transport = self.transport.lock().unwrap_or_else(|p| p.into_inner());
+        // Reading the status tells whether a reset is still needed (0: already reset).
+        if transport.status().map_or(true, |s| s != 0) {
+            if let Err(err) = transport.reset() {
+                tracing::error!("{}: reset before returning buffers failed: {err}", self.name);
+            }
+        }
+    }
+}
+
+/// A virtio-net device, initialised and running, with its queues.
+pub struct Port {
+    device: Arc<Device>,
+    features: Features,
+    format: RingFormat,
+    ring_size: u16,
+    mac: Option<[u8; 6]>,
+    mtu: Option<u16>,
+    queues: Vec<Option<(RxQueue, TxQueue)>>,
+    counters: Vec<(Arc<QueueCounters>, Arc<QueueCounters>)>,
+    _rings: Arc<DmaRegion>,
+}
+
+impl Port {
+    /// Initialises the device behind `transport`: reset, ACKNOWLEDGE, DRIVER, features,
+    /// FEATURES_OK (read back), DMA mappings (`pool` and the rings), queues (receive rings filled
+    /// from `pool`), DRIVER_OK. Ring memory gets its IOVAs from `iova`.
+    pub fn open(
+        mut transport: Box<dyn Transport>,
+        pool: &Mempool,
+        config: &PortConfig,
+        iova: &IovaAllocator,
+    ) -> Result<Port> {
+        let name = transport.name().to_owned();
+        match Self::init(&mut *transport, &name, pool, config, iova) {
+            Ok((features, format, ring_size, rings, queues)) => {
+                let device = Arc::new(Device { transport: Mutex::new(transport), name });
+                let mut port = Port {
+                    device: device.clone(),
+                    features,
+                    format,
+                    ring_size,
+                    mac: None,
+                    mtu: None,
+                    queues: Vec::new(),
+                    counters: Vec::new(),
+                    _rings: rings,
+                };
+                for (rx, tx) in queues {
+                    let (rx, tx) = (rx.with_quiesce(device.clone()), tx.with_quiesce(device.clone()));
+                    port.counters.push((rx.counters(), tx.counters()));
+                    port.queues.push(Some((rx, tx)));
+                }
+                port.read_config()?;
+                Ok(port)
+            }
+            Err(err) => {
+                // Leave the device reset and tell it the driver gave up (best effort).
+                let _ = transport.reset();
+                let _ = transport.set_status(status::FAILED);
+                let _ = transport.reset();
+                Err(err)
+            }
+        }
+    }
+
+    /// The features this driver asks for, given what the device offers.
+    fn choose_features(name: &str, offered: Features, config: &PortConfig) -> Result<(Features, RingFormat)> {
+        if !offered.has(features::VERSION_1) {
+            return Err(Error::Transport(format!(
+                "{name}: the device does not offer VIRTIO_F_VERSION_1: legacy-only devices are not supported; \
+                 use a modern device (QEMU: disable-legacy=on)"
+            )));
+        }
+        let mut wanted = Features::from_bits(&[features::VERSION_1]);
+        for optional in [features::ACCESS_PLATFORM, net_spec::F_MAC, net_spec::F_STATUS, net_spec::F_MTU] {
+            if offered.has(optional) {
+                wanted = wanted.with(optional);
+            }
+        }
+        let format = match config.ring {
+            RingChoice::Split => RingFormat::Split,
+            RingChoice::Auto if !offered.has(features::RING_PACKED) => RingFormat::Split,
+            RingChoice::Auto => RingFormat::Packed,
+            RingChoice::Packed if offered.has(features::RING_PACKED) => RingFormat::Packed,
+            RingChoice::Packed => {
+                return Err(Error::Transport(format!(
+                    "{name}: packed rings were asked for, but the device does not offer VIRTIO_F_RING_PACKED: \
+                     use ring = \"split\" or \"auto\" (QEMU: packed=on)"
+                )))
+            }
+        };
+        if format == RingFormat::Packed {
+            wanted = wanted.with(features::RING_PACKED);
+        }
+        if config.in_order && offered.has(features::IN_ORDER) {
+            wanted = wanted.with(features::IN_ORDER);
+        }
+        if offered.has(features::EVENT_IDX) {
+            wanted = wanted.with(features::EVENT_IDX);
+        }
+        if config.queue_pairs != 1 {
+            return Err(Error::InvalidConfig(format!(
+                "{name}: {} queue pairs asked for; this driver sets up one queue pair per port",
+                config.queue_pairs
+            )));
+        }
+        Ok((wanted, format))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn init(
+        transport: &mut dyn Transport,
+        name: &str,
+        pool: &Mempool,
+        config: &PortConfig,
+        iova: &IovaAllocator,
+    ) -> Result<(Features, RingFormat, u16, Arc<DmaRegion>, Vec<(RxQueue, TxQueue)>)> {
+        transport.reset()?;
+        transport.set_status(status::ACKNOWLEDGE)?;
+        transport.set_status(status::ACKNOWLEDGE | status::DRIVER)?;
+        let offered = transport.device_features()?;
+        let (wanted, format) = Self::choose_features(name, offered, config)?;
+        transport.set_driver_features(wanted)?;
+        transport.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;
+        let now = transport.status()?;
+        if now & status::FEATURES_OK == 0 {
+            return Err(Error::Transport(format!(
+                "{name}: the device refused the features {wanted:?} (offered {offered:?}; status read back {now:#x}): \
+                 it needs a feature this driver does not support"
+            )));
+        }
+
+        let queues_needed = 2 * config.queue_pairs;
+        let available = transport.num_queues()?;
+        if available < queues_needed {
+            return Err(Error::InvalidConfig(format!(
+                "{name}: {} queue pairs need {queues_needed} virtqueues, the device has {available}",
+                config.queue_pairs
+            )));
+        }
+        let max = (0..queues_needed).map(|q| transport.max_queue_size(q)).collect::<Result<Vec<_>>>()?;
+        let device_max = max.iter().copied().min().unwrap_or(0);
+        let size = match config.ring_size {
+            Some(size) => {
+                if size == 0 || size > device_max || (format == RingFormat::Split && !size.is_power_of_two()) {
+                    return Err(Error::QueueSizeRefused {
+                        queue: 0,
+                        requested: size,
+                        max: device_max,
+                        hint: if format == RingFormat::Split {
+                            ": use a power of two no larger than the maximum"
+                        } else {
+                            ": use a size no larger than the maximum"
+                        },
+                    });
+                }
+                size
+            }
+            None => {
+                let size = device_max.min(1024);
+                if format == RingFormat::Split {
+                    1 << (15 - size.leading_zeros().min(15))
+                } else {
+                    size
+                }
+            }
+        };
+
+        transport.map_dma(pool.region())?;
+        let per_ring = ring_bytes(format, size);
+        let rings = Arc::new(DmaRegion::new(
+            &format!("{name}-rings"),
+            per_ring * queues_needed as usize,
+            config.huge_pages,
+            iova,
+        )?);
+        transport.map_dma(&rings)?;
+
+        let in_order = wanted.has(features::IN_ORDER);
+        let event_idx = wanted.has(features::EVENT_IDX);
+        let make_ring = |index: u16| -> Result<Ring> {
+            let memory = RingMemory::new(rings.clone(), per_ring * index as usize, format, size)?;
+            Ok(match format {
+                RingFormat::Packed => Ring::Packed(PackedRing::new(memory, in_order)?),
+                RingFormat::Split => Ring::Split(SplitRing::new(memory, event_idx, in_order)?),
+            })
+        };
+        let mut queues = Vec::with_capacity(config.queue_pairs as usize);
+        for pair in 0..config.queue_pairs {
+            let (rx_index, tx_index) = (2 * pair, 2 * pair + 1);
+            let rx_ring = make_ring(rx_index)?;
+            let tx_ring = make_ring(tx_index)?;
+            let rx_notify = transport.setup_queue(rx_index, size, format, rx_ring.addresses())?;
+            let tx_notify = transport.setup_queue(tx_index, size, format, tx_ring.addresses())?;
+            let rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id);
+            queues.push((rx, TxQueue::new(tx_ring, tx_notify)));
+        }
+        transport.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK)?;
+        let now = transport.status()?;
+        if now & status::DEVICE_NEEDS_RESET != 0 || now & status::DRIVER_OK == 0 {
+            return Err(Error::Transport(format!("{name}: the device did not accept DRIVER_OK (status {now:#x})")));
+        }
+        Ok((wanted, format, size, rings, queues))
+    }
+
+    fn read_config(&mut self) -> Result<()> {
+        let mut transport = self.device.transport.lock().unwrap_or_else(|p| p.into_inner());
+        if self.features.has(net_spec::F_MAC) {
+            let mut mac = [0u8; 6];
+            transport.read_device_config(net_config::MAC, &mut mac)?;
+            self.mac = Some(mac);
+        }
+        if self.features.has(net_spec::F_MTU) {
+            let mut mtu = [0u8; 2];
+            transport.read_device_config(net_config::MTU, &mut mtu)?;
+            self.mtu = Some(u16::from_le_bytes(mtu));
+        }
+        Ok(())
+    }
+
+    /// What the user calls the device (PCI address or socket path).
+    pub fn name(&self) -> &str {
+        &self.device.name
+    }
+
+    /// The negotiated features.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// The ring layout in use.
+    pub fn ring_format(&self) -> RingFormat {
+        self.format
+    }
+
+    /// Descriptors per ring.
+    pub fn ring_size(&self) -> u16 {
+        self.ring_size
+    }
+
+    /// The device's MAC address, when it reports one (VIRTIO_NET_F_MAC).
+    pub fn mac(&self) -> Option<[u8; 6]> {
+        self.mac
+    }
+
+    /// The device's MTU, when it reports one (VIRTIO_NET_F_MTU).
+    pub fn mtu(&self) -> Option<u16> {
+        self.mtu
+    }
+
+    /// Number of queue pairs.
+    pub fn queue_pairs(&self) -> u16 {
+        self.queues.len() as u16
+    }
+
+    /// Takes queue pair `pair` out of the port, to be polled by one thread. `None` if it was
+    /// already taken or does not exist.
+    pub fn take_queues(&mut self, pair: u16) -> Option<(RxQueue, TxQueue)> {
+        self.queues.get_mut(pair as usize)?.take()
+    }
+
+    /// Link status: up unless the device reports it down (VIRTIO_NET_F_STATUS), or the device
+    /// needs a reset.
+    pub fn link_up(&self) -> Result<bool> {
+        self.check()?;
+        if !self.features.has(net_spec::F_STATUS) {
+            return Ok(true);
+        }
+        let mut status = [0u8; 2];
+        let mut transport = self.device.transport.lock().unwrap_or_else(|p| p.into_inner());
+        transport.read_device_config(net_config::STATUS, &mut status)?;
+        Ok(u16::from_le_bytes(status) & net_spec::S_LINK_UP != 0)
+    }
+
+    /// Checks the device status: an error when the device set DEVICE_NEEDS_RESET (it stopped
+    /// processing the rings) or is no longer running.
+    pub fn check(&self) -> Result<()> {
+        let mut transport = self.device.transport.lock().unwrap_or_else(|p| p.into_inner());
+        let now = transport.status()?;
+        if now & status::DEVICE_NEEDS_RESET != 0 {
+            return Err(Error::Transport(format!(
+                "{}: the device set DEVICE_NEEDS_RESET (status {now:#x}): it stopped; restart the port",
+                self.device.name
+            )));
+        }
+        if now & status::DRIVER_OK == 0 {
+            return Err(Error::Transport(format!("{}: the device is not running (status {now:#x})", self.device.name)));
+        }
+        Ok(())
+    }
+
+    /// Counters of every queue, wherever the queues are now, and their sums.
+    pub fn stats(&self) -> PortStats {
+        let mut stats = PortStats::default();
+        for (rx, tx) in &self.counters {
+            let (rx, tx) = (rx.snapshot(), tx.snapshot());
+            stats.rx += rx;
+            stats.tx += tx;
+            stats.rx_queues.push(rx);
+            stats.tx_queues.push(tx);
+        }
+        stats
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        self.device.quiesce();
+    }
+}
+
+impl std::fmt::Debug for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Port")
+            .field("name", &self.device.name)
+            .field("features", &self.features)
+            .field("format", &self.format)
+            .field("ring_size", &self.ring_size)
+            .finish_non_exhaustive()
+    }
+}

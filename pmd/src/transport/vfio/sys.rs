@@ -1,0 +1,203 @@
+//! The system calls VFIO needs beyond what `vfio-ioctls` offers: three ioctls it keeps private
+//! (`VFIO_GROUP_GET_STATUS`, `VFIO_DEVICE_GET_REGION_INFO`, `VFIO_IOMMU_GET_INFO`), positioned
+//! reads and writes of the device fd with real error reporting (its `region_read`/`region_write`
+//! only log failures), `mmap`/`munmap` of device regions, and the DMA map call.
+//!
+//! Every function here is a safe wrapper: each checks what the kernel returned, and the buffers
+//! it hands the kernel are sized by `argsz`, which it sets itself. Parsing of the returned bytes
+//! lives in `iommu.rs`, in safe code.
+#![allow(unsafe_code)]
+
+use std::any::Any;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use vfio_bindings::bindings::vfio::{vfio_group_status, vfio_iommu_type1_info, vfio_region_info, VFIO_BASE, VFIO_TYPE};
+use vfio_ioctls::{VfioContainer, VfioError};
+use vmm_sys_util::ioctl::{ioctl_with_mut_ptr, ioctl_with_mut_ref};
+
+use crate::mem::DmaRegion;
+use crate::transport::pci::Mmio;
+
+// "VFIO_GROUP_GET_STATUS - _IOR(VFIO_TYPE, VFIO_BASE + 3, struct vfio_group_status)": the kernel
+// encodes these as _IO (no size, no direction) and passes the struct by pointer with argsz.
+vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_GET_STATUS, VFIO_TYPE as u32, VFIO_BASE + 3);
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE as u32, VFIO_BASE + 8);
+vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 12);
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `VFIO_GROUP_GET_STATUS`: the group's flags (`VFIO_GROUP_FLAGS_*`).
+pub(crate) fn group_status(group: &impl AsRawFd) -> io::Result<u32> {
+    let mut status = vfio_group_status { argsz: size_of::<vfio_group_status>() as u32, flags: 0 };
+    // SAFETY: the kernel writes at most `argsz` bytes into `status`, which is that large and
+    // lives across the call.
+    check(unsafe { ioctl_with_mut_ref(group, VFIO_GROUP_GET_STATUS(), &mut status) })?;
+    Ok(status.flags)
+}
+
+/// `VFIO_DEVICE_GET_REGION_INFO` for region `index` (without its capability chain).
+pub(crate) fn region_info(device: &impl AsRawFd, index: u32) -> io::Result<vfio_region_info> {
+    let mut info = vfio_region_info { argsz: size_of::<vfio_region_info>() as u32, index, ..Default::default() };
+    // SAFETY: the kernel writes at most `argsz` bytes (it never writes a capability chain past
+    // argsz; it only reports a larger argsz), into a struct that large, live across the call.
+    check(unsafe { ioctl_with_mut_ref(device, VFIO_DEVICE_GET_REGION_INFO(), &mut info) })?;
+    Ok(info)
+}
+
+/// `VFIO_IOMMU_GET_INFO` with its capability chain: asks once with the bare structure to learn
+/// `argsz`, then again with a buffer that large. Returns the raw bytes (the structure followed by
+/// the chain), which `iommu::parse_info` decodes. Needs the IOMMU type to be set, i.e. a group
+/// attached to the container.
+pub(crate) fn iommu_info(container: &impl AsRawFd) -> io::Result<Vec<u8>> {
+    let mut argsz = size_of::<vfio_iommu_type1_info>();
+    for _ in 0..4 {
+        // u64 words keep the buffer 8-byte aligned, as the structure needs.
+        let mut words = vec![0u64; argsz.div_ceil(8)];
+        let info = words.as_mut_ptr().cast::<vfio_iommu_type1_info>();
+        // SAFETY: `words` is at least `size_of::<vfio_iommu_type1_info>()` bytes and 8-aligned.
+        unsafe { info.write(vfio_iommu_type1_info { argsz: argsz as u32, ..Default::default() }) };
+        // SAFETY: the kernel writes at most `argsz` bytes, the buffer's size, and the buffer
+        // lives across the call.
+        check(unsafe { ioctl_with_mut_ptr(container, VFIO_IOMMU_GET_INFO(), info) })?;
+        // SAFETY: initialised above and updated by the kernel; read by value.
+        let wanted = unsafe { info.read() }.argsz as usize;
+        if wanted <= argsz {
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).take(argsz).collect();
+            return Ok(bytes);
+        }
+        argsz = wanted;
+    }
+    Err(io::Error::other("VFIO_IOMMU_GET_INFO kept asking for a larger buffer"))
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` of `fd`.
+pub(crate) fn pread_exact(fd: &impl AsRawFd, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes.
+        let n = unsafe {
+            libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), (offset + done as u64) as libc::off_t)
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `data` at `offset` of `fd`.
+pub(crate) fn pwrite_all(fd: &impl AsRawFd, data: &[u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        let rest = &data[done..];
+        // SAFETY: `rest` is a live buffer of `rest.len()` bytes.
+        let n = unsafe {
+            libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), (offset + done as u64) as libc::off_t)
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A shared read-write mapping of `len` bytes of a device region; unmapped on drop, and only
+/// then does it let go of `keep` (the open device), so a BAR is always unmapped before the device
+/// fd can close.
+pub(crate) struct RegionMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    _keep: Arc<dyn Any + Send + Sync>,
+}
+
+// SAFETY: the mapping is an address range; accesses to it go through `Mmio`'s volatile accessors,
+// which are safe from any thread. `_keep` is `Send + Sync`.
+unsafe impl Send for RegionMapping {}
+// SAFETY: as above; `&RegionMapping` exposes only the address and length.
+unsafe impl Sync for RegionMapping {}
+
+impl std::fmt::Debug for RegionMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionMapping").field("ptr", &self.ptr).field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+impl RegionMapping {
+    /// Maps `len` bytes of `fd` at `offset` (a VFIO region's offset), shared, read-write;
+    /// `keep` (the owner of `fd`) stays alive until the mapping is gone.
+    pub(crate) fn new(
+        fd: &impl AsRawFd,
+        offset: u64,
+        len: usize,
+        keep: Arc<dyn Any + Send + Sync>,
+    ) -> io::Result<Arc<Self>> {
+        // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED): it cannot overlap memory
+        // Rust already uses. The result is checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+        Ok(Arc::new(Self { ptr, len, _keep: keep }))
+    }
+
+    /// The whole mapping as an [`Mmio`] window, which keeps the mapping alive.
+    pub(crate) fn window(self: &Arc<Self>) -> Mmio {
+        // SAFETY: `ptr..ptr+len` is a live shared read-write mapping made by `new`, page aligned,
+        // and stays mapped while the `Arc` passed as owner lives; this crate never makes
+        // references into device memory.
+        unsafe { Mmio::new(self.ptr, self.len, self.clone()) }
+    }
+}
+
+impl Drop for RegionMapping {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `new`; every `Mmio` window into it holds an `Arc`
+        // of this value, so none is left when it drops.
+        if unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) } != 0 {
+            tracing::warn!("munmap of a device region failed: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+/// `VFIO_IOMMU_MAP_DMA` of `region` at its IOVA, read-write, in `container`.
+pub(crate) fn map_dma(container: &VfioContainer, region: &DmaRegion) -> Result<(), VfioError> {
+    // SAFETY: `vfio_dma_map` asks that, while the mapping exists, the memory be reached only
+    // through raw pointers and volatile or atomic accesses, never a Rust reference: that is
+    // `DmaRegion`'s own invariant for its whole life. The contract ends when the range is
+    // unmapped from the IOMMU or munmapped, whichever comes first.
+    unsafe { container.vfio_dma_map(region.iova(), region.len(), region.as_ptr()) }
+}

@@ -1,0 +1,181 @@
+//! The port layer over a fake transport backed by the software device: initialisation and
+//! feature negotiation, queue set-up, traffic, statistics, health, and teardown that returns
+//! every mbuf.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{check_frame, frame_len, test_pool, write_frame, SeenSet};
+use virtio_pmd::mbuf::{Mbuf, Mempool};
+use virtio_pmd::mem::{HugePages, IovaAllocator};
+use virtio_pmd::net::{Port, PortConfig, RingChoice};
+use virtio_pmd::spec::features::{self, Features};
+use virtio_pmd::spec::net as net_spec;
+use virtio_pmd::testing::{FakeDeviceConfig, FakeTransport, NotifyMode};
+use virtio_pmd::transport::RingFormat;
+use virtio_pmd::Error;
+
+fn device(offered: &[u32]) -> FakeDeviceConfig {
+    FakeDeviceConfig {
+        offered: Features::from_bits(offered),
+        max_queue_size: 256,
+        num_queues: 2,
+        mac: [0x52, 0x54, 0, 0, 0, 1],
+        mtu: 1500,
+        notify: NotifyMode::Never,
+    }
+}
+
+const MODERN: &[u32] = &[
+    features::VERSION_1,
+    features::ACCESS_PLATFORM,
+    features::RING_PACKED,
+    features::IN_ORDER,
+    features::EVENT_IDX,
+    net_spec::F_MAC,
+    net_spec::F_STATUS,
+    net_spec::F_MTU,
+];
+
+fn config() -> PortConfig {
+    PortConfig { huge_pages: HugePages::Never, port_id: 3, ..Default::default() }
+}
+
+fn open(offered: &[u32], config: &PortConfig, pool: &virtio_pmd::mbuf::Mempool) -> Result<Port, Error> {
+    Port::open(Box::new(FakeTransport::new(device(offered))), pool, config, &IovaAllocator::identity())
+}
+
+/// Sends `total` frames (from `pool`, which the port mapped for its device) through the port's
+/// loopback device from another thread and checks them.
+fn loopback(port: &mut Port, pool: &Mempool, total: u64) {
+    let pool = pool.clone();
+    let in_order = port.features().has(features::IN_ORDER);
+    let (mut rx, mut tx) = port.take_queues(0).expect("queue pair 0");
+    assert!(port.take_queues(0).is_none(), "a queue pair is handed out once");
+    let worker = std::thread::spawn(move || {
+        let (mut pending, mut received): (Vec<Mbuf>, Vec<Mbuf>) = (Vec::with_capacity(32), Vec::with_capacity(32));
+        let (mut seq, mut seen) = (0u64, SeenSet::new(total));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.count < total {
+            assert!(Instant::now() < deadline, "stalled at {} of {total}", seen.count);
+            while pending.len() < 32 && seq < total {
+                let Some(mut m) = pool.alloc() else { break };
+                write_frame(seq, m.append(frame_len(seq)).unwrap());
+                pending.push(m);
+                seq += 1;
+            }
+            tx.tx_burst(&mut pending);
+            rx.rx_burst(&mut received);
+            for m in received.drain(..) {
+                let got = check_frame(m.data()).expect("intact");
+                if in_order {
+                    assert_eq!(got, seen.count, "IN_ORDER: frames come back in order");
+                }
+                seen.insert(got).expect("each frame once");
+                assert_eq!(m.port(), 3);
+            }
+        }
+        (rx, tx)
+    });
+    let (rx, tx) = worker.join().expect("worker");
+    let stats = port.stats();
+    assert_eq!((stats.rx.packets, stats.tx.packets), (total, total));
+    assert_eq!(stats.rx_queues.len(), 1);
+    assert_eq!(stats.rx.errors + stats.tx.errors, 0);
+    drop((rx, tx));
+}
+
+#[test]
+fn packed_in_order_port_forwards_and_reports() {
+    let pool = test_pool(2048);
+    let mut port = open(MODERN, &config(), &pool).expect("port");
+    assert_eq!(port.ring_format(), RingFormat::Packed);
+    assert!(port.features().has(features::IN_ORDER) && port.features().has(features::ACCESS_PLATFORM));
+    assert_eq!(port.ring_size(), 256);
+    assert_eq!(port.mac(), Some([0x52, 0x54, 0, 0, 0, 1]));
+    assert_eq!(port.mtu(), Some(1500));
+    assert!(port.link_up().expect("healthy"));
+    loopback(&mut port, &pool, 100_000);
+    drop(port);
+    assert_eq!(pool.stats().in_use, 0, "receive buffers are back once the port is gone");
+}
+
+#[test]
+fn split_is_used_when_packed_is_not_offered() {
+    let pool = test_pool(2048);
+    let offered: Vec<u32> = MODERN.iter().copied().filter(|&f| f != features::RING_PACKED).collect();
+    let config = PortConfig { ring_size: Some(128), ..config() };
+    let mut port = open(&offered, &config, &pool).expect("port");
+    assert_eq!((port.ring_format(), port.ring_size()), (RingFormat::Split, 128));
+    loopback(&mut port, &pool, 50_000);
+    drop(port);
+    assert_eq!(pool.stats().in_use, 0);
+}
+
+#[test]
+fn forced_split_on_a_packed_device_and_no_in_order() {
+    let pool = test_pool(2048);
+    let config = PortConfig { ring: RingChoice::Split, in_order: false, ..config() };
+    let mut port = open(MODERN, &config, &pool).expect("port");
+    assert_eq!(port.ring_format(), RingFormat::Split);
+    assert!(!port.features().has(features::IN_ORDER));
+    loopback(&mut port, &pool, 20_000);
+    drop(port);
+    assert_eq!(pool.stats().in_use, 0);
+}
+
+#[test]
+fn dropping_a_queue_first_resets_the_device_and_returns_everything() {
+    let pool = test_pool(1024);
+    let mut port = open(MODERN, &config(), &pool).expect("port");
+    let (rx, tx) = port.take_queues(0).unwrap();
+    assert!(pool.stats().in_use > 0, "receive ring is filled");
+    drop(rx);
+    assert!(port.check().is_err(), "the device was reset before the receive buffers came back");
+    drop(tx);
+    drop(port);
+    assert_eq!(pool.stats().in_use, 0);
+}
+
+#[test]
+fn legacy_only_device_is_refused_with_advice() {
+    let pool = test_pool(512);
+    let err = open(&[features::RING_PACKED, net_spec::F_MAC], &config(), &pool).unwrap_err().to_string();
+    assert!(err.contains("legacy-only") && err.contains("disable-legacy=on"), "{err}");
+    assert_eq!(pool.stats().in_use, 0);
+}
+
+#[test]
+fn ring_size_the_device_refuses_is_an_error_with_the_maximum() {
+    let pool = test_pool(512);
+    let err = open(MODERN, &PortConfig { ring_size: Some(4096), ..config() }, &pool).unwrap_err();
+    assert!(matches!(err, Error::QueueSizeRefused { requested: 4096, max: 256, .. }), "{err}");
+    assert!(err.to_string().contains("maximum is 256"), "{err}");
+    let split: Vec<u32> = MODERN.iter().copied().filter(|&f| f != features::RING_PACKED).collect();
+    let err = open(&split, &PortConfig { ring_size: Some(100), ..config() }, &pool).unwrap_err();
+    assert!(err.to_string().contains("power of two"), "{err}");
+    assert_eq!(pool.stats().in_use, 0);
+}
+
+#[test]
+fn packed_asked_for_but_not_offered() {
+    let pool = test_pool(512);
+    let split: Vec<u32> = MODERN.iter().copied().filter(|&f| f != features::RING_PACKED).collect();
+    let err = open(&split, &PortConfig { ring: RingChoice::Packed, ..config() }, &pool).unwrap_err().to_string();
+    assert!(err.contains("RING_PACKED") && err.contains("split"), "{err}");
+}
+
+#[test]
+fn needs_reset_is_reported() {
+    let pool = test_pool(1024);
+    let transport = FakeTransport::new(device(MODERN));
+    let needs_reset = transport.needs_reset.clone();
+    let port = Port::open(Box::new(transport), &pool, &config(), &IovaAllocator::identity()).expect("port");
+    assert!(port.check().is_ok());
+    needs_reset.store(true, Ordering::Relaxed);
+    let err = port.check().unwrap_err().to_string();
+    assert!(err.contains("DEVICE_NEEDS_RESET"), "{err}");
+    assert!(port.link_up().is_err());
+}
