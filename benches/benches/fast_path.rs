@@ -1,5 +1,5 @@
 //! Fast-path micro benchmarks, per packet (`Throughput::Elements`):
-//! - mempool bulk get + put of 32 buffers;
+//! - mempool bulk get + bulk free of 32 buffers;
 //! - receive burst + bulk refill, packed and split, against the software device stepped inline
 //!   as a source that completes 64-byte frames without writing them;
 //! - transmit burst + lazy reclaim, packed and split, against the software device as a sink.
@@ -11,7 +11,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use virtio_pmd::mbuf::{Mbuf, Mempool, MempoolConfig};
+use virtio_pmd::mbuf::{free_bulk, Mbuf, Mempool, MempoolConfig};
 use virtio_pmd::mem::{HugePages, IovaAllocator};
 use virtio_pmd::testing::{queue_pair, DeviceConfig, DeviceCore, Mode, NotifyMode, QueuePair, RingSpec};
 use virtio_pmd::transport::RingFormat;
@@ -53,7 +53,7 @@ fn mempool_bulk(c: &mut Criterion) {
         b.iter(|| {
             assert!(pool.alloc_bulk(&mut held, BURST));
             black_box(&held);
-            held.clear();
+            free_bulk(&mut held);
         })
     });
     group.finish();
@@ -74,7 +74,7 @@ fn rx_burst(c: &mut Criterion) {
                 device.poll().expect("device");
                 packets += pair.rx.rx_burst(&mut received) as u64;
                 iterations += 1;
-                received.clear();
+                free_bulk(&mut received);
             })
         });
         assert_eq!(packets, iterations * BURST as u64, "every burst was full");

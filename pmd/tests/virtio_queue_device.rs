@@ -841,7 +841,8 @@ fn used_length_beyond_the_writable_length_is_detected() {
             let cases: Vec<(Vec<Segment>, u32, Option<u32>)> = vec![
                 (vec![seg(0, 0, 100, true)], 100, Some(100)),
                 (vec![seg(1, 0, 100, true)], 101, None),
-                (vec![seg(2, 0, 50, false)], 1, None),
+                // A read-only chain's used length is reserved and ignored (2.8.4): taken as 0.
+                (vec![seg(2, 0, 50, false)], 1, Some(0)),
                 (vec![seg(3, 0, 50, false), seg(3, 1, 60, true), seg(3, 2, 40, true)], 100, Some(100)),
                 (vec![seg(4, 0, 60, true), seg(4, 1, 40, true)], 101, None),
                 (vec![seg(5, 0, 100, true)], u32::MAX, None),

@@ -13,7 +13,8 @@ mod pool;
 
 use std::ptr::NonNull;
 
-pub use pool::{Mempool, MempoolConfig, PoolStats};
+pub(crate) use pool::recycle;
+pub use pool::{free_bulk, Mempool, MempoolConfig, PoolStats};
 
 /// Bytes reserved before the data in every buffer (at least the virtio-net header, and a cache
 /// line multiple so that the data starts cache-aligned).
@@ -89,6 +90,34 @@ impl Mbuf {
     #[inline(always)]
     pub(crate) unsafe fn from_raw(hdr: NonNull<MbufHeader>) -> Mbuf {
         Mbuf { hdr }
+    }
+
+    /// Gives up ownership without returning the element to its pool.
+    #[inline(always)]
+    fn into_raw(self) -> NonNull<MbufHeader> {
+        let hdr = self.hdr;
+        std::mem::forget(self);
+        hdr
+    }
+
+    /// Marks the buffer as a received frame: `len` bytes at the current data offset, from `port`,
+    /// with `ol_flags`.
+    #[inline(always)]
+    pub(crate) fn set_received(&mut self, len: u32, port: u16, ol_flags: u64) {
+        let h = self.header_mut();
+        debug_assert!(h.data_off as u32 + len <= h.buf_len);
+        h.data_len = len;
+        h.port = port;
+        h.ol_flags = ol_flags;
+    }
+
+    /// The byte `back` bytes before the data (inside the headroom).
+    #[inline(always)]
+    pub(crate) fn byte_before_data(&self, back: usize) -> u8 {
+        let h = self.header();
+        debug_assert!(back <= h.data_off as usize);
+        // SAFETY: `back <= data_off`, so the byte lies in this mbuf's own headroom.
+        unsafe { MbufHeader::buf(self.hdr).add(h.data_off as usize - back).read() }
     }
 
     /// Bytes of packet data.
@@ -190,15 +219,6 @@ impl Mbuf {
         h.data_len = 0;
         h.ol_flags = 0;
         h.rss_hash = 0;
-    }
-
-    /// Sets the data window directly: `len` bytes at offset `off` of the buffer.
-    #[inline(always)]
-    pub(crate) fn set_window(&mut self, off: u16, len: u32) {
-        debug_assert!(off as u32 + len <= self.header().buf_len);
-        let h = self.header_mut();
-        h.data_off = off;
-        h.data_len = len;
     }
 
     /// Port the packet arrived on (set by receive) or is meant for.

@@ -314,19 +314,78 @@ impl PoolShared {
     /// Returns one element (the `Drop` of [`Mbuf`]).
     #[inline]
     pub(crate) fn put_one(hdr: NonNull<MbufHeader>) {
+        recycle(|recycler| recycler.put_raw(hdr));
+    }
+}
+
+/// Returns every mbuf in `mbufs` to its pool, looking this thread's caches up once for the whole
+/// batch (`rte_pktmbuf_free_bulk`). Leaves `mbufs` empty, its capacity kept.
+pub fn free_bulk(mbufs: &mut Vec<Mbuf>) {
+    recycle(|recycler| mbufs.drain(..).for_each(|m| recycler.put(m)));
+}
+
+/// Returns mbufs to their pools' caches on this thread, remembering the last pool's cache so
+/// that a run of buffers from one pool costs one look-up.
+pub(crate) struct Recycler<'a> {
+    caches: Option<&'a mut Vec<LocalCache>>,
+    /// (pool, index of its cache in `caches`) of the last buffer.
+    last: Option<(*const PoolShared, usize)>,
+}
+
+impl Recycler<'_> {
+    /// Takes `mbuf` back into its pool.
+    #[inline(always)]
+    pub fn put(&mut self, mbuf: Mbuf) {
+        self.put_raw(mbuf.into_raw());
+    }
+
+    #[inline(always)]
+    fn put_raw(&mut self, hdr: NonNull<MbufHeader>) {
         // SAFETY: every header's `pool` points to the live shared state of its pool (it outlives
         // its elements, see the module invariants).
         let shared = unsafe { hdr.as_ref().pool.as_ref() };
-        let cached = with_cache(shared, |cache| {
-            cache.objs.push(Elem(hdr));
-            if cache.objs.len() > 2 * shared.cache_size {
-                shared.flush(cache, shared.cache_size);
-            } else {
-                cache.publish();
-            }
-        });
-        if cached.is_none() {
+        let Some(caches) = self.caches.as_deref_mut().filter(|_| shared.cache_size > 0) else {
             shared.give_back(Elem(hdr));
+            return;
+        };
+        let index = match self.last {
+            Some((pool, index)) if std::ptr::eq(pool, shared) => index,
+            _ => {
+                let index = cache_index(caches, shared);
+                self.last = Some((shared, index));
+                index
+            }
+        };
+        let cache = &mut caches[index];
+        cache.objs.push(Elem(hdr));
+        if cache.objs.len() > 2 * shared.cache_size {
+            shared.flush(cache, shared.cache_size);
+        } else {
+            cache.publish();
+        }
+    }
+}
+
+/// Runs `f` with a [`Recycler`] over this thread's caches (or, while they are borrowed or torn
+/// down, one that gives buffers straight back to their pools' stores).
+#[inline]
+pub(crate) fn recycle<R>(mut f: impl FnMut(&mut Recycler<'_>) -> R) -> R {
+    let result = CACHES.try_with(|caches| {
+        let mut borrowed = caches.try_borrow_mut().ok();
+        f(&mut Recycler { caches: borrowed.as_deref_mut(), last: None })
+    });
+    // `try_with` fails only before calling its closure, so `f` runs exactly once.
+    result.unwrap_or_else(|_| f(&mut Recycler { caches: None, last: None }))
+}
+
+/// The index of this thread's cache for `shared` in `caches`, creating it on first use.
+#[inline]
+fn cache_index(caches: &mut Vec<LocalCache>, shared: &PoolShared) -> usize {
+    match caches.iter().position(|c| std::ptr::eq(Arc::as_ptr(&c.pool), shared)) {
+        Some(index) => index,
+        None => {
+            caches.push(LocalCache::new(shared));
+            caches.len() - 1
         }
     }
 }
@@ -370,13 +429,7 @@ fn with_cache<R>(shared: &PoolShared, f: impl FnOnce(&mut LocalCache) -> R) -> O
     CACHES
         .try_with(|caches| {
             let mut caches = caches.try_borrow_mut().ok()?;
-            let index = match caches.iter().position(|c| std::ptr::eq(Arc::as_ptr(&c.pool), shared)) {
-                Some(index) => index,
-                None => {
-                    caches.push(LocalCache::new(shared));
-                    caches.len() - 1
-                }
-            };
+            let index = cache_index(&mut caches, shared);
             Some(f(&mut caches[index]))
         })
         .ok()

@@ -9,7 +9,8 @@
 //!
 //! Invariant: a queue hands its in-flight buffers back to their pools only after the device was
 //! reset: dropping any queue (or the port) resets the device first, so a device can never write
-//! into a buffer the application got back.
+//! into a buffer the application got back. When the reset fails (a hung vhost-user backend), the
+//! buffers are leaked instead.
 
 use std::sync::{Arc, Mutex};
 
@@ -88,12 +89,17 @@ struct Device {
 }
 
 impl Quiesce for Device {
-    fn quiesce(&self) {
+    fn quiesce(&self) -> bool {
         let mut transport = self.transport.lock().unwrap_or_else(|p| p.into_inner());
-        // Reading the status tells whether a reset is still needed (0: already reset).
-        if transport.status().map_or(true, |s| s != 0) {
-            if let Err(err) = transport.reset() {
+        // A status of 0 means the device is already reset.
+        if transport.status().is_ok_and(|s| s == 0) {
+            return true;
+        }
+        match transport.reset() {
+            Ok(()) => true,
+            Err(err) => {
                 tracing::error!("{}: reset before returning buffers failed: {err}", self.name);
+                false
             }
         }
     }
@@ -397,6 +403,8 @@ impl Port {
 
 impl Drop for Port {
     fn drop(&mut self) {
+        // Queues still held by the port drop right after, and return their buffers only if
+        // this succeeded.
         self.device.quiesce();
     }
 }

@@ -9,7 +9,7 @@
 //! is an MMIO write or, for vhost-user, an eventfd write the backend normally suppresses) or
 //! panic happens inside a burst.
 
-use crate::mbuf::{Mbuf, Mempool, OL_RX_CSUM_VALID};
+use crate::mbuf::{recycle, Mbuf, Mempool, OL_RX_CSUM_VALID};
 use crate::spec::net::{NetHeader, NET_HDR_LEN};
 use crate::transport::{Notify, QueueAddresses};
 use crate::virtqueue::{PackedRing, Segment, SplitRing, Virtqueue};
@@ -25,8 +25,9 @@ const HDR_F_DATA_VALID: u8 = 2;
 /// Stops a device from touching its rings: called before a queue hands its in-flight buffers
 /// back to their pools.
 pub(crate) trait Quiesce: Send + Sync {
-    /// Resets (or otherwise stops) the device; idempotent.
-    fn quiesce(&self);
+    /// Resets (or otherwise stops) the device; idempotent. False when the device could not be
+    /// confirmed stopped (it may still write into the buffers it holds).
+    fn quiesce(&self) -> bool;
 }
 
 /// A ring of either format, chosen at set-up time.
@@ -52,9 +53,22 @@ impl Ring {
         with_ring!(self, r => r.addresses())
     }
 
-    /// Hands every in-flight mbuf back to its pool. Only after the device was reset or stopped.
-    fn drain(&mut self) {
-        with_ring!(self, r => r.drain(drop));
+    /// Hands every in-flight mbuf back to its pool once `device` (if any) is stopped; leaks
+    /// them, with an error, when it cannot be confirmed stopped: a device that may still write
+    /// into a buffer must never see it reused.
+    fn release(&mut self, device: Option<&Arc<dyn Quiesce>>) {
+        if device.is_none_or(|device| device.quiesce()) {
+            with_ring!(self, r => r.drain(drop));
+        } else {
+            let mut leaked = 0usize;
+            with_ring!(self, r => r.drain(|mbuf| {
+                std::mem::forget(mbuf);
+                leaked += 1;
+            }));
+            if leaked > 0 {
+                tracing::error!("the device could not be stopped: leaking its {leaked} in-flight buffers");
+            }
+        }
     }
 }
 
@@ -122,21 +136,13 @@ impl RxQueue {
         let mut bytes = 0u64;
         let mut drops = 0u64;
         ring.pop_used(max, |mut mbuf, len| match len {
+            // The device wrote the header right before the data offset, then the frame; the ring
+            // already checked that `len` fits the buffer.
             Some(len) if len as usize > NET_HDR_LEN => {
                 let frame_len = len - NET_HDR_LEN as u32;
-                // The device wrote the header right before the data offset.
-                let header_flags = {
-                    mbuf.prepend(NET_HDR_LEN);
-                    let flags = mbuf.data()[0];
-                    mbuf.adj(NET_HDR_LEN);
-                    flags
-                };
-                let headroom = mbuf.headroom() as u16;
-                mbuf.set_window(headroom, frame_len);
-                mbuf.set_port(port);
-                if header_flags & HDR_F_DATA_VALID != 0 {
-                    mbuf.set_ol_flags(OL_RX_CSUM_VALID);
-                }
+                let header_flags = mbuf.byte_before_data(NET_HDR_LEN);
+                let ol_flags = if header_flags & HDR_F_DATA_VALID != 0 { OL_RX_CSUM_VALID } else { 0 };
+                mbuf.set_received(frame_len, port, ol_flags);
                 bytes += frame_len as u64;
                 out.push(mbuf);
             }
@@ -145,8 +151,8 @@ impl RxQueue {
         let received = out.len() - before;
         if received as u64 + drops > 0 {
             counters.add_traffic(received as u64, bytes, drops);
-            counters.set_errors(&ring.errors());
         }
+        counters.set_errors(&ring.errors());
         received
     }
 
@@ -211,10 +217,7 @@ impl RxQueue {
 
 impl Drop for RxQueue {
     fn drop(&mut self) {
-        if let Some(device) = &self.device {
-            device.quiesce();
-        }
-        self.ring.drain();
+        self.ring.release(self.device.as_ref());
     }
 }
 
@@ -277,10 +280,10 @@ impl TxQueue {
         (count, ring.publish())
     }
 
-    /// Returns the mbufs of completed transmissions to their pools.
+    /// Returns the mbufs of completed transmissions to their pools, in bulk.
     #[inline]
     fn reclaim_ring<R: Virtqueue<Mbuf>>(ring: &mut R) {
-        ring.pop_used(usize::MAX, |mbuf, _| drop(mbuf));
+        recycle(|recycler| ring.pop_used(usize::MAX, |mbuf, _| recycler.put(mbuf)));
     }
 
     /// Reclaims every completed transmission now (normally done lazily inside `tx_burst`).
@@ -325,10 +328,7 @@ impl TxQueue {
 
 impl Drop for TxQueue {
     fn drop(&mut self) {
-        if let Some(device) = &self.device {
-            device.quiesce();
-        }
-        self.ring.drain();
+        self.ring.release(self.device.as_ref());
     }
 }
 

@@ -23,7 +23,7 @@ use crate::virtqueue::position::RingPos;
 pub enum NotifyMode {
     /// After every publish (packed ENABLE; split without NO_NOTIFY, or EVENT_IDX at the next index).
     Always,
-    /// Never (packed DISABLE; split NO_NOTIFY, or EVENT_IDX kept behind the driver).
+    /// Never (packed DISABLE; split NO_NOTIFY, or EVENT_IDX kept half the index space away).
     Never,
     /// EVENT_IDX / RING_EVENT_FLAGS_DESC: when the driver makes the descriptor this many entries
     /// past the device's position available.
@@ -344,7 +344,8 @@ impl SplitDevice {
         if self.event_idx {
             let event = match mode {
                 NotifyMode::Always => self.last_avail,
-                NotifyMode::Never => self.last_avail.wrapping_sub(1),
+                // Half the index space away from anything the driver can be publishing now.
+                NotifyMode::Never => self.last_avail.wrapping_add(0x8000),
                 NotifyMode::AtIndex(ahead) => self.last_avail.wrapping_add(ahead),
             };
             self.used_u16(used::avail_event(self.size)).store(event.to_le(), Ordering::Relaxed);

@@ -208,7 +208,7 @@ impl DeviceCore {
                 r.set_notify(self.config.notify);
             }
         } else if self.config.event_idx {
-            // Keep the split ring's avail_event just behind the device so the driver never passes it.
+            // Keep the split ring's avail_event away from where the driver publishes.
             for r in self.rx.iter_mut().chain(self.tx.iter_mut()) {
                 r.set_notify(NotifyMode::Never);
             }

@@ -2,7 +2,7 @@
 //!
 //! Buffer ids: with IN_ORDER they are handed out sequentially modulo the ring size, so a used
 //! descriptor carrying id `x` also completes every older chain ("In-order use of descriptors",
-//! 2.8.8); without it they come from a stack of free ids. Either way the shadow knows each
+//! 2.8.8); without it they come from a queue of free ids. Either way the shadow knows each
 //! in-flight id's descriptor count, which is how far the used position skips.
 //!
 //! Publishing: descriptors are written fully as they are added, except the flags of the first
@@ -10,6 +10,7 @@
 //! ordering, which makes the whole batch available at once ("Driver notifications", 2.8.21.1).
 #![allow(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use super::event::packed_need_event;
@@ -48,8 +49,9 @@ pub struct PackedRing<T> {
     /// IN_ORDER: a used descriptor read but not fully processed (its id and length): the
     /// chains before it complete first, one by one, as `max` allows.
     batch_end: Option<(u16, u32)>,
-    /// Without IN_ORDER: the free ids.
-    free_ids: Vec<u16>,
+    /// Without IN_ORDER: the free ids, least recently freed first, so that an id comes back into
+    /// use as late as possible and a device completing it twice is caught.
+    free_ids: VecDeque<u16>,
     shadow: Shadow<T>,
     errors: RingErrors,
     broken: bool,
@@ -89,7 +91,7 @@ impl<T: Send> PackedRing<T> {
             next_id: 0,
             oldest_id: 0,
             batch_end: None,
-            free_ids: if in_order { Vec::new() } else { (0..size).rev().collect() },
+            free_ids: if in_order { VecDeque::new() } else { (0..size).collect() },
             shadow: Shadow::new(size),
             errors: RingErrors::default(),
             broken: false,
@@ -142,7 +144,7 @@ impl<T: Send> PackedRing<T> {
             self.next_id = self.next_in_ring(id);
             Some(id)
         } else {
-            self.free_ids.pop()
+            self.free_ids.pop_front()
         }
     }
 
@@ -167,7 +169,7 @@ impl<T: Send> PackedRing<T> {
         if self.in_order {
             self.oldest_id = self.next_in_ring(id);
         } else {
-            self.free_ids.push(id);
+            self.free_ids.push_back(id);
         }
         sink(chain.token, used_len);
         true
@@ -190,7 +192,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
         self.shadow.in_flight()
     }
 
-    #[inline]
+    #[inline(always)]
     fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
         let count = segments.len();
         if count == 0 || count > self.free as usize || self.broken {

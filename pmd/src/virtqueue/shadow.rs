@@ -24,10 +24,17 @@ pub(super) struct Completed<T> {
 }
 
 impl<T> Completed<T> {
-    /// Checks a device-reported length against the chain's writable length.
+    /// Checks a device-reported length against the chain's writable length. For a chain the
+    /// device may only read, the length means nothing ("Element Address and Length", 2.8.4: it
+    /// is reserved for such used descriptors and ignored by drivers; some devices report the
+    /// bytes they read) and is taken as 0.
     #[inline(always)]
     pub fn checked_len(&self, len: u32) -> UsedLen {
-        (len <= self.writable_len).then_some(len)
+        if self.writable_len == 0 {
+            Some(0)
+        } else {
+            (len <= self.writable_len).then_some(len)
+        }
     }
 }
 

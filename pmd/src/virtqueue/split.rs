@@ -41,8 +41,12 @@ pub struct SplitRing<T> {
     /// Used entries consumed, free-running.
     last_used: u16,
     free: u16,
-    /// Without IN_ORDER: head of the free descriptor list, linked through `next`.
+    /// Without IN_ORDER: head of the free descriptor list, linked through `next`, oldest first
+    /// (freed chains join at the tail, so a descriptor comes back into use as late as possible
+    /// and a device completing it twice is caught).
     free_head: u16,
+    /// Without IN_ORDER: the last descriptor of the free list (meaningless while `free == 0`).
+    free_tail: u16,
     /// The driver's copy of every descriptor's `next` link.
     next: Box<[u16]>,
     /// IN_ORDER: the descriptor the next chain starts at.
@@ -83,6 +87,7 @@ impl<T: Send> SplitRing<T> {
             last_used: 0,
             free: size,
             free_head: 0,
+            free_tail: size - 1,
             next: (1..=size).map(|i| i & (size - 1)).collect(),
             next_desc: 0,
             oldest_head: 0,
@@ -138,8 +143,12 @@ impl<T: Send> SplitRing<T> {
             for _ in 1..chain.descs {
                 tail = self.next[tail as usize];
             }
-            self.next[tail as usize] = self.free_head;
-            self.free_head = head;
+            if self.free == 0 {
+                self.free_head = head;
+            } else {
+                self.next[self.free_tail as usize] = head;
+            }
+            self.free_tail = tail;
         }
         self.free += chain.descs;
         sink(chain.token, used_len);
@@ -176,7 +185,7 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
         self.shadow.in_flight()
     }
 
-    #[inline]
+    #[inline(always)]
     fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
         let count = segments.len();
         if count == 0 || count > self.free as usize || self.broken {

@@ -7,7 +7,7 @@
 //!
 //! | [`Transport`] operation | vhost-user messages |
 //! |---|---|
-//! | `connect` | `SET_OWNER`, `GET_FEATURES`, `GET_PROTOCOL_FEATURES`, `SET_PROTOCOL_FEATURES` (REPLY_ACK, MQ, CONFIG when offered), `GET_QUEUE_NUM` (MQ) |
+//! | `connect` | `SET_OWNER`, `GET_FEATURES`, `GET_PROTOCOL_FEATURES`, `SET_PROTOCOL_FEATURES` (REPLY_ACK, MQ, CONFIG when offered), `GET_QUEUE_NUM` (MQ; sent by hand, see `socket::get_queue_num`) |
 //! | status FEATURES_OK | `SET_FEATURES` (driver features + `VHOST_USER_F_PROTOCOL_FEATURES`); a refusal (REPLY_ACK) reads back as FEATURES_OK cleared |
 //! | `map_dma` | `SET_MEM_TABLE` with every region so far (sent before the first queue set-up, again when a region is added later) |
 //! | `setup_queue` | `SET_VRING_CALL`, `SET_VRING_NUM`, `SET_VRING_BASE`, `SET_VRING_ADDR`, `SET_VRING_KICK` |
@@ -37,17 +37,31 @@
 //!
 //! Kicks are `eventfd` writes ([`Notify`]); the call eventfds the backend signals are never read
 //! (poll mode).
+//!
+//! Use: connect, then hand the transport to the port, which drives "Device Initialization":
+//!
+//! ```no_run
+//! use virtio_pmd::mbuf::{Mempool, MempoolConfig};
+//! use virtio_pmd::mem::IovaAllocator;
+//! use virtio_pmd::net::{Port, PortConfig};
+//! use virtio_pmd::transport::vhost_user::{VhostUserConfig, VhostUserTransport};
+//! # fn main() -> virtio_pmd::Result<()> {
+//! let iova = IovaAllocator::identity();
+//! let pool = Mempool::new(&MempoolConfig::default(), &iova)?;
+//! let transport = VhostUserTransport::connect(VhostUserConfig::new("/tmp/vh.sock"))?;
+//! let port = Port::open(Box::new(transport), &pool, &PortConfig::default(), &iova)?;
+//! # Ok(()) }
+//! ```
 
 mod socket;
 mod watchdog;
 
 use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::net::UnixStream;
 
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VHOST_USER_MAX_VRINGS,

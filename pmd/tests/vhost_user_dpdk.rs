@@ -1,0 +1,471 @@
+//! The vhost-user transport against a real, independent backend: DPDK 22.11's `net_vhost`
+//! (dpdk-testpmd), started through `scripts/dpdk/vhost-testpmd.sh`.
+//!
+//! Needs DPDK and 2 MiB huge pages: without them every test here fails with a message saying to
+//! run `scripts/dpdk/install.sh` (never skipped). Run with `--nocapture` to see set-up timings.
+
+#[path = "common/vhost_testpmd.rs"]
+mod vhost_testpmd;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vhost_testpmd::{Options, VhostTestpmd};
+use virtio_pmd::error::Error;
+use virtio_pmd::mem::{DmaRegion, HugePages, IovaAllocator, HUGE_PAGE_SIZE};
+use virtio_pmd::spec::features::{self, Features};
+use virtio_pmd::spec::{net, split, status};
+use virtio_pmd::transport::vhost_user::{VhostUserConfig, VhostUserTransport, MAX_REGIONS};
+use virtio_pmd::transport::{QueueAddresses, RingFormat, Transport};
+
+const RING: u16 = 1024;
+/// Ring memory per queue inside the test region.
+const QUEUE_STRIDE: u64 = 1 << 20;
+
+fn hugepage_region(len: usize) -> Arc<DmaRegion> {
+    Arc::new(
+        DmaRegion::new("vhost-user-test", len, HugePages::Required, &IovaAllocator::identity())
+            .unwrap_or_else(|e| panic!("{e} (run scripts/dpdk/install.sh)")),
+    )
+}
+
+/// Addresses (IOVAs) of queue `queue`'s three areas inside `region`, zeroed (a fresh ring).
+fn ring_addresses(region: &DmaRegion, queue: u16, size: u16, format: RingFormat) -> QueueAddresses {
+    let round = |n: u64| n.next_multiple_of(4096);
+    let desc = region.iova() + u64::from(queue) * QUEUE_STRIDE;
+    let driver = desc + round(16 * u64::from(size));
+    let device = driver
+        + round(match format {
+            RingFormat::Packed => 4,
+            RingFormat::Split => split::avail::bytes(size) as u64,
+        });
+    assert!(device + round(split::used::bytes(size) as u64) <= region.iova() + region.len() as u64);
+    QueueAddresses { desc, driver, device }
+}
+
+fn config(testpmd: &VhostTestpmd) -> VhostUserConfig {
+    let mut config = VhostUserConfig::new(testpmd.socket());
+    config.connect_timeout = Duration::from_secs(5);
+    config.request_timeout = Duration::from_secs(3);
+    config
+}
+
+/// Runs "Device Initialization" (3.1.1) up to FEATURES_OK; returns the negotiated features.
+fn negotiate(t: &mut VhostUserTransport, format: RingFormat) -> Features {
+    t.reset().unwrap();
+    t.set_status(status::ACKNOWLEDGE).unwrap();
+    t.set_status(status::ACKNOWLEDGE | status::DRIVER).unwrap();
+    let offered = t.device_features().unwrap();
+    assert!(offered.has(features::VERSION_1), "DPDK offers VERSION_1: {offered:?}");
+    assert!(offered.has(features::RING_PACKED), "DPDK 22.11 offers RING_PACKED: {offered:?}");
+    assert!(!offered.has(features::VHOST_USER_PROTOCOL_FEATURES), "transport bit 30 is hidden: {offered:?}");
+    assert!(offered.has(net::F_MAC) && offered.has(net::F_STATUS), "emulated MAC and STATUS: {offered:?}");
+    let mut wanted = Features::from_bits(&[features::VERSION_1, net::F_MAC, net::F_STATUS]);
+    if format == RingFormat::Packed {
+        wanted = wanted.with(features::RING_PACKED);
+    }
+    t.set_driver_features(wanted).unwrap();
+    t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK).unwrap();
+    let readback = t.status().unwrap();
+    assert_ne!(readback & status::FEATURES_OK, 0, "DPDK accepted {wanted:?}: status {readback:#x}");
+    assert_eq!(readback & status::DEVICE_NEEDS_RESET, 0);
+    wanted
+}
+
+/// Full set-up of `queues` queues; returns the time from connect to DRIVER_OK.
+fn bring_up(
+    testpmd: &VhostTestpmd,
+    format: RingFormat,
+    queues: u16,
+    region: &Arc<DmaRegion>,
+) -> (VhostUserTransport, Duration, Duration) {
+    let started = Instant::now();
+    let mut t = VhostUserTransport::connect(config(testpmd)).unwrap();
+    let connected = started.elapsed();
+    negotiate(&mut t, format);
+    t.map_dma(region).unwrap();
+    t.map_dma(region).unwrap(); // a second map of the same region is a no-op
+    let mut notifiers = Vec::new();
+    for q in 0..queues {
+        assert!(t.max_queue_size(q).unwrap() >= RING);
+        notifiers.push(t.setup_queue(q, RING, format, ring_addresses(region, q, RING, format)).unwrap());
+    }
+    t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK).unwrap();
+    let ready = started.elapsed();
+    // A kick is harmless (DPDK polls); make sure the fd path works.
+    for n in &notifiers {
+        n.notify();
+    }
+    (t, connected, ready)
+}
+
+fn handshake(format: RingFormat, name: &str) {
+    let mut testpmd = VhostTestpmd::start(name, Options::default());
+    let region = hugepage_region(4 * HUGE_PAGE_SIZE);
+    let (mut t, connected, ready) = bring_up(&testpmd, format, 2, &region);
+    eprintln!(
+        "{format:?}: connect {connected:?}, connect..DRIVER_OK {ready:?}; backend features {:?}, protocol {:#x}",
+        t.backend_features(),
+        t.protocol_features()
+    );
+    assert!(t.link_up());
+    assert_eq!(t.num_queues().unwrap(), 256, "DPDK 22.11 answers GET_QUEUE_NUM with 128 pairs");
+    let mut mac = [0u8; 6];
+    t.read_device_config(0, &mut mac).unwrap();
+    assert_eq!(mac, [0x02, 0, 0, 0, 0, 1]);
+    let mut link = [0u8; 2];
+    t.read_device_config(6, &mut link).unwrap();
+    assert_eq!(u16::from_le_bytes(link), 1, "synthesised config reports link up");
+
+    let info = testpmd.wait_for("show port info 0", "Link status: up", Duration::from_secs(5));
+    assert!(info.contains("Link status: up"));
+    let log = testpmd.log();
+    let negotiated = log
+        .lines()
+        .find(|l| l.contains("negotiated Virtio features"))
+        .unwrap_or_else(|| panic!("no feature line in testpmd's log:\n{log}"));
+    eprintln!("testpmd: {negotiated}");
+    let value = u64::from_str_radix(negotiated.rsplit("0x").next().unwrap().trim(), 16).unwrap();
+    assert_eq!(value & (1 << features::RING_PACKED) != 0, format == RingFormat::Packed);
+    assert_ne!(value & (1 << features::VERSION_1), 0);
+    assert_ne!(value & (1 << features::VHOST_USER_PROTOCOL_FEATURES), 0);
+    assert_eq!(value & (1 << net::F_MAC | 1 << net::F_STATUS), 0, "emulated bits are not sent");
+    assert!(log.contains("new device"), "DPDK saw the device become ready:\n{log}");
+
+    let bases = t.stop().unwrap();
+    let fresh = if format == RingFormat::Packed { 0x8000 } else { 0 };
+    assert_eq!(bases, vec![(0, fresh), (1, fresh)], "nothing was made available");
+    testpmd.wait_for("show port info 0", "Link status: down", Duration::from_secs(5));
+    drop(t);
+
+    // A new connection replays everything from scratch; DPDK is warm now.
+    let (t, connected, ready) = bring_up(&testpmd, format, 2, &region);
+    eprintln!("{format:?} again: connect {connected:?}, connect..DRIVER_OK {ready:?}");
+    testpmd.wait_for("show port info 0", "Link status: up", Duration::from_secs(5));
+    drop(t);
+    testpmd.wait_for("show port info 0", "Link status: down", Duration::from_secs(5));
+    let out = testpmd.stop();
+    assert!(out.contains("Bye"), "testpmd quit cleanly:\n{out}");
+}
+
+#[test]
+fn handshake_packed() {
+    handshake(RingFormat::Packed, "hs-packed");
+}
+
+#[test]
+fn handshake_split() {
+    handshake(RingFormat::Split, "hs-split");
+}
+
+#[test]
+fn multiqueue_and_reconfigure_on_one_connection() {
+    let testpmd = VhostTestpmd::start("mq", Options { queues: 2, ..Options::default() });
+    let region = hugepage_region(4 * HUGE_PAGE_SIZE);
+    let (mut t, _, _) = bring_up(&testpmd, RingFormat::Packed, 4, &region);
+    assert_eq!(t.num_queues().unwrap(), 256, "DPDK 22.11 answers GET_QUEUE_NUM with 128 pairs");
+    testpmd.wait_for("show port info 0", "Link status: up", Duration::from_secs(5));
+
+    // Reset and set the device up again, split this time, on the same connection.
+    t.reset().unwrap();
+    testpmd.wait_for("show port info 0", "Link status: down", Duration::from_secs(5));
+    negotiate(&mut t, RingFormat::Split);
+    for q in 0..4 {
+        t.setup_queue(q, RING, RingFormat::Split, ring_addresses(&region, q, RING, RingFormat::Split)).unwrap();
+    }
+    t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK).unwrap();
+    testpmd.wait_for("show port info 0", "Link status: up", Duration::from_secs(5));
+}
+
+#[test]
+fn memory_table_limits() {
+    let testpmd = VhostTestpmd::start("regions", Options::default());
+    let mut t = VhostUserTransport::connect(config(&testpmd)).unwrap();
+    negotiate(&mut t, RingFormat::Packed);
+    let rings = hugepage_region(4 * HUGE_PAGE_SIZE);
+    t.map_dma(&rings).unwrap();
+    let extra: Vec<_> = (1..=MAX_REGIONS)
+        .map(|_| Arc::new(DmaRegion::new("extra", 4096, HugePages::Never, &IovaAllocator::identity()).unwrap()))
+        .collect();
+    for region in &extra[..MAX_REGIONS - 2] {
+        t.map_dma(region).unwrap();
+    }
+
+    // DPDK accepts a table of seven regions, huge and small pages mixed.
+    for q in 0..2 {
+        t.setup_queue(q, RING, RingFormat::Packed, ring_addresses(&rings, q, RING, RingFormat::Packed)).unwrap();
+    }
+    // Ring addresses outside every region are refused before anything is sent.
+    let outside = QueueAddresses { desc: 0x1000, driver: 0x2000, device: 0x3000 };
+    t.reset().unwrap();
+    negotiate(&mut t, RingFormat::Packed);
+    let err = t.setup_queue(0, RING, RingFormat::Packed, outside).err().unwrap();
+    assert!(err.to_string().contains("outside every mapped DMA region"), "{err}");
+    let err =
+        t.setup_queue(0, 1000, RingFormat::Split, ring_addresses(&rings, 0, 1000, RingFormat::Split)).err().unwrap();
+    assert!(matches!(err, Error::InvalidConfig(_)), "split on a packed negotiation: {err}");
+    t.reset().unwrap();
+    negotiate(&mut t, RingFormat::Split);
+    let err =
+        t.setup_queue(0, 1000, RingFormat::Split, ring_addresses(&rings, 0, 1000, RingFormat::Split)).err().unwrap();
+    assert!(matches!(err, Error::QueueSizeRefused { requested: 1000, .. }), "{err}");
+    for q in 0..2 {
+        t.setup_queue(q, RING, RingFormat::Split, ring_addresses(&rings, q, RING, RingFormat::Split)).unwrap();
+    }
+    t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK).unwrap();
+    testpmd.wait_for("show port info 0", "Link status: up", Duration::from_secs(5));
+
+    // A region added while running goes out at once (SET_MEM_TABLE on a live device).
+    let tables_before = testpmd.log().matches("guest memory region size").count();
+    t.map_dma(&extra[MAX_REGIONS - 2]).unwrap();
+    let log = testpmd.log();
+    assert!(log.matches("guest memory region size").count() > tables_before, "DPDK got a new table");
+    assert!(t.link_up());
+    testpmd.wait_for("show port info 0", "Link status: up", Duration::from_secs(5));
+
+    let err = t.map_dma(&extra[MAX_REGIONS - 1]).unwrap_err();
+    assert!(matches!(err, Error::TooManyDmaRegions { max: 8, .. }), "{err}");
+    eprintln!("ninth region: {err}");
+}
+
+#[test]
+fn unknown_features_are_not_accepted() {
+    let testpmd = VhostTestpmd::start("feat", Options::default());
+    let mut t = VhostUserTransport::connect(config(&testpmd)).unwrap();
+    t.set_status(status::ACKNOWLEDGE | status::DRIVER).unwrap();
+    // NOTIFICATION_DATA is not offered by DPDK 22.11: FEATURES_OK must not stick.
+    let offered = t.device_features().unwrap();
+    assert!(!offered.has(features::NOTIFICATION_DATA));
+    t.set_driver_features(Features::from_bits(&[features::VERSION_1, features::NOTIFICATION_DATA])).unwrap();
+    t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK).unwrap();
+    assert_eq!(t.status().unwrap() & status::FEATURES_OK, 0);
+    assert!(t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK).is_err());
+    // A fresh negotiation works on the same connection.
+    negotiate(&mut t, RingFormat::Split);
+}
+
+#[test]
+fn backend_killed_is_a_clear_error_without_hanging() {
+    let mut testpmd = VhostTestpmd::start("killed", Options::default());
+    let region = hugepage_region(4 * HUGE_PAGE_SIZE);
+    let (mut t, _, _) = bring_up(&testpmd, RingFormat::Packed, 2, &region);
+    testpmd.wait_for("show port info 0", "Link status: up", Duration::from_secs(5));
+    assert!(t.link_up());
+
+    testpmd.signal("KILL");
+    let killed = Instant::now();
+    while t.link_up() {
+        assert!(killed.elapsed() < Duration::from_secs(5), "link still up 5 s after the backend was killed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    eprintln!("link down seen {:?} after SIGKILL", killed.elapsed());
+    assert_ne!(t.status().unwrap() & status::DEVICE_NEEDS_RESET, 0);
+
+    let started = Instant::now();
+    let err = t.reset().unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1), "reset took {:?}", started.elapsed());
+    assert!(matches!(err, Error::VhostUserDisconnected { .. }), "{err}");
+    eprintln!("after SIGKILL: {err}");
+    // Every later request fails the same way, at once.
+    let err = t.setup_queue(0, RING, RingFormat::Packed, ring_addresses(&region, 0, RING, RingFormat::Packed));
+    assert!(err.is_err());
+    let started = Instant::now();
+    drop(t);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    testpmd.stop();
+}
+
+#[test]
+fn backend_stopped_times_out_instead_of_hanging() {
+    let testpmd = VhostTestpmd::start("sigstop", Options::default());
+    let region = hugepage_region(4 * HUGE_PAGE_SIZE);
+    let (mut t, _, _) = bring_up(&testpmd, RingFormat::Split, 2, &region);
+    testpmd.wait_for("show port info 0", "Link status: up", Duration::from_secs(5));
+
+    testpmd.signal("STOP");
+    let mut config = config(&testpmd);
+    config.request_timeout = Duration::from_millis(300);
+    // Mid-session: the next request (teardown) hits the stopped backend.
+    let started = Instant::now();
+    let err = t.reset().unwrap_err();
+    let took = started.elapsed();
+    eprintln!("stopped backend, running session: {err} after {took:?}");
+    assert!(matches!(err, Error::VhostUserTimeout { .. }), "{err}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(!t.link_up());
+    drop(t);
+
+    // At connect time: the kernel accepts the connection, but no answer ever comes.
+    let started = Instant::now();
+    let err = VhostUserTransport::connect(config).unwrap_err();
+    let took = started.elapsed();
+    eprintln!("stopped backend, new connection: {err} after {took:?}");
+    assert!(matches!(err, Error::VhostUserTimeout { .. }), "{err}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    testpmd.signal("CONT");
+}
+
+#[test]
+fn no_listener_is_a_clear_error() {
+    // A socket file nobody listens on (a backend that exited without removing it).
+    let path = std::env::temp_dir().join(format!("vpmd-stale-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let mut config = VhostUserConfig::new(&path);
+    config.connect_timeout = Duration::from_millis(200);
+    let started = Instant::now();
+    let err = VhostUserTransport::connect(config).unwrap_err();
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&path);
+    let message = err.to_string();
+    eprintln!("{message} (after {took:?})");
+    assert!(matches!(err, Error::VhostUserNoBackend { .. }));
+    assert!(message.contains("vhost-testpmd.sh"), "{message}");
+    assert!(took >= Duration::from_millis(150) && took < Duration::from_secs(2), "{took:?}");
+}
+
+// ---- Traffic through the port layer (pmd/src/net) over this transport ----
+
+use virtio_pmd::mbuf::{Mbuf, Mempool, MempoolConfig};
+use virtio_pmd::net::{Port, PortConfig, RingChoice};
+
+const POOL_SIZE: u32 = 4096;
+
+fn pool() -> Mempool {
+    let config = MempoolConfig {
+        name: "vhost-user-test".into(),
+        count: POOL_SIZE,
+        huge_pages: HugePages::Required,
+        ..MempoolConfig::default()
+    };
+    Mempool::new(&config, &IovaAllocator::identity()).unwrap_or_else(|e| panic!("{e} (run scripts/dpdk/install.sh)"))
+}
+
+fn open_port(testpmd: &VhostTestpmd, pool: &Mempool, ring: RingChoice) -> Port {
+    let transport = VhostUserTransport::connect(config(testpmd)).unwrap();
+    let config = PortConfig { ring, ring_size: Some(RING), huge_pages: HugePages::Required, ..PortConfig::default() };
+    let port = Port::open(Box::new(transport), pool, &config, &IovaAllocator::identity()).unwrap();
+    assert_eq!(port.mac(), Some([0x02, 0, 0, 0, 0, 1]), "MAC from the synthesised config");
+    assert!(port.link_up().unwrap());
+    port
+}
+
+/// testpmd's counter `name` (e.g. "RX-packets") for port 0 from `show port stats 0`.
+fn port_counter(testpmd: &VhostTestpmd, name: &str) -> u64 {
+    let out = testpmd.cmd("show port stats 0");
+    let at = out.find(&format!("{name}:")).unwrap_or_else(|| panic!("no {name} in:\n{out}"));
+    out[at + name.len() + 1..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn receive_from_txonly(ring: RingChoice, name: &str) {
+    let mut testpmd =
+        VhostTestpmd::start(name, Options { fwd: "txonly", txpkt_size: Some(64), forward: true, ..Options::default() });
+    let pool = pool();
+    let mut port = open_port(&testpmd, &pool, ring);
+    let format = port.ring_format();
+    let (mut rx, tx) = port.take_queues(0).unwrap();
+    let mut burst: Vec<Mbuf> = Vec::with_capacity(64);
+    let (mut received, mut bytes) = (0u64, 0u64);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        rx.rx_burst(&mut burst);
+        for m in burst.drain(..) {
+            // txonly: 64-byte IPv4/UDP frames.
+            assert_eq!(&m.data()[12..14], &[0x08, 0x00], "IPv4 ethertype");
+            assert_eq!(m.data()[23], 17, "UDP");
+            received += 1;
+            bytes += m.len() as u64;
+        }
+    }
+    testpmd.cmd("stop");
+    // Whatever DPDK sent before it stopped is in the ring now: drain it.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_millis(200) {
+        if rx.rx_burst(&mut burst) > 0 {
+            received += burst.len() as u64;
+            bytes += burst.iter().map(|m| m.len() as u64).sum::<u64>();
+            burst.clear();
+        }
+    }
+    let sent = port_counter(&testpmd, "TX-packets");
+    let stats = rx.stats();
+    eprintln!(
+        "{format:?} rx from txonly: {received} frames ({:.2} Mpps, {bytes} bytes, debug build), testpmd sent {sent}; {stats:?}",
+        received as f64 / 2e6
+    );
+    assert!(received > 10_000, "traffic flowed: {received}");
+    assert_eq!(received, sent, "every frame DPDK sent arrived");
+    assert_eq!(bytes, received * 64);
+    drop((rx, tx));
+    drop(port);
+    assert_eq!(pool.stats().available, POOL_SIZE, "every mbuf is back in the pool after teardown");
+    testpmd.stop();
+}
+
+fn transmit_to_rxonly(ring: RingChoice, name: &str) {
+    let mut testpmd = VhostTestpmd::start(name, Options { fwd: "rxonly", forward: true, ..Options::default() });
+    let pool = pool();
+    let mut port = open_port(&testpmd, &pool, ring);
+    let format = port.ring_format();
+    let (rx, mut tx) = port.take_queues(0).unwrap();
+    const FRAMES: u64 = 200_000;
+    let mut burst: Vec<Mbuf> = Vec::with_capacity(32);
+    let (mut sent, mut seq) = (0u64, 0u64);
+    let started = Instant::now();
+    while sent < FRAMES {
+        while burst.len() < 32 && seq < FRAMES {
+            let Some(mut m) = pool.alloc() else { break };
+            let frame = m.append(60).unwrap();
+            frame.fill(0);
+            frame[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+            frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+            frame[12..14].copy_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+            frame[14..22].copy_from_slice(&seq.to_le_bytes());
+            burst.push(m);
+            seq += 1;
+        }
+        sent += tx.tx_burst(&mut burst) as u64;
+        assert!(started.elapsed() < Duration::from_secs(30), "tx stalled at {sent}");
+    }
+    let took = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = 0;
+    while Instant::now() < deadline {
+        seen = port_counter(&testpmd, "RX-packets");
+        if seen == FRAMES {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tx.reclaim();
+    eprintln!(
+        "{format:?} tx into rxonly: {FRAMES} frames in {took:?} ({:.2} Mpps, debug build); testpmd received {seen}; {:?}",
+        FRAMES as f64 / took.as_secs_f64() / 1e6,
+        tx.stats()
+    );
+    assert_eq!(seen, FRAMES, "DPDK received every frame");
+    drop((rx, tx));
+    drop(port);
+    assert_eq!(pool.stats().available, POOL_SIZE, "every mbuf is back in the pool after teardown");
+    testpmd.stop();
+}
+
+#[test]
+fn port_receives_from_dpdk_txonly_packed() {
+    receive_from_txonly(RingChoice::Packed, "rx-packed");
+}
+
+#[test]
+fn port_receives_from_dpdk_txonly_split() {
+    receive_from_txonly(RingChoice::Split, "rx-split");
+}
+
+#[test]
+fn port_transmits_to_dpdk_rxonly_packed() {
+    transmit_to_rxonly(RingChoice::Packed, "tx-packed");
+}
+
+#[test]
+fn port_transmits_to_dpdk_rxonly_split() {
+    transmit_to_rxonly(RingChoice::Split, "tx-split");
+}
