@@ -179,3 +179,12 @@ fn needs_reset_is_reported() {
     assert!(err.contains("DEVICE_NEEDS_RESET"), "{err}");
     assert!(port.link_up().is_err());
 }
+
+#[test]
+fn several_queue_pairs_need_a_transport_that_activates_them() {
+    let pool = test_pool(512);
+    let err = open(MODERN, &PortConfig { queue_pairs: 2, ..config() }, &pool).unwrap_err().to_string();
+    assert!(err.contains("control queue") && err.contains("one queue pair"), "{err}");
+    let err = open(MODERN, &PortConfig { queue_pairs: 0, ..config() }, &pool).unwrap_err().to_string();
+    assert!(err.contains("at least one queue pair"), "{err}");
+}

@@ -163,6 +163,9 @@ impl Port {
 
     /// The features this driver asks for, given what the device offers.
     fn choose_features(name: &str, offered: Features, config: &PortConfig) -> Result<(Features, RingFormat)> {
+        if config.queue_pairs == 0 {
+            return Err(Error::InvalidConfig(format!("{name}: at least one queue pair is needed")));
+        }
         if !offered.has(features::VERSION_1) {
             return Err(Error::Transport(format!(
                 "{name}: the device does not offer VIRTIO_F_VERSION_1: legacy-only devices are not supported; \
@@ -196,12 +199,6 @@ impl Port {
         if offered.has(features::EVENT_IDX) {
             wanted = wanted.with(features::EVENT_IDX);
         }
-        if config.queue_pairs != 1 {
-            return Err(Error::InvalidConfig(format!(
-                "{name}: {} queue pairs asked for; this driver sets up one queue pair per port",
-                config.queue_pairs
-            )));
-        }
         Ok((wanted, format))
     }
 
@@ -213,6 +210,13 @@ impl Port {
         config: &PortConfig,
         iova: &IovaAllocator,
     ) -> Result<(Features, RingFormat, u16, Arc<DmaRegion>, Vec<(RxQueue, TxQueue)>)> {
+        if config.queue_pairs > 1 && !transport.queue_pairs_without_control_queue() {
+            return Err(Error::InvalidConfig(format!(
+                "{name}: {} queue pairs asked for, but over this transport the device activates more than one \
+                 pair only through the control queue, which this driver does not drive yet: use one queue pair",
+                config.queue_pairs
+            )));
+        }
         transport.reset()?;
         transport.set_status(status::ACKNOWLEDGE)?;
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER)?;

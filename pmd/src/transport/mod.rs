@@ -70,6 +70,14 @@ pub trait Transport: Send {
     fn read_device_config(&mut self, offset: usize, buf: &mut [u8]) -> Result<()>;
     /// Makes `region` reachable by the device at `region.iova()`. Mapping a region twice is a no-op.
     fn map_dma(&mut self, region: &Arc<DmaRegion>) -> Result<()>;
+    /// Whether several queue pairs work without the virtio-net control queue: true where the
+    /// transport itself activates every queue it sets up (vhost-user backends serve every enabled
+    /// vring, the way DPDK's virtio-user relies on); false where the device, per the spec, starts
+    /// with one pair until told otherwise through the control queue (PCI).
+    fn queue_pairs_without_control_queue(&self) -> bool {
+        false
+    }
+
     /// Configures and enables `queue` with `size` entries of `format` at `addresses`, and returns
     /// its notifier.
     fn setup_queue(

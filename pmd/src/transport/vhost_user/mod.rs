@@ -505,6 +505,10 @@ fn queues_from_queue_num(pairs: u64) -> u16 {
 }
 
 impl Transport for VhostUserTransport {
+    fn queue_pairs_without_control_queue(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
