@@ -298,7 +298,11 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
             };
             if self.in_order {
                 // Every chain from the oldest up to `id` is complete; `id` must be in flight.
-                let batch = (id as u32 + self.size as u32 - self.oldest_id as u32) % self.size as u32;
+                let batch = if id >= self.oldest_id {
+                    (id - self.oldest_id) as u32
+                } else {
+                    id as u32 + self.size as u32 - self.oldest_id as u32
+                };
                 if id >= self.size || batch >= self.shadow.in_flight() as u32 {
                     self.errors.bad_id += 1;
                     self.broken = true;
