@@ -53,15 +53,50 @@ impl Ring {
         with_ring!(self, r => r.addresses())
     }
 
-    /// Hands every in-flight mbuf back to its pool once `device` (if any) is stopped; leaks
+    /// Descriptors in the ring.
+    fn size(&self) -> u16 {
+        with_ring!(self, r => r.size())
+    }
+}
+
+/// What receive and transmit queues share: the ring, its notifier, its counters, and the device
+/// to stop before in-flight buffers go back to their pools.
+struct QueueCore {
+    ring: Ring,
+    notify: Box<dyn Notify>,
+    counters: Arc<QueueCounters>,
+    device: Option<Arc<dyn Quiesce>>,
+}
+
+impl QueueCore {
+    fn new(ring: Ring, notify: Box<dyn Notify>) -> Self {
+        Self { ring, notify, counters: Arc::default(), device: None }
+    }
+
+    /// Counts a publish, notifying the device first when it asked for it.
+    #[inline(always)]
+    fn published(&self, kick: bool) {
+        if kick {
+            self.notify.notify();
+        }
+        self.counters.add_publish(kick);
+    }
+
+    fn is_broken(&self) -> bool {
+        with_ring!(&self.ring, r => r.is_broken())
+    }
+}
+
+impl Drop for QueueCore {
+    /// Hands every in-flight mbuf back to its pool once the device (if any) is stopped; leaks
     /// them, with an error, when it cannot be confirmed stopped: a device that may still write
     /// into a buffer must never see it reused.
-    fn release(&mut self, device: Option<&Arc<dyn Quiesce>>) {
-        if device.is_none_or(|device| device.quiesce()) {
-            with_ring!(self, r => r.drain(drop));
+    fn drop(&mut self) {
+        if self.device.as_ref().is_none_or(|device| device.quiesce()) {
+            with_ring!(&mut self.ring, r => r.drain(drop));
         } else {
             let mut leaked = 0usize;
-            with_ring!(self, r => r.drain(|mbuf| {
+            with_ring!(&mut self.ring, r => r.drain(|mbuf| {
                 std::mem::forget(mbuf);
                 leaked += 1;
             }));
@@ -74,25 +109,55 @@ impl Ring {
 
 /// A receive queue: posts empty mbufs, hands back received frames.
 pub struct RxQueue {
-    ring: Ring,
+    core: QueueCore,
     pool: Mempool,
-    notify: Box<dyn Notify>,
     port: u16,
     /// Refill once at least this many descriptors are free.
     refill_threshold: u16,
-    counters: Arc<QueueCounters>,
-    device: Option<Arc<dyn Quiesce>>,
 }
 
 /// A transmit queue: takes frames, reclaims their mbufs once the device is done.
 pub struct TxQueue {
-    ring: Ring,
-    notify: Box<dyn Notify>,
+    core: QueueCore,
     /// Reclaim completions once this many transmissions are in flight.
     reclaim_threshold: u16,
-    counters: Arc<QueueCounters>,
-    device: Option<Arc<dyn Quiesce>>,
 }
+
+/// The accessors both queue kinds share.
+macro_rules! queue_accessors {
+    ($queue:ty) => {
+        impl $queue {
+            /// The queue's counters.
+            pub fn stats(&self) -> QueueStats {
+                self.core.counters.snapshot()
+            }
+
+            /// The live counters, for a port summary read from another thread.
+            pub(crate) fn counters(&self) -> Arc<QueueCounters> {
+                self.core.counters.clone()
+            }
+
+            /// Whether the device broke the ring protocol; the queue then moves nothing more.
+            pub fn is_broken(&self) -> bool {
+                self.core.is_broken()
+            }
+
+            /// Device addresses of the ring's areas.
+            pub fn addresses(&self) -> QueueAddresses {
+                self.core.ring.addresses()
+            }
+
+            /// Makes dropping the queue stop `device` before the buffers go back to their pools.
+            pub(crate) fn with_quiesce(mut self, device: Arc<dyn Quiesce>) -> Self {
+                self.core.device = Some(device);
+                self
+            }
+        }
+    };
+}
+
+queue_accessors!(RxQueue);
+queue_accessors!(TxQueue);
 
 impl RxQueue {
     /// A receive queue for `port` over `ring`, filled from `pool`. The ring is filled now; the
@@ -100,16 +165,8 @@ impl RxQueue {
     /// buffers to the pool, after stopping the device given to [`RxQueue::with_quiesce`] (without
     /// one, the caller must have stopped the device).
     pub(crate) fn new(ring: Ring, pool: Mempool, notify: Box<dyn Notify>, port: u16) -> RxQueue {
-        let size = with_ring!(&ring, r => r.size());
-        let mut queue = RxQueue {
-            ring,
-            pool,
-            notify,
-            port,
-            refill_threshold: (size / 8).clamp(4, 64),
-            counters: Arc::default(),
-            device: None,
-        };
+        let refill_threshold = (ring.size() / 8).clamp(4, 64);
+        let mut queue = RxQueue { core: QueueCore::new(ring, notify), pool, port, refill_threshold };
         queue.refill();
         queue
     }
@@ -119,7 +176,8 @@ impl RxQueue {
     #[inline]
     pub fn rx_burst(&mut self, out: &mut Vec<Mbuf>) -> usize {
         let max = out.capacity() - out.len();
-        let received = with_ring!(&mut self.ring, ring => Self::receive(ring, &self.counters, self.port, out, max));
+        let core = &mut self.core;
+        let received = with_ring!(&mut core.ring, ring => Self::receive(ring, &core.counters, self.port, out, max));
         self.refill();
         received
     }
@@ -161,13 +219,13 @@ impl RxQueue {
     fn refill(&mut self) {
         // Whole groups of four descriptors (one 64-byte cache line of a packed ring), so that a
         // backend's batched path applies (DPDK's vhost processes aligned batches of four).
-        let free = with_ring!(&self.ring, r => r.free_descriptors()) & !3;
+        let free = with_ring!(&self.core.ring, r => r.free_descriptors()) & !3;
         if free < self.refill_threshold {
             return;
         }
         let pool = &self.pool;
-        let counters = &self.counters;
-        let kick = with_ring!(&mut self.ring, ring => {
+        let counters = &self.core.counters;
+        let kick = with_ring!(&mut self.core.ring, ring => {
             let posted = pool.alloc_bulk_with(free as usize, |mbuf| {
                 let segment = Segment {
                     addr: mbuf.data_iova() - NET_HDR_LEN as u64,
@@ -182,44 +240,7 @@ impl RxQueue {
             }
             ring.publish()
         });
-        if kick {
-            self.notify.notify();
-        }
-        self.counters.add_publish(kick);
-    }
-
-    /// The queue's counters.
-    pub fn stats(&self) -> QueueStats {
-        self.counters.snapshot()
-    }
-
-    /// The live counters, for a port summary read from another thread.
-    pub(crate) fn counters(&self) -> Arc<QueueCounters> {
-        self.counters.clone()
-    }
-
-    /// Whether the device broke the ring protocol; the queue then receives nothing more.
-    pub fn is_broken(&self) -> bool {
-        with_ring!(&self.ring, r => r.is_broken())
-    }
-
-    /// Device addresses of the ring's areas.
-    pub fn addresses(&self) -> QueueAddresses {
-        self.ring.addresses()
-    }
-}
-
-impl RxQueue {
-    /// Makes dropping the queue stop `device` before the buffers go back to the pool.
-    pub(crate) fn with_quiesce(mut self, device: Arc<dyn Quiesce>) -> Self {
-        self.device = Some(device);
-        self
-    }
-}
-
-impl Drop for RxQueue {
-    fn drop(&mut self) {
-        self.ring.release(self.device.as_ref());
+        self.core.published(kick);
     }
 }
 
@@ -228,21 +249,19 @@ impl TxQueue {
     /// after stopping the device given to [`TxQueue::with_quiesce`] (without one, the caller
     /// must have stopped the device).
     pub(crate) fn new(ring: Ring, notify: Box<dyn Notify>) -> TxQueue {
-        let size = with_ring!(&ring, r => r.size());
-        TxQueue { ring, notify, reclaim_threshold: (size / 4).clamp(1, 32), counters: Arc::default(), device: None }
+        let reclaim_threshold = (ring.size() / 4).clamp(1, 32);
+        TxQueue { core: QueueCore::new(ring, notify), reclaim_threshold }
     }
 
     /// Queues frames from the front of `pkts` for transmission, removing the ones it accepted;
     /// returns how many. The rest stay in `pkts`, in order, for the caller to retry or drop.
     #[inline]
     pub fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>) -> usize {
+        let core = &mut self.core;
         let (accepted, kick) =
-            with_ring!(&mut self.ring, ring => Self::transmit(ring, &self.counters, self.reclaim_threshold, pkts));
+            with_ring!(&mut core.ring, ring => Self::transmit(ring, &core.counters, self.reclaim_threshold, pkts));
         if accepted > 0 {
-            if kick {
-                self.notify.notify();
-            }
-            self.counters.add_publish(kick);
+            core.published(kick);
         }
         accepted
     }
@@ -293,47 +312,13 @@ impl TxQueue {
 
     /// Reclaims every completed transmission now (normally done lazily inside `tx_burst`).
     pub fn reclaim(&mut self) {
-        with_ring!(&mut self.ring, r => Self::reclaim_ring(r));
-        self.counters.set_errors(&with_ring!(&self.ring, r => r.errors()));
+        with_ring!(&mut self.core.ring, r => Self::reclaim_ring(r));
+        self.core.counters.set_errors(&with_ring!(&self.core.ring, r => r.errors()));
     }
 
     /// Frames handed to the device and not yet completed.
     pub fn in_flight(&self) -> u16 {
-        with_ring!(&self.ring, r => r.in_flight())
-    }
-
-    /// The queue's counters.
-    pub fn stats(&self) -> QueueStats {
-        self.counters.snapshot()
-    }
-
-    /// The live counters, for a port summary read from another thread.
-    pub(crate) fn counters(&self) -> Arc<QueueCounters> {
-        self.counters.clone()
-    }
-
-    /// Whether the device broke the ring protocol; the queue then accepts nothing more.
-    pub fn is_broken(&self) -> bool {
-        with_ring!(&self.ring, r => r.is_broken())
-    }
-
-    /// Device addresses of the ring's areas.
-    pub fn addresses(&self) -> QueueAddresses {
-        self.ring.addresses()
-    }
-}
-
-impl TxQueue {
-    /// Makes dropping the queue stop `device` before the buffers go back to their pools.
-    pub(crate) fn with_quiesce(mut self, device: Arc<dyn Quiesce>) -> Self {
-        self.device = Some(device);
-        self
-    }
-}
-
-impl Drop for TxQueue {
-    fn drop(&mut self) {
-        self.ring.release(self.device.as_ref());
+        with_ring!(&self.core.ring, r => r.in_flight())
     }
 }
 
