@@ -30,7 +30,7 @@ pub struct MempoolConfig {
     pub count: u32,
     /// Bytes after the headroom.
     pub data_room: u16,
-    /// Bytes before the data; at least the virtio-net header, a multiple of 64.
+    /// Bytes before the data: a multiple of 64, at least [`DEFAULT_HEADROOM`] (128).
     pub headroom: u16,
     /// Buffers each thread keeps in its cache (0: no cache).
     pub cache_size: u32,
@@ -117,9 +117,10 @@ impl Mempool {
         if config.count == 0 {
             return Err(Error::InvalidConfig(format!("mempool {:?}: count must be at least 1", config.name)));
         }
-        if (config.headroom as usize) < NET_HDR_LEN || config.headroom % 64 != 0 {
+        if config.headroom < DEFAULT_HEADROOM || config.headroom % 64 != 0 {
             return Err(Error::InvalidConfig(format!(
-                "mempool {:?}: headroom {} must be a multiple of 64 and at least {NET_HDR_LEN}",
+                "mempool {:?}: headroom {} must be a multiple of 64 and at least {DEFAULT_HEADROOM} (room for the \
+                 {NET_HDR_LEN}-byte virtio-net header and encapsulations)",
                 config.name, config.headroom
             )));
         }
