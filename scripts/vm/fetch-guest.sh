@@ -2,9 +2,10 @@
 # fetch-guest.sh: fetch the guest kernel, its VFIO modules and busybox for the QEMU VM harness.
 #
 # Installs the host packages the harness needs when they are missing (qemu-system-x86, cpio,
-# busybox-static, xz-utils, zstd), downloads Debian's guest kernel (the real image package named by
-# the `linux-image-amd64` meta package, resolved now, never hard-coded) and busybox-static with
-# `apt-get download`, unpacks them with `dpkg -x` and leaves in $VM_DIR (default target/vm):
+# busybox-static, xz-utils, zstd, python3-minimal), downloads Debian's guest kernel (the real
+# image package named by the `linux-image-amd64` meta package, resolved now, never hard-coded)
+# and busybox-static with `apt-get download`, unpacks them with `dpkg -x` and leaves in $VM_DIR
+# (default target/vm):
 #
 #   vmlinuz            the guest kernel (bzImage)
 #   vmlinux            the same kernel uncompressed, when it has a PVH entry point (Xen ELF note
@@ -62,6 +63,8 @@ command -v cpio >/dev/null || need_pkgs="$need_pkgs cpio"
 command -v xz >/dev/null || need_pkgs="$need_pkgs xz-utils"
 command -v zstd >/dev/null || need_pkgs="$need_pkgs zstd"
 command -v gzip >/dev/null || need_pkgs="$need_pkgs gzip"
+# run-vm.sh --sock-buf (qemu-udp-fds.py) makes QEMU's UDP sockets in Python.
+command -v python3 >/dev/null || need_pkgs="$need_pkgs python3-minimal"
 if [ -n "$need_pkgs" ]; then
     [ "$(id -u)" -eq 0 ] || die "missing host packages:$need_pkgs; install them (as root: apt-get install -y$need_pkgs)"
     echo "fetch-guest: installing host packages:$need_pkgs"

@@ -34,6 +34,10 @@ usage: $0 [options]
     --nics N               number of virtio-net NICs (default 2)
     --port-base P          NIC i: qemu port P+10i, peer port P+10i+1 (default 40001)
     --ports Q0:P0,Q1:P1..  explicit qemu:peer UDP ports per NIC on 127.0.0.1 (overrides --port-base)
+    --sock-buf BYTES       make the NICs' UDP sockets here, with BYTES of receive/send buffer, and
+                           hand them to QEMU (qemu-udp-fds.py; needs python3). Default 0: QEMU's
+                           own sockets, with the system default buffer (about 208 KiB), which a
+                           host stall of a few tens of ms overflows under steady traffic
     --mem SIZE             guest memory (default 1G)      --smp N   guest cpus (default 2)
     --append 'ARGS'        extra kernel arguments; those without a dot are /init's environment:
                            vmskip=BDF,..  vmbind=none  vmhugepages=N
@@ -73,6 +77,7 @@ LOG=""
 QUIET=0
 INTERACTIVE=0
 CTL=""
+SOCK_BUF=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --cmd) CMD=${2?--cmd needs shell text}; shift ;;
@@ -84,6 +89,7 @@ while [ $# -gt 0 ]; do
         --port-base) PORT_BASE=${2:?--port-base needs a port}; shift ;;
         --ports) PORTS=${2:?--ports needs Q0:P0,Q1:P1}; shift ;;
         --mem) MEM=${2:?--mem needs a size}; shift ;;
+        --sock-buf) SOCK_BUF=${2:?--sock-buf needs a number of bytes}; shift ;;
         --smp) SMP=${2:?--smp needs a number}; shift ;;
         --append) APPEND=${2?--append needs arguments}; shift ;;
         --timeout) TIMEOUT=${2:?--timeout needs seconds}; shift ;;
@@ -104,6 +110,7 @@ case "$RING" in
 esac
 if ! [[ "$NICS" =~ ^[0-8]$ ]]; then die "--nics must be 0..8"; fi
 if ! [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]]; then die "--timeout must be a number of seconds"; fi
+if ! [[ "$SOCK_BUF" =~ ^[0-9]+$ ]]; then die "--sock-buf must be a number of bytes"; fi
 [ -z "$CMD" ] || [ -z "$SCRIPT" ] || die "give --cmd or --script, not both"
 [ -n "$LOG" ] || LOG=$VM_DIR/console.log
 
@@ -239,6 +246,12 @@ for ((i = 0; i < NICS; i++)); do
         -device "virtio-net-pci,netdev=n$i,addr=$(printf '0x%x' $((3 + i))),mac=52:54:00:00:00:$(printf '%02x' $((i + 1))),packed=$PACKED,iommu_platform=on,disable-legacy=on")
     echo "run-vm: NIC$i guest 0000:00:$(printf '%02x' $((3 + i))).0 mac 52:54:00:00:00:$(printf '%02x' $((i + 1))) ring=$RING qemu 127.0.0.1:${QPORTS[i]} peer 127.0.0.1:${PPORTS[i]}"
 done
+QEMU_CMD=("$QEMU")
+if [ "$SOCK_BUF" -gt 0 ]; then
+    command -v python3 >/dev/null || die "--sock-buf needs python3 (apt-get install python3-minimal)"
+    QEMU_CMD=(python3 "$HERE/qemu-udp-fds.py" "$SOCK_BUF" "$QEMU")
+    echo "run-vm: NIC sockets made by qemu-udp-fds.py with $SOCK_BUF-byte buffers"
+fi
 echo "run-vm: accel=$ACCEL timeout=${TIMEOUT}s log=$LOG"
 
 mkdir -p "$(dirname "$LOG")"
@@ -246,10 +259,10 @@ mkdir -p "$(dirname "$LOG")"
 START=$(date +%s.%N)
 RC=0
 if [ "$INTERACTIVE" -eq 1 ]; then
-    timeout -k 5 "$TIMEOUT" "$QEMU" "${ARGS[@]}" -display none -monitor none 2>&1 | tee "$LOG" || RC=$?
+    timeout -k 5 "$TIMEOUT" "${QEMU_CMD[@]}" "${ARGS[@]}" -display none -monitor none 2>&1 | tee "$LOG" || RC=$?
     [ "$RC" -eq 124 ] || RC=0
 else
-    "$QEMU" "${ARGS[@]}" -display none -monitor none </dev/null >"$LOG" 2>&1 &
+    "${QEMU_CMD[@]}" "${ARGS[@]}" -display none -monitor none </dev/null >"$LOG" 2>&1 &
     QPID=$!
     if [ "$QUIET" -eq 0 ]; then
         tail -n +1 -s 0.1 -f --pid="$QPID" "$LOG" &

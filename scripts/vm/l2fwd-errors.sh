@@ -1,0 +1,217 @@
+#!/bin/bash
+# l2fwd-errors.sh: l2fwd's error paths on real devices, in one boot of the VM harness.
+#
+# The guest starts with NIC0 (0000:00:03.0) bound to vfio-pci and NIC1 (0000:00:04.0) left on no
+# driver (vmskip), and runs l2fwd into each error, expecting a clear message and a non-zero exit:
+#   missing-bdf    a PCI address with no device behind it (after NIC0 was opened: exit 1)
+#   bad-bdf        a malformed PCI address (usage: exit 2)
+#   unknown-key    a config file with a key l2fwd does not know (names key and file: exit 2)
+#   no-driver      NIC1 on no driver (exit 1)
+#   virtio-pci     NIC1 given to the kernel's virtio-pci driver (exit 1)
+#                  ... then NIC1 is bound to vfio-pci (scripts/bind-vfio.sh)
+#   ring-size      a ring size the device refuses (configuration: exit 2)
+#   no-hugepages   huge_pages = "required" with no huge pages reserved (exit 1)
+#   group-busy     a second l2fwd on the NICs while a first one (the holder) runs (exit 1); the
+#                  holder then stops on SIGTERM, cleanly, with every mbuf back in its pool
+# and last, on the same devices in the same boot, a normal run with traffic from the host
+# (vm-peer, both ways, every frame checked), stopped with SIGINT over the control line.
+#
+# The host checks every expected message and exit code on the console, and that the console has
+# no IOMMU fault (run-vm.sh). Exit 0 when every check passed. Logs in target/l2fwd-errors/.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+OUT_DIR=${L2FWD_ERRORS_DIR:-$ROOT/target/l2fwd-errors}
+TRIPLE=x86_64-unknown-linux-gnu
+L2FWD=$ROOT/target/$TRIPLE/ci/l2fwd
+VM_PEER=$ROOT/target/ci/vm-peer
+
+usage() {
+    cat <<USAGE
+usage: $0 [--port-base P] [--frames N] [--rate PPS] [--no-build]
+  Boot the harness VM once and run l2fwd into its error paths, then a clean run with traffic.
+  --port-base P   host UDP ports on 127.0.0.1 (default 44001)
+  --frames N      frames per direction of the final run (default 2000)
+  --rate PPS      their rate per direction (default 2000)
+  --no-build      use target/$TRIPLE/ci/l2fwd and target/ci/vm-peer as they are
+USAGE
+}
+
+PORT_BASE=44001
+FRAMES=2000
+RATE=2000
+BUILD=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --port-base) PORT_BASE=${2:-}; shift ;;
+        --frames) FRAMES=${2:-}; shift ;;
+        --rate) RATE=${2:-}; shift ;;
+        --no-build) BUILD=0 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "l2fwd-errors: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+for v in "$PORT_BASE" "$FRAMES" "$RATE"; do
+    [[ "$v" =~ ^[1-9][0-9]*$ ]] || { echo "l2fwd-errors: '$v' is not a positive number" >&2; exit 2; }
+done
+
+say() { printf 'l2fwd-errors: %s\n' "$*"; }
+started=$SECONDS
+mkdir -p "$OUT_DIR"
+"$HERE/fetch-guest.sh" >/dev/null
+if [ "$BUILD" -eq 1 ]; then
+    say "building l2fwd (static) and vm-peer"
+    (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile ci \
+        --target "$TRIPLE" -p virtio-pmd-apps --bin l2fwd)
+    (cd "$ROOT" && cargo build --quiet --profile ci -p virtio-pmd-apps --bin vm-peer)
+fi
+for bin in "$L2FWD" "$VM_PEER"; do
+    [ -x "$bin" ] || { echo "l2fwd-errors: missing $bin (run without --no-build)" >&2; exit 1; }
+done
+INITRD=$OUT_DIR/l2fwd.cpio.gz
+"$HERE/mkinitramfs.sh" "$INITRD" "$L2FWD" >/dev/null
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/l2fwd-errors.XXXXXX")
+VMPID=""
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+    if [ -n "$VMPID" ] && kill -0 "$VMPID" 2>/dev/null; then kill "$VMPID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+printf 'ring = "packed"\nburts = 32\n[[ports]]\npci = "0000:00:03.0"\n' >"$WORK/l2fwd-bad.toml"
+
+cat >"$WORK/guest.sh" <<'GUEST'
+fail=0
+A=0000:00:03.0
+B=0000:00:04.0
+CFG=/etc/l2fwd-vm.toml
+# case NAME WANT_RC COMMAND...: run it, show its output, check the exit code.
+case_() {
+    name=$1 want=$2
+    shift 2
+    echo "== CASE $name: $*"
+    "$@" >/tmp/case.out 2>&1
+    rc=$?
+    sed 's/^/   /' /tmp/case.out
+    if [ "$rc" -eq "$want" ]; then echo "== CASE-OK $name rc=$rc"; else echo "== CASE-FAIL $name rc=$rc wanted $want"; fail=1; fi
+}
+drv() { d=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && basename "$d" || echo "no driver"; }
+
+echo "guest: $A on $(drv $A), $B on $(drv $B)"
+case_ missing-bdf 1 l2fwd --stats-interval 0 $A 0000:00:0a.0
+case_ bad-bdf 2 l2fwd 00:99.0
+case_ unknown-key 2 l2fwd --config /etc/l2fwd-bad.toml
+case_ no-driver 1 l2fwd --config $CFG
+loadmod virtio_pci
+echo "guest: after loadmod virtio_pci: $A on $(drv $A), $B on $(drv $B)"
+case_ virtio-pci 1 l2fwd --config $CFG
+sh /bin/bind-vfio.sh $B || fail=1
+echo "guest: $A on $(drv $A), $B on $(drv $B)"
+case_ ring-size 2 l2fwd --config $CFG --ring-size 4096
+pages=$(cat /proc/sys/vm/nr_hugepages)
+echo 0 >/proc/sys/vm/nr_hugepages
+case_ no-hugepages 1 l2fwd --config $CFG --huge-pages required
+echo "$pages" >/proc/sys/vm/nr_hugepages
+echo "guest: huge pages back to $(cat /proc/sys/vm/nr_hugepages)"
+
+# group-busy: a holder l2fwd on both NICs, a second one must fail; then the holder stops on SIGTERM.
+l2fwd --config $CFG --stats-interval 0 >/tmp/holder.out 2>&1 &
+holder=$!
+i=0
+while ! grep -q '^L2FWD-READY' /tmp/holder.out && [ $i -lt 300 ] && kill -0 $holder 2>/dev/null; do
+    sleep 0.1
+    i=$((i + 1))
+done
+case_ group-busy 1 l2fwd --config $CFG
+kill -TERM $holder
+wait $holder
+rc=$?
+sed 's/^/   holder| /' /tmp/holder.out
+if [ $rc -eq 0 ] && grep -q '^L2FWD-DONE clean' /tmp/holder.out; then echo "== CASE-OK holder-sigterm rc=$rc"; else echo "== CASE-FAIL holder-sigterm rc=$rc"; fail=1; fi
+
+# Last: the same devices still work. The host sends traffic once it sees L2FWD-READY.
+echo "guest: final run on $A ($(drv $A)) and $B ($(drv $B))"
+l2fwd --config $CFG &
+pid=$!
+(line=$(vm-wait-host 600); echo "guest: host says '$line': SIGINT to l2fwd"; kill -INT "$pid") &
+wait $pid
+rc=$?
+if [ $rc -eq 0 ]; then echo "== CASE-OK final-run rc=$rc"; else echo "== CASE-FAIL final-run rc=$rc"; fail=1; fi
+echo "L2FWD-ERRORS-GUEST fail=$fail"
+exit $fail
+GUEST
+
+# name|regex that must be on the console
+CHECKS=(
+    "missing-bdf|^   l2fwd: error: port 1: PCI device 0000:00:0a\.0 not found"
+    "bad-bdf|^   l2fwd: error: port 0: '00:99\.0' is not a PCI address"
+    "unknown-key|^   l2fwd: error: config file /etc/l2fwd-bad\.toml: TOML parse error"
+    "unknown-key|unknown field .burts."
+    "no-driver|^   l2fwd: error: port 1: PCI device 0000:00:04\.0 is not bound to vfio-pci \(no driver bound\)"
+    "virtio-pci|^   l2fwd: error: port 1: PCI device 0000:00:04\.0 is not bound to vfio-pci \(bound to virtio-pci\)"
+    "ring-size|^   l2fwd: error: port 0 \(0000:00:03\.0\): .*refused ring size 4096"
+    "no-hugepages|^   l2fwd: error: .*huge pages"
+    "group-busy|^   l2fwd: error: port 0: IOMMU group [0-9]+ of PCI device 0000:00:03\.0 is in use"
+    "holder-sigterm|^   holder\| L2FWD-POOL .* in_use=0 .*every mbuf is back in the pool"
+    "holder-sigterm|^   holder\| L2FWD-DONE clean"
+    "final-run|^L2FWD-POOL .* in_use=0 .*every mbuf is back in the pool"
+    "final-run|^L2FWD-DONE clean"
+)
+CASES="missing-bdf bad-bdf unknown-key no-driver virtio-pci ring-size no-hugepages group-busy holder-sigterm final-run"
+
+LOG=$OUT_DIR/console.log
+rm -f "$LOG"
+say "booting (NIC1 unbound); console $LOG"
+"$HERE/run-vm.sh" --initrd "$INITRD" --port-base "$PORT_BASE" --sock-buf $((4 << 20)) --append "vmskip=0000:00:04.0" \
+    --ctl "$WORK/ctl" --log "$LOG" --timeout 300 --quiet --script "$WORK/guest.sh" \
+    --file "$ROOT/config/l2fwd-vm.toml:/etc/l2fwd-vm.toml" --file "$WORK/l2fwd-bad.toml:/etc/l2fwd-bad.toml" \
+    >"$OUT_DIR/run-vm.txt" 2>&1 &
+VMPID=$!
+
+FAIL=()
+peer_rc=0
+if "$HERE/wait-for.sh" "$LOG" '^L2FWD-READY' 240; then
+    say "error cases done, final l2fwd ready: $FRAMES frames each way at $RATE pps"
+    "$VM_PEER" run --port-base "$PORT_BASE" --frames "$FRAMES" --rate "$RATE" --ready-timeout 30 --quiet \
+        >"$OUT_DIR/vm-peer.txt" 2>&1 || peer_rc=$?
+    timeout 5 sh -c "echo stop >'$WORK/ctl.in'" || true
+    [ "$peer_rc" -eq 0 ] || FAIL+=("final-run: vm-peer exit $peer_rc")
+else
+    FAIL+=("the final l2fwd never got ready")
+fi
+vm_rc=0
+wait "$VMPID" || vm_rc=$?
+VMPID=""
+CONSOLE=$WORK/console.txt
+tr -d '\r' <"$LOG" >"$CONSOLE"
+
+echo
+say "console, l2fwd's lines:"
+grep -E '^(== |guest:|   |L2FWD-|l2fwd: error|VFIO-BOUND|VFIO-SKIPPED)' "$CONSOLE" | grep -v 'L2FWD-STATS' | sed 's/^/  /' || true
+for c in "${CHECKS[@]}"; do
+    name=${c%%|*}
+    re=${c#*|}
+    if grep -Eq -- "$re" "$CONSOLE"; then
+        say "ok   $name: /$re/"
+    else
+        say "MISS $name: /$re/"
+        FAIL+=("$name: no console line matches /$re/")
+    fi
+done
+for name in $CASES; do
+    grep -q "^== CASE-OK $name " "$CONSOLE" || FAIL+=("$name: $(grep -m1 "^== CASE-FAIL $name " "$CONSOLE" || echo 'never ran')")
+done
+[ "$vm_rc" -eq 0 ] || FAIL+=("run-vm.sh exit $vm_rc (126: IOMMU fault or oops; see $LOG)")
+tail -n 2 "$OUT_DIR/run-vm.txt" | sed 's/^/  /'
+grep '^RESULT' "$OUT_DIR/vm-peer.txt" 2>/dev/null | sed 's/^/  final run: /' || true
+say "took $((SECONDS - started)) s; logs in $OUT_DIR"
+if [ "${#FAIL[@]}" -gt 0 ]; then
+    for f in "${FAIL[@]}"; do say "FAIL: $f"; done
+    exit 1
+fi
+say "PASS: every error path gave its message and exit code; the devices worked afterwards"
