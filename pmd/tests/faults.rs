@@ -35,7 +35,8 @@ fn run(spec: RingSpec, plan: FaultPlan) -> (u64, u64, bool, bool, u64) {
     loop {
         let detected = rx.stats().errors + tx.stats().errors + rx.stats().drops > 0;
         let injected = device.stats().faults_injected.load(std::sync::atomic::Ordering::Relaxed) > 0;
-        if (injected && detected && seq > plan.at + 64) || seq > 2000 || Instant::now() > deadline {
+        let stopped = rx.is_broken() || tx.is_broken();
+        if (injected && detected && (stopped || seq > plan.at + 64)) || seq > 2000 || Instant::now() > deadline {
             break;
         }
         while pending.len() < 16 {
