@@ -25,6 +25,7 @@ fn device(offered: &[u32]) -> FakeDeviceConfig {
         mac: [0x52, 0x54, 0, 0, 0, 1],
         mtu: 1500,
         notify: NotifyMode::Never,
+        behind_iommu: false,
     }
 }
 
@@ -187,4 +188,18 @@ fn several_queue_pairs_need_a_transport_that_activates_them() {
     assert!(err.contains("control queue") && err.contains("one queue pair"), "{err}");
     let err = open(MODERN, &PortConfig { queue_pairs: 0, ..config() }, &pool).unwrap_err().to_string();
     assert!(err.contains("at least one queue pair"), "{err}");
+}
+
+#[test]
+fn behind_an_iommu_the_device_must_offer_access_platform() {
+    let pool = test_pool(1024);
+    let without: Vec<u32> = MODERN.iter().copied().filter(|&f| f != features::ACCESS_PLATFORM).collect();
+    let open_behind_iommu = |offered: &[u32]| {
+        let fake = FakeDeviceConfig { behind_iommu: true, ..device(offered) };
+        Port::open(Box::new(FakeTransport::new(fake)), &pool, &config(), &IovaAllocator::identity())
+    };
+    let err = open_behind_iommu(&without).unwrap_err().to_string();
+    assert!(err.contains("ACCESS_PLATFORM") && err.contains("iommu_platform=on"), "{err}");
+    let port = open_behind_iommu(MODERN).expect("offered: accepted");
+    assert!(port.features().has(features::ACCESS_PLATFORM));
 }

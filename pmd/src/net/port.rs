@@ -221,6 +221,12 @@ impl Port {
         transport.set_status(status::ACKNOWLEDGE)?;
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER)?;
         let offered = transport.device_features()?;
+        if transport.requires_access_platform() && !offered.has(features::ACCESS_PLATFORM) {
+            return Err(Error::Transport(format!(
+                "{name}: the device does not offer VIRTIO_F_ACCESS_PLATFORM, so it would bypass the IOMMU and \
+                 take the driver's IOVAs for physical addresses: give it one (QEMU: iommu_platform=on)"
+            )));
+        }
         let (wanted, format) = Self::choose_features(name, offered, config)?;
         transport.set_driver_features(wanted)?;
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;

@@ -28,6 +28,8 @@ pub struct FakeDeviceConfig {
     pub mtu: u16,
     /// Notification suppression the device asks for.
     pub notify: NotifyMode,
+    /// The transport puts the device behind an IOMMU (like VFIO): ACCESS_PLATFORM is required.
+    pub behind_iommu: bool,
 }
 
 /// The fake transport. Shares a "needs reset" switch with the test, to raise
@@ -83,6 +85,10 @@ impl FakeTransport {
 impl Transport for FakeTransport {
     fn name(&self) -> &str {
         "fake"
+    }
+
+    fn requires_access_platform(&self) -> bool {
+        self.config.behind_iommu
     }
 
     fn reset(&mut self) -> Result<()> {

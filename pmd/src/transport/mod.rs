@@ -70,6 +70,13 @@ pub trait Transport: Send {
     fn read_device_config(&mut self, offset: usize, buf: &mut [u8]) -> Result<()>;
     /// Makes `region` reachable by the device at `region.iova()`. Mapping a region twice is a no-op.
     fn map_dma(&mut self, region: &Arc<DmaRegion>) -> Result<()>;
+    /// Whether the device must reach memory through the platform's IOMMU (VIRTIO_F_ACCESS_PLATFORM):
+    /// true behind VFIO, where a device that bypasses the IOMMU would take IOVAs for physical
+    /// addresses.
+    fn requires_access_platform(&self) -> bool {
+        false
+    }
+
     /// Whether several queue pairs work without the virtio-net control queue: true where the
     /// transport itself activates every queue it sets up (vhost-user backends serve every enabled
     /// vring, the way DPDK's virtio-user relies on); false where the device, per the spec, starts

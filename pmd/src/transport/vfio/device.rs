@@ -373,6 +373,10 @@ impl Transport for VfioPciTransport {
         &self.info.bdf
     }
 
+    fn requires_access_platform(&self) -> bool {
+        true
+    }
+
     fn reset(&mut self) -> Result<()> {
         self.pci.reset()
     }
