@@ -1,0 +1,658 @@
+//! fwd's settings: the command line (testpmd's option names where testpmd has one), an optional
+//! TOML file under it (`--config`, keys = the long option names with `_` for `-`, unknown keys
+//! rejected), and the checks that turn both into [`Settings`].
+//!
+//! Command-line options override the file; ports given on the command line replace the file's
+//! list. See `config/fwd.toml` for a commented example.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use virtio_pmd::mem::HugePages;
+use virtio_pmd::net::RingChoice;
+use virtio_pmd::transport::vfio::normalize_bdf;
+
+use crate::frame;
+
+/// Most frames in one burst.
+pub const MAX_BURST: usize = 512;
+/// Most streams (ports x queue pairs): stream ids travel in 16 bits, and receivers keep a
+/// sequence number per id.
+pub const MAX_STREAMS: usize = 1024;
+
+/// A MAC address.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// testpmd's default peer of port `id` (`--eth-peer`): 02:00:00:00:00:<id>.
+    pub fn default_peer(id: usize) -> Mac {
+        Mac([0x02, 0, 0, 0, (id >> 8) as u8, id as u8])
+    }
+
+    /// The MAC a vhost-user port reports when none is configured: 02:00:00:00:00:<id + 1>
+    /// (port 0 gets the library's default, 02:00:00:00:00:01).
+    pub fn default_vhost(id: usize) -> Mac {
+        Mac([0x02, 0, 0, 0, ((id + 1) >> 8) as u8, (id + 1) as u8])
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("'{s}' is not a MAC address (expected six hex bytes, e.g. 02:00:00:00:00:01)");
+        let mut mac = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for byte in &mut mac {
+            let part = parts.next().filter(|p| (1..=2).contains(&p.len())).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Mac(mac))
+    }
+}
+
+/// Forwarding modes (testpmd's `--forward-mode`, plus `echo`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Forward unchanged.
+    Io,
+    /// Source MAC = the output port's, destination MAC = its `--eth-peer`.
+    Mac,
+    /// Swap source and destination MAC.
+    Macswap,
+    /// Receive and free (checks frames with `--verify`).
+    Rxonly,
+    /// Generate `--txpkts`-byte frames with sequence numbers and a checkable payload.
+    Txonly,
+    /// Generate like txonly, receive the frames back on the same queue (from a peer in macswap
+    /// or io mode) and check every byte, the MACs and the order; at most `--echo-window` frames
+    /// in flight per queue, so that a correct path loses nothing.
+    Echo,
+}
+
+impl Mode {
+    /// The name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Io => "io",
+            Mode::Mac => "mac",
+            Mode::Macswap => "macswap",
+            Mode::Rxonly => "rxonly",
+            Mode::Txonly => "txonly",
+            Mode::Echo => "echo",
+        }
+    }
+}
+
+/// The ring layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Ring {
+    /// Packed when the device offers it, split otherwise.
+    Auto,
+    /// Packed (an error when the device does not offer it).
+    Packed,
+    /// Split.
+    Split,
+}
+
+impl From<Ring> for RingChoice {
+    fn from(r: Ring) -> Self {
+        match r {
+            Ring::Auto => RingChoice::Auto,
+            Ring::Packed => RingChoice::Packed,
+            Ring::Split => RingChoice::Split,
+        }
+    }
+}
+
+/// The huge page policy for the pool and the rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Huge {
+    /// Huge pages when there are some, 4 KiB pages (with a warning) otherwise.
+    Preferred,
+    /// Huge pages or an error.
+    Required,
+    /// 4 KiB pages.
+    Never,
+}
+
+impl From<Huge> for HugePages {
+    fn from(h: Huge) -> Self {
+        match h {
+            Huge::Preferred => HugePages::Preferred,
+            Huge::Required => HugePages::Required,
+            Huge::Never => HugePages::Never,
+        }
+    }
+}
+
+/// Which generator's frames `--verify` checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verify {
+    /// fwd's own txonly/echo frames: every byte, and per-stream sequence numbers.
+    Fwd,
+    /// DPDK testpmd's txonly frames: headers, and the payload (zeros, as sent by a testpmd that
+    /// has not received any frame since it started: txonly writes only the headers).
+    DpdkTxonly,
+}
+
+/// What `echo` expects the peer to have done to the MACs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EchoExpect {
+    /// Source and destination swapped (a peer in macswap mode).
+    Swapped,
+    /// Unchanged (a peer in io mode).
+    Same,
+    /// Not checked (a peer in mac mode rewrites them).
+    Any,
+}
+
+/// How to reach one port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSpec {
+    /// A virtio-net PCI function bound to vfio-pci.
+    Pci {
+        /// Its address, normalised (0000:00:03.0).
+        bdf: String,
+    },
+    /// A vhost-user backend's socket.
+    Vhost {
+        /// The socket.
+        path: PathBuf,
+        /// Queue pairs on this port (default `--queues`).
+        queues: Option<u16>,
+        /// The MAC the port reports (default 02:00:00:00:00:<port id + 1>).
+        mac: Option<Mac>,
+    },
+}
+
+impl PortSpec {
+    /// The spec as written on the command line.
+    pub fn describe(&self) -> String {
+        match self {
+            PortSpec::Pci { bdf } => format!("pci:{bdf}"),
+            PortSpec::Vhost { path, .. } => format!("vhost:{}", path.display()),
+        }
+    }
+}
+
+impl FromStr for PortSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(bdf) = s.strip_prefix("pci:") {
+            let bdf = normalize_bdf(bdf).map_err(|e| format!("port '{s}': {e}"))?;
+            return Ok(PortSpec::Pci { bdf });
+        }
+        let Some(rest) = s.strip_prefix("vhost:") else {
+            return Err(format!(
+                "port '{s}': expected pci:<address> (e.g. pci:0000:00:03.0) or vhost:<socket>[,queues=N][,mac=MAC]"
+            ));
+        };
+        let mut parts = rest.split(',');
+        let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| format!("port '{s}': no socket path"))?;
+        let (mut queues, mut mac) = (None, None);
+        for part in parts {
+            match part.split_once('=') {
+                Some(("queues", n)) => {
+                    let n: u16 = n.parse().map_err(|_| format!("port '{s}': queues={n} is not a number"))?;
+                    if n == 0 {
+                        return Err(format!("port '{s}': queues must be at least 1"));
+                    }
+                    queues = Some(n);
+                }
+                Some(("mac", m)) => mac = Some(m.parse().map_err(|e| format!("port '{s}': {e}"))?),
+                _ => return Err(format!("port '{s}': unknown option '{part}' (known: queues=N, mac=MAC)")),
+            }
+        }
+        Ok(PortSpec::Vhost { path: PathBuf::from(path), queues, mac })
+    }
+}
+
+/// `--eth-peer N,MAC`: the destination MAC of frames sent out of port N.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EthPeer {
+    /// The port.
+    pub port: usize,
+    /// Its peer's MAC.
+    pub mac: Mac,
+}
+
+impl FromStr for EthPeer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (port, mac) = s.split_once(',').ok_or_else(|| format!("--eth-peer '{s}': expected PORT,MAC"))?;
+        let port = port.parse().map_err(|_| format!("--eth-peer '{s}': '{port}' is not a port number"))?;
+        Ok(EthPeer { port, mac: mac.parse()? })
+    }
+}
+
+/// The command line. Every option but `--port` and `--config` may also come from the file.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "fwd",
+    about = "testpmd-like forwarding on virtio-net ports (VFIO PCI and vhost-user), on the virtio-pmd API",
+    after_help = "Ports pair up like testpmd's: 0<->1, 2<->3, ...; a single port forwards to itself. \
+                  Stops after --duration, or on SIGINT/SIGTERM; prints a FWD-SUMMARY line last."
+)]
+pub struct Cli {
+    /// A port: pci:<address> or vhost:<socket>[,queues=N][,mac=MAC]; repeat for more.
+    #[arg(long = "port", value_name = "SPEC")]
+    pub ports: Vec<PortSpec>,
+    /// A TOML file with defaults for the other options (see config/fwd.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Forwarding mode [default: io].
+    #[arg(long, visible_alias = "mode", value_enum)]
+    pub forward_mode: Option<Mode>,
+    /// Destination MAC of frames sent out of a port (mac, txonly, echo), as PORT,MAC; repeat
+    /// per port [default: 02:00:00:00:00:<port>].
+    #[arg(long, value_name = "PORT,MAC")]
+    pub eth_peer: Vec<EthPeer>,
+    /// Forwarding threads; queue set q (queue pair q of every port) goes to thread q mod N
+    /// [default: the number of --cores, or 1].
+    #[arg(long)]
+    pub nb_cores: Option<usize>,
+    /// CPU cores to pin the forwarding threads to, in order (e.g. 1 or 0,1) [default: not pinned].
+    #[arg(long, value_delimiter = ',')]
+    pub cores: Option<Vec<usize>>,
+    /// Frames per rx/tx burst [default: 32].
+    #[arg(long)]
+    pub burst: Option<usize>,
+    /// Receive descriptors per ring [default: 1024].
+    #[arg(long)]
+    pub rxd: Option<u16>,
+    /// Transmit descriptors per ring (must equal --rxd: one ring size per port) [default: 1024].
+    #[arg(long)]
+    pub txd: Option<u16>,
+    /// Queue pairs per port [default: 1].
+    #[arg(long)]
+    pub queues: Option<u16>,
+    /// Ring layout [default: auto].
+    #[arg(long, value_enum)]
+    pub ring: Option<Ring>,
+    /// Do not negotiate VIRTIO_F_IN_ORDER.
+    #[arg(long)]
+    pub no_in_order: bool,
+    /// Stop after this many seconds [default: run until SIGINT/SIGTERM].
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Print per-port statistics every SECS seconds (0: never) [default: 0].
+    #[arg(long, value_name = "SECS")]
+    pub stats_period: Option<f64>,
+    /// Frame length for txonly and echo, 60..=1514 bytes [default: 64].
+    #[arg(long, value_name = "BYTES")]
+    pub txpkts: Option<usize>,
+    /// rxonly: check every frame against a generator's pattern [default when given: fwd].
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "fwd", value_name = "GENERATOR")]
+    pub verify: Option<Verify>,
+    /// rxonly --verify, echo: also insist on frames of exactly this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub verify_len: Option<usize>,
+    /// echo: most frames in flight per queue [default: 256].
+    #[arg(long)]
+    pub echo_window: Option<usize>,
+    /// echo: what the peer does to the MACs [default: swapped].
+    #[arg(long, value_enum)]
+    pub echo_expect: Option<EchoExpect>,
+    /// rxonly, echo: print the first N frames received (hex, up to 64 bytes each) at exit.
+    #[arg(long, value_name = "N")]
+    pub dump: Option<usize>,
+    /// Mbufs in the pool [default: enough for every ring, burst and cache].
+    #[arg(long)]
+    pub mbufs: Option<u32>,
+    /// Mbufs each thread caches [default: 256].
+    #[arg(long)]
+    pub mbuf_cache: Option<u32>,
+    /// Huge pages for the pool and the rings [default: preferred].
+    #[arg(long, value_enum)]
+    pub huge_pages: Option<Huge>,
+    /// Check the settings, print them, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The file: every key optional, unknown keys rejected.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Ports, as on the command line ("vhost:/tmp/vh.sock", "pci:0000:00:03.0").
+    pub ports: Option<Vec<String>>,
+    /// Forwarding mode.
+    pub forward_mode: Option<Mode>,
+    /// Peers, as on the command line ("0,02:00:00:00:00:00").
+    pub eth_peer: Option<Vec<String>>,
+    /// Forwarding threads.
+    pub nb_cores: Option<usize>,
+    /// Cores to pin to.
+    pub cores: Option<Vec<usize>>,
+    /// Frames per burst.
+    pub burst: Option<usize>,
+    /// Receive descriptors.
+    pub rxd: Option<u16>,
+    /// Transmit descriptors.
+    pub txd: Option<u16>,
+    /// Queue pairs per port.
+    pub queues: Option<u16>,
+    /// Ring layout.
+    pub ring: Option<Ring>,
+    /// Negotiate IN_ORDER.
+    pub in_order: Option<bool>,
+    /// Seconds to run.
+    pub duration: Option<f64>,
+    /// Seconds between statistics lines.
+    pub stats_period: Option<f64>,
+    /// Frame length for txonly and echo.
+    pub txpkts: Option<usize>,
+    /// rxonly frame check.
+    pub verify: Option<Verify>,
+    /// Expected frame length.
+    pub verify_len: Option<usize>,
+    /// echo window.
+    pub echo_window: Option<usize>,
+    /// echo MAC expectation.
+    pub echo_expect: Option<EchoExpect>,
+    /// Frames to dump.
+    pub dump: Option<usize>,
+    /// Pool size.
+    pub mbufs: Option<u32>,
+    /// Per-thread cache.
+    pub mbuf_cache: Option<u32>,
+    /// Huge page policy.
+    pub huge_pages: Option<Huge>,
+}
+
+impl FileConfig {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// Everything checked, defaults filled in.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Ports, in port-id order.
+    pub ports: Vec<PortSpec>,
+    /// Queue pairs of each port.
+    pub port_queues: Vec<u16>,
+    /// Destination MAC of frames sent out of each port.
+    pub eth_peers: Vec<Mac>,
+    /// Forwarding mode.
+    pub mode: Mode,
+    /// Forwarding threads.
+    pub threads: usize,
+    /// Core of each thread, when pinned.
+    pub cores: Vec<usize>,
+    /// Frames per burst.
+    pub burst: usize,
+    /// Descriptors per ring.
+    pub ring_size: u16,
+    /// Queue pairs: the most any port has (queue set q holds pair q of every port that has it).
+    pub queue_sets: u16,
+    /// Ring layout.
+    pub ring: Ring,
+    /// Negotiate IN_ORDER.
+    pub in_order: bool,
+    /// How long to run.
+    pub duration: Option<Duration>,
+    /// Statistics period.
+    pub stats_period: Option<Duration>,
+    /// Generated frame length.
+    pub txpkts: usize,
+    /// rxonly check.
+    pub verify: Option<Verify>,
+    /// Expected frame length.
+    pub verify_len: Option<usize>,
+    /// echo window per queue.
+    pub echo_window: usize,
+    /// echo MAC expectation.
+    pub echo_expect: EchoExpect,
+    /// Frames to dump.
+    pub dump: usize,
+    /// Pool size.
+    pub mbufs: u32,
+    /// Per-thread cache.
+    pub mbuf_cache: u32,
+    /// Huge pages.
+    pub huge_pages: Huge,
+}
+
+/// Seconds as a duration; `what` names the option in errors.
+fn seconds(value: f64, what: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value).map_err(|_| format!("{what} {value}: expected a non-negative number of seconds"))
+}
+
+impl Settings {
+    /// Merges the command line over the file (if any) and checks the result.
+    pub fn resolve(cli: &Cli) -> Result<Settings, String> {
+        let file = match &cli.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let ports = if !cli.ports.is_empty() {
+            cli.ports.clone()
+        } else {
+            file.ports.iter().flatten().map(|p| p.parse()).collect::<Result<Vec<PortSpec>, String>>()?
+        };
+        if ports.is_empty() {
+            return Err("no ports: give at least one --port pci:<address> or --port vhost:<socket>".into());
+        }
+        let mode = cli.forward_mode.or(file.forward_mode).unwrap_or(Mode::Io);
+        let queues = cli.queues.or(file.queues).unwrap_or(1);
+        if queues == 0 {
+            return Err("--queues must be at least 1".into());
+        }
+        let port_queues: Vec<u16> = ports
+            .iter()
+            .map(|p| match p {
+                PortSpec::Vhost { queues: Some(q), .. } => *q,
+                _ => queues,
+            })
+            .collect();
+        let peers: Vec<EthPeer> = if !cli.eth_peer.is_empty() {
+            cli.eth_peer.clone()
+        } else {
+            file.eth_peer.iter().flatten().map(|p| p.parse()).collect::<Result<_, String>>()?
+        };
+        let mut eth_peers: Vec<Mac> = (0..ports.len()).map(Mac::default_peer).collect();
+        for peer in peers {
+            let slot = eth_peers
+                .get_mut(peer.port)
+                .ok_or_else(|| format!("--eth-peer {},{}: there is no port {}", peer.port, peer.mac, peer.port))?;
+            *slot = peer.mac;
+        }
+        // Ports pair up 0<->1, 2<->3; forwarding from q on one port to q on its peer needs both
+        // to have pair q.
+        if matches!(mode, Mode::Io | Mode::Mac | Mode::Macswap | Mode::Txonly) {
+            for (id, &q) in port_queues.iter().enumerate() {
+                let peer = peer_of(id, ports.len());
+                if port_queues[peer] != q {
+                    return Err(format!(
+                        "port {id} has {q} queue pairs, its peer port {peer} has {}: forwarding from queue q to \
+                         queue q needs the same count on both",
+                        port_queues[peer]
+                    ));
+                }
+            }
+        }
+        let queue_sets = port_queues.iter().copied().max().unwrap_or(1);
+        let streams: usize = port_queues.iter().map(|&q| q as usize).sum();
+        if streams > MAX_STREAMS {
+            return Err(format!("{streams} streams (ports x queue pairs): at most {MAX_STREAMS}"));
+        }
+
+        let cores = cli.cores.clone().or(file.cores).unwrap_or_default();
+        let available: Vec<usize> =
+            core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+        for core in &cores {
+            if !available.contains(core) {
+                return Err(format!("--cores: core {core} is not one this process may run on ({available:?})"));
+            }
+        }
+        let nb_cores = cli.nb_cores.or(file.nb_cores).unwrap_or(cores.len().max(1));
+        if nb_cores == 0 {
+            return Err("--nb-cores must be at least 1".into());
+        }
+        if !cores.is_empty() && nb_cores > cores.len() {
+            return Err(format!("--nb-cores {nb_cores} but only {} --cores listed", cores.len()));
+        }
+        let threads = nb_cores.min(queue_sets as usize);
+
+        let burst = cli.burst.or(file.burst).unwrap_or(32);
+        if !(1..=MAX_BURST).contains(&burst) {
+            return Err(format!("--burst {burst}: expected 1..={MAX_BURST}"));
+        }
+        let rxd = cli.rxd.or(file.rxd).unwrap_or(1024);
+        let txd = cli.txd.or(file.txd).unwrap_or(rxd);
+        if rxd != txd {
+            return Err(format!("--rxd {rxd} and --txd {txd} differ: this driver uses one ring size per port"));
+        }
+        if rxd == 0 {
+            return Err("--rxd must be at least 1".into());
+        }
+        let txpkts = cli.txpkts.or(file.txpkts).unwrap_or(64);
+        if !(frame::MIN_LEN..=frame::MAX_LEN).contains(&txpkts) {
+            return Err(format!("--txpkts {txpkts}: expected {}..={} bytes", frame::MIN_LEN, frame::MAX_LEN));
+        }
+        let echo_window = cli.echo_window.or(file.echo_window).unwrap_or(256);
+        if echo_window == 0 || echo_window > rxd as usize / 2 {
+            return Err(format!(
+                "--echo-window {echo_window}: expected 1..={} (half the ring, so that the peer always finds room)",
+                rxd / 2
+            ));
+        }
+        let duration = cli.duration.or(file.duration).map(|d| seconds(d, "--duration")).transpose()?;
+        let stats_period = cli
+            .stats_period
+            .or(file.stats_period)
+            .map(|d| seconds(d, "--stats-period"))
+            .transpose()?
+            .filter(|d| !d.is_zero());
+        let mbuf_cache = cli.mbuf_cache.or(file.mbuf_cache).unwrap_or(256);
+        // Every receive ring full, every transmit ring full, a burst per stream, and up to 3
+        // caches' worth per thread (a cache holds up to twice its size before it flushes).
+        let needed = streams * (2 * rxd as usize + 2 * burst) + (threads + 1) * 3 * mbuf_cache as usize;
+        let mbufs = cli.mbufs.or(file.mbufs).unwrap_or(needed.max(8192) as u32);
+
+        Ok(Settings {
+            ports,
+            port_queues,
+            eth_peers,
+            mode,
+            threads,
+            cores,
+            burst,
+            ring_size: rxd,
+            queue_sets,
+            ring: cli.ring.or(file.ring).unwrap_or(Ring::Auto),
+            in_order: !cli.no_in_order && file.in_order.unwrap_or(true),
+            duration,
+            stats_period,
+            txpkts,
+            verify: cli.verify.or(file.verify),
+            verify_len: cli.verify_len.or(file.verify_len),
+            echo_window,
+            echo_expect: cli.echo_expect.or(file.echo_expect).unwrap_or(EchoExpect::Swapped),
+            dump: cli.dump.or(file.dump).unwrap_or(0),
+            mbufs,
+            mbuf_cache,
+            huge_pages: cli.huge_pages.or(file.huge_pages).unwrap_or(Huge::Preferred),
+        })
+    }
+}
+
+/// The port that frames received on `port` go out of: 0<->1, 2<->3, ...; the last of an odd
+/// count forwards to itself.
+pub fn peer_of(port: usize, ports: usize) -> usize {
+    let peer = port ^ 1;
+    if peer < ports {
+        peer
+    } else {
+        port
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(args: &[&str]) -> Result<Settings, String> {
+        let cli = Cli::try_parse_from(std::iter::once("fwd").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        Settings::resolve(&cli)
+    }
+
+    #[test]
+    fn ports_and_defaults() {
+        let s =
+            resolve(&["--port", "vhost:/tmp/a.sock,queues=2,mac=02:00:00:00:00:09", "--forward-mode", "mac"]).unwrap();
+        assert_eq!(
+            s.ports,
+            vec![PortSpec::Vhost { path: "/tmp/a.sock".into(), queues: Some(2), mac: Some(Mac([2, 0, 0, 0, 0, 9])) }]
+        );
+        assert_eq!((s.queue_sets, s.threads, s.burst, s.ring_size, s.txpkts), (2, 1, 32, 1024, 64));
+        assert_eq!(s.eth_peers, vec![Mac::default_peer(0)]);
+        assert!(s.mbufs >= 2 * 2 * 1024);
+        assert_eq!(peer_of(0, 1), 0);
+        assert_eq!(peer_of(1, 2), 0);
+        assert_eq!(peer_of(2, 3), 2);
+    }
+
+    #[test]
+    fn bad_options_are_explained() {
+        assert!(resolve(&[]).unwrap_err().contains("no ports"));
+        assert!(resolve(&["--port", "tap:x"]).unwrap_err().contains("expected pci:"));
+        assert!(resolve(&["--port", "vhost:/a,foo=1"]).unwrap_err().contains("unknown option"));
+        assert!(resolve(&["--port", "vhost:/a", "--rxd", "512", "--txd", "256"]).unwrap_err().contains("differ"));
+        assert!(resolve(&["--port", "vhost:/a", "--txpkts", "20"]).unwrap_err().contains("--txpkts"));
+        assert!(resolve(&["--port", "vhost:/a", "--eth-peer", "3,02:00:00:00:00:01"])
+            .unwrap_err()
+            .contains("no port 3"));
+        let err = resolve(&["--port", "vhost:/a,queues=2", "--port", "vhost:/b", "--forward-mode", "io"]).unwrap_err();
+        assert!(err.contains("same count"), "{err}");
+    }
+
+    #[test]
+    fn verify_takes_an_optional_value() {
+        assert_eq!(resolve(&["--port", "vhost:/a", "--verify"]).unwrap().verify, Some(Verify::Fwd));
+        let s = resolve(&["--port", "vhost:/a", "--verify", "dpdk-txonly"]).unwrap();
+        assert_eq!(s.verify, Some(Verify::DpdkTxonly));
+    }
+
+    #[test]
+    fn the_example_file_parses_and_unknown_keys_are_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fwd.toml");
+        let file = FileConfig::load(&path).unwrap();
+        assert!(file.ports.is_some_and(|p| !p.is_empty()));
+        let err = toml::from_str::<FileConfig>("burts = 32").unwrap_err().to_string();
+        assert!(err.contains("burts"), "{err}");
+    }
+}

@@ -1,0 +1,604 @@
+//! The forwarding threads: one per group of queue sets, each owning its queues outright.
+//!
+//! A *stream* is what testpmd calls a forwarding stream: receive from one queue, (maybe) rewrite,
+//! transmit on another. Thread `t` owns queue pair `q` of every port for each queue set
+//! `q ≡ t (mod threads)`, so every queue has exactly one polling thread and no queue is shared.
+//!
+//! The polling loops allocate nothing, take no lock and make no system call: the burst vectors,
+//! per-stream state, defect log, frame dump and latency histogram are all allocated before the
+//! loop starts, and frames that cannot be sent go back with [`free_bulk`]. (The mempool creates
+//! its per-thread cache on the first burst; a kick, when the device asks for one, is an eventfd
+//! write or an MMIO store inside the library.)
+//!
+//! Busy cycles are counted exactly as testpmd's `--record-core-cycles`: the time-stamp counter
+//! is read before each receive burst (before each allocation in txonly), and the cycles of the
+//! iterations that moved at least one frame are added up; the summary divides them by the frames
+//! received (by the frames sent in txonly).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use virtio_pmd::mbuf::{free_bulk, Mbuf, Mempool};
+use virtio_pmd::net::{RxQueue, TxQueue};
+
+use crate::config::{EchoExpect, Mode, Verify, MAX_STREAMS};
+use crate::frame::{Defect, Order, Sequences, Template, Verifier};
+use crate::tsc;
+
+/// How long the stop phase waits for frames still in flight (transmit completions, echo
+/// replies, receive rings to go quiet).
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+/// rxonly's stop phase ends once the receive queues were empty this long.
+const RX_QUIET: Duration = Duration::from_millis(20);
+/// Defects kept, with the stream they came from, for the report.
+const DEFECTS_KEPT: usize = 8;
+/// Bytes of each dumped frame.
+pub const DUMP_BYTES: usize = 64;
+
+/// One forwarding stream of a thread.
+#[derive(Clone, Debug)]
+pub struct Stream {
+    /// Index of the receive queue in [`Lcore::rx`].
+    pub rx: usize,
+    /// Index of the transmit queue in [`Lcore::tx`].
+    pub tx: usize,
+    /// Port frames go out of.
+    pub tx_port: usize,
+    /// Stream id carried in generated frames.
+    pub id: u16,
+    /// mac mode: the destination and source MAC written into every frame.
+    pub l2: [u8; 12],
+    /// txonly, echo: the frames this stream generates.
+    pub template: Option<Template>,
+}
+
+/// What one thread owns.
+pub struct Lcore {
+    /// Thread number.
+    pub index: usize,
+    /// Core to pin to.
+    pub core: Option<usize>,
+    /// Receive queues.
+    pub rx: Vec<RxQueue>,
+    /// Transmit queues.
+    pub tx: Vec<TxQueue>,
+    /// Streams over them.
+    pub streams: Vec<Stream>,
+}
+
+/// Settings every thread reads.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Forwarding mode.
+    pub mode: Mode,
+    /// Frames per burst.
+    pub burst: usize,
+    /// rxonly frame check.
+    pub verify: Option<Verify>,
+    /// Expected frame length.
+    pub verify_len: Option<usize>,
+    /// echo: frames in flight per stream.
+    pub echo_window: usize,
+    /// echo: the MAC rewrite expected from the peer.
+    pub echo_expect: EchoExpect,
+    /// Frames to dump.
+    pub dump: usize,
+    /// Ports (for the per-port counters).
+    pub ports: usize,
+    /// The pool generated frames come from.
+    pub pool: Mempool,
+}
+
+/// Counters a thread publishes while it runs (it alone writes them).
+#[derive(Debug)]
+pub struct Live {
+    /// Frames dropped by this thread because a transmit queue did not take them, per port.
+    pub drops: Vec<AtomicU64>,
+}
+
+impl Live {
+    /// Zeroed counters for `ports` ports.
+    pub fn new(ports: usize) -> Live {
+        Live { drops: (0..ports).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+/// Adds `n` to a counter only this thread writes (a plain load and store, no locked add).
+#[inline(always)]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+/// What a thread did, reported when it ends.
+#[derive(Debug)]
+pub struct Totals {
+    /// Frames received.
+    pub rx: u64,
+    /// Frames sent (taken by a transmit queue).
+    pub tx: u64,
+    /// Frames dropped because a transmit queue was full.
+    pub drops: u64,
+    /// Generator bursts the pool could not serve.
+    pub alloc_failures: u64,
+    /// Busy cycles (testpmd's `--record-core-cycles`).
+    pub busy_cycles: u64,
+    /// Frames checked and found correct.
+    pub verified: u64,
+    /// Frames found damaged.
+    pub bad: u64,
+    /// Frames missing from per-stream sequences (rxonly --verify fwd).
+    pub gaps: u64,
+    /// Frames that arrived out of order or twice.
+    pub reorders: u64,
+    /// echo: frames sent and never received back.
+    pub lost: u64,
+    /// Frames still in transmit rings after the stop phase.
+    pub tx_inflight: u64,
+    /// The first defects found, with their stream (rx queue index for DPDK frames).
+    pub defects: Vec<(usize, Defect)>,
+    /// The first frames received: (rx queue index, length, first bytes).
+    pub dumps: Vec<(usize, usize, [u8; DUMP_BYTES])>,
+    /// echo: round trip times, in TSC cycles.
+    pub rtt: Histogram<u64>,
+    /// When the thread stopped polling (after its stop phase).
+    pub stopped: Option<Instant>,
+}
+
+impl Totals {
+    fn new(params: &Params) -> Totals {
+        Totals {
+            rx: 0,
+            tx: 0,
+            drops: 0,
+            alloc_failures: 0,
+            busy_cycles: 0,
+            verified: 0,
+            bad: 0,
+            gaps: 0,
+            reorders: 0,
+            lost: 0,
+            tx_inflight: 0,
+            defects: Vec::with_capacity(DEFECTS_KEPT),
+            dumps: Vec::with_capacity(params.dump),
+            // 1 cycle to 2^42 cycles (over 20 minutes), 3 significant digits.
+            rtt: Histogram::new_with_bounds(1, 1 << 42, 3).unwrap_or_else(|_| Histogram::new(3).unwrap()),
+            stopped: None,
+        }
+    }
+
+    /// Adds another thread's totals.
+    pub fn merge(&mut self, other: &Totals) {
+        self.rx += other.rx;
+        self.tx += other.tx;
+        self.drops += other.drops;
+        self.alloc_failures += other.alloc_failures;
+        self.busy_cycles += other.busy_cycles;
+        self.verified += other.verified;
+        self.bad += other.bad;
+        self.gaps += other.gaps;
+        self.reorders += other.reorders;
+        self.lost += other.lost;
+        self.tx_inflight += other.tx_inflight;
+        self.defects.extend(other.defects.iter().copied());
+        self.dumps.extend(other.dumps.iter().copied());
+        let _ = self.rtt.add(&other.rtt);
+        self.stopped = self.stopped.max(other.stopped);
+    }
+
+    #[inline(always)]
+    fn defect(&mut self, stream: usize, defect: Defect) {
+        self.bad += 1;
+        if self.defects.len() < DEFECTS_KEPT {
+            self.defects.push((stream, defect));
+        }
+    }
+
+    #[inline(always)]
+    fn dump(&mut self, stream: usize, frame: &[u8]) {
+        if self.dumps.len() < self.dumps.capacity() {
+            let mut bytes = [0u8; DUMP_BYTES];
+            let n = frame.len().min(DUMP_BYTES);
+            bytes[..n].copy_from_slice(&frame[..n]);
+            self.dumps.push((stream, frame.len(), bytes));
+        }
+    }
+}
+
+/// Runs one thread: pins it, polls until `stop`, drains, waits for every other thread at
+/// `drained` (so that no device is reset while another thread still drains it), then drops its
+/// queues (which resets their devices and returns every buffer) and reports.
+pub fn run(mut lcore: Lcore, params: &Params, live: &Live, stop: &AtomicBool, drained: &Barrier) -> Totals {
+    if let Some(id) = lcore.core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+            tracing::warn!("thread {}: could not pin to core {id}; running unpinned", lcore.index);
+        }
+    }
+    let mut totals = Totals::new(params);
+    // A panic must not leave the other threads waiting at the barrier forever: catch it, stop
+    // everyone, meet at the barrier, then let it go on.
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        match params.mode {
+            Mode::Io => forward(&mut lcore, params, live, stop, &mut totals, |_, _| {}),
+            Mode::Mac => forward(&mut lcore, params, live, stop, &mut totals, rewrite_mac),
+            Mode::Macswap => forward(&mut lcore, params, live, stop, &mut totals, swap_mac),
+            Mode::Rxonly => rxonly(&mut lcore, params, stop, &mut totals),
+            Mode::Txonly => txonly(&mut lcore, params, stop, &mut totals),
+            Mode::Echo => echo(&mut lcore, params, stop, &mut totals),
+        }
+        drain_tx(&mut lcore.tx);
+    }));
+    if polled.is_err() {
+        stop.store(true, Ordering::SeqCst);
+    }
+    totals.stopped = Some(Instant::now());
+    totals.tx_inflight = lcore.tx.iter().map(|q| u64::from(q.in_flight())).sum();
+    drained.wait();
+    drop(lcore);
+    if let Err(panic) = polled {
+        std::panic::resume_unwind(panic);
+    }
+    totals
+}
+
+/// Reclaims transmit completions until every ring is empty, or for at most [`DRAIN_LIMIT`].
+fn drain_tx(queues: &mut [TxQueue]) {
+    let begin = Instant::now();
+    loop {
+        queues.iter_mut().for_each(TxQueue::reclaim);
+        if queues.iter().all(|q| q.in_flight() == 0) || begin.elapsed() > DRAIN_LIMIT {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Frames a transmit queue did not take: freed in bulk and counted.
+#[inline(always)]
+fn drop_rest(pkts: &mut Vec<Mbuf>, counter: &AtomicU64, drops: &mut u64) {
+    if !pkts.is_empty() {
+        let n = pkts.len() as u64;
+        *drops += n;
+        bump(counter, n);
+        free_bulk(pkts);
+    }
+}
+
+/// io, mac, macswap: receive a burst, rewrite it, send it on the peer's queue.
+#[inline(never)]
+fn forward(
+    lcore: &mut Lcore,
+    params: &Params,
+    live: &Live,
+    stop: &AtomicBool,
+    totals: &mut Totals,
+    rewrite: impl Fn(&Stream, &mut [Mbuf]),
+) {
+    let Lcore { rx, tx, streams, .. } = lcore;
+    let mut pkts: Vec<Mbuf> = Vec::with_capacity(params.burst);
+    let (mut received, mut sent, mut drops, mut cycles) = (0u64, 0u64, 0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        for s in streams.iter() {
+            let start = tsc::now();
+            let n = rx[s.rx].rx_burst(&mut pkts);
+            if n == 0 {
+                continue;
+            }
+            rewrite(s, &mut pkts);
+            sent += tx[s.tx].tx_burst(&mut pkts) as u64;
+            drop_rest(&mut pkts, &live.drops[s.tx_port], &mut drops);
+            received += n as u64;
+            cycles += tsc::now().wrapping_sub(start);
+        }
+    }
+    totals.rx += received;
+    totals.tx += sent;
+    totals.drops += drops;
+    totals.busy_cycles += cycles;
+}
+
+/// testpmd's mac mode: destination = the output port's peer, source = the output port.
+#[inline(always)]
+fn rewrite_mac(s: &Stream, pkts: &mut [Mbuf]) {
+    for i in 0..pkts.len() {
+        if let Some(next) = pkts.get(i + 1) {
+            tsc::prefetch(next.data().as_ptr());
+        }
+        if let Some(l2) = pkts[i].data_mut().get_mut(..12) {
+            l2.copy_from_slice(&s.l2);
+        }
+    }
+}
+
+/// testpmd's macswap mode.
+#[inline(always)]
+fn swap_mac(_: &Stream, pkts: &mut [Mbuf]) {
+    for i in 0..pkts.len() {
+        if let Some(next) = pkts.get(i + 1) {
+            tsc::prefetch(next.data().as_ptr());
+        }
+        if let Some(l2) = pkts[i].data_mut().get_mut(..12) {
+            let (dst, src) = l2.split_at_mut(6);
+            dst.swap_with_slice(src);
+        }
+    }
+}
+
+/// The checks rxonly makes on every frame.
+struct RxCheck {
+    verify: Option<Verify>,
+    verifier: Verifier,
+    sequences: Sequences,
+}
+
+impl RxCheck {
+    #[inline(always)]
+    fn frame(&mut self, stream: usize, frame: &[u8], totals: &mut Totals) {
+        totals.dump(stream, frame);
+        match self.verify {
+            None => {}
+            Some(Verify::DpdkTxonly) => match self.verifier.check_dpdk_txonly(frame) {
+                Ok(()) => totals.verified += 1,
+                Err(defect) => totals.defect(stream, defect),
+            },
+            Some(Verify::Fwd) => match self.verifier.check_ours(frame) {
+                Ok((id, seq)) => match self.sequences.observe(id, seq) {
+                    Some(order) => {
+                        totals.verified += 1;
+                        match order {
+                            Order::Next => {}
+                            Order::Gap(n) => totals.gaps += n,
+                            Order::Old => totals.reorders += 1,
+                        }
+                    }
+                    None => totals.defect(stream, Defect::Stream(id)),
+                },
+                Err(defect) => totals.defect(stream, defect),
+            },
+        }
+    }
+}
+
+/// rxonly: receive, check (with --verify), free.
+#[inline(never)]
+fn rxonly(lcore: &mut Lcore, params: &Params, stop: &AtomicBool, totals: &mut Totals) {
+    let Lcore { rx, streams, .. } = lcore;
+    let mut pkts: Vec<Mbuf> = Vec::with_capacity(params.burst);
+    let mut check = RxCheck {
+        verify: params.verify,
+        verifier: Verifier::new(params.verify_len),
+        sequences: Sequences::new(MAX_STREAMS),
+    };
+    let inspect = params.verify.is_some() || params.dump > 0;
+    let mut poll = |totals: &mut Totals| -> u64 {
+        let mut moved = 0;
+        for s in streams.iter() {
+            let start = tsc::now();
+            let n = rx[s.rx].rx_burst(&mut pkts);
+            if n == 0 {
+                continue;
+            }
+            if inspect {
+                for m in &pkts {
+                    check.frame(s.rx, m.data(), totals);
+                }
+            }
+            free_bulk(&mut pkts);
+            moved += n as u64;
+            totals.busy_cycles += tsc::now().wrapping_sub(start);
+        }
+        moved
+    };
+    while !stop.load(Ordering::Relaxed) {
+        totals.rx += poll(totals);
+    }
+    // Whatever the peer sent before it stopped is in the rings: take it until they stay quiet.
+    let (begin, mut quiet) = (Instant::now(), Instant::now());
+    while quiet.elapsed() < RX_QUIET && begin.elapsed() < DRAIN_LIMIT {
+        let n = poll(totals);
+        if n > 0 {
+            totals.rx += n;
+            quiet = Instant::now();
+        }
+    }
+}
+
+/// Per-stream state of the generators.
+struct Generator {
+    /// Frames allocated and written, not yet taken by the transmit queue.
+    pending: Vec<Mbuf>,
+    /// Next sequence number to write.
+    next_seq: u64,
+    /// Frames taken by the transmit queue.
+    sent: u64,
+    /// echo: frames received back.
+    received: u64,
+    /// echo: sequence number expected next.
+    expect: u64,
+    /// echo: TSC when frame `seq` was written, at `seq % window` (empty for txonly).
+    stamps: Vec<u64>,
+}
+
+impl Generator {
+    fn new(burst: usize, window: usize) -> Generator {
+        Generator {
+            pending: Vec::with_capacity(burst),
+            next_seq: 0,
+            sent: 0,
+            received: 0,
+            expect: 0,
+            stamps: vec![0; window],
+        }
+    }
+
+    /// Tops `pending` up with `want` new frames of `template`; false when the pool had fewer.
+    #[inline(always)]
+    fn generate(&mut self, pool: &Mempool, template: &Template, want: usize, now: u64) -> bool {
+        let have = self.pending.len();
+        if !pool.alloc_bulk(&mut self.pending, want) {
+            return false;
+        }
+        let window = self.stamps.len() as u64;
+        for m in &mut self.pending[have..] {
+            let seq = self.next_seq;
+            if let Some(frame) = m.append(template.len()) {
+                template.write(frame, seq);
+            }
+            if window > 0 {
+                self.stamps[(seq % window) as usize] = now;
+            }
+            self.next_seq += 1;
+        }
+        true
+    }
+}
+
+/// txonly: generate, send; frames the queue did not take are kept and sent first next time, so
+/// that every stream's sequence stays gap-free.
+#[inline(never)]
+fn txonly(lcore: &mut Lcore, params: &Params, stop: &AtomicBool, totals: &mut Totals) {
+    let Lcore { tx, streams, .. } = lcore;
+    let mut gens: Vec<Generator> = streams.iter().map(|_| Generator::new(params.burst, 0)).collect();
+    let (mut sent, mut cycles, mut failures) = (0u64, 0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        for (s, g) in streams.iter().zip(gens.iter_mut()) {
+            let Some(template) = &s.template else { continue };
+            let start = tsc::now();
+            let want = params.burst - g.pending.len();
+            if want > 0 && !g.generate(&params.pool, template, want, start) {
+                failures += 1;
+            }
+            let n = tx[s.tx].tx_burst(&mut g.pending);
+            if n == 0 {
+                continue;
+            }
+            g.sent += n as u64;
+            sent += n as u64;
+            cycles += tsc::now().wrapping_sub(start);
+        }
+    }
+    for g in &mut gens {
+        free_bulk(&mut g.pending);
+    }
+    totals.tx += sent;
+    totals.busy_cycles += cycles;
+    totals.alloc_failures += failures;
+}
+
+/// echo's state: everything the polling loop touches, allocated before it starts.
+struct Echo<'a> {
+    rx: &'a mut [RxQueue],
+    tx: &'a mut [TxQueue],
+    streams: &'a [Stream],
+    gens: Vec<Generator>,
+    /// The MACs expected on every frame that comes back, per stream.
+    expected_l2: Vec<[u8; 12]>,
+    check_mac: bool,
+    pkts: Vec<Mbuf>,
+    verifier: Verifier,
+    window: usize,
+    burst: usize,
+    pool: &'a Mempool,
+}
+
+impl Echo<'_> {
+    /// One pass over the streams: top up and send (while `generating`), receive and check.
+    #[inline(always)]
+    fn poll(&mut self, generating: bool, totals: &mut Totals) {
+        let window = self.window;
+        for ((s, g), l2) in self.streams.iter().zip(self.gens.iter_mut()).zip(&self.expected_l2) {
+            let Some(template) = &s.template else { continue };
+            let start = tsc::now();
+            let mut sent = 0;
+            if generating {
+                let outstanding = (g.sent - g.received) as usize + g.pending.len();
+                let want = window.saturating_sub(outstanding).min(self.burst - g.pending.len());
+                if want > 0 && !g.generate(self.pool, template, want, start) {
+                    totals.alloc_failures += 1;
+                }
+                if !g.pending.is_empty() {
+                    sent = self.tx[s.tx].tx_burst(&mut g.pending) as u64;
+                    g.sent += sent;
+                }
+            }
+            let n = self.rx[s.rx].rx_burst(&mut self.pkts);
+            if n > 0 {
+                let now = tsc::now();
+                for m in &self.pkts {
+                    let frame = m.data();
+                    totals.dump(s.rx, frame);
+                    match self.verifier.check_ours(frame) {
+                        Ok((id, _)) if id != s.id => totals.defect(s.rx, Defect::Stream(id)),
+                        Ok((_, seq)) if self.check_mac && frame[..12] != l2[..] => {
+                            totals.defect(s.rx, Defect::Mac { seq })
+                        }
+                        Ok((_, seq)) => {
+                            totals.verified += 1;
+                            if seq != g.expect {
+                                totals.reorders += 1;
+                            }
+                            g.expect = seq + 1;
+                            let stamp = g.stamps[(seq % window as u64) as usize];
+                            totals.rtt.saturating_record(now.wrapping_sub(stamp).max(1));
+                        }
+                        Err(defect) => totals.defect(s.rx, defect),
+                    }
+                }
+                free_bulk(&mut self.pkts);
+                g.received += n as u64;
+                totals.rx += n as u64;
+            }
+            if sent + n as u64 > 0 {
+                totals.tx += sent;
+                totals.busy_cycles += tsc::now().wrapping_sub(start);
+            }
+        }
+    }
+}
+
+/// echo: generate within a window, receive the frames back on the same queue, check each.
+#[inline(never)]
+fn echo(lcore: &mut Lcore, params: &Params, stop: &AtomicBool, totals: &mut Totals) {
+    let Lcore { rx, tx, streams, .. } = lcore;
+    let expected_l2 = streams
+        .iter()
+        .map(|s| {
+            let l2 = s.template.as_ref().map(Template::l2).unwrap_or([0; 12]);
+            match params.echo_expect {
+                EchoExpect::Swapped => {
+                    let mut swapped = [0u8; 12];
+                    swapped[..6].copy_from_slice(&l2[6..]);
+                    swapped[6..].copy_from_slice(&l2[..6]);
+                    swapped
+                }
+                EchoExpect::Same | EchoExpect::Any => l2,
+            }
+        })
+        .collect();
+    let mut state = Echo {
+        rx,
+        tx,
+        streams,
+        gens: streams.iter().map(|_| Generator::new(params.burst, params.echo_window)).collect(),
+        expected_l2,
+        check_mac: params.echo_expect != EchoExpect::Any,
+        pkts: Vec::with_capacity(params.burst),
+        verifier: Verifier::new(params.verify_len),
+        window: params.echo_window,
+        burst: params.burst,
+        pool: &params.pool,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        state.poll(true, totals);
+    }
+    // Stop sending; wait for the frames still out to come back.
+    let begin = Instant::now();
+    while begin.elapsed() < DRAIN_LIMIT && state.gens.iter().any(|g| g.received < g.sent) {
+        state.poll(false, totals);
+    }
+    for g in &mut state.gens {
+        totals.lost += g.sent.saturating_sub(g.received);
+        free_bulk(&mut g.pending);
+    }
+}

@@ -1,0 +1,338 @@
+//! `fwd` against DPDK 22.11's vhost-user backend (`dpdk-testpmd --vdev net_vhost0`), in both
+//! directions and as an echo, over packed and split rings, 1 and 2 queue pairs, 64- and
+//! 1514-byte frames (2 x 2 x 2 x 3 = 24 cases).
+//!
+//! One testpmd per (ring, queue pairs) test serves its six cases, reconfigured between them
+//! (`set fwd`, `set txpkts`, `clear port stats all`); each case runs a fresh `fwd` process (a new
+//! vhost-user connection and negotiation) for about half a second of traffic:
+//!
+//! - DPDK `txonly` -> `fwd rxonly --verify dpdk-txonly`: fwd checks every frame's length, headers
+//!   and payload (zeros: txonly writes only the headers into mbufs from fresh huge pages, so these
+//!   cases run first, before testpmd's mbufs ever hold a received frame); the frames fwd received
+//!   equal testpmd's TX-packets exactly (DPDK stops first, fwd drains).
+//! - `fwd txonly` -> DPDK `rxonly`: testpmd's RX-packets (and RX-bytes = packets x length) equal
+//!   what fwd sent, but for the frames fwd reports still in its transmit rings at stop
+//!   (`tx_inflight`, normally 0: fwd waits for its rings to empty before it stops).
+//! - `fwd echo` <-> DPDK `macswap`: fwd sends sequence-numbered frames (at most a window in flight
+//!   per queue) and checks every frame that comes back: every byte, the swapped MACs, the order;
+//!   nothing may be lost, and testpmd's RX/TX counts equal fwd's TX/RX.
+//!
+//! Needs DPDK and 2 MiB huge pages: without them the tests fail with a message saying to run
+//! `scripts/dpdk/install.sh` (never skipped). Run with `--nocapture` to see each case's summary.
+
+#[path = "../../pmd/tests/common/vhost_testpmd.rs"]
+mod vhost_testpmd;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vhost_testpmd::{Options, VhostTestpmd};
+
+const FWD: &str = env!("CARGO_BIN_EXE_fwd");
+/// Traffic time per case.
+const TRAFFIC: Duration = Duration::from_millis(500);
+/// Longest a fwd run may take from start to exit.
+const FWD_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `fwd`, its stdout read line by line.
+struct Fwd {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: Option<JoinHandle<String>>,
+    what: String,
+}
+
+/// What a finished `fwd` printed.
+struct Finished {
+    summary: HashMap<String, String>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    fn get(&self, key: &str) -> u64 {
+        let value = self.summary.get(key).unwrap_or_else(|| panic!("no {key} in FWD-SUMMARY:\n{}", self.stdout));
+        value.parse().unwrap_or_else(|_| panic!("{key}={value} is not a count"))
+    }
+
+    /// The `per queue rx [a,b]` (or tx) counts of port 0.
+    fn per_queue(&self, dir: &str) -> Vec<u64> {
+        let line = self.stdout.lines().find(|l| l.starts_with("port 0 total:")).expect("port 0 total line");
+        let at = line.find(&format!("{dir} [")).expect("per queue counts") + dir.len() + 2;
+        let list = &line[at..at + line[at..].find(']').unwrap()];
+        list.split(',').map(|n| n.parse().unwrap()).collect()
+    }
+}
+
+impl Fwd {
+    fn start(what: &str, args: &[String]) -> Fwd {
+        let mut child = Command::new(FWD)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the fwd binary");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = Some(std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        }));
+        Fwd { child, lines, seen: Vec::new(), stderr, what: what.to_string() }
+    }
+
+    /// Waits for `FWD-READY` (the ports are open and the threads polling).
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    let ready = line.starts_with("FWD-READY");
+                    self.seen.push(line);
+                    if ready {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    let _ = self.child.kill();
+                    let finished = self.finish_output();
+                    panic!(
+                        "{}: fwd never printed FWD-READY ({err:?}):\n{}\n{}",
+                        self.what, finished.stdout, finished.stderr
+                    );
+                }
+            }
+        }
+    }
+
+    /// Asks fwd to stop (SIGTERM), as a user's Ctrl-C would.
+    fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill -TERM {}", self.child.id());
+    }
+
+    fn finish_output(&mut self) -> Finished {
+        let deadline = Instant::now() + FWD_TIMEOUT;
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    break;
+                }
+            }
+        }
+        let stdout = self.seen.join("\n");
+        let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let summary = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("FWD-SUMMARY "))
+            .map(|l| {
+                l.split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Finished { summary, stdout, stderr }
+    }
+
+    /// Waits for fwd to exit; panics unless it exited 0 with a summary.
+    fn finish(mut self) -> Finished {
+        let finished = self.finish_output();
+        let status = self.child.wait().expect("wait for fwd");
+        assert!(
+            status.success() && !finished.summary.is_empty(),
+            "{}: fwd exited with {status}:\n{}\n{}",
+            self.what,
+            finished.stdout,
+            finished.stderr
+        );
+        assert_eq!(finished.get("pool_in_use"), 0, "{}: every mbuf back in the pool", self.what);
+        eprintln!("{}: {}", self.what, finished.stdout.lines().last().unwrap_or_default());
+        finished
+    }
+}
+
+/// testpmd's counter `name` (e.g. "RX-packets") of port 0.
+fn counter(testpmd: &VhostTestpmd, name: &str) -> u64 {
+    let out = testpmd.cmd("show port stats 0");
+    let at = out.find(&format!("{name}:")).unwrap_or_else(|| panic!("no {name} in:\n{out}"));
+    out[at + name.len() + 1..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Sets testpmd up for the next case: forwarding stopped, mode and frame size set, counters 0.
+fn prepare(testpmd: &VhostTestpmd, fwd_mode: &str, len: usize) {
+    testpmd.cmd("stop");
+    testpmd.cmd(&format!("set fwd {fwd_mode}"));
+    testpmd.cmd(&format!("set txpkts {len}"));
+    testpmd.cmd("clear port stats all");
+}
+
+fn fwd_args(testpmd: &VhostTestpmd, ring: &str, queues: u16, mode: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--port",
+        &format!("vhost:{}", testpmd.socket().display()),
+        "--forward-mode",
+        mode,
+        "--ring",
+        ring,
+        "--queues",
+        &queues.to_string(),
+        "--nb-cores",
+        &queues.to_string(),
+        "--rxd",
+        "1024",
+        "--huge-pages",
+        "required",
+        "--mbufs",
+        "8192",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// DPDK txonly -> fwd rxonly, every frame checked.
+fn dpdk_to_fwd(testpmd: &VhostTestpmd, ring: &str, queues: u16, len: usize) {
+    let what = format!("{ring} x{queues} {len} B: DPDK txonly -> fwd rxonly");
+    prepare(testpmd, "txonly", len);
+    let len_arg = len.to_string();
+    let mut fwd = Fwd::start(
+        &what,
+        &fwd_args(testpmd, ring, queues, "rxonly", &["--verify", "dpdk-txonly", "--verify-len", &len_arg]),
+    );
+    fwd.wait_ready();
+    testpmd.cmd("start");
+    std::thread::sleep(TRAFFIC);
+    testpmd.cmd("stop");
+    let sent = counter(testpmd, "TX-packets");
+    std::thread::sleep(Duration::from_millis(100));
+    fwd.terminate();
+    let out = fwd.finish();
+    let received = out.get("rx_pkts");
+    assert!(received > 1000, "{what}: traffic flowed ({received} frames)");
+    assert_eq!(received, sent, "{what}: fwd received every frame testpmd sent");
+    assert_eq!(out.get("verified"), received, "{what}: every frame checked");
+    assert_eq!(out.get("bad"), 0, "{what}: no damaged frame\n{}", out.stderr);
+    let per_queue = out.per_queue("rx");
+    assert_eq!(per_queue.len(), queues as usize);
+    assert!(per_queue.iter().all(|&n| n > 0), "{what}: every queue received: {per_queue:?}");
+}
+
+/// fwd txonly -> DPDK rxonly; counts and bytes compared.
+fn fwd_to_dpdk(testpmd: &VhostTestpmd, ring: &str, queues: u16, len: usize) {
+    let what = format!("{ring} x{queues} {len} B: fwd txonly -> DPDK rxonly");
+    prepare(testpmd, "rxonly", len);
+    testpmd.cmd("start");
+    let len_arg = len.to_string();
+    let secs = format!("{}", TRAFFIC.as_secs_f64());
+    let fwd =
+        Fwd::start(&what, &fwd_args(testpmd, ring, queues, "txonly", &["--txpkts", &len_arg, "--duration", &secs]));
+    let out = fwd.finish();
+    testpmd.cmd("stop");
+    let (sent, inflight) = (out.get("tx_pkts"), out.get("tx_inflight"));
+    let (received, bytes) = (counter(testpmd, "RX-packets"), counter(testpmd, "RX-bytes"));
+    assert!(sent > 1000, "{what}: traffic flowed ({sent} frames)");
+    // Frames still in the ring when fwd gave up waiting (normally none) may or may not have been
+    // taken before the device was reset.
+    assert!(
+        received <= sent && received + inflight >= sent,
+        "{what}: testpmd received {received} of the {sent} frames fwd sent ({inflight} in flight at stop)"
+    );
+    assert!(inflight <= 1024, "{what}: at most a ring in flight");
+    assert_eq!(bytes, received * len as u64, "{what}: every frame {len} bytes long");
+    let per_queue = out.per_queue("tx");
+    assert!(per_queue.len() == queues as usize && per_queue.iter().all(|&n| n > 0), "{what}: {per_queue:?}");
+}
+
+/// fwd echo <-> DPDK macswap; every returned frame checked, nothing lost.
+fn echo(testpmd: &VhostTestpmd, ring: &str, queues: u16, len: usize) {
+    let what = format!("{ring} x{queues} {len} B: fwd echo <-> DPDK macswap");
+    prepare(testpmd, "macswap", len);
+    testpmd.cmd("start");
+    let len_arg = len.to_string();
+    let secs = format!("{}", TRAFFIC.as_secs_f64());
+    let fwd = Fwd::start(
+        &what,
+        &fwd_args(
+            testpmd,
+            ring,
+            queues,
+            "echo",
+            &["--txpkts", &len_arg, "--verify-len", &len_arg, "--echo-expect", "swapped", "--duration", &secs],
+        ),
+    );
+    let out = fwd.finish();
+    testpmd.cmd("stop");
+    let (sent, received) = (out.get("tx_pkts"), out.get("rx_pkts"));
+    assert!(received > 1000, "{what}: traffic flowed ({received} frames back)");
+    assert_eq!(out.get("bad"), 0, "{what}: no damaged frame\n{}", out.stderr);
+    assert_eq!(out.get("lost"), 0, "{what}: no frame lost");
+    assert_eq!(out.get("reorders"), 0, "{what}: frames came back in order");
+    assert_eq!(received, sent, "{what}: every frame came back");
+    assert_eq!(out.get("verified"), received, "{what}: every frame checked");
+    assert_eq!(counter(testpmd, "RX-packets"), sent, "{what}: testpmd received what fwd sent");
+    assert_eq!(counter(testpmd, "TX-packets"), received, "{what}: testpmd sent what fwd received");
+    let per_queue = out.per_queue("rx");
+    assert!(per_queue.len() == queues as usize && per_queue.iter().all(|&n| n > 0), "{what}: {per_queue:?}");
+}
+
+/// All six cases of one ring layout and queue pair count against one testpmd.
+fn cases(ring: &'static str, queues: u16) {
+    let mut testpmd = VhostTestpmd::start(&format!("fwd-{ring}-q{queues}"), Options { queues, ..Options::default() });
+    let started = Instant::now();
+    // DPDK's txonly first: its payload is zero only while testpmd's mbufs never held a received
+    // frame (txonly writes the headers alone).
+    for len in [64, 1514] {
+        dpdk_to_fwd(&testpmd, ring, queues, len);
+    }
+    for len in [64, 1514] {
+        fwd_to_dpdk(&testpmd, ring, queues, len);
+        echo(&testpmd, ring, queues, len);
+    }
+    let log = testpmd.log();
+    let negotiated = log.lines().rfind(|l| l.contains("negotiated Virtio features")).unwrap_or_default();
+    let value = u64::from_str_radix(negotiated.rsplit("0x").next().unwrap_or("0").trim(), 16).unwrap_or(0);
+    assert_eq!(value & (1 << 34) != 0, ring == "packed", "testpmd negotiated the {ring} ring: {negotiated}");
+    testpmd.stop();
+    eprintln!("{ring} x{queues}: six cases in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn packed_one_queue_pair() {
+    cases("packed", 1);
+}
+
+#[test]
+fn packed_two_queue_pairs() {
+    cases("packed", 2);
+}
+
+#[test]
+fn split_one_queue_pair() {
+    cases("split", 1);
+}
+
+#[test]
+fn split_two_queue_pairs() {
+    cases("split", 2);
+}

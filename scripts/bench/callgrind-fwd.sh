@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Where fwd's instructions go per forwarded packet, in the vhost-user loopback (mac mode against
+# DPDK's vhost testpmd in mac mode, `start tx_first 32`), measured with callgrind (perf counters
+# are not available on these machines; instruction counts do not depend on the noise either).
+#
+#   scripts/bench/callgrind-fwd.sh [--split] [--seconds S]
+#
+# Two runs of target/release/fwd under `valgrind --tool=callgrind --dump-instr=no`:
+#   1. with traffic for S seconds (default 6): under callgrind fwd is the slow side, yet it still
+#      polls empty rings now and then (whenever the vhost core is preempted);
+#   2. without traffic for 3 seconds: the cost of one empty poll, per function.
+# The per-packet table subtracts the empty polls of run 1 (rx_burst calls minus the tx_burst
+# calls, one per non-empty poll in mac mode) at the cost measured in run 2, then divides by the
+# packets received, and groups the self cost by the library function it was inlined into.
+# Output files stay in target/bench/callgrind/ (inspect them with callgrind_annotate).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root="$(pwd)"
+
+ring=packed seconds=6
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --split) ring="split"; shift ;;
+        --seconds) seconds="$2"; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 is needed for the table" >&2; exit 1; }
+
+vhost="$root/scripts/dpdk/vhost-testpmd.sh"
+out="$root/target/bench/callgrind"
+tag="cg$$"
+sock="/tmp/$tag.sock"
+mkdir -p "$out"
+fwd_pid=""
+cleanup() {
+    if [ -n "$fwd_pid" ]; then kill -TERM "$fwd_pid" 2>/dev/null || true; fi
+    "$vhost" stop --prefix "$tag" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+cargo build --release -q -p virtio-pmd-apps --bin fwd
+
+# run NAME TRAFFIC(0|1) SECONDS
+run() {
+    local name="$1" traffic="$2" secs="$3"
+    "$vhost" start --socket "$sock" --prefix "$tag" --fwd mac --lcores 0,1 --main-lcore 1 > /dev/null
+    setsid valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out/$name.out" \
+        "$root/target/release/fwd" --port "vhost:$sock" --forward-mode mac --cores 1 --ring "$ring" \
+        --huge-pages required < /dev/null > "$out/$name.log" 2>&1 &
+    fwd_pid=$!
+    "$vhost" wait-log --prefix "$tag" --timeout 60 "virtio is now ready for processing" > /dev/null
+    sleep 1
+    if [ "$traffic" = 1 ]; then
+        "$vhost" cmd --prefix "$tag" "start tx_first 32" > /dev/null
+    fi
+    sleep "$secs"
+    kill -TERM "$fwd_pid"
+    wait "$fwd_pid" || true
+    fwd_pid=""
+    "$vhost" stop --prefix "$tag" > /dev/null
+}
+
+echo "callgrind: fwd mac, $ring ring, ${seconds}s with traffic, 3s without ..." >&2
+run "fwd-$ring" 1 "$seconds"
+run "fwd-$ring-empty" 0 3
+
+python3 - "$out/fwd-$ring.out" "$out/fwd-$ring-empty.out" "$out/fwd-$ring.log" <<'EOF'
+import re, subprocess, sys
+
+traffic_out, empty_out, log = sys.argv[1:4]
+
+def annotate(path, *args):
+    return subprocess.run(["callgrind_annotate", "--threshold=100", *args, path],
+                          capture_output=True, text=True, check=True).stdout
+
+def self_costs(path):
+    """{(source file, function it was inlined into): instructions}"""
+    costs, started = {}, False
+    for line in annotate(path, "--inclusive=no", "--auto=no").splitlines():
+        if "file:function" in line:
+            started = True
+            continue
+        m = re.match(r"\s*([\d,]+)\s+\([\s\d.]+%\)\s+(.*?)(\s+\[.*\])?$", line)
+        if started and m:
+            src, _, fn = m.group(2).partition(":")
+            costs[(src, fn)] = costs.get((src, fn), 0) + int(m.group(1).replace(",", ""))
+    return costs
+
+def calls(path, callee):
+    text = annotate(path, "--inclusive=yes", "--tree=calling")
+    found = re.findall(r">\s+\S*" + re.escape(callee) + r"\S*\s+\(([\d,]+)x\)", text)
+    return max((int(n.replace(",", "")) for n in found), default=0)
+
+summary = open(log).read()
+packets = int(re.search(r"FWD-SUMMARY .*?rx_pkts=(\d+)", summary).group(1))
+rx_calls, tx_calls = calls(traffic_out, "RxQueue::rx_burst"), calls(traffic_out, "TxQueue::tx_burst")
+empty_calls = calls(empty_out, "RxQueue::rx_burst")
+empty_polls = rx_calls - tx_calls
+traffic, empty = self_costs(traffic_out), self_costs(empty_out)
+
+def phase(src, fn):
+    if "reclaim" in fn and fn.count("{{closure}}") >= 2 or "Recycler" in fn:
+        return "tx completion: mempool put (recycler)"
+    if "reclaim" in fn:
+        return "tx completion: used-ring poll"
+    if "refill" in fn:
+        return "rx refill: mempool get + descriptor write"
+    if "receive" in fn:
+        return "rx per-packet hand-off (header flags, mbuf fields)"
+    if "RxQueue::rx_burst" in fn:
+        return "rx burst: used-ring poll (+ inlined pool/refill glue)"
+    if "TxQueue::tx_burst" in fn:
+        return "tx burst: header + descriptor write"
+    if "publish" in fn or "notify" in fn.lower():
+        return "publish + kick decision"
+    if "fwd::engine" in fn:
+        return "fwd app: loop, MAC rewrite, rdtsc"
+    if "ArrayQueue" in fn or "PoolShared" in fn or "give_back" in fn:
+        return "mempool shared store (cache flush/refill)"
+    return None
+
+phases, files = {}, {}
+for (src, fn), cost in traffic.items():
+    p = phase(src, fn)
+    if p is None:
+        continue
+    per = (cost - empty.get((src, fn), 0) / max(empty_calls, 1) * empty_polls) / packets
+    phases[p] = phases.get(p, 0) + per
+    short = src.split("/src/")[-1] if "/rustc/" not in src else "std (" + src.rsplit("/", 1)[-1] + ")"
+    files[(p, short)] = files.get((p, short), 0) + per
+
+empty_cost = sum(c for (s, f), c in empty.items() if phase(s, f)) / max(empty_calls, 1)
+print(f"packets {packets}, rx_burst calls {rx_calls} ({tx_calls} non-empty), empty poll = {empty_cost:.0f} instructions")
+print(f"{'instr/pkt':>9}  phase (source files inlined into it)")
+for p, v in sorted(phases.items(), key=lambda kv: -kv[1]):
+    detail = ", ".join(f"{s} {c:.0f}" for (pp, s), c in sorted(files.items(), key=lambda kv: -kv[1]) if pp == p and c >= 1)
+    print(f"{v:9.1f}  {p}  [{detail}]")
+print(f"{sum(phases.values()):9.1f}  total per forwarded packet (empty polls excluded)")
+EOF
