@@ -39,7 +39,7 @@ pub(crate) struct MbufHeader {
     port: u16,
     /// RSS hash reported by the device.
     rss_hash: u32,
-    /// Offload flags (`OL_*`).
+    /// Offload flags (none are set by this driver yet: it negotiates no offload).
     ol_flags: u64,
     /// Free for the application's use (e.g. a timestamp or sequence number).
     user_data: u64,
@@ -66,9 +66,6 @@ pub struct Mbuf {
 // SAFETY: an `Mbuf` is the unique owner of its element (the pool hands each element out once), so
 // moving it to another thread moves that ownership; the pool it points to is `Sync`.
 unsafe impl Send for Mbuf {}
-
-/// The device checked the packet's checksum (`VIRTIO_NET_HDR_F_DATA_VALID`).
-pub const OL_RX_CSUM_VALID: u64 = 1;
 
 impl Mbuf {
     #[inline(always)]
@@ -100,24 +97,14 @@ impl Mbuf {
         hdr
     }
 
-    /// Marks the buffer as a received frame: `len` bytes at the current data offset, from `port`,
-    /// with `ol_flags`.
+    /// Marks the buffer as a received frame: `len` bytes at the current data offset, from `port`
+    /// (offload flags were cleared when the buffer was posted).
     #[inline(always)]
-    pub(crate) fn set_received(&mut self, len: u32, port: u16, ol_flags: u64) {
+    pub(crate) fn set_received(&mut self, len: u32, port: u16) {
         let h = self.header_mut();
         debug_assert!(h.data_off as u32 + len <= h.buf_len);
         h.data_len = len;
         h.port = port;
-        h.ol_flags = ol_flags;
-    }
-
-    /// The byte `back` bytes before the data (inside the headroom).
-    #[inline(always)]
-    pub(crate) fn byte_before_data(&self, back: usize) -> u8 {
-        let h = self.header();
-        debug_assert!(back <= h.data_off as usize);
-        // SAFETY: `back <= data_off`, so the byte lies in this mbuf's own headroom.
-        unsafe { MbufHeader::buf(self.hdr).add(h.data_off as usize - back).read() }
     }
 
     /// Bytes of packet data.
@@ -233,7 +220,7 @@ impl Mbuf {
         self.header_mut().port = port;
     }
 
-    /// Offload flags (`OL_*`).
+    /// Offload flags (none are set by this driver yet: it negotiates no offload).
     #[inline(always)]
     pub fn ol_flags(&self) -> u64 {
         self.header().ol_flags
