@@ -361,8 +361,16 @@ impl Recycler<'_> {
         cache.objs.push(Elem(hdr));
         if cache.objs.len() > 2 * shared.cache_size {
             shared.flush(cache, shared.cache_size);
-        } else {
-            cache.publish();
+        }
+    }
+}
+
+impl Drop for Recycler<'_> {
+    /// Publishes the cache lengths once for the whole batch (until then the pool statistics
+    /// under-count what is free, which is the safe direction).
+    fn drop(&mut self) {
+        if let Some(caches) = self.caches.as_deref() {
+            caches.iter().for_each(LocalCache::publish);
         }
     }
 }
@@ -373,7 +381,10 @@ impl Recycler<'_> {
 pub(crate) fn recycle<R>(mut f: impl FnMut(&mut Recycler<'_>) -> R) -> R {
     let result = CACHES.try_with(|caches| {
         let mut borrowed = caches.try_borrow_mut().ok();
-        f(&mut Recycler { caches: borrowed.as_deref_mut(), last: None })
+        let mut recycler = Recycler { caches: borrowed.as_deref_mut(), last: None };
+        let result = f(&mut recycler);
+        drop(recycler);
+        result
     });
     // `try_with` fails only before calling its closure, so `f` runs exactly once.
     result.unwrap_or_else(|_| f(&mut Recycler { caches: None, last: None }))
