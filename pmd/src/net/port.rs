@@ -3,7 +3,8 @@
 //!
 //! Negotiation requires VIRTIO_F_VERSION_1 (modern devices only), accepts ACCESS_PLATFORM
 //! whenever offered (a device behind an IOMMU refuses FEATURES_OK without it), prefers
-//! RING_PACKED and IN_ORDER, and asks for MAC, STATUS and MTU when offered. Queue pair `i` is
+//! RING_PACKED and IN_ORDER, asks for MAC, STATUS and MTU when offered, and EVENT_IDX only when
+//! configured. Queue pair `i` is
 //! virtqueue `2i` (receive) and `2i + 1` (transmit) ("Device Types / Network Device /
 //! Virtqueues", 5.1.2).
 //!
@@ -51,6 +52,10 @@ pub struct PortConfig {
     pub ring: RingChoice,
     /// Use IN_ORDER when the device offers it.
     pub in_order: bool,
+    /// Use EVENT_IDX when the device offers it. Off by default: a poll-mode driver wants no
+    /// notifications either way, and with EVENT_IDX every publish must read the split ring's
+    /// `avail_event`, which a busy device rewrites all the time (a cache miss per burst).
+    pub event_idx: bool,
     /// Huge page policy for the rings' memory.
     pub huge_pages: HugePages,
 }
@@ -63,6 +68,7 @@ impl Default for PortConfig {
             ring_size: None,
             ring: RingChoice::Auto,
             in_order: true,
+            event_idx: false,
             huge_pages: HugePages::Preferred,
         }
     }
@@ -196,7 +202,7 @@ impl Port {
         if config.in_order && offered.has(features::IN_ORDER) {
             wanted = wanted.with(features::IN_ORDER);
         }
-        if offered.has(features::EVENT_IDX) {
+        if config.event_idx && offered.has(features::EVENT_IDX) {
             wanted = wanted.with(features::EVENT_IDX);
         }
         Ok((wanted, format))

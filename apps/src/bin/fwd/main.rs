@@ -167,6 +167,7 @@ fn open_ports(s: &Settings) -> Result<(Vec<Port>, Vec<Mac>, Mempool), String> {
             ring: s.ring.into(),
             in_order: s.in_order,
             huge_pages: s.huge_pages.into(),
+            ..PortConfig::default()
         };
         let port = Port::open(transport, &pool, &config, &iova)
             .map_err(|e| format!("port {id} ({}): {e}", s.ports[id].describe()))?;
