@@ -154,16 +154,7 @@ impl<T: Send> PackedRing<T> {
         let Some(chain) = self.shadow.take(id) else {
             return false;
         };
-        let used_len = match len {
-            Some(len) => {
-                let checked = chain.checked_len(len);
-                self.errors.bad_len += checked.is_none() as u64;
-                checked
-            }
-            // Completed implicitly by a later in-order id: a device-readable chain has written
-            // nothing; a device-writable one's length is unknown.
-            None => (chain.writable_len == 0).then_some(0),
-        };
+        let used_len = chain.used_len(len, &mut self.errors);
         self.used.advance(chain.descs, self.size);
         self.free += chain.descs;
         if self.in_order {

@@ -1,7 +1,7 @@
 //! The driver's shadow of in-flight chains, indexed by buffer id (packed) or head descriptor
 //! index (split). It is the only source of truth for what the device may complete.
 
-use super::UsedLen;
+use super::{RingErrors, UsedLen};
 
 /// One in-flight chain.
 struct Slot<T> {
@@ -24,17 +24,22 @@ pub(super) struct Completed<T> {
 }
 
 impl<T> Completed<T> {
-    /// Checks a device-reported length against the chain's writable length. For a chain the
-    /// device may only read, the length means nothing ("Element Address and Length", 2.8.4: it
-    /// is reserved for such used descriptors and ignored by drivers; some devices report the
-    /// bytes they read) and is taken as 0.
+    /// The length to hand out for this chain, given what the device reported: `Some(len)` from
+    /// its used entry, or `None` when a later in-order entry completed it implicitly. A length
+    /// beyond the chain's writable length is counted in `errors` and handed out as `None`.
+    ///
+    /// For a chain the device may only read, the length means nothing ("Element Address and
+    /// Length", 2.8.4: it is reserved for such used descriptors and ignored by drivers; some
+    /// devices report the bytes they read) and is taken as 0. A writable chain completed
+    /// implicitly has an unknown length.
     #[inline(always)]
-    pub fn checked_len(&self, len: u32) -> UsedLen {
+    pub fn used_len(&self, len: Option<u32>, errors: &mut RingErrors) -> UsedLen {
         if self.writable_len == 0 {
-            Some(0)
-        } else {
-            (len <= self.writable_len).then_some(len)
+            return Some(0);
         }
+        let checked = len.filter(|&len| len <= self.writable_len);
+        errors.bad_len += (len.is_some() && checked.is_none()) as u64;
+        checked
     }
 }
 

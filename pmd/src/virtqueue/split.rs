@@ -128,14 +128,7 @@ impl<T: Send> SplitRing<T> {
         let Some(chain) = self.shadow.take(head) else {
             return false;
         };
-        let used_len = match len {
-            Some(len) => {
-                let checked = chain.checked_len(len);
-                self.errors.bad_len += checked.is_none() as u64;
-                checked
-            }
-            None => (chain.writable_len == 0).then_some(0),
-        };
+        let used_len = chain.used_len(len, &mut self.errors);
         if self.in_order {
             self.oldest_head = (head + chain.descs) & self.mask;
         } else {
