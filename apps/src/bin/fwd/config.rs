@@ -5,16 +5,15 @@
 //! Command-line options override the file; ports given on the command line replace the file's
 //! list. See `config/fwd.toml` for a commented example.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
-use virtio_pmd::mem::HugePages;
-use virtio_pmd::net::RingChoice;
 use virtio_pmd::transport::vfio::normalize_bdf;
+use virtio_pmd_apps::mac::Mac;
+use virtio_pmd_apps::options::{Huge, Ring};
 
 use crate::frame;
 
@@ -23,54 +22,6 @@ pub const MAX_BURST: usize = 512;
 /// Most streams (ports x queue pairs): stream ids travel in 16 bits, and receivers keep a
 /// sequence number per id.
 pub const MAX_STREAMS: usize = 1024;
-
-/// A MAC address.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// testpmd's default peer of port `id` (`--eth-peer`): 02:00:00:00:00:<id>.
-    pub fn default_peer(id: usize) -> Mac {
-        Mac([0x02, 0, 0, 0, (id >> 8) as u8, id as u8])
-    }
-
-    /// The MAC a vhost-user port reports when none is configured: 02:00:00:00:00:<id + 1>
-    /// (port 0 gets the library's default, 02:00:00:00:00:01).
-    pub fn default_vhost(id: usize) -> Mac {
-        Mac([0x02, 0, 0, 0, ((id + 1) >> 8) as u8, (id + 1) as u8])
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
-    }
-}
-
-impl fmt::Debug for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for Mac {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("'{s}' is not a MAC address (expected six hex bytes, e.g. 02:00:00:00:00:01)");
-        let mut mac = [0u8; 6];
-        let mut parts = s.split([':', '-']);
-        for byte in &mut mac {
-            let part = parts.next().filter(|p| (1..=2).contains(&p.len())).ok_or_else(bad)?;
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        if parts.next().is_some() {
-            return Err(bad());
-        }
-        Ok(Mac(mac))
-    }
-}
 
 /// Forwarding modes (testpmd's `--forward-mode`, plus `echo`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -102,50 +53,6 @@ impl Mode {
             Mode::Rxonly => "rxonly",
             Mode::Txonly => "txonly",
             Mode::Echo => "echo",
-        }
-    }
-}
-
-/// The ring layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Ring {
-    /// Packed when the device offers it, split otherwise.
-    Auto,
-    /// Packed (an error when the device does not offer it).
-    Packed,
-    /// Split.
-    Split,
-}
-
-impl From<Ring> for RingChoice {
-    fn from(r: Ring) -> Self {
-        match r {
-            Ring::Auto => RingChoice::Auto,
-            Ring::Packed => RingChoice::Packed,
-            Ring::Split => RingChoice::Split,
-        }
-    }
-}
-
-/// The huge page policy for the pool and the rings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Huge {
-    /// Huge pages when there are some, 4 KiB pages (with a warning) otherwise.
-    Preferred,
-    /// Huge pages or an error.
-    Required,
-    /// 4 KiB pages.
-    Never,
-}
-
-impl From<Huge> for HugePages {
-    fn from(h: Huge) -> Self {
-        match h {
-            Huge::Preferred => HugePages::Preferred,
-            Huge::Required => HugePages::Required,
-            Huge::Never => HugePages::Never,
         }
     }
 }

@@ -31,7 +31,6 @@
 mod config;
 mod engine;
 mod frame;
-mod signal;
 mod tsc;
 
 use std::io::Write;
@@ -43,27 +42,23 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use virtio_pmd::mbuf::{Mempool, MempoolConfig};
 use virtio_pmd::mem::IovaAllocator;
-use virtio_pmd::net::{Port, PortConfig, PortStats};
+use virtio_pmd::net::{Port, PortConfig};
 use virtio_pmd::transport::vfio::{Container, VfioPciTransport};
 use virtio_pmd::transport::vhost_user::{VhostUserConfig, VhostUserTransport};
 use virtio_pmd::transport::{RingFormat, Transport};
 
-use config::{peer_of, Cli, Mac, Mode, PortSpec, Settings};
+use config::{peer_of, Cli, Mode, PortSpec, Settings};
 use engine::{Lcore, Live, Params, Stream, Totals};
 use frame::Template;
-use signal::STOP;
+use virtio_pmd_apps::mac::Mac;
+use virtio_pmd_apps::report::{init_logging, mpps, Snapshot};
+use virtio_pmd_apps::signal::{self, STOP};
 
 /// How often the main thread looks at the clock and the stop flag.
 const TICK: Duration = Duration::from_millis(20);
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging("warn", true);
     let cli = Cli::parse();
     let settings = match Settings::resolve(&cli) {
         Ok(s) => s,
@@ -236,40 +231,15 @@ fn build_lcores(s: &Settings, ports: &mut [Port], macs: &[Mac]) -> Result<Vec<Lc
 }
 
 /// A port's counters at one moment.
-#[derive(Clone, Copy, Debug, Default)]
-struct Snapshot {
-    rx: u64,
-    tx: u64,
-    drops: u64,
-    errors: u64,
-}
-
-fn snapshot(stats: &PortStats, app_drops: u64) -> Snapshot {
-    Snapshot {
-        rx: stats.rx.packets,
-        tx: stats.tx.packets,
-        drops: stats.rx.drops + stats.tx.drops + app_drops,
-        errors: stats.rx.errors + stats.tx.errors,
-    }
-}
-
 fn snapshots(ports: &[Port], lives: &[Arc<Live>]) -> Vec<Snapshot> {
     ports
         .iter()
         .enumerate()
         .map(|(p, port)| {
             let drops = lives.iter().map(|l| l.drops[p].load(Ordering::Relaxed)).sum();
-            snapshot(&port.stats(), drops)
+            Snapshot::of(&port.stats(), drops)
         })
         .collect()
-}
-
-fn mpps(packets: u64, over: Duration) -> f64 {
-    if over.is_zero() {
-        0.0
-    } else {
-        packets as f64 / over.as_secs_f64() / 1e6
-    }
 }
 
 fn print_stats(elapsed: Duration, over: Duration, before: &[Snapshot], now: &[Snapshot]) {
@@ -279,7 +249,7 @@ fn print_stats(elapsed: Duration, over: Duration, before: &[Snapshot], now: &[Sn
             elapsed.as_secs_f64(),
             n.rx,
             n.tx,
-            n.drops,
+            n.dropped,
             n.errors,
             mpps(n.rx - b.rx, over),
             mpps(n.tx - b.tx, over),
@@ -368,7 +338,7 @@ fn run(s: &Settings) -> Result<bool, String> {
              | tx kicks {} of {} publishes",
             n.rx,
             n.tx,
-            n.drops,
+            n.dropped,
             n.errors,
             mpps(n.rx, forwarding),
             mpps(n.tx, forwarding),

@@ -22,15 +22,13 @@
 //! # mac = "52:54:00:00:00:01"       source MAC when the device reports none
 //! ```
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
-use virtio_pmd::mem::HugePages;
-use virtio_pmd::net::RingChoice;
 use virtio_pmd::transport::vfio::normalize_bdf;
+use virtio_pmd_apps::mac::Mac;
+use virtio_pmd_apps::options::{Huge, Ring};
 
 /// Most frames in one burst.
 pub const MAX_BURST: usize = 1024;
@@ -44,131 +42,6 @@ pub const DEFAULT_POOL_CACHE: u32 = 256;
 pub const MAX_IDLE_SLEEP_US: u64 = 100_000;
 /// Default seconds between statistics lines.
 pub const DEFAULT_STATS_INTERVAL: u64 = 1;
-
-/// A MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// DPDK l2fwd's destination for frames sent out of port `id`: 02:00:00:00:00:<id>.
-    pub fn l2fwd_dst(id: usize) -> Mac {
-        Mac([0x02, 0, 0, 0, (id >> 8) as u8, id as u8])
-    }
-
-    /// A locally administered source MAC for port `id` when neither the device nor the
-    /// configuration gives one: 02:00:00:00:ff:<id>.
-    pub fn fallback(id: usize) -> Mac {
-        Mac([0x02, 0, 0, 0xff, (id >> 8) as u8, id as u8])
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
-    }
-}
-
-impl fmt::Debug for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for Mac {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("'{s}' is not a MAC address (expected six hex bytes, e.g. 02:00:00:00:00:01)");
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 {
-            return Err(bad());
-        }
-        let mut mac = [0u8; 6];
-        for (byte, part) in mac.iter_mut().zip(&parts) {
-            if part.is_empty() || part.len() > 2 {
-                return Err(bad());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        Ok(Mac(mac))
-    }
-}
-
-impl TryFrom<String> for Mac {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-/// The ring layout, as written in the file and on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Ring {
-    /// Packed when the device offers it, split otherwise.
-    Auto,
-    /// Packed (an error when the device does not offer it).
-    Packed,
-    /// Split.
-    Split,
-}
-
-impl Ring {
-    /// The name, as written in the file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Ring::Auto => "auto",
-            Ring::Packed => "packed",
-            Ring::Split => "split",
-        }
-    }
-}
-
-impl From<Ring> for RingChoice {
-    fn from(r: Ring) -> Self {
-        match r {
-            Ring::Auto => RingChoice::Auto,
-            Ring::Packed => RingChoice::Packed,
-            Ring::Split => RingChoice::Split,
-        }
-    }
-}
-
-/// The huge page policy, as written in the file and on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Huge {
-    /// Huge pages when there are some, 4 KiB pages (with a warning) otherwise.
-    Preferred,
-    /// Huge pages or an error.
-    Required,
-    /// 4 KiB pages.
-    Never,
-}
-
-impl Huge {
-    /// The name, as written in the file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Huge::Preferred => "preferred",
-            Huge::Required => "required",
-            Huge::Never => "never",
-        }
-    }
-}
-
-impl From<Huge> for HugePages {
-    fn from(h: Huge) -> Self {
-        match h {
-            Huge::Preferred => HugePages::Preferred,
-            Huge::Required => HugePages::Required,
-            Huge::Never => HugePages::Never,
-        }
-    }
-}
 
 /// One `[[ports]]` entry of the file.
 #[derive(Clone, Debug, Deserialize)]
@@ -316,7 +189,7 @@ impl Settings {
             if let Some(prev) = ports.iter().position(|p| p.pci == pci) {
                 return Err(format!("ports {prev} and {id} are both {pci}{from}: give each device once"));
             }
-            ports.push(PortSettings { pci, dst_mac: entry.dst_mac.unwrap_or(Mac::l2fwd_dst(id)), mac: entry.mac });
+            ports.push(PortSettings { pci, dst_mac: entry.dst_mac.unwrap_or(Mac::default_peer(id)), mac: entry.mac });
         }
 
         let burst = cli.burst.or(file.burst).unwrap_or(DEFAULT_BURST);
@@ -456,7 +329,7 @@ mod tests {
         let s = Settings::resolve(Some((Path::new("f.toml"), file)), cli).unwrap();
         assert_eq!(s.ports.iter().map(|p| p.pci.as_str()).collect::<Vec<_>>(), ["0000:00:03.0", "0000:00:04.0"]);
         assert_eq!((s.burst, s.ring), (16, Ring::Split));
-        assert_eq!(s.ports[1].dst_mac, Mac::l2fwd_dst(1));
+        assert_eq!(s.ports[1].dst_mac, Mac::default_peer(1));
     }
 
     #[test]
@@ -480,6 +353,6 @@ mod tests {
         assert_eq!(mac.to_string(), "52:54:00:ab:cd:01");
         assert!("52:54:00:ab:cd".parse::<Mac>().is_err());
         assert!("52:54:00:ab:cd:100".parse::<Mac>().is_err());
-        assert_eq!(Mac::l2fwd_dst(1).to_string(), "02:00:00:00:00:01");
+        assert_eq!(Mac::default_peer(1).to_string(), "02:00:00:00:00:01");
     }
 }

@@ -25,7 +25,6 @@
 
 mod config;
 mod fwd;
-mod signal;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,13 +36,16 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use virtio_pmd::mbuf::{Mempool, MempoolConfig};
-use virtio_pmd::net::{Port, PortConfig, PortStats};
+use virtio_pmd::net::{Port, PortConfig};
 use virtio_pmd::transport::vfio::{Container, VfioPciTransport};
 use virtio_pmd::transport::RingFormat;
 
-use config::{FileConfig, Huge, Mac, Overrides, Ring, Settings};
+use config::{FileConfig, Overrides, Settings};
 use fwd::{Lane, LaneCounters};
-use signal::STOP;
+use virtio_pmd_apps::mac::Mac;
+use virtio_pmd_apps::options::{Huge, Ring};
+use virtio_pmd_apps::report::{init_logging, mpps, Snapshot};
+use virtio_pmd_apps::signal::{self, STOP};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -168,15 +170,8 @@ fn settings(cli: &Cli) -> Result<Settings, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // vfio-ioctls warns about every IRQ index a device lacks: noise here.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,vfio_ioctls=error")),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    // vfio-ioctls warns about every IRQ index a device lacks: noise here.
+    init_logging("warn,vfio_ioctls=error", false);
     let cli = Cli::parse();
     let settings = match settings(&cli) {
         Ok(s) => s,
@@ -227,28 +222,6 @@ fn print_settings(s: &Settings) {
     );
 }
 
-/// Counters of one port at one moment.
-#[derive(Clone, Copy, Debug, Default)]
-struct Snapshot {
-    rx: u64,
-    tx: u64,
-    dropped: u64,
-    errors: u64,
-    alloc_failures: u64,
-    kicks: u64,
-}
-
-fn snapshot(stats: &PortStats, lane_drops: u64) -> Snapshot {
-    Snapshot {
-        rx: stats.rx.packets,
-        tx: stats.tx.packets,
-        dropped: lane_drops + stats.rx.drops + stats.tx.drops,
-        errors: stats.rx.errors + stats.tx.errors,
-        alloc_failures: stats.rx.alloc_failures,
-        kicks: stats.rx.kicks + stats.tx.kicks,
-    }
-}
-
 /// The ports, the lanes' counters, and which lanes transmit on which port.
 struct Monitor<'a> {
     ports: &'a [Port],
@@ -263,17 +236,9 @@ impl Monitor<'_> {
             .map(|(id, port)| {
                 let drops =
                     self.lanes.iter().filter(|(tx, _)| *tx == id).map(|(_, c)| c.dropped.load(Ordering::Relaxed)).sum();
-                snapshot(&port.stats(), drops)
+                Snapshot::of(&port.stats(), drops)
             })
             .collect()
-    }
-}
-
-fn mpps(packets: u64, over: Duration) -> f64 {
-    if over.is_zero() {
-        0.0
-    } else {
-        packets as f64 / over.as_secs_f64() / 1e6
     }
 }
 

@@ -24,6 +24,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use virtio_pmd_apps::mac::{Mac, MacError};
+
 /// Ethertype of test frames: IEEE 802 "local experimental ethertype 1".
 pub const ETHERTYPE: u16 = 0x88b5;
 /// Magic at the start of the payload ("vPMD").
@@ -43,48 +45,12 @@ const OFF_SEQ: usize = 22;
 const OFF_TS: usize = 30;
 const OFF_CHECK: usize = 38;
 
-/// A MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// DPDK l2fwd's default destination for frames sent out of `port`: 02:00:00:00:00:<port>.
-    pub fn l2fwd_dst(port: u8) -> Mac {
-        Mac([0x02, 0, 0, 0, 0, port])
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
-    }
-}
-
-impl fmt::Debug for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for Mac {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 {
-            return Err(format!("'{s}' is not a MAC address (expected six hex bytes, e.g. 02:00:00:00:00:01)"));
-        }
-        let mut mac = [0u8; 6];
-        for (byte, part) in mac.iter_mut().zip(&parts) {
-            let hex = !part.is_empty() && part.len() <= 2 && part.chars().all(|c| c.is_ascii_hexdigit());
-            *byte = u8::from_str_radix(part, 16)
-                .ok()
-                .filter(|_| hex)
-                .ok_or_else(|| format!("'{s}' is not a MAC address: '{part}' is not a hex byte"))?;
-        }
-        Ok(Mac(mac))
-    }
+/// A MAC address on the command line, with vm-peer's explanations of a bad one.
+pub fn parse_mac(s: &str) -> Result<Mac, String> {
+    Mac::parse_strict(s).map_err(|e| match e {
+        MacError::Count => format!("'{s}' is not a MAC address (expected six hex bytes, e.g. 02:00:00:00:00:01)"),
+        MacError::Byte(part) => format!("'{s}' is not a MAC address: '{part}' is not a hex byte"),
+    })
 }
 
 /// What the checker expects in one MAC field.
@@ -103,7 +69,7 @@ impl FromStr for MacExpect {
         if s.eq_ignore_ascii_case("any") {
             Ok(MacExpect::Any)
         } else {
-            s.parse().map(MacExpect::Exact)
+            parse_mac(s).map(MacExpect::Exact)
         }
     }
 }
@@ -534,13 +500,15 @@ mod tests {
 
     #[test]
     fn macs_parse_and_print() {
-        let m: Mac = "52:54:00:AB:cd:0f".parse().unwrap();
+        let m = parse_mac("52:54:00:AB:cd:0f").unwrap();
         assert_eq!(m.0, [0x52, 0x54, 0, 0xab, 0xcd, 0x0f]);
         assert_eq!(m.to_string(), "52:54:00:ab:cd:0f");
-        assert!("52:54:00:00:00".parse::<Mac>().is_err());
-        assert!("52:54:00:00:00:100".parse::<Mac>().is_err());
-        assert!("52:54:00:00:00:zz".parse::<Mac>().is_err());
+        assert!(parse_mac("52:54:00:00:00").unwrap_err().contains("expected six hex bytes"));
+        assert!(parse_mac("52:54:00:00:00:100").unwrap_err().contains("'100' is not a hex byte"));
+        assert!(parse_mac("52:54:00:00:00:zz").unwrap_err().contains("'zz' is not a hex byte"));
+        assert!(parse_mac("52:54:00:00:00:+f").is_err());
+        assert!("52:54:00:00:00:+f".parse::<MacExpect>().is_err());
         assert_eq!("ANY".parse::<MacExpect>().unwrap(), MacExpect::Any);
-        assert_eq!(Mac::l2fwd_dst(1).to_string(), "02:00:00:00:00:01");
+        assert_eq!(Mac::default_peer(1).to_string(), "02:00:00:00:00:01");
     }
 }

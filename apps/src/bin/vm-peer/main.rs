@@ -25,9 +25,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use frame::{Defect, Mac, MacExpect, SizePlan};
+use frame::{Defect, MacExpect, SizePlan};
 use peer::{PeerConfig, PeerPort};
 use reflect::ReflectConfig;
+use virtio_pmd_apps::mac::Mac;
 
 /// Everything that can stop a run before it produces a result.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +123,7 @@ struct PortArgs {
     #[arg(long)]
     ports: Option<String>,
     /// MAC addresses of the guest NICs of port 0 and port 1 (run-vm.sh's defaults).
-    #[arg(long, value_delimiter = ',', default_values_t = [
+    #[arg(long, value_delimiter = ',', value_parser = frame::parse_mac, default_values_t = [
         Mac([0x52, 0x54, 0, 0, 0, 1]), Mac([0x52, 0x54, 0, 0, 0, 2])])]
     port_mac: Vec<Mac>,
 }
@@ -208,8 +209,8 @@ fn run(args: &RunArgs) -> Result<ExitCode, PeerError> {
         // Locally administered "peer" addresses: 02:00:00:00:10:<port>.
         tx_src: [Mac([2, 0, 0, 0, 0x10, 0]), Mac([2, 0, 0, 0, 0x10, 1])],
         expect_dst: [
-            args.expect_dst_mac_0to1.unwrap_or(exact(Mac::l2fwd_dst(1))),
-            args.expect_dst_mac_1to0.unwrap_or(exact(Mac::l2fwd_dst(0))),
+            args.expect_dst_mac_0to1.unwrap_or(exact(Mac::default_peer(1))),
+            args.expect_dst_mac_1to0.unwrap_or(exact(Mac::default_peer(0))),
         ],
         expect_src: [
             args.expect_src_mac_0to1.unwrap_or(exact(macs[1])),
@@ -262,7 +263,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, PeerError> {
 fn reflect(args: &ReflectArgs) -> Result<ExitCode, PeerError> {
     let (addrs, macs) = addrs(&args.ports).map_err(PeerError::Config)?;
     let cfg = ReflectConfig {
-        out_dst: [Mac::l2fwd_dst(0), Mac::l2fwd_dst(1)],
+        out_dst: [Mac::default_peer(0), Mac::default_peer(1)],
         out_src: macs,
         idle_exit: (args.idle_exit > 0).then(|| Duration::from_secs(args.idle_exit)),
     };

@@ -24,8 +24,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use virtio_pmd_apps::mac::Mac;
 
-use crate::frame::{self, Defect, Expect, FrameId, Kind, Mac, MacExpect, SizePlan, MIN_LEN};
+use crate::frame::{self, Defect, Expect, FrameId, Kind, MacExpect, SizePlan, MIN_LEN};
 use crate::PeerError;
 
 /// Interval between probe frames while waiting for the forwarder.
@@ -570,7 +571,7 @@ mod tests {
             dirs: [true, true],
             tx_dst: [port_mac(0), port_mac(1)],
             tx_src: [Mac([2, 0, 0, 0, 0x10, 0]), Mac([2, 0, 0, 0, 0x10, 1])],
-            expect_dst: [MacExpect::Exact(Mac::l2fwd_dst(1)), MacExpect::Exact(Mac::l2fwd_dst(0))],
+            expect_dst: [MacExpect::Exact(Mac::default_peer(1)), MacExpect::Exact(Mac::default_peer(0))],
             expect_src: [MacExpect::Exact(port_mac(1)), MacExpect::Exact(port_mac(0))],
             sizes: SizePlan::new(frame::MIN_LEN, frame::MAX_LEN).unwrap(),
             ready_timeout: Duration::from_secs(5),
@@ -613,7 +614,7 @@ mod tests {
                     };
                     let mut f = buf[..n].to_vec();
                     let q = 1 - p;
-                    f[0..6].copy_from_slice(&Mac::l2fwd_dst(q as u8).0);
+                    f[0..6].copy_from_slice(&Mac::default_peer(q).0);
                     f[6..12].copy_from_slice(&port_mac(q as u8).0);
                     let is_probe = f.get(18) == Some(&2);
                     let copies = if is_probe { 1 } else { fault(p, count, &mut f) };
@@ -729,7 +730,7 @@ mod tests {
         let (ports, qemu, peers) = wiring();
         let stop = Arc::new(AtomicBool::new(false));
         let rcfg = ReflectConfig {
-            out_dst: [Mac::l2fwd_dst(0), Mac::l2fwd_dst(1)],
+            out_dst: [Mac::default_peer(0), Mac::default_peer(1)],
             out_src: [port_mac(0), port_mac(1)],
             idle_exit: None,
         };

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::frame::Mac;
+use virtio_pmd_apps::mac::Mac;
+
 use crate::PeerError;
 
 /// How the reflector rewrites frames and when it stops.

@@ -1,13 +1,15 @@
-//! SIGINT and SIGTERM: the first sets [`STOP`], which the polling threads and the statistics
-//! loop watch, so that fwd stops cleanly (polling stops, queues and ports are dropped, the pool
-//! is checked); a second one, while that shutdown hangs, exits at once with status 130.
+//! SIGINT (Ctrl-C) and SIGTERM: the first sets [`STOP`], which the polling threads and the
+//! statistics loop watch, so that the program stops cleanly (polling stops, queues and ports are
+//! dropped, the pool is checked); a second one, while that shutdown hangs, exits at once with
+//! status 130.
 //!
 //! The handler does only async-signal-safe things: an atomic swap and `_exit`.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Set once a stop was asked for (by a signal, or by fwd itself when its duration is over).
+/// Set once a stop was asked for (by a signal, or by the program itself, e.g. when its duration
+/// is over).
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_signal: libc::c_int) {
