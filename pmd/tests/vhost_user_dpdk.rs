@@ -469,3 +469,61 @@ fn port_transmits_to_dpdk_rxonly_packed() {
 fn port_transmits_to_dpdk_rxonly_split() {
     transmit_to_rxonly(RingChoice::Split, "tx-split");
 }
+
+/// A backend killed mid-traffic: the port reports link down, and every mbuf (the ones the
+/// application holds and the ones that were in the rings) is back in the pool after teardown.
+#[test]
+fn port_over_a_killed_backend_reports_link_down_and_returns_every_mbuf() {
+    let mut testpmd = VhostTestpmd::start(
+        "killed-port",
+        Options { fwd: "txonly", txpkt_size: Some(64), forward: true, ..Options::default() },
+    );
+    let pool = pool();
+    let mut port = open_port(&testpmd, &pool, RingChoice::Auto);
+    let (mut rx, tx) = port.take_queues(0).unwrap();
+    let mut burst: Vec<Mbuf> = Vec::with_capacity(64);
+    let started = Instant::now();
+    let mut received = 0;
+    while received < 10_000 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no traffic from txonly");
+        received += rx.rx_burst(&mut burst);
+        burst.clear();
+    }
+    assert!(pool.stats().in_use > 0, "the receive ring holds buffers");
+    testpmd.signal("KILL");
+    let killed = Instant::now();
+    while port.link_up().unwrap_or(false) {
+        assert!(killed.elapsed() < Duration::from_secs(5), "link still up 5 s after the backend was killed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let err = port.check().unwrap_err().to_string();
+    assert!(err.contains("DEVICE_NEEDS_RESET"), "{err}");
+    drop((rx, tx));
+    drop(port);
+    assert_eq!(pool.stats().in_use, 0, "every mbuf is back once the backend is gone");
+    testpmd.stop();
+}
+
+/// A backend that stops answering (SIGSTOP) may still resume and write into the buffers it
+/// holds: the port's teardown gives up after the request timeout, and those buffers stay out of
+/// the pool (leaked, never reused) instead of coming back.
+#[test]
+fn port_over_a_hung_backend_keeps_its_buffers_out_of_the_pool() {
+    let testpmd = VhostTestpmd::start("hung-port", Options::default());
+    let pool = pool();
+    let mut transport_config = config(&testpmd);
+    // Long enough for DPDK's slow first reply after start-up (up to about 1 s), short enough
+    // for a quick test.
+    transport_config.request_timeout = Duration::from_secs(2);
+    let transport = VhostUserTransport::connect(transport_config).unwrap();
+    let port_config = PortConfig { ring_size: Some(RING), huge_pages: HugePages::Required, ..PortConfig::default() };
+    let port = Port::open(Box::new(transport), &pool, &port_config, &IovaAllocator::identity()).unwrap();
+    let posted = pool.stats().in_use;
+    assert!(posted > 0, "the receive ring holds buffers");
+    testpmd.signal("STOP");
+    let started = Instant::now();
+    drop(port);
+    assert!(started.elapsed() < Duration::from_secs(6), "teardown took {:?}", started.elapsed());
+    assert_eq!(pool.stats().in_use, posted, "buffers a hung backend may still write are not reused");
+    testpmd.signal("CONT");
+}

@@ -10,8 +10,9 @@
 //!
 //! Invariant: a queue hands its in-flight buffers back to their pools only after the device was
 //! reset: dropping any queue (or the port) resets the device first, so a device can never write
-//! into a buffer the application got back. When the reset fails (a hung vhost-user backend), the
-//! buffers are leaked instead.
+//! into a buffer the application got back. When the reset fails and the device may still be
+//! there (a hung vhost-user backend), the buffers are leaked instead; a device that is gone for
+//! good (a backend that closed its connection) gives them back.
 
 use std::sync::{Arc, Mutex};
 
@@ -103,6 +104,10 @@ impl Quiesce for Device {
         }
         match transport.reset() {
             Ok(()) => true,
+            Err(err) if transport.device_gone() => {
+                tracing::warn!("{}: the device is gone ({err}): its buffers return to the pool", self.name);
+                true
+            }
             Err(err) => {
                 tracing::error!("{}: reset before returning buffers failed: {err}", self.name);
                 false

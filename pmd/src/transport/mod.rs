@@ -70,6 +70,14 @@ pub trait Transport: Send {
     fn read_device_config(&mut self, offset: usize, buf: &mut [u8]) -> Result<()>;
     /// Makes `region` reachable by the device at `region.iova()`. Mapping a region twice is a no-op.
     fn map_dma(&mut self, region: &Arc<DmaRegion>) -> Result<()>;
+    /// Whether the device is gone for good, so that it can no longer touch the rings or buffers
+    /// even though a reset could not be confirmed: a vhost-user backend whose connection closed
+    /// (it exited, or dropped us) stops serving that connection's rings. A backend that stopped
+    /// answering is not gone: it may still resume and write.
+    fn device_gone(&self) -> bool {
+        false
+    }
+
     /// Whether the device must reach memory through the platform's IOMMU (VIRTIO_F_ACCESS_PLATFORM):
     /// true behind VFIO, where a device that bypasses the IOMMU would take IOVAs for physical
     /// addresses.

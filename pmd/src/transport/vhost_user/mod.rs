@@ -509,6 +509,10 @@ impl Transport for VhostUserTransport {
         true
     }
 
+    fn device_gone(&self) -> bool {
+        self.dead == Some(Dead::Closed)
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
