@@ -97,14 +97,18 @@ impl Mbuf {
         hdr
     }
 
-    /// Marks the buffer as a received frame: `len` bytes at the current data offset, from `port`
-    /// (offload flags were cleared when the buffer was posted).
+    /// Marks the buffer as a received frame: `len` bytes at offset `data_off`, from `port`, no
+    /// offload flags or hash. Every field of the data window is set here, so buffers posted for
+    /// receive need no reset when they are allocated. `data_off + len` must fit the buffer.
     #[inline(always)]
-    pub(crate) fn set_received(&mut self, len: u32, port: u16) {
+    pub(crate) fn init_received(&mut self, data_off: u16, len: u32, port: u16) {
         let h = self.header_mut();
-        debug_assert!(h.data_off as u32 + len <= h.buf_len);
+        debug_assert!(data_off as u32 + len <= h.buf_len);
+        h.data_off = data_off;
         h.data_len = len;
         h.port = port;
+        h.rss_hash = 0;
+        h.ol_flags = 0;
     }
 
     /// Bytes of packet data.
@@ -257,7 +261,7 @@ impl Mbuf {
     }
 
     /// IOVA of the buffer's first byte (headroom included).
-    #[cfg(test)]
+    #[inline(always)]
     pub(crate) fn buf_iova(&self) -> u64 {
         self.header().buf_iova
     }

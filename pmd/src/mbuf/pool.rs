@@ -75,6 +75,8 @@ pub(crate) struct PoolShared {
     store: ArrayQueue<Elem>,
     count: u32,
     headroom: u16,
+    /// Headroom + data room of every element.
+    buf_len: u32,
     cache_size: usize,
     alloc_failures: AtomicU64,
     cache_lens: Mutex<Vec<Arc<AtomicUsize>>>,
@@ -140,6 +142,7 @@ impl Mempool {
             store: ArrayQueue::new(config.count as usize),
             count: config.count,
             headroom: config.headroom,
+            buf_len,
             cache_size: config.cache_size as usize,
             alloc_failures: AtomicU64::new(0),
             cache_lens: Mutex::new(Vec::new()),
@@ -232,6 +235,37 @@ impl Mempool {
     /// have the capacity reserved up front so that this does not allocate.
     pub fn alloc_bulk(&self, out: &mut Vec<Mbuf>, n: usize) -> bool {
         self.alloc_bulk_with(n, |m| out.push(m))
+    }
+
+    /// Appends `n` buffers to `out`, or none (counted as one allocation failure), without
+    /// resetting them: their data window is whatever their last user left (still within the
+    /// buffer). For receive rings, which set the whole window when a frame arrives.
+    #[inline]
+    pub(crate) fn alloc_bulk_unreset(&self, out: &mut Vec<Mbuf>, n: usize) -> bool {
+        let shared = self.shared();
+        let ok = with_cache(shared, |cache| {
+            if cache.objs.len() < n {
+                shared.refill(cache, n + shared.cache_size - cache.objs.len());
+                if cache.objs.len() < n {
+                    return false;
+                }
+            }
+            let start = cache.objs.len() - n;
+            // SAFETY: popped from this thread's cache, so owned by nobody else.
+            out.extend(cache.objs.drain(start..).map(|elem| unsafe { Mbuf::from_raw(elem.0) }));
+            cache.publish();
+            true
+        })
+        .unwrap_or_else(|| shared.alloc_uncached(n, &mut |m| out.push(m)));
+        if !ok {
+            shared.alloc_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Bytes after the headroom in every buffer.
+    pub fn data_room(&self) -> u32 {
+        self.shared().buf_len - self.shared().headroom as u32
     }
 }
 

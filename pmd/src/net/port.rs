@@ -300,7 +300,7 @@ impl Port {
         let make_ring = |index: u16| -> Result<Ring> {
             let memory = RingMemory::new(rings.clone(), per_ring * index as usize, format, size)?;
             Ok(match format {
-                RingFormat::Packed => Ring::Packed(PackedRing::new(memory, in_order)?),
+                RingFormat::Packed => Ring::Packed(PackedRing::new(memory, in_order)?.one_descriptor_chains()),
                 RingFormat::Split => Ring::Split(SplitRing::new(memory, event_idx, in_order)?),
             })
         };

@@ -82,7 +82,7 @@ pub fn ring_memory(spec: RingSpec) -> Result<(RingMemory, Arc<DmaRegion>)> {
 pub fn mbuf_ring(spec: RingSpec) -> Result<(Ring, Arc<DmaRegion>)> {
     let (memory, region) = ring_memory(spec)?;
     let ring = match spec.format {
-        RingFormat::Packed => Ring::Packed(PackedRing::<Mbuf>::new(memory, spec.in_order)?),
+        RingFormat::Packed => Ring::Packed(PackedRing::<Mbuf>::new(memory, spec.in_order)?.one_descriptor_chains()),
         RingFormat::Split => Ring::Split(SplitRing::<Mbuf>::new(memory, spec.event_idx, spec.in_order)?),
     };
     Ok((ring, region))

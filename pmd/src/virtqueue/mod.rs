@@ -78,6 +78,11 @@ pub trait Virtqueue<T>: Send {
     /// Gives `token` back when the chain is empty, longer than the ring, or there is no room.
     fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T>;
 
+    /// Adds one single-descriptor chain per item of `chains`, stopping when the ring is full
+    /// (what is left of `chains` is not consumed); returns how many it added. The same as
+    /// [`add`](Self::add) with one segment per item, in one loop: the bulk path of the data plane.
+    fn add_each(&mut self, chains: impl Iterator<Item = (Segment, T)>) -> usize;
+
     /// Makes every chain added since the last call visible to the device, and returns whether
     /// the device asked to be notified of that.
     fn publish(&mut self) -> bool;

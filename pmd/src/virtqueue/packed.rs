@@ -3,7 +3,13 @@
 //! Buffer ids: with IN_ORDER they are handed out sequentially modulo the ring size, so a used
 //! descriptor carrying id `x` also completes every older chain ("In-order use of descriptors",
 //! 2.8.8); without it they come from a queue of free ids. Either way the shadow knows each
-//! in-flight id's descriptor count, which is how far the used position skips.
+//! in-flight id's descriptor count, which is how far the used position skips. The receive and
+//! transmit queues' rings take one descriptor per chain ([`PackedRing::one_descriptor_chains`]):
+//! in order, an id is then its slot, and completions are followed slot by slot.
+//!
+//! The hot loops ([`Virtqueue::add_each`], [`Virtqueue::pop_used`]) keep the ring's positions in
+//! locals and write them back once: after an acquire load the compiler would otherwise reload
+//! every field from memory per descriptor.
 //!
 //! Publishing: descriptors are written fully as they are added, except the flags of the first
 //! head since the last publish; [`Virtqueue::publish`] stores those flags last, with release
@@ -11,7 +17,7 @@
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
 use super::event::packed_need_event;
 use super::layout::RingMemory;
@@ -42,13 +48,17 @@ pub struct PackedRing<T> {
     free: u16,
     /// IN_ORDER was negotiated: ids are sequential and completions may come in batches.
     in_order: bool,
+    /// IN_ORDER, and every chain is one descriptor ([`PackedRing::one_descriptor_chains`]): a
+    /// chain's id is its slot, so completions are followed slot by slot from the used position.
+    single: bool,
     /// IN_ORDER: the id of the next chain added.
     next_id: u16,
     /// IN_ORDER: the id of the oldest chain in flight.
     oldest_id: u16,
-    /// IN_ORDER: a used descriptor read but not fully processed (its id and length): the
-    /// chains before it complete first, one by one, as `max` allows.
-    batch_end: Option<(u16, u32)>,
+    /// IN_ORDER: chains of the batch being completed that are still to hand out after the
+    /// oldest; the last of them carries `batch_len`, the length the used descriptor gave.
+    batch_left: u16,
+    batch_len: u32,
     /// Without IN_ORDER: the free ids, least recently freed first, so that an id comes back into
     /// use as late as possible and a device completing it twice is caught.
     free_ids: VecDeque<u16>,
@@ -88,9 +98,11 @@ impl<T: Send> PackedRing<T> {
             pending_head: None,
             free: size,
             in_order,
+            single: false,
             next_id: 0,
             oldest_id: 0,
-            batch_end: None,
+            batch_left: 0,
+            batch_len: 0,
             free_ids: if in_order { VecDeque::new() } else { (0..size).collect() },
             shadow: Shadow::new(size),
             errors: RingErrors::default(),
@@ -108,6 +120,75 @@ impl<T: Send> PackedRing<T> {
         Ok(ring)
     }
 
+    /// Limits the ring to one-descriptor chains (`add` refuses longer ones), which, in order,
+    /// lets completions be followed by slot alone: the receive and transmit queues' rings.
+    /// Only for a fresh ring.
+    pub fn one_descriptor_chains(mut self) -> Self {
+        debug_assert_eq!(self.free, self.size, "only for a fresh ring");
+        self.single = self.in_order;
+        self
+    }
+
+    /// In order with one descriptor per chain: a chain's id is its slot, chains complete slot
+    /// by slot from the used position, and a used descriptor with id `x` completes every slot
+    /// up to `x` ("In-order use of descriptors", 2.8.8).
+    #[inline(always)]
+    fn pop_used_single(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
+        let (size, desc) = (self.size, self.desc);
+        let in_flight = size - self.free;
+        let limit = max.min(in_flight as usize) as u16;
+        let (mut pos, mut left, mut batch_len) = (self.used, self.batch_left, self.batch_len);
+        let mut done = 0u16;
+        while done < limit {
+            let slot = pos.idx();
+            let len = if left > 0 {
+                // Inside a batch: the last chain carries the used descriptor's length.
+                left -= 1;
+                (left == 0).then_some(batch_len)
+            } else {
+                // SAFETY: `slot < size` (RingPos invariant): the descriptor is inside the ring
+                // memory, 16-byte aligned; the device writes it concurrently, hence an atomic
+                // acquire load of the flags first, so that id and length are read after the
+                // device wrote them.
+                let (flags, id, len) = unsafe {
+                    let d = desc.add(slot as usize);
+                    let flags = AtomicU16::from_ptr(std::ptr::addr_of_mut!((*d).flags).cast()).load(Ordering::Acquire);
+                    (
+                        u16::from_le(flags),
+                        std::ptr::addr_of!((*d).id).read_volatile().get(),
+                        std::ptr::addr_of!((*d).len).read_volatile().get(),
+                    )
+                };
+                let wrap = pos.wrap();
+                if (flags & DESC_F_AVAIL != 0) != wrap || (flags & DESC_F_USED != 0) != wrap {
+                    break;
+                }
+                // The chains after this one that the descriptor completes too.
+                let batch = if id >= slot { id - slot } else { id.wrapping_add(size - slot) };
+                if id >= size || batch >= in_flight - done {
+                    self.errors.bad_id += 1;
+                    self.broken = true;
+                    break;
+                }
+                if batch == 0 {
+                    Some(len)
+                } else {
+                    (left, batch_len) = (batch, len);
+                    None
+                }
+            };
+            // In flight: every slot from the used position up to `in_flight` holds a chain.
+            let Some(chain) = self.shadow.take(slot) else { break };
+            let used_len = chain.used_len(len, &mut self.errors);
+            pos.advance(1, size);
+            sink(chain.token, used_len);
+            done += 1;
+        }
+        (self.used, self.batch_left, self.batch_len) = (pos, left, batch_len);
+        self.free += done;
+        done as usize
+    }
+
     /// The flags word of slot `slot`, as an atomic.
     #[inline(always)]
     fn flags(&self, slot: u16) -> &AtomicU16 {
@@ -118,14 +199,15 @@ impl<T: Send> PackedRing<T> {
         unsafe { AtomicU16::from_ptr(std::ptr::addr_of_mut!((*self.desc.add(slot as usize)).flags).cast()) }
     }
 
-    /// The device's event suppression structure: (off_wrap, flags).
+    /// The device's event suppression structure, (off_wrap, flags), read with one sequentially
+    /// consistent load: after the flags swap in `publish`, it cannot be read early.
     #[inline(always)]
     fn device_event(&self) -> (u16, u16) {
-        let event = self.memory.device().cast::<EventSuppress>();
-        // SAFETY: the device area holds an `EventSuppress` (RingMemory's invariant); the device
-        // writes it concurrently, so it is read with volatile loads.
-        let event = unsafe { event.read_volatile() };
-        (event.desc.get(), event.flags.get())
+        // SAFETY: the device area holds an `EventSuppress` (4 bytes, RingMemory's invariant) and
+        // is 4-byte aligned; the device writes it concurrently, hence the atomic.
+        let event = unsafe { AtomicU32::from_ptr(self.memory.device().cast()) };
+        let raw = event.load(Ordering::SeqCst).to_ne_bytes();
+        (u16::from_le_bytes([raw[0], raw[1]]), u16::from_le_bytes([raw[2], raw[3]]))
     }
 
     #[inline(always)]
@@ -148,22 +230,17 @@ impl<T: Send> PackedRing<T> {
         }
     }
 
-    /// Hands chain `id` to `sink` and frees its descriptors; false if it was not in flight.
+    /// Writes a whole descriptor as two 8-byte stores, `flags` last (the device is not
+    /// looking at it: its slot is not available yet).
     #[inline(always)]
-    fn complete(&mut self, id: u16, len: Option<u32>, sink: &mut impl FnMut(T, UsedLen)) -> bool {
-        let Some(chain) = self.shadow.take(id) else {
-            return false;
-        };
-        let used_len = chain.used_len(len, &mut self.errors);
-        self.used.advance(chain.descs, self.size);
-        self.free += chain.descs;
-        if self.in_order {
-            self.oldest_id = self.next_in_ring(id);
-        } else {
-            self.free_ids.push_back(id);
+    fn write_desc(desc: *mut PackedDesc, addr: u64, len: u32, id: u16, flags: u16) {
+        let tail = len as u64 | (id as u64) << 32 | (flags as u64) << 48;
+        // SAFETY: the caller passes a descriptor of the ring (inside its memory, 16-byte
+        // aligned) that is free, so the device does not read it now.
+        unsafe {
+            desc.cast::<u64>().write_volatile(addr.to_le());
+            desc.cast::<u64>().add(1).write_volatile(tail.to_le());
         }
-        sink(chain.token, used_len);
-        true
     }
 }
 
@@ -186,7 +263,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
     #[inline(always)]
     fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
         let count = segments.len();
-        if count == 0 || count > self.free as usize || self.broken {
+        if count == 0 || count > self.free as usize || self.broken || (self.single && count > 1) {
             return Err(token);
         }
         let Some(id) = self.alloc_id() else {
@@ -234,18 +311,70 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
         Ok(())
     }
 
+    #[inline(always)]
+    fn add_each(&mut self, chains: impl Iterator<Item = (Segment, T)>) -> usize {
+        if self.broken || self.free == 0 {
+            return 0;
+        }
+        let (size, desc, in_order) = (self.size, self.desc, self.in_order);
+        let mut chains = chains.take(self.free as usize);
+        let (mut avail, mut next_id, mut added) = (self.avail, self.next_id, 0u16);
+        let mut alloc_id = |free_ids: &mut VecDeque<u16>| {
+            if in_order {
+                let id = next_id;
+                next_id = if id + 1 == size { 0 } else { id + 1 };
+                Some(id)
+            } else {
+                free_ids.pop_front()
+            }
+        };
+        // The batch's first head: everything but its flags now, the flags in `publish`.
+        if self.pending_head.is_none() {
+            let Some((segment, token)) = chains.next() else { return 0 };
+            // With one descriptor per chain there is an id for every free descriptor.
+            let Some(id) = alloc_id(&mut self.free_ids) else { return 0 };
+            let slot = avail.idx();
+            let flags = avail_bits(avail.wrap()) | if segment.writable { DESC_F_WRITE } else { 0 };
+            // SAFETY: `slot < size` (RingPos invariant), so the descriptor is inside the ring
+            // memory; it is free, so the device does not read it now. It may be polling this
+            // slot's flags, which are left alone.
+            unsafe {
+                let head = desc.add(slot as usize);
+                std::ptr::addr_of_mut!((*head).addr).write_volatile(Le64::new(segment.addr));
+                std::ptr::addr_of_mut!((*head).len).write_volatile(Le32::new(segment.len));
+                std::ptr::addr_of_mut!((*head).id).write_volatile(Le16::new(id));
+            }
+            self.pending_head = Some((slot, flags));
+            self.shadow.insert(id, token, 1, if segment.writable { segment.len } else { 0 });
+            avail.advance(1, size);
+            added += 1;
+        }
+        for (segment, token) in chains {
+            let Some(id) = alloc_id(&mut self.free_ids) else { break };
+            let flags = avail_bits(avail.wrap()) | if segment.writable { DESC_F_WRITE } else { 0 };
+            // SAFETY: `avail.idx() < size`, so the descriptor is inside the ring memory.
+            Self::write_desc(unsafe { desc.add(avail.idx() as usize) }, segment.addr, segment.len, id, flags);
+            self.shadow.insert(id, token, 1, if segment.writable { segment.len } else { 0 });
+            avail.advance(1, size);
+            added += 1;
+        }
+        (self.avail, self.next_id) = (avail, next_id);
+        self.free -= added;
+        added as usize
+    }
+
     #[inline]
     fn publish(&mut self) -> bool {
         let Some((slot, flags)) = self.pending_head.take() else {
             return false;
         };
         // Release: every descriptor of the batch (written above) is visible before this head's
-        // flags make the batch available.
-        self.flags(slot).store(flags.to_le(), Ordering::Release);
+        // flags make the batch available. Sequentially consistent (one locked exchange, cheaper
+        // than a store and a full fence): the read of the device's event suppression structure
+        // below cannot move before it, so a device that is just disabling notifications cannot
+        // miss this batch (2.8.21.3.1).
+        self.flags(slot).swap(flags.to_le(), Ordering::SeqCst);
         let old = std::mem::replace(&mut self.published, self.avail);
-        // Order the flags store before reading the device's event suppression structure, so a
-        // device that is just disabling notifications cannot miss this batch (2.8.21.3.1).
-        fence(Ordering::SeqCst);
         let (off_wrap, event_flags) = self.device_event();
         match event_flags & 0x3 {
             EVENT_FLAGS_DISABLE => false,
@@ -255,65 +384,85 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn pop_used(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
-        let mut done = 0;
-        while done < max && !self.broken && self.shadow.in_flight() > 0 {
-            if let Some((last_id, len)) = self.batch_end {
-                // An in-order batch: the oldest chain completes; the last one carries the length.
-                let oldest = self.oldest_id;
-                let len = if oldest == last_id {
-                    self.batch_end = None;
-                    Some(len)
-                } else {
-                    None
-                };
-                self.complete(oldest, len, &mut sink);
-                done += 1;
-                continue;
-            }
-            let slot = self.used.idx();
-            let flags = u16::from_le(self.flags(slot).load(Ordering::Acquire));
-            let wrap = self.used.wrap();
-            if (flags & DESC_F_AVAIL != 0) != wrap || (flags & DESC_F_USED != 0) != wrap {
-                break;
-            }
-            // SAFETY: `slot < size`; the acquire load above orders these reads after the
-            // device's writes of the used descriptor.
-            let (id, len) = unsafe {
-                let desc = self.desc.add(slot as usize);
-                (
-                    std::ptr::addr_of!((*desc).id).read_volatile().get(),
-                    std::ptr::addr_of!((*desc).len).read_volatile().get(),
-                )
-            };
-            if self.in_order {
-                // Every chain from the oldest up to `id` is complete; `id` must be in flight.
-                let batch = if id >= self.oldest_id {
-                    (id - self.oldest_id) as u32
-                } else {
-                    id as u32 + self.size as u32 - self.oldest_id as u32
-                };
-                if id >= self.size || batch >= self.shadow.in_flight() as u32 {
-                    self.errors.bad_id += 1;
-                    self.broken = true;
-                    break;
-                }
-                if batch == 0 {
-                    self.complete(id, Some(len), &mut sink);
-                    done += 1;
-                } else {
-                    self.batch_end = Some((id, len));
-                }
-            } else {
-                if !self.complete(id, Some(len), &mut sink) {
-                    self.errors.bad_id += 1;
-                    self.broken = true;
-                    break;
-                }
-                done += 1;
-            }
+        if self.broken {
+            return 0;
         }
+        if self.single {
+            return self.pop_used_single(max, sink);
+        }
+        // The ring's state lives in locals for the loop (the acquire loads would otherwise make
+        // every field be read again from memory per descriptor) and is written back at the end.
+        let (size, desc, in_order) = (self.size, self.desc, self.in_order);
+        let (mut used, mut oldest) = (self.used, self.oldest_id);
+        let (mut left, mut batch_len) = (self.batch_left, self.batch_len);
+        let (mut freed, mut done) = (0u16, 0usize);
+        while done < max {
+            let (id, len) = if left > 0 {
+                // An in-order batch being handed out: the oldest chain; the last one carries
+                // the length.
+                left -= 1;
+                (oldest, (left == 0).then_some(batch_len))
+            } else {
+                if self.shadow.in_flight() == 0 {
+                    break;
+                }
+                let slot = used.idx();
+                // SAFETY: `slot < size` (RingPos invariant): the descriptor is inside the ring
+                // memory, 16-byte aligned; the device writes it concurrently, hence atomics for
+                // the flags, read first with acquire ordering so that id and length are read
+                // after the device wrote them.
+                let (flags, id, len) = unsafe {
+                    let d = desc.add(slot as usize);
+                    let flags = AtomicU16::from_ptr(std::ptr::addr_of_mut!((*d).flags).cast()).load(Ordering::Acquire);
+                    (
+                        u16::from_le(flags),
+                        std::ptr::addr_of!((*d).id).read_volatile().get(),
+                        std::ptr::addr_of!((*d).len).read_volatile().get(),
+                    )
+                };
+                let wrap = used.wrap();
+                if (flags & DESC_F_AVAIL != 0) != wrap || (flags & DESC_F_USED != 0) != wrap {
+                    break;
+                }
+                if !in_order {
+                    (id, Some(len))
+                } else {
+                    // Every chain from the oldest up to `id` is complete; `id` must be in flight.
+                    let batch = if id >= oldest { id - oldest } else { id.wrapping_add(size - oldest) };
+                    if id >= size || batch >= self.shadow.in_flight() {
+                        self.errors.bad_id += 1;
+                        self.broken = true;
+                        break;
+                    }
+                    if batch == 0 {
+                        (id, Some(len))
+                    } else {
+                        (left, batch_len) = (batch, len);
+                        (oldest, None)
+                    }
+                }
+            };
+            let Some(chain) = self.shadow.take(id) else {
+                // Out of order, an id not in flight (in order, checked above).
+                self.errors.bad_id += 1;
+                self.broken = true;
+                break;
+            };
+            let used_len = chain.used_len(len, &mut self.errors);
+            used.advance(chain.descs, size);
+            freed += chain.descs;
+            if in_order {
+                oldest = if id + 1 == size { 0 } else { id + 1 };
+            } else {
+                self.free_ids.push_back(id);
+            }
+            sink(chain.token, used_len);
+            done += 1;
+        }
+        (self.used, self.oldest_id, self.batch_left, self.batch_len) = (used, oldest, left, batch_len);
+        self.free += freed;
         done
     }
 

@@ -58,8 +58,11 @@ impl<T> Shadow<T> {
     #[inline(always)]
     pub fn insert(&mut self, id: u16, token: T, descs: u16, writable_len: u32) {
         let slot = &mut self.slots[id as usize];
-        debug_assert!(slot.token.is_none());
-        *slot = Slot { token: Some(token), descs, writable_len };
+        let previous = slot.token.replace(token);
+        debug_assert!(previous.is_none());
+        // Never anything to drop: the id was free.
+        std::mem::forget(previous);
+        (slot.descs, slot.writable_len) = (descs, writable_len);
         self.in_flight += 1;
     }
 

@@ -11,7 +11,7 @@
 //! [`Virtqueue::drain`]); with IN_ORDER nothing after it can be followed, so the ring stops.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use super::event::split_need_event;
 use super::layout::RingMemory;
@@ -53,8 +53,10 @@ pub struct SplitRing<T> {
     next_desc: u16,
     /// IN_ORDER: the head of the oldest chain in flight.
     oldest_head: u16,
-    /// IN_ORDER: the head of the last chain of a batch being completed, with its length.
-    batch_end: Option<(u16, u32)>,
+    /// IN_ORDER: chains of the batch being completed that are still to hand out after the
+    /// oldest; the last of them carries `batch_len`, the length the used entry gave.
+    batch_left: u16,
+    batch_len: u32,
     shadow: Shadow<T>,
     errors: RingErrors,
     broken: bool,
@@ -91,7 +93,8 @@ impl<T: Send> SplitRing<T> {
             next: (1..=size).map(|i| i & (size - 1)).collect(),
             next_desc: 0,
             oldest_head: 0,
-            batch_end: None,
+            batch_left: 0,
+            batch_len: 0,
             shadow: Shadow::new(size),
             errors: RingErrors::default(),
             broken: false,
@@ -101,6 +104,13 @@ impl<T: Send> SplitRing<T> {
         // behind as it goes, so the device's used index passes it only once every 2^16 entries.
         ring.avail_u16(avail::FLAGS).store(AVAIL_F_NO_INTERRUPT.to_le(), Ordering::Relaxed);
         ring.avail_u16(avail::used_event(size)).store(0u16.wrapping_sub(size + 1).to_le(), Ordering::Relaxed);
+        if in_order {
+            // In order, one-descriptor chains sit at their own ring offset: entry `i` names
+            // descriptor `i` from the start, and `add` rewrites an entry only when that changes.
+            for i in 0..size {
+                ring.avail_u16(avail::ring(i)).store(i.to_le(), Ordering::Relaxed);
+            }
+        }
         Ok(ring)
     }
 
@@ -122,18 +132,14 @@ impl<T: Send> SplitRing<T> {
         unsafe { AtomicU16::from_ptr(self.used.add(offset).cast()) }
     }
 
-    /// Completes the chain headed by `head` and frees its descriptors; false if not in flight.
+    /// Frees the descriptors of a chain taken back from the shadow.
     #[inline(always)]
-    fn complete(&mut self, head: u16, len: Option<u32>, sink: &mut impl FnMut(T, UsedLen)) -> bool {
-        let Some(chain) = self.shadow.take(head) else {
-            return false;
-        };
-        let used_len = chain.used_len(len, &mut self.errors);
+    fn free_chain(&mut self, head: u16, descs: u16) {
         if self.in_order {
-            self.oldest_head = (head + chain.descs) & self.mask;
+            self.oldest_head = (head + descs) & self.mask;
         } else {
             let mut tail = head;
-            for _ in 1..chain.descs {
+            for _ in 1..descs {
                 tail = self.next[tail as usize];
             }
             if self.free == 0 {
@@ -143,9 +149,82 @@ impl<T: Send> SplitRing<T> {
             }
             self.free_tail = tail;
         }
-        self.free += chain.descs;
-        sink(chain.token, used_len);
-        true
+        self.free += descs;
+    }
+
+    /// The next chain to complete and the length to check for it: the oldest of an in-order
+    /// batch being handed out, or the chain the next used entry names. `None` when there is no
+    /// used entry left below `used_idx`, or the device broke the protocol (then counted; the
+    /// ring is broken). A bad id out of order is counted and skipped.
+    #[inline(always)]
+    fn next_used(&mut self, used_idx: u16) -> Option<(u16, Option<u32>)> {
+        loop {
+            if self.batch_left > 0 {
+                self.batch_left -= 1;
+                return Some((self.oldest_head, (self.batch_left == 0).then_some(self.batch_len)));
+            }
+            if self.last_used == used_idx {
+                return None;
+            }
+            let offset = used::ring(self.last_used & self.mask);
+            // SAFETY: the entry is inside the used ring (`last_used & mask < size`), 8-byte
+            // aligned; the acquire load of `used.idx` ordered this read after the device's write.
+            let elem = unsafe { self.used.add(offset).cast::<UsedElem>().read_volatile() };
+            let (id, len) = (elem.id.get(), elem.len.get());
+            let head = id as u16;
+            if id >= self.size as u32 || !self.shadow.contains(head) {
+                self.errors.bad_id += 1;
+                if self.in_order {
+                    // In order, every later entry is judged by the chains before it: with one
+                    // lost, nothing after it can be followed.
+                    self.broken = true;
+                    return None;
+                }
+                self.last_used = self.last_used.wrapping_add(1);
+                continue;
+            }
+            if !self.in_order || head == self.oldest_head {
+                return Some((head, Some(len)));
+            }
+            match self.in_order_batch(head) {
+                // The entry stands for `batch` chains; `used.idx` moved by as many.
+                Some(batch) if batch <= used_idx.wrapping_sub(self.last_used) => {
+                    (self.batch_left, self.batch_len) = (batch - 1, len);
+                    return Some((self.oldest_head, None));
+                }
+                _ => {
+                    self.errors.bad_id += 1;
+                    self.broken = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Writes one descriptor (`next` only matters when `flags` has NEXT).
+    #[inline(always)]
+    fn write_desc(&mut self, at: u16, segment: &Segment, flags: u16, next: u16) {
+        // SAFETY: `at <= mask < size`, so the descriptor is inside the ring memory; it is free,
+        // so the device does not read it until the next publish.
+        unsafe {
+            self.desc.add(at as usize).write_volatile(SplitDesc {
+                addr: Le64::new(segment.addr),
+                len: Le32::new(segment.len),
+                flags: Le16::new(flags),
+                next: Le16::new(next),
+            })
+        };
+    }
+
+    /// Puts chain `head` in the next available ring entry. In order the entry usually holds
+    /// `head` already (see `new`) and is left alone: the device's copy of the line stays valid.
+    #[inline(always)]
+    fn push_avail(&mut self, head: u16) {
+        let entry = self.avail_u16(avail::ring(self.avail_idx & self.mask));
+        if !self.in_order || entry.load(Ordering::Relaxed) != head.to_le() {
+            entry.store(head.to_le(), Ordering::Relaxed);
+        }
+        self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
     /// How many chains, from the oldest in flight, end with the one headed by `head` (IN_ORDER);
@@ -197,16 +276,7 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
             if i + 1 < count {
                 flags |= DESC_F_NEXT;
             }
-            // SAFETY: `at <= mask < size`, so the descriptor is inside the ring memory; it is
-            // free, so the device does not read it until the next publish.
-            unsafe {
-                self.desc.add(at as usize).write_volatile(SplitDesc {
-                    addr: Le64::new(segment.addr),
-                    len: Le32::new(segment.len),
-                    flags: Le16::new(flags),
-                    next: Le16::new(if i + 1 < count { next } else { 0 }),
-                })
-            };
+            self.write_desc(at, segment, flags, if i + 1 < count { next } else { 0 });
             at = next;
         }
         if self.in_order {
@@ -216,9 +286,31 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
         }
         self.free -= count as u16;
         self.shadow.insert(head, token, count as u16, writable_len);
-        self.avail_u16(avail::ring(self.avail_idx & self.mask)).store(head.to_le(), Ordering::Relaxed);
-        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.push_avail(head);
         Ok(())
+    }
+
+    #[inline(always)]
+    fn add_each(&mut self, chains: impl Iterator<Item = (Segment, T)>) -> usize {
+        if self.broken {
+            return 0;
+        }
+        let mut added = 0u16;
+        for (segment, token) in chains.take(self.free as usize) {
+            let head = if self.in_order { self.next_desc } else { self.free_head };
+            let next = if self.in_order { (head + 1) & self.mask } else { self.next[head as usize] };
+            self.write_desc(head, &segment, if segment.writable { DESC_F_WRITE } else { 0 }, 0);
+            if self.in_order {
+                self.next_desc = next;
+            } else {
+                self.free_head = next;
+            }
+            self.shadow.insert(head, token, 1, if segment.writable { segment.len } else { 0 });
+            self.push_avail(head);
+            added += 1;
+        }
+        self.free -= added;
+        added as usize
     }
 
     #[inline]
@@ -228,81 +320,41 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
         }
         // Release: the descriptors and ring entries written in `add` are visible before the
         // device can see the new index (2.7.13.3).
-        self.avail_u16(avail::IDX).store(self.avail_idx.to_le(), Ordering::Release);
+        // Sequentially consistent (one locked exchange, cheaper than a store and a full fence):
+        // the read of the device's suppression state below cannot move before it (2.7.13.4).
+        self.avail_u16(avail::IDX).swap(self.avail_idx.to_le(), Ordering::SeqCst);
         let old = std::mem::replace(&mut self.published_idx, self.avail_idx);
-        // Order the index store before reading the device's suppression state (2.7.13.4).
-        fence(Ordering::SeqCst);
         if self.event_idx {
-            let event = u16::from_le(self.used_u16(used::avail_event(self.size)).load(Ordering::Relaxed));
+            let event = u16::from_le(self.used_u16(used::avail_event(self.size)).load(Ordering::SeqCst));
             split_need_event(event, self.avail_idx, old)
         } else {
-            u16::from_le(self.used_u16(used::FLAGS).load(Ordering::Relaxed)) & USED_F_NO_NOTIFY == 0
+            u16::from_le(self.used_u16(used::FLAGS).load(Ordering::SeqCst)) & USED_F_NO_NOTIFY == 0
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn pop_used(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
-        let mut done = 0;
         if self.broken {
             return 0;
         }
-        // Acquire: the used entries below are read after the device's writes of them.
+        // Acquire: the used entries read in `next_used` come after the device's writes of them.
         let used_idx = u16::from_le(self.used_u16(used::IDX).load(Ordering::Acquire));
-        let pending = used_idx.wrapping_sub(self.last_used);
-        if pending > self.shadow.in_flight() {
+        if used_idx.wrapping_sub(self.last_used) > self.shadow.in_flight() {
             // The device claims more completions than chains in flight: nothing it says can be
             // followed any more.
             self.errors.bad_used_idx += 1;
             self.broken = true;
             return 0;
         }
-        while done < max && self.last_used != used_idx {
-            if let Some((last_head, len)) = self.batch_end {
-                let oldest = self.oldest_head;
-                let len = if oldest == last_head {
-                    self.batch_end = None;
-                    Some(len)
-                } else {
-                    None
-                };
-                self.complete(oldest, len, &mut sink);
-                self.last_used = self.last_used.wrapping_add(1);
-                done += 1;
-                continue;
-            }
-            let offset = used::ring(self.last_used & self.mask);
-            // SAFETY: the entry is inside the used ring (`last_used & mask < size`), 8-byte
-            // aligned; the acquire load of `used.idx` ordered this read after the device's write.
-            let elem = unsafe { self.used.add(offset).cast::<UsedElem>().read_volatile() };
-            let (id, len) = (elem.id.get(), elem.len.get());
-            let head = id as u16;
-            if id >= self.size as u32 || !self.shadow.contains(head) {
-                self.errors.bad_id += 1;
-                if self.in_order {
-                    // In order, every later entry is judged by the chains before it: with one
-                    // lost, nothing after it can be followed.
-                    self.broken = true;
-                    break;
-                }
-                self.last_used = self.last_used.wrapping_add(1);
-                continue;
-            }
-            if self.in_order && head != self.oldest_head {
-                match self.in_order_batch(head) {
-                    // The entry stands for `batch` chains; `used.idx` moved by as many.
-                    Some(batch) if batch <= used_idx.wrapping_sub(self.last_used) => {
-                        self.batch_end = Some((head, len));
-                        continue;
-                    }
-                    _ => {
-                        self.errors.bad_id += 1;
-                        self.broken = true;
-                        break;
-                    }
-                }
-            }
-            self.complete(head, Some(len), &mut sink);
+        let mut done = 0;
+        while done < max {
+            let Some((head, len)) = self.next_used(used_idx) else { break };
+            // `next_used` checked that `head` is in flight.
+            let Some(chain) = self.shadow.take(head) else { break };
+            let used_len = chain.used_len(len, &mut self.errors);
+            self.free_chain(head, chain.descs);
             self.last_used = self.last_used.wrapping_add(1);
+            sink(chain.token, used_len);
             done += 1;
         }
         done
