@@ -101,11 +101,14 @@ proptest! {
     fn split_ring_survives_a_hostile_device(size in prop::sample::select(vec![4u16, 16, 64]),
                                             in_order: bool,
                                             event_idx: bool,
+                                            one_descriptor_chains: bool,
                                             steps in prop::collection::vec(step(), 1..200)) {
         let spec = RingSpec { format: RingFormat::Split, size, in_order, event_idx };
         let (memory, region) = ring_memory(spec).unwrap();
         // The device may write the used ring (flags, idx, elements, avail_event).
         let area = (area_at(&region, memory.addresses().device), 6 + 8 * size as usize);
-        run(SplitRing::<u32>::new(memory, event_idx, in_order).unwrap(), area, &steps);
+        let ring = SplitRing::<u32>::new(memory, event_idx, in_order).unwrap();
+        let ring = if one_descriptor_chains { ring.one_descriptor_chains() } else { ring };
+        run(ring, area, &steps);
     }
 }

@@ -64,23 +64,30 @@ struct Config {
     size: u16,
     event_idx: bool,
     in_order: bool,
+    /// One descriptor per chain, through the bulk path the queues use (`add_each`), on a ring
+    /// limited to such chains (`one_descriptor_chains`).
+    one_descriptor: bool,
 }
 
 impl Config {
     /// A seed of its own for every configuration, so that a failure names a reproducible run.
     fn seed(self, salt: u64) -> u64 {
-        salt ^ (self.size as u64) << 8 ^ (self.event_idx as u64) << 1 ^ self.in_order as u64
+        salt ^ (self.size as u64) << 8
+            ^ (self.one_descriptor as u64) << 2
+            ^ (self.event_idx as u64) << 1
+            ^ self.in_order as u64
     }
 }
 
-/// Ring sizes 64, 256 and 1024, each with EVENT_IDX and IN_ORDER on and off. `virtio-queue`
-/// always completes in order, which is valid with or without IN_ORDER.
+/// Ring sizes 64, 256 and 1024, each with EVENT_IDX and IN_ORDER on and off, and in order also
+/// with one-descriptor chains (the queues' rings). `virtio-queue` always completes in order,
+/// which is valid with or without IN_ORDER.
 fn configs() -> Vec<Config> {
     let mut all = Vec::new();
     for size in [64, 256, 1024] {
         for event_idx in [false, true] {
-            for in_order in [false, true] {
-                all.push(Config { size, event_idx, in_order });
+            for (in_order, one_descriptor) in [(false, false), (true, false), (true, true)] {
+                all.push(Config { size, event_idx, in_order, one_descriptor });
             }
         }
     }
@@ -96,7 +103,8 @@ fn split_ring<T: Send>(config: Config) -> (SplitRing<T>, Arc<DmaRegion>) {
         event_idx: config.event_idx,
     };
     let (memory, region) = ring_memory(spec).expect("ring memory");
-    (SplitRing::new(memory, config.event_idx, config.in_order).expect("split ring"), region)
+    let ring = SplitRing::new(memory, config.event_idx, config.in_order).expect("split ring");
+    (if config.one_descriptor { ring.one_descriptor_chains() } else { ring }, region)
 }
 
 /// A DMA region for buffers: `slots` slots of [`SLOT_BYTES`].
@@ -263,7 +271,7 @@ impl<'m> Lockstep<'m> {
                 return;
             }
             let seq = self.next_seq;
-            let count = self.rng.range(1, 4) as usize;
+            let count = if self.config.one_descriptor { 1 } else { self.rng.range(1, 4) as usize };
             let readable = self.rng.range(0, count as u64) as usize;
             // Slot `seq % size` is free: chains complete in order, so if chain `seq - size` were
             // still in flight, so would be the `size` chains since, and `add` would refuse.
@@ -276,7 +284,7 @@ impl<'m> Lockstep<'m> {
                 })
                 .collect();
             let free = self.ring.free_descriptors();
-            if let Err(token) = self.ring.add(&segments, seq) {
+            if let Err(token) = add(&mut self.ring, &segments, seq) {
                 assert_eq!(token, seq, "add gave back another token");
                 assert!(
                     count > free as usize,
@@ -600,9 +608,10 @@ fn loopback_device(
     }
 }
 
-/// A random rx chain in buffer slot `slot`: 1 to 4 segments that can hold any frame.
-fn rx_segments(rng: &mut Rng, buffers: &DmaRegion, slot: usize) -> Vec<Segment> {
-    let count = rng.range(1, 4) as usize;
+/// A random rx chain in buffer slot `slot`: 1 to `max_segments` (at most 4) segments that can
+/// hold any frame.
+fn rx_segments(rng: &mut Rng, buffers: &DmaRegion, slot: usize, max_segments: u64) -> Vec<Segment> {
+    let count = rng.range(1, max_segments) as usize;
     let min = MAX_FRAME.div_ceil(count) as u64;
     (0..count)
         .map(|i| Segment {
@@ -613,9 +622,10 @@ fn rx_segments(rng: &mut Rng, buffers: &DmaRegion, slot: usize) -> Vec<Segment> 
         .collect()
 }
 
-/// Frame `frame` cut into 1 to 4 random pieces in buffer slot `slot`.
-fn tx_segments(rng: &mut Rng, buffers: &DmaRegion, slot: usize, frame: &[u8]) -> Vec<Segment> {
-    let mut cuts: Vec<usize> = (0..rng.range(0, 3)).map(|_| rng.range(1, frame.len() as u64 - 1) as usize).collect();
+/// Frame `frame` cut into 1 to `max_segments` (at most 4) random pieces in buffer slot `slot`.
+fn tx_segments(rng: &mut Rng, buffers: &DmaRegion, slot: usize, frame: &[u8], max_segments: u64) -> Vec<Segment> {
+    let cut_count = rng.range(0, max_segments - 1);
+    let mut cuts: Vec<usize> = (0..cut_count).map(|_| rng.range(1, frame.len() as u64 - 1) as usize).collect();
     cuts.push(0);
     cuts.push(frame.len());
     cuts.sort_unstable();
@@ -624,6 +634,15 @@ fn tx_segments(rng: &mut Rng, buffers: &DmaRegion, slot: usize, frame: &[u8]) ->
         .enumerate()
         .map(|(i, w)| Segment { addr: slot_addr(buffers, slot, i), len: (w[1] - w[0]) as u32, writable: false })
         .collect()
+}
+
+/// Adds a chain: one segment through the bulk path the queues use, longer ones with `add`.
+fn add<T: Copy + Send>(ring: &mut SplitRing<T>, segments: &[Segment], token: T) -> Result<(), T> {
+    match segments {
+        [one] if ring.add_each(std::iter::once((*one, token))) == 1 => Ok(()),
+        [_] => Err(token),
+        _ => ring.add(segments, token),
+    }
 }
 
 /// Sends `frames` frames on a tx ring of `config` and receives them on an rx ring of `config`,
@@ -640,6 +659,7 @@ fn loopback(config: Config, frames: u64) -> DeviceReport {
     let rx_queue = device_queue(rx.addresses(), config, mem);
     let state = AtomicU8::new(RUNNING);
     let mut rng = Rng::new(config.seed(0x0100_bbac));
+    let max_segments = if config.one_descriptor { 1 } else { 4 };
 
     let report = thread::scope(|scope| {
         // Created in here: if the driver side panics, unwinding drops the sender and the device
@@ -661,9 +681,9 @@ fn loopback(config: Config, frames: u64) -> DeviceReport {
             // that it also runs dry and the device has to sleep until rx buffers come.
             for _ in 0..rng.range(0, 24) {
                 let Some(&slot) = rx_free.last() else { break };
-                let segments = rx_segments(&mut rng, &rx_buffers, slot as usize);
+                let segments = rx_segments(&mut rng, &rx_buffers, slot as usize, max_segments);
                 let free = rx.free_descriptors();
-                if rx.add(&segments, slot).is_err() {
+                if add(&mut rx, &segments, slot).is_err() {
                     assert!(segments.len() > free as usize, "{config:?}: rx add refused with {free} free descriptors");
                     break;
                 }
@@ -682,9 +702,9 @@ fn loopback(config: Config, frames: u64) -> DeviceReport {
                 }
                 let len = frame_len(sent);
                 write_frame(sent, &mut frame[..len]);
-                let segments = tx_segments(&mut rng, &tx_buffers, slot as usize, &frame[..len]);
+                let segments = tx_segments(&mut rng, &tx_buffers, slot as usize, &frame[..len], max_segments);
                 let free = tx.free_descriptors();
-                if tx.add(&segments, slot).is_err() {
+                if add(&mut tx, &segments, slot).is_err() {
                     assert!(segments.len() > free as usize, "{config:?}: tx add refused with {free} free descriptors");
                     break;
                 }
@@ -826,7 +846,7 @@ fn loopback_through_a_virtio_queue_device_thread() {
 fn used_length_beyond_the_writable_length_is_detected() {
     for in_order in [false, true] {
         for event_idx in [false, true] {
-            let config = Config { size: 64, event_idx, in_order };
+            let config = Config { size: 64, event_idx, in_order, one_descriptor: false };
             let (mut ring, ring_region) = split_ring::<u32>(config);
             let buffers = buffer_region(16);
             let device_memory = DeviceMemory::new(vec![ring_region, buffers.clone()]);

@@ -379,6 +379,22 @@ impl Recycler<'_> {
         // SAFETY: every header's `pool` points to the live shared state of its pool (it outlives
         // its elements, see the module invariants).
         let shared = unsafe { hdr.as_ref().pool.as_ref() };
+        // The common case: the same pool as the last buffer, whose cache has room.
+        if let (Some(caches), Some((pool, index))) = (self.caches.as_deref_mut(), self.last) {
+            if std::ptr::eq(pool, shared) {
+                let cache = &mut caches[index];
+                if cache.objs.len() < 2 * shared.cache_size {
+                    cache.objs.push(Elem(hdr));
+                    return;
+                }
+            }
+        }
+        self.put_slow(shared, hdr);
+    }
+
+    /// Another pool than the last buffer's, a full cache, or no cache.
+    #[inline(never)]
+    fn put_slow(&mut self, shared: &PoolShared, hdr: NonNull<MbufHeader>) {
         let Some(caches) = self.caches.as_deref_mut().filter(|_| shared.cache_size > 0) else {
             shared.give_back(Elem(hdr));
             return;
@@ -392,10 +408,10 @@ impl Recycler<'_> {
             }
         };
         let cache = &mut caches[index];
-        cache.objs.push(Elem(hdr));
-        if cache.objs.len() > 2 * shared.cache_size {
+        if cache.objs.len() >= 2 * shared.cache_size {
             shared.flush(cache, shared.cache_size);
         }
+        cache.objs.push(Elem(hdr));
     }
 }
 

@@ -301,7 +301,7 @@ impl Port {
             let memory = RingMemory::new(rings.clone(), per_ring * index as usize, format, size)?;
             Ok(match format {
                 RingFormat::Packed => Ring::Packed(PackedRing::new(memory, in_order)?.one_descriptor_chains()),
-                RingFormat::Split => Ring::Split(SplitRing::new(memory, event_idx, in_order)?),
+                RingFormat::Split => Ring::Split(SplitRing::new(memory, event_idx, in_order)?.one_descriptor_chains()),
             })
         };
         let mut queues = Vec::with_capacity(config.queue_pairs as usize);

@@ -83,7 +83,9 @@ pub fn mbuf_ring(spec: RingSpec) -> Result<(Ring, Arc<DmaRegion>)> {
     let (memory, region) = ring_memory(spec)?;
     let ring = match spec.format {
         RingFormat::Packed => Ring::Packed(PackedRing::<Mbuf>::new(memory, spec.in_order)?.one_descriptor_chains()),
-        RingFormat::Split => Ring::Split(SplitRing::<Mbuf>::new(memory, spec.event_idx, spec.in_order)?),
+        RingFormat::Split => {
+            Ring::Split(SplitRing::<Mbuf>::new(memory, spec.event_idx, spec.in_order)?.one_descriptor_chains())
+        }
     };
     Ok((ring, region))
 }

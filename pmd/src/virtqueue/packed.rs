@@ -71,6 +71,17 @@ pub struct PackedRing<T> {
 // is used from one thread at a time and tokens are `Send`.
 unsafe impl<T: Send> Send for PackedRing<T> {}
 
+/// The AVAIL/USED bits of a descriptor the device used in wrap lap `wrap`: both equal to the
+/// wrap counter (2.8.1).
+#[inline(always)]
+const fn used_bits(wrap: bool) -> u16 {
+    if wrap {
+        DESC_F_AVAIL | DESC_F_USED
+    } else {
+        0
+    }
+}
+
 /// The AVAIL/USED bits that mark a descriptor available in wrap lap `wrap` (2.8.1).
 #[inline(always)]
 const fn avail_bits(wrap: bool) -> u16 {
@@ -159,20 +170,20 @@ impl<T: Send> PackedRing<T> {
                         std::ptr::addr_of!((*d).len).read_volatile().get(),
                     )
                 };
-                let wrap = pos.wrap();
-                if (flags & DESC_F_AVAIL != 0) != wrap || (flags & DESC_F_USED != 0) != wrap {
+                if flags & (DESC_F_AVAIL | DESC_F_USED) != used_bits(pos.wrap()) {
                     break;
                 }
-                // The chains after this one that the descriptor completes too.
-                let batch = if id >= slot { id - slot } else { id.wrapping_add(size - slot) };
-                if id >= size || batch >= in_flight - done {
-                    self.errors.bad_id += 1;
-                    self.broken = true;
-                    break;
-                }
-                if batch == 0 {
+                if id == slot {
+                    // The common case: the descriptor completes just this chain.
                     Some(len)
                 } else {
+                    // The chains after this one that the descriptor completes too.
+                    let batch = if id >= slot { id - slot } else { id.wrapping_add(size - slot) };
+                    if id >= size || batch >= in_flight - done {
+                        self.errors.bad_id += 1;
+                        self.broken = true;
+                        break;
+                    }
                     (left, batch_len) = (batch, len);
                     None
                 }
@@ -319,8 +330,12 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
         let (size, desc, in_order) = (self.size, self.desc, self.in_order);
         let mut chains = chains.take(self.free as usize);
         let (mut avail, mut next_id, mut added) = (self.avail, self.next_id, 0u16);
-        let mut alloc_id = |free_ids: &mut VecDeque<u16>| {
-            if in_order {
+        let single = self.single;
+        let mut alloc_id = |free_ids: &mut VecDeque<u16>, slot: u16| {
+            if single {
+                // One descriptor per chain, in order: the id is the slot.
+                Some(slot)
+            } else if in_order {
                 let id = next_id;
                 next_id = if id + 1 == size { 0 } else { id + 1 };
                 Some(id)
@@ -332,8 +347,8 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
         if self.pending_head.is_none() {
             let Some((segment, token)) = chains.next() else { return 0 };
             // With one descriptor per chain there is an id for every free descriptor.
-            let Some(id) = alloc_id(&mut self.free_ids) else { return 0 };
             let slot = avail.idx();
+            let Some(id) = alloc_id(&mut self.free_ids, slot) else { return 0 };
             let flags = avail_bits(avail.wrap()) | if segment.writable { DESC_F_WRITE } else { 0 };
             // SAFETY: `slot < size` (RingPos invariant), so the descriptor is inside the ring
             // memory; it is free, so the device does not read it now. It may be polling this
@@ -350,7 +365,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
             added += 1;
         }
         for (segment, token) in chains {
-            let Some(id) = alloc_id(&mut self.free_ids) else { break };
+            let Some(id) = alloc_id(&mut self.free_ids, avail.idx()) else { break };
             let flags = avail_bits(avail.wrap()) | if segment.writable { DESC_F_WRITE } else { 0 };
             // SAFETY: `avail.idx() < size`, so the descriptor is inside the ring memory.
             Self::write_desc(unsafe { desc.add(avail.idx() as usize) }, segment.addr, segment.len, id, flags);
@@ -358,7 +373,9 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
             avail.advance(1, size);
             added += 1;
         }
-        (self.avail, self.next_id) = (avail, next_id);
+        // In single mode the next id is the next slot.
+        self.next_id = if single { avail.idx() } else { next_id };
+        self.avail = avail;
         self.free -= added;
         added as usize
     }
@@ -422,8 +439,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
                         std::ptr::addr_of!((*d).len).read_volatile().get(),
                     )
                 };
-                let wrap = used.wrap();
-                if (flags & DESC_F_AVAIL != 0) != wrap || (flags & DESC_F_USED != 0) != wrap {
+                if flags & (DESC_F_AVAIL | DESC_F_USED) != used_bits(used.wrap()) {
                     break;
                 }
                 if !in_order {

@@ -37,9 +37,14 @@ impl<T> Completed<T> {
         if self.writable_len == 0 {
             return Some(0);
         }
-        let checked = len.filter(|&len| len <= self.writable_len);
-        errors.bad_len += (len.is_some() && checked.is_none()) as u64;
-        checked
+        match len {
+            Some(len) if len <= self.writable_len => Some(len),
+            Some(_) => {
+                errors.bad_len += 1;
+                None
+            }
+            None => None,
+        }
     }
 }
 

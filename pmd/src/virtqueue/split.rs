@@ -21,7 +21,6 @@ use crate::error::{Error, Result};
 use crate::spec::split::{
     avail, used, SplitDesc, UsedElem, AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY,
 };
-use crate::spec::{Le16, Le32, Le64};
 use crate::transport::{QueueAddresses, RingFormat};
 
 /// The driver side of a split ring of `size` descriptors (a power of two up to 32768).
@@ -34,6 +33,10 @@ pub struct SplitRing<T> {
     mask: u16,
     event_idx: bool,
     in_order: bool,
+    /// IN_ORDER, and every chain is one descriptor ([`SplitRing::one_descriptor_chains`]): the
+    /// chain added `n`-th sits in descriptor `n mod size`, named by available ring entry
+    /// `n mod size`, so the oldest chain in flight is at `last_used mod size`.
+    single: bool,
     /// Our `avail.idx`, free-running.
     avail_idx: u16,
     /// `avail_idx` at the last publish.
@@ -84,6 +87,7 @@ impl<T: Send> SplitRing<T> {
             mask: size - 1,
             event_idx,
             in_order,
+            single: false,
             avail_idx: 0,
             published_idx: 0,
             last_used: 0,
@@ -112,6 +116,74 @@ impl<T: Send> SplitRing<T> {
             }
         }
         Ok(ring)
+    }
+
+    /// Limits the ring to one-descriptor chains (`add` refuses longer ones), which, in order,
+    /// lets completions be followed by position alone: the receive and transmit queues' rings.
+    /// Only for a fresh ring.
+    pub fn one_descriptor_chains(mut self) -> Self {
+        debug_assert_eq!(self.free, self.size, "only for a fresh ring");
+        self.single = self.in_order;
+        self
+    }
+
+    /// In order with one descriptor per chain: the oldest chain in flight sits in descriptor
+    /// `last_used mod size`, and a used entry naming descriptor `x` completes every chain up to
+    /// the one in `x` ("In-order use of descriptors", 2.7.9).
+    #[inline(always)]
+    fn pop_used_single(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
+        // Acquire: the used entries read below come after the device's writes of them.
+        let used_idx = u16::from_le(self.used_u16(used::IDX).load(Ordering::Acquire));
+        let pending = used_idx.wrapping_sub(self.last_used);
+        if pending > self.shadow.in_flight() {
+            // The device claims more completions than chains in flight: nothing it says can be
+            // followed any more.
+            self.errors.bad_used_idx += 1;
+            self.broken = true;
+            return 0;
+        }
+        let (size, mask, used_ring) = (self.size, self.mask, self.used);
+        let limit = max.min(pending as usize) as u16;
+        let (mut last, mut left, mut batch_len) = (self.last_used, self.batch_left, self.batch_len);
+        let mut done = 0u16;
+        while done < limit {
+            let slot = last & mask;
+            let len = if left > 0 {
+                // Inside a batch: the last chain carries the used entry's length.
+                left -= 1;
+                (left == 0).then_some(batch_len)
+            } else {
+                // SAFETY: the entry is inside the used ring (`slot < size`), 8-byte aligned;
+                // the acquire load of `used.idx` ordered this read after the device's write.
+                let elem = unsafe { used_ring.add(used::ring(slot)).cast::<UsedElem>().read_volatile() };
+                let (id, len) = (elem.id.get(), elem.len.get());
+                if id == slot as u32 {
+                    // The common case: the entry completes just this chain.
+                    Some(len)
+                } else {
+                    // The chains after this one that the entry completes too (`used.idx` moved
+                    // by as many more).
+                    let batch = (id as u16).wrapping_sub(slot) & mask;
+                    if id >= size as u32 || batch >= pending - done {
+                        self.errors.bad_id += 1;
+                        self.broken = true;
+                        break;
+                    }
+                    (left, batch_len) = (batch, len);
+                    None
+                }
+            };
+            // In flight: `pending` chains from the oldest on.
+            let Some(chain) = self.shadow.take(slot) else { break };
+            let used_len = chain.used_len(len, &mut self.errors);
+            last = last.wrapping_add(1);
+            sink(chain.token, used_len);
+            done += 1;
+        }
+        (self.last_used, self.batch_left, self.batch_len) = (last, left, batch_len);
+        self.oldest_head = last & mask;
+        self.free += done;
+        done as usize
     }
 
     /// A 16-bit field of the available ring, at byte `offset` (from `spec::split::avail`).
@@ -201,19 +273,18 @@ impl<T: Send> SplitRing<T> {
         }
     }
 
-    /// Writes one descriptor (`next` only matters when `flags` has NEXT).
+    /// Writes one descriptor as two 8-byte stores (`next` only matters when `flags` has NEXT).
     #[inline(always)]
     fn write_desc(&mut self, at: u16, segment: &Segment, flags: u16, next: u16) {
-        // SAFETY: `at <= mask < size`, so the descriptor is inside the ring memory; it is free,
-        // so the device does not read it until the next publish.
+        debug_assert!(at < self.size);
+        let tail = segment.len as u64 | (flags as u64) << 32 | (next as u64) << 48;
+        // SAFETY: `at <= mask < size`, so the descriptor is inside the ring memory, 16-byte
+        // aligned; it is free, so the device does not read it until the next publish.
         unsafe {
-            self.desc.add(at as usize).write_volatile(SplitDesc {
-                addr: Le64::new(segment.addr),
-                len: Le32::new(segment.len),
-                flags: Le16::new(flags),
-                next: Le16::new(next),
-            })
-        };
+            let desc = self.desc.add(at as usize).cast::<u64>();
+            desc.write_volatile(segment.addr.to_le());
+            desc.add(1).write_volatile(tail.to_le());
+        }
     }
 
     /// Puts chain `head` in the next available ring entry. In order the entry usually holds
@@ -260,7 +331,7 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
     #[inline(always)]
     fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
         let count = segments.len();
-        if count == 0 || count > self.free as usize || self.broken {
+        if count == 0 || count > self.free as usize || self.broken || (self.single && count > 1) {
             return Err(token);
         }
         let head = if self.in_order { self.next_desc } else { self.free_head };
@@ -296,6 +367,22 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
             return 0;
         }
         let mut added = 0u16;
+        if self.single {
+            // The chain goes into descriptor `avail_idx mod size`, which the available ring
+            // entry of that position already names (see `new`).
+            let mut idx = self.avail_idx;
+            for (segment, token) in chains.take(self.free as usize) {
+                let slot = idx & self.mask;
+                self.write_desc(slot, &segment, if segment.writable { DESC_F_WRITE } else { 0 }, 0);
+                self.shadow.insert(slot, token, 1, if segment.writable { segment.len } else { 0 });
+                idx = idx.wrapping_add(1);
+                added += 1;
+            }
+            self.avail_idx = idx;
+            self.next_desc = idx & self.mask;
+            self.free -= added;
+            return added as usize;
+        }
         for (segment, token) in chains.take(self.free as usize) {
             let head = if self.in_order { self.next_desc } else { self.free_head };
             let next = if self.in_order { (head + 1) & self.mask } else { self.next[head as usize] };
@@ -336,6 +423,9 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
     fn pop_used(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
         if self.broken {
             return 0;
+        }
+        if self.single {
+            return self.pop_used_single(max, sink);
         }
         // Acquire: the used entries read in `next_used` come after the device's writes of them.
         let used_idx = u16::from_le(self.used_u16(used::IDX).load(Ordering::Acquire));

@@ -124,6 +124,8 @@ pub struct Totals {
     pub alloc_failures: u64,
     /// Busy cycles (testpmd's `--record-core-cycles`).
     pub busy_cycles: u64,
+    /// Poll iterations that moved at least one frame (the ones whose cycles are busy cycles).
+    pub busy_polls: u64,
     /// Frames checked and found correct.
     pub verified: u64,
     /// Frames found damaged.
@@ -154,6 +156,7 @@ impl Totals {
             drops: 0,
             alloc_failures: 0,
             busy_cycles: 0,
+            busy_polls: 0,
             verified: 0,
             bad: 0,
             gaps: 0,
@@ -175,6 +178,7 @@ impl Totals {
         self.drops += other.drops;
         self.alloc_failures += other.alloc_failures;
         self.busy_cycles += other.busy_cycles;
+        self.busy_polls += other.busy_polls;
         self.verified += other.verified;
         self.bad += other.bad;
         self.gaps += other.gaps;
@@ -277,7 +281,7 @@ fn forward(
 ) {
     let Lcore { rx, tx, streams, .. } = lcore;
     let mut pkts: Vec<Mbuf> = Vec::with_capacity(params.burst);
-    let (mut received, mut sent, mut drops, mut cycles) = (0u64, 0u64, 0u64, 0u64);
+    let (mut received, mut sent, mut drops, mut cycles, mut polls) = (0u64, 0u64, 0u64, 0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
         for s in streams.iter() {
             let start = tsc::now();
@@ -289,6 +293,7 @@ fn forward(
             sent += tx[s.tx].tx_burst(&mut pkts) as u64;
             drop_rest(&mut pkts, &live.drops[s.tx_port], &mut drops);
             received += n as u64;
+            polls += 1;
             cycles += tsc::now().wrapping_sub(start);
         }
     }
@@ -296,6 +301,7 @@ fn forward(
     totals.tx += sent;
     totals.drops += drops;
     totals.busy_cycles += cycles;
+    totals.busy_polls += polls;
 }
 
 /// testpmd's mac mode: destination = the output port's peer, source = the output port.
@@ -386,6 +392,7 @@ fn rxonly(lcore: &mut Lcore, params: &Params, stop: &AtomicBool, totals: &mut To
             }
             free_bulk(&mut pkts);
             moved += n as u64;
+            totals.busy_polls += 1;
             totals.busy_cycles += tsc::now().wrapping_sub(start);
         }
         moved
@@ -460,7 +467,7 @@ impl Generator {
 fn txonly(lcore: &mut Lcore, params: &Params, stop: &AtomicBool, totals: &mut Totals) {
     let Lcore { tx, streams, .. } = lcore;
     let mut gens: Vec<Generator> = streams.iter().map(|_| Generator::new(params.burst, 0)).collect();
-    let (mut sent, mut cycles, mut failures) = (0u64, 0u64, 0u64);
+    let (mut sent, mut cycles, mut failures, mut polls) = (0u64, 0u64, 0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
         for (s, g) in streams.iter().zip(gens.iter_mut()) {
             let Some(template) = &s.template else { continue };
@@ -475,6 +482,7 @@ fn txonly(lcore: &mut Lcore, params: &Params, stop: &AtomicBool, totals: &mut To
             }
             g.sent += n as u64;
             sent += n as u64;
+            polls += 1;
             cycles += tsc::now().wrapping_sub(start);
         }
     }
@@ -483,6 +491,7 @@ fn txonly(lcore: &mut Lcore, params: &Params, stop: &AtomicBool, totals: &mut To
     }
     totals.tx += sent;
     totals.busy_cycles += cycles;
+    totals.busy_polls += polls;
     totals.alloc_failures += failures;
 }
 
@@ -551,6 +560,7 @@ impl Echo<'_> {
             }
             if sent + n as u64 > 0 {
                 totals.tx += sent;
+                totals.busy_polls += 1;
                 totals.busy_cycles += tsc::now().wrapping_sub(start);
             }
         }
