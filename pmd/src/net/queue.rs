@@ -245,7 +245,7 @@ impl RxQueue {
             return;
         }
         let (offset, len) = (self.post_offset, self.post_len);
-        let buffers = self.staging.drain(..).map(|mbuf| {
+        let buffers = self.staging.drain(..).map(move |mbuf| {
             let segment = Segment { addr: mbuf.buf_iova() + offset, len, writable: true };
             (segment, mbuf)
         });
@@ -301,21 +301,13 @@ impl TxQueue {
         let mut drops = 0u64;
         let frames = pkts.drain(..count).filter_map(|mut mbuf| {
             let frame_len = mbuf.len();
-            let Some(header) = mbuf.prepend(NET_HDR_LEN) else {
+            // No offloads: an all-zero header (5.1.6.2).
+            let Some((addr, len)) = mbuf.prepend_zeroed::<NET_HDR_LEN>() else {
                 drops += 1;
                 return None;
             };
-            // No offloads: an all-zero header (5.1.6.2). It is usually zero already (the
-            // device wrote a zero header there when the buffer was received), and leaving the
-            // line unwritten spares the device a cache line transfer.
-            if let Ok(header) = <&mut [u8; NET_HDR_LEN]>::try_from(header) {
-                if *header != [0; NET_HDR_LEN] {
-                    *header = [0; NET_HDR_LEN];
-                }
-            }
             bytes += frame_len as u64;
-            let segment = Segment { addr: mbuf.data_iova(), len: mbuf.len() as u32, writable: false };
-            Some((segment, mbuf))
+            Some((Segment { addr, len, writable: false }, mbuf))
         });
         // All are taken: `count` descriptors are free and each packet takes one.
         let added = ring.add_each(frames);

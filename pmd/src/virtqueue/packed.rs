@@ -46,6 +46,8 @@ pub struct PackedRing<T> {
     /// Slot and flags of the first head added since the last publish.
     pending_head: Option<(u16, u16)>,
     free: u16,
+    /// Chains in flight.
+    chains: u16,
     /// IN_ORDER was negotiated: ids are sequential and completions may come in batches.
     in_order: bool,
     /// IN_ORDER, and every chain is one descriptor ([`PackedRing::one_descriptor_chains`]): a
@@ -108,6 +110,7 @@ impl<T: Send> PackedRing<T> {
             published: RingPos::START,
             pending_head: None,
             free: size,
+            chains: 0,
             in_order,
             single: false,
             next_id: 0,
@@ -146,21 +149,19 @@ impl<T: Send> PackedRing<T> {
     #[inline(always)]
     fn pop_used_single(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
         let (size, desc) = (self.size, self.desc);
-        let in_flight = size - self.free;
-        let limit = max.min(in_flight as usize) as u16;
-        let (mut pos, mut left, mut batch_len) = (self.used, self.batch_left, self.batch_len);
+        let limit = max.min(self.chains as usize) as u16;
+        let (mut slot, mut expect) = (self.used.idx(), used_bits(self.used.wrap()));
+        let mut slots = self.shadow.slots();
         let mut done = 0u16;
         while done < limit {
-            let slot = pos.idx();
-            let len = if left > 0 {
+            let len = if self.batch_left > 0 {
                 // Inside a batch: the last chain carries the used descriptor's length.
-                left -= 1;
-                (left == 0).then_some(batch_len)
+                self.batch_left -= 1;
+                (self.batch_left == 0).then_some(self.batch_len)
             } else {
-                // SAFETY: `slot < size` (RingPos invariant): the descriptor is inside the ring
-                // memory, 16-byte aligned; the device writes it concurrently, hence an atomic
-                // acquire load of the flags first, so that id and length are read after the
-                // device wrote them.
+                // SAFETY: `slot < size`: the descriptor is inside the ring memory, 16-byte
+                // aligned; the device writes it concurrently, hence an atomic acquire load of
+                // the flags first, so that id and length are read after the device wrote them.
                 let (flags, id, len) = unsafe {
                     let d = desc.add(slot as usize);
                     let flags = AtomicU16::from_ptr(std::ptr::addr_of_mut!((*d).flags).cast()).load(Ordering::Acquire);
@@ -170,7 +171,7 @@ impl<T: Send> PackedRing<T> {
                         std::ptr::addr_of!((*d).len).read_volatile().get(),
                     )
                 };
-                if flags & (DESC_F_AVAIL | DESC_F_USED) != used_bits(pos.wrap()) {
+                if flags & (DESC_F_AVAIL | DESC_F_USED) != expect {
                     break;
                 }
                 if id == slot {
@@ -179,24 +180,30 @@ impl<T: Send> PackedRing<T> {
                 } else {
                     // The chains after this one that the descriptor completes too.
                     let batch = if id >= slot { id - slot } else { id.wrapping_add(size - slot) };
-                    if id >= size || batch >= in_flight - done {
+                    if id >= size || batch >= self.chains - done {
                         self.errors.bad_id += 1;
                         self.broken = true;
                         break;
                     }
-                    (left, batch_len) = (batch, len);
+                    (self.batch_left, self.batch_len) = (batch, len);
                     None
                 }
             };
-            // In flight: every slot from the used position up to `in_flight` holds a chain.
-            let Some(chain) = self.shadow.take(slot) else { break };
+            // In flight: every slot from the used position on, `chains` of them.
+            let Some(chain) = slots.take(slot) else { break };
             let used_len = chain.used_len(len, &mut self.errors);
-            pos.advance(1, size);
+            slot += 1;
+            if slot == size {
+                // The end of the ring: the device's wrap counter flipped.
+                slot = 0;
+                expect ^= DESC_F_AVAIL | DESC_F_USED;
+            }
             sink(chain.token, used_len);
             done += 1;
         }
-        (self.used, self.batch_left, self.batch_len) = (pos, left, batch_len);
+        self.used = RingPos::new(slot, expect != 0);
         self.free += done;
+        self.chains -= done;
         done as usize
     }
 
@@ -268,7 +275,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
 
     #[inline]
     fn in_flight(&self) -> u16 {
-        self.shadow.in_flight()
+        self.chains
     }
 
     #[inline(always)]
@@ -318,6 +325,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
             self.avail.advance(1, self.size);
         }
         self.free -= count as u16;
+        self.chains += 1;
         self.shadow.insert(id, token, count as u16, writable_len);
         Ok(())
     }
@@ -364,6 +372,24 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
             avail.advance(1, size);
             added += 1;
         }
+        if single {
+            // The id is the slot; the wrap counter flips at the end of the ring.
+            let (mut slot, mut bits) = (avail.idx(), avail_bits(avail.wrap()));
+            let mut slots = self.shadow.slots();
+            for (segment, token) in chains.by_ref() {
+                let flags = bits | if segment.writable { DESC_F_WRITE } else { 0 };
+                // SAFETY: `slot < size`, so the descriptor is inside the ring memory.
+                Self::write_desc(unsafe { desc.add(slot as usize) }, segment.addr, segment.len, slot, flags);
+                slots.insert(slot, token, 1, if segment.writable { segment.len } else { 0 });
+                slot += 1;
+                if slot == size {
+                    slot = 0;
+                    bits ^= DESC_F_AVAIL | DESC_F_USED;
+                }
+                added += 1;
+            }
+            avail = RingPos::new(slot, bits == DESC_F_AVAIL);
+        }
         for (segment, token) in chains {
             let Some(id) = alloc_id(&mut self.free_ids, avail.idx()) else { break };
             let flags = avail_bits(avail.wrap()) | if segment.writable { DESC_F_WRITE } else { 0 };
@@ -377,6 +403,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
         self.next_id = if single { avail.idx() } else { next_id };
         self.avail = avail;
         self.free -= added;
+        self.chains += added;
         added as usize
     }
 
@@ -422,7 +449,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
                 left -= 1;
                 (oldest, (left == 0).then_some(batch_len))
             } else {
-                if self.shadow.in_flight() == 0 {
+                if self.chains == 0 {
                     break;
                 }
                 let slot = used.idx();
@@ -447,7 +474,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
                 } else {
                     // Every chain from the oldest up to `id` is complete; `id` must be in flight.
                     let batch = if id >= oldest { id - oldest } else { id.wrapping_add(size - oldest) };
-                    if id >= size || batch >= self.shadow.in_flight() {
+                    if id >= size || batch >= self.chains {
                         self.errors.bad_id += 1;
                         self.broken = true;
                         break;
@@ -466,6 +493,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
                 self.broken = true;
                 break;
             };
+            self.chains -= 1;
             let used_len = chain.used_len(len, &mut self.errors);
             used.advance(chain.descs, size);
             freed += chain.descs;
@@ -492,6 +520,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
 
     fn drain(&mut self, sink: impl FnMut(T)) {
         self.shadow.drain(sink);
+        self.chains = 0;
         self.broken = true;
     }
 

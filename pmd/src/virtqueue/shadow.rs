@@ -1,5 +1,6 @@
 //! The driver's shadow of in-flight chains, indexed by buffer id (packed) or head descriptor
-//! index (split). It is the only source of truth for what the device may complete.
+//! index (split). It is the only source of truth for what the device may complete. It does not
+//! count them: the rings keep that count, in a local across their bulk loops.
 
 use super::{RingErrors, UsedLen};
 
@@ -13,7 +14,6 @@ struct Slot<T> {
 /// What the driver remembers of each in-flight chain.
 pub(super) struct Shadow<T> {
     slots: Box<[Slot<T>]>,
-    in_flight: u16,
 }
 
 /// A chain taken back from the shadow.
@@ -51,24 +51,13 @@ impl<T> Completed<T> {
 impl<T> Shadow<T> {
     pub fn new(size: u16) -> Self {
         let slots = (0..size).map(|_| Slot { token: None, descs: 0, writable_len: 0 }).collect();
-        Self { slots, in_flight: 0 }
-    }
-
-    #[inline(always)]
-    pub fn in_flight(&self) -> u16 {
-        self.in_flight
+        Self { slots }
     }
 
     /// Records a chain under `id`, which must be free (the id allocators guarantee it).
     #[inline(always)]
     pub fn insert(&mut self, id: u16, token: T, descs: u16, writable_len: u32) {
-        let slot = &mut self.slots[id as usize];
-        let previous = slot.token.replace(token);
-        debug_assert!(previous.is_none());
-        // Never anything to drop: the id was free.
-        std::mem::forget(previous);
-        (slot.descs, slot.writable_len) = (descs, writable_len);
-        self.in_flight += 1;
+        self.slots().insert(id, token, descs, writable_len);
     }
 
     /// Whether `id` is a chain in flight.
@@ -86,10 +75,15 @@ impl<T> Shadow<T> {
     /// Takes chain `id` back, or `None` when `id` is out of range or not in flight.
     #[inline(always)]
     pub fn take(&mut self, id: u16) -> Option<Completed<T>> {
-        let slot = self.slots.get_mut(id as usize)?;
-        let token = slot.token.take()?;
-        self.in_flight -= 1;
-        Some(Completed { token, descs: slot.descs, writable_len: slot.writable_len })
+        self.slots().take(id)
+    }
+
+    /// The slots as a plain slice, for a bulk loop: held in a local, its address and length
+    /// stay in registers, where the shadow's fields would be read again after every acquire
+    /// load of the ring.
+    #[inline(always)]
+    pub fn slots(&mut self) -> Slots<'_, T> {
+        Slots(&mut self.slots)
     }
 
     /// Hands every in-flight token to `sink`.
@@ -99,6 +93,29 @@ impl<T> Shadow<T> {
                 sink(token);
             }
         }
-        self.in_flight = 0;
+    }
+}
+
+/// The shadow's slots, borrowed for a bulk loop ([`Shadow::slots`]).
+pub(super) struct Slots<'a, T>(&'a mut [Slot<T>]);
+
+impl<T> Slots<'_, T> {
+    /// See [`Shadow::insert`].
+    #[inline(always)]
+    pub fn insert(&mut self, id: u16, token: T, descs: u16, writable_len: u32) {
+        let slot = &mut self.0[id as usize];
+        let previous = slot.token.replace(token);
+        debug_assert!(previous.is_none());
+        // Never anything to drop: the id was free.
+        std::mem::forget(previous);
+        (slot.descs, slot.writable_len) = (descs, writable_len);
+    }
+
+    /// See [`Shadow::take`].
+    #[inline(always)]
+    pub fn take(&mut self, id: u16) -> Option<Completed<T>> {
+        let slot = self.0.get_mut(id as usize)?;
+        let token = slot.token.take()?;
+        Some(Completed { token, descs: slot.descs, writable_len: slot.writable_len })
     }
 }

@@ -44,6 +44,8 @@ pub struct SplitRing<T> {
     /// Used entries consumed, free-running.
     last_used: u16,
     free: u16,
+    /// Chains in flight.
+    chains: u16,
     /// Without IN_ORDER: head of the free descriptor list, linked through `next`, oldest first
     /// (freed chains join at the tail, so a descriptor comes back into use as late as possible
     /// and a device completing it twice is caught).
@@ -92,6 +94,7 @@ impl<T: Send> SplitRing<T> {
             published_idx: 0,
             last_used: 0,
             free: size,
+            chains: 0,
             free_head: 0,
             free_tail: size - 1,
             next: (1..=size).map(|i| i & (size - 1)).collect(),
@@ -135,7 +138,7 @@ impl<T: Send> SplitRing<T> {
         // Acquire: the used entries read below come after the device's writes of them.
         let used_idx = u16::from_le(self.used_u16(used::IDX).load(Ordering::Acquire));
         let pending = used_idx.wrapping_sub(self.last_used);
-        if pending > self.shadow.in_flight() {
+        if pending > self.chains {
             // The device claims more completions than chains in flight: nothing it says can be
             // followed any more.
             self.errors.bad_used_idx += 1;
@@ -183,6 +186,7 @@ impl<T: Send> SplitRing<T> {
         (self.last_used, self.batch_left, self.batch_len) = (last, left, batch_len);
         self.oldest_head = last & mask;
         self.free += done;
+        self.chains -= done;
         done as usize
     }
 
@@ -302,7 +306,7 @@ impl<T: Send> SplitRing<T> {
     /// `None` when `head` does not start a chain in flight.
     fn in_order_batch(&self, head: u16) -> Option<u16> {
         let mut at = self.oldest_head;
-        for count in 1..=self.shadow.in_flight() {
+        for count in 1..=self.chains {
             if at == head {
                 return Some(count);
             }
@@ -325,7 +329,7 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
 
     #[inline]
     fn in_flight(&self) -> u16 {
-        self.shadow.in_flight()
+        self.chains
     }
 
     #[inline(always)]
@@ -356,6 +360,7 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
             self.free_head = at;
         }
         self.free -= count as u16;
+        self.chains += 1;
         self.shadow.insert(head, token, count as u16, writable_len);
         self.push_avail(head);
         Ok(())
@@ -381,6 +386,7 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
             self.avail_idx = idx;
             self.next_desc = idx & self.mask;
             self.free -= added;
+            self.chains += added;
             return added as usize;
         }
         for (segment, token) in chains.take(self.free as usize) {
@@ -397,6 +403,7 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
             added += 1;
         }
         self.free -= added;
+        self.chains += added;
         added as usize
     }
 
@@ -429,7 +436,7 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
         }
         // Acquire: the used entries read in `next_used` come after the device's writes of them.
         let used_idx = u16::from_le(self.used_u16(used::IDX).load(Ordering::Acquire));
-        if used_idx.wrapping_sub(self.last_used) > self.shadow.in_flight() {
+        if used_idx.wrapping_sub(self.last_used) > self.chains {
             // The device claims more completions than chains in flight: nothing it says can be
             // followed any more.
             self.errors.bad_used_idx += 1;
@@ -441,6 +448,7 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
             let Some((head, len)) = self.next_used(used_idx) else { break };
             // `next_used` checked that `head` is in flight.
             let Some(chain) = self.shadow.take(head) else { break };
+            self.chains -= 1;
             let used_len = chain.used_len(len, &mut self.errors);
             self.free_chain(head, chain.descs);
             self.last_used = self.last_used.wrapping_add(1);
@@ -460,6 +468,7 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
 
     fn drain(&mut self, sink: impl FnMut(T)) {
         self.shadow.drain(sink);
+        self.chains = 0;
         self.broken = true;
     }
 
