@@ -359,12 +359,21 @@ pub fn free_bulk(mbufs: &mut Vec<Mbuf>) {
     recycle(|recycler| mbufs.drain(..).for_each(|m| recycler.put(m)));
 }
 
+/// Where [`Recycler`] put the last buffer.
+#[derive(Clone, Copy)]
+struct LastPool {
+    pool: *const PoolShared,
+    index: usize,
+    limit: usize,
+}
+
 /// Returns mbufs to their pools' caches on this thread, remembering the last pool's cache so
 /// that a run of buffers from one pool costs one look-up.
 pub(crate) struct Recycler<'a> {
     caches: Option<&'a mut Vec<LocalCache>>,
-    /// (pool, index of its cache in `caches`) of the last buffer.
-    last: Option<(*const PoolShared, usize)>,
+    /// The last buffer's pool, the index of its cache in `caches` and the length the cache may
+    /// grow to before it flushes.
+    last: Option<LastPool>,
 }
 
 impl Recycler<'_> {
@@ -379,11 +388,12 @@ impl Recycler<'_> {
         // SAFETY: every header's `pool` points to the live shared state of its pool (it outlives
         // its elements, see the module invariants).
         let shared = unsafe { hdr.as_ref().pool.as_ref() };
-        // The common case: the same pool as the last buffer, whose cache has room.
-        if let (Some(caches), Some((pool, index))) = (self.caches.as_deref_mut(), self.last) {
-            if std::ptr::eq(pool, shared) {
-                let cache = &mut caches[index];
-                if cache.objs.len() < 2 * shared.cache_size {
+        // The common case: the same pool as the last buffer, whose cache has room (`last` is
+        // only set while `caches` is there).
+        if let (Some(last), Some(caches)) = (self.last, self.caches.as_deref_mut()) {
+            if std::ptr::eq(last.pool, shared) {
+                let cache = &mut caches[last.index];
+                if cache.objs.len() < last.limit {
                     cache.objs.push(Elem(hdr));
                     return;
                 }
@@ -400,10 +410,10 @@ impl Recycler<'_> {
             return;
         };
         let index = match self.last {
-            Some((pool, index)) if std::ptr::eq(pool, shared) => index,
+            Some(last) if std::ptr::eq(last.pool, shared) => last.index,
             _ => {
                 let index = cache_index(caches, shared);
-                self.last = Some((shared, index));
+                self.last = Some(LastPool { pool: shared, index, limit: 2 * shared.cache_size });
                 index
             }
         };

@@ -205,7 +205,10 @@ impl RxQueue {
         out: &mut Vec<Mbuf>,
         max: usize,
     ) -> usize {
-        let before = out.len();
+        // Moved into a local for the loop, so that its length stays in a register rather than
+        // being read again after every store into an mbuf.
+        let mut frames = std::mem::take(out);
+        let before = frames.len();
         let mut bytes = 0u64;
         let mut drops = 0u64;
         ring.pop_used(max, |mut mbuf, len| match len {
@@ -219,11 +222,12 @@ impl RxQueue {
                 mbuf.init_received(data_off, frame_len, port);
                 bytes += frame_len as u64;
                 // Cannot grow: at most `max` (the spare capacity) frames come.
-                out.push(mbuf);
+                frames.push(mbuf);
             }
             _ => drops += 1,
         });
-        let received = out.len() - before;
+        let received = frames.len() - before;
+        *out = frames;
         if received as u64 + drops > 0 {
             counters.add_traffic(received as u64, bytes, drops);
         }
