@@ -111,6 +111,8 @@ pub struct RxQueue {
     port: u16,
     /// Refill once at least this many descriptors are free.
     refill_threshold: u16,
+    /// The pool's data offset (headroom), where received frames start.
+    data_off: u16,
     /// Where a posted buffer starts, from the buffer's first byte: the header lands right
     /// before the pool's data offset.
     post_offset: u64,
@@ -171,6 +173,7 @@ impl RxQueue {
     pub(crate) fn new(ring: Ring, pool: Mempool, notify: Box<dyn Notify>, port: u16) -> RxQueue {
         let refill_threshold = (ring.size() / 8).clamp(4, 64);
         let mut queue = RxQueue {
+            data_off: pool.headroom(),
             post_offset: (pool.headroom() as usize - NET_HDR_LEN) as u64,
             post_len: pool.data_room() + NET_HDR_LEN as u32,
             staging: Vec::with_capacity(ring.size() as usize),
@@ -189,7 +192,7 @@ impl RxQueue {
     pub fn rx_burst(&mut self, out: &mut Vec<Mbuf>) -> usize {
         let max = out.capacity() - out.len();
         let core = &mut self.core;
-        let data_off = self.pool.headroom();
+        let data_off = self.data_off;
         let received =
             with_ring!(&mut core.ring, ring => Self::receive(ring, &core.counters, self.port, data_off, out, max));
         self.refill();
