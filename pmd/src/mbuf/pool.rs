@@ -206,29 +206,15 @@ impl Mempool {
     /// when fewer than `n` are free. Returns whether it did.
     #[inline]
     pub fn alloc_bulk_with(&self, n: usize, mut sink: impl FnMut(Mbuf)) -> bool {
-        let shared = self.shared();
-        let ok = with_cache(shared, |cache| {
-            if cache.objs.len() < n {
-                shared.refill(cache, n + shared.cache_size - cache.objs.len());
-                if cache.objs.len() < n {
-                    return false;
-                }
-            }
-            let start = cache.objs.len() - n;
-            for elem in cache.objs.drain(start..) {
-                // SAFETY: popped from this thread's cache, so owned by nobody else.
+        let headroom = self.shared().headroom;
+        self.shared().take_bulk(n, |elems| {
+            for elem in elems {
+                // SAFETY: taken from this thread's cache or the store, so owned by nobody else.
                 let mut mbuf = unsafe { Mbuf::from_raw(elem.0) };
-                mbuf.reset(shared.headroom);
+                mbuf.reset(headroom);
                 sink(mbuf);
             }
-            cache.publish();
-            true
         })
-        .unwrap_or_else(|| shared.alloc_uncached(n, &mut sink));
-        if !ok {
-            shared.alloc_failures.fetch_add(1, Ordering::Relaxed);
-        }
-        ok
     }
 
     /// Appends `n` empty buffers to `out`, or none; see [`Mempool::alloc_bulk_with`]. `out` should
@@ -242,25 +228,10 @@ impl Mempool {
     /// buffer). For receive rings, which set the whole window when a frame arrives.
     #[inline]
     pub(crate) fn alloc_bulk_unreset(&self, out: &mut Vec<Mbuf>, n: usize) -> bool {
-        let shared = self.shared();
-        let ok = with_cache(shared, |cache| {
-            if cache.objs.len() < n {
-                shared.refill(cache, n + shared.cache_size - cache.objs.len());
-                if cache.objs.len() < n {
-                    return false;
-                }
-            }
-            let start = cache.objs.len() - n;
-            // SAFETY: popped from this thread's cache, so owned by nobody else.
-            out.extend(cache.objs.drain(start..).map(|elem| unsafe { Mbuf::from_raw(elem.0) }));
-            cache.publish();
-            true
+        self.shared().take_bulk(n, |elems| {
+            // SAFETY: taken from this thread's cache or the store, so owned by nobody else.
+            out.extend(elems.map(|elem| unsafe { Mbuf::from_raw(elem.0) }));
         })
-        .unwrap_or_else(|| shared.alloc_uncached(n, &mut |m| out.push(m)));
-        if !ok {
-            shared.alloc_failures.fetch_add(1, Ordering::Relaxed);
-        }
-        ok
     }
 
     /// Bytes after the headroom in every buffer.
@@ -324,9 +295,34 @@ impl PoolShared {
         }
     }
 
+    /// Hands `n` elements to `take`, from this thread's cache (refilled from the store when it
+    /// holds fewer), or none at all, counted as one allocation failure, when fewer than `n` are
+    /// free. Returns whether it did.
+    #[inline(always)]
+    fn take_bulk(&self, n: usize, mut take: impl FnMut(std::vec::Drain<'_, Elem>)) -> bool {
+        let ok = with_cache(self, |cache| {
+            if cache.objs.len() < n {
+                self.refill(cache, n + self.cache_size - cache.objs.len());
+                if cache.objs.len() < n {
+                    return false;
+                }
+            }
+            let start = cache.objs.len() - n;
+            take(cache.objs.drain(start..));
+            cache.publish();
+            true
+        })
+        .unwrap_or_else(|| self.take_uncached(n, &mut take));
+        if !ok {
+            self.alloc_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
     /// The path for a thread whose caches are gone (it is exiting) or for pools without a cache.
     #[cold]
-    fn alloc_uncached(&self, n: usize, sink: &mut impl FnMut(Mbuf)) -> bool {
+    #[inline(never)]
+    fn take_uncached(&self, n: usize, take: &mut impl FnMut(std::vec::Drain<'_, Elem>)) -> bool {
         let mut taken = Vec::with_capacity(n);
         while taken.len() < n {
             match self.store.pop() {
@@ -337,12 +333,7 @@ impl PoolShared {
                 }
             }
         }
-        for elem in taken {
-            // SAFETY: popped from the store, so owned by nobody else.
-            let mut mbuf = unsafe { Mbuf::from_raw(elem.0) };
-            mbuf.reset(self.headroom);
-            sink(mbuf);
-        }
+        take(taken.drain(..));
         true
     }
 
