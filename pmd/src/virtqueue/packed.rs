@@ -335,28 +335,16 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
         if self.broken || self.free == 0 {
             return 0;
         }
-        let (size, desc, in_order) = (self.size, self.desc, self.in_order);
+        let (size, desc) = (self.size, self.desc);
         let mut chains = chains.take(self.free as usize);
-        let (mut avail, mut next_id, mut added) = (self.avail, self.next_id, 0u16);
-        let single = self.single;
-        let mut alloc_id = |free_ids: &mut VecDeque<u16>, slot: u16| {
-            if single {
-                // One descriptor per chain, in order: the id is the slot.
-                Some(slot)
-            } else if in_order {
-                let id = next_id;
-                next_id = if id + 1 == size { 0 } else { id + 1 };
-                Some(id)
-            } else {
-                free_ids.pop_front()
-            }
-        };
+        let (mut avail, mut added) = (self.avail, 0u16);
         // The batch's first head: everything but its flags now, the flags in `publish`.
         if self.pending_head.is_none() {
             let Some((segment, token)) = chains.next() else { return 0 };
             // With one descriptor per chain there is an id for every free descriptor.
             let slot = avail.idx();
-            let Some(id) = alloc_id(&mut self.free_ids, slot) else { return 0 };
+            let Some(id) = self.alloc_id() else { return 0 };
+            debug_assert!(!self.single || id == slot, "in order with one descriptor per chain, ids follow slots");
             let flags = avail_bits(avail.wrap()) | if segment.writable { DESC_F_WRITE } else { 0 };
             // SAFETY: `slot < size` (RingPos invariant), so the descriptor is inside the ring
             // memory; it is free, so the device does not read it now. It may be polling this
@@ -372,8 +360,9 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
             avail.advance(1, size);
             added += 1;
         }
-        if single {
-            // The id is the slot; the wrap counter flips at the end of the ring.
+        if self.single {
+            // In order, ids follow slots: the id is the slot. The wrap counter flips at the end
+            // of the ring.
             let (mut slot, mut bits) = (avail.idx(), avail_bits(avail.wrap()));
             let mut slots = self.shadow.slots();
             for (segment, token) in chains.by_ref() {
@@ -389,9 +378,10 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
                 added += 1;
             }
             avail = RingPos::new(slot, bits == DESC_F_AVAIL);
+            self.next_id = slot;
         }
         for (segment, token) in chains {
-            let Some(id) = alloc_id(&mut self.free_ids, avail.idx()) else { break };
+            let Some(id) = self.alloc_id() else { break };
             let flags = avail_bits(avail.wrap()) | if segment.writable { DESC_F_WRITE } else { 0 };
             // SAFETY: `avail.idx() < size`, so the descriptor is inside the ring memory.
             Self::write_desc(unsafe { desc.add(avail.idx() as usize) }, segment.addr, segment.len, id, flags);
@@ -399,8 +389,6 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
             avail.advance(1, size);
             added += 1;
         }
-        // In single mode the next id is the next slot.
-        self.next_id = if single { avail.idx() } else { next_id };
         self.avail = avail;
         self.free -= added;
         self.chains += added;
