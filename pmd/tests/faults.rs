@@ -81,6 +81,12 @@ fn bad_id_is_detected_on_both_rings() {
         for role in [Role::Rx, Role::Tx] {
             let (rx_err, tx_err, rx_broken, tx_broken, _) = run(spec, FaultPlan { fault: Fault::BadId, role, at: 100 });
             let (errors, broken) = if role == Role::Rx { (rx_err, rx_broken) } else { (tx_err, tx_broken) };
+            if spec.format == RingFormat::Split && spec.in_order && role == Role::Tx {
+                // This ring reads no used entry (`SplitRing::without_used_lengths`): `used.idx`
+                // alone counts the completions, so the bad id goes unread and loses nothing.
+                assert_eq!((errors, broken), (0, false), "{spec:?} {role:?}: an id that is never read");
+                continue;
+            }
             assert_eq!(errors, 1, "{spec:?} {role:?}: the bad id is counted once");
             // A packed ring cannot tell how far to skip after a bad id, and an in-order ring
             // cannot judge later entries: they stop. An out-of-order split ring skips the entry.

@@ -11,7 +11,8 @@
 //!   index wrap-around) is parsed by `virtio-queue` as exactly the segments we added, in the order
 //!   we published them, and the bytes we put in them are the bytes it reads;
 //! - every completion `virtio-queue` writes comes back from our `pop_used` with the right token
-//!   and the used length it wrote (`Some(len)`), with the bytes it wrote in our buffers;
+//!   and the used length it wrote (`Some(len)`; `None` on a ring that reads no used entries, as
+//!   the transmit queues' do), with the bytes it wrote in our buffers;
 //! - our `publish()` kick decision is exactly what the spec's rule gives for the suppression state
 //!   `virtio-queue` left in the used ring: `used.flags` & NO_NOTIFY without EVENT_IDX, and
 //!   `vring_need_event(avail_event, new, old)` with it (2.7.7.1, 2.7.10). In particular a device
@@ -67,12 +68,16 @@ struct Config {
     /// One descriptor per chain, through the bulk path the queues use (`add_each`), on a ring
     /// limited to such chains (`one_descriptor_chains`).
     one_descriptor: bool,
+    /// With `one_descriptor`: the ring reads no used entries (`without_used_lengths`), as the
+    /// transmit queues' rings do; completions then carry no length.
+    lengths_unread: bool,
 }
 
 impl Config {
     /// A seed of its own for every configuration, so that a failure names a reproducible run.
     fn seed(self, salt: u64) -> u64 {
         salt ^ (self.size as u64) << 8
+            ^ (self.lengths_unread as u64) << 3
             ^ (self.one_descriptor as u64) << 2
             ^ (self.event_idx as u64) << 1
             ^ self.in_order as u64
@@ -80,14 +85,16 @@ impl Config {
 }
 
 /// Ring sizes 64, 256 and 1024, each with EVENT_IDX and IN_ORDER on and off, and in order also
-/// with one-descriptor chains (the queues' rings). `virtio-queue` always completes in order,
-/// which is valid with or without IN_ORDER.
+/// with one-descriptor chains (the queues' rings), with and without used lengths read.
+/// `virtio-queue` always completes in order, which is valid with or without IN_ORDER.
 fn configs() -> Vec<Config> {
     let mut all = Vec::new();
     for size in [64, 256, 1024] {
         for event_idx in [false, true] {
-            for (in_order, one_descriptor) in [(false, false), (true, false), (true, true)] {
-                all.push(Config { size, event_idx, in_order, one_descriptor });
+            for (in_order, one_descriptor, lengths_unread) in
+                [(false, false, false), (true, false, false), (true, true, false), (true, true, true)]
+            {
+                all.push(Config { size, event_idx, in_order, one_descriptor, lengths_unread });
             }
         }
     }
@@ -104,7 +111,8 @@ fn split_ring<T: Send>(config: Config) -> (SplitRing<T>, Arc<DmaRegion>) {
     };
     let (memory, region) = ring_memory(spec).expect("ring memory");
     let ring = SplitRing::new(memory, config.event_idx, config.in_order).expect("split ring");
-    (if config.one_descriptor { ring.one_descriptor_chains() } else { ring }, region)
+    let ring = if config.one_descriptor { ring.one_descriptor_chains() } else { ring };
+    (if config.lengths_unread { ring.without_used_lengths() } else { ring }, region)
 }
 
 /// A DMA region for buffers: `slots` slots of [`SLOT_BYTES`].
@@ -358,7 +366,7 @@ impl<'m> Lockstep<'m> {
             assert_eq!(seq, used.seq, "{config:?}: completions out of order");
             assert_eq!(
                 len,
-                Some(used.len),
+                (!config.lengths_unread).then_some(used.len),
                 "{config:?}: chain {seq}: used length differs from what virtio-queue wrote"
             );
             let data = gather(self.mem, &used.writable, used.len as usize);
@@ -648,8 +656,10 @@ fn add<T: Copy + Send>(ring: &mut SplitRing<T>, segments: &[Segment], token: T) 
 /// Sends `frames` frames on a tx ring of `config` and receives them on an rx ring of `config`,
 /// through a `virtio-queue` loopback device thread.
 fn loopback(config: Config, frames: u64) -> DeviceReport {
+    // Like the queues: only the transmit ring may leave its used lengths unread.
     let (mut tx, tx_ring_region) = split_ring::<u32>(config);
-    let (mut rx, rx_ring_region) = split_ring::<u32>(config);
+    let (mut rx, rx_ring_region) = split_ring::<u32>(Config { lengths_unread: false, ..config });
+    let tx_len = (!config.lengths_unread).then_some(0);
     let slots = config.size as usize;
     let tx_buffers = buffer_region(slots);
     let rx_buffers = buffer_region(slots);
@@ -724,7 +734,7 @@ fn loopback(config: Config, frames: u64) -> DeviceReport {
             // Completions.
             tx.pop_used(64, |slot, len| done.push((slot, len)));
             for (slot, len) in done.drain(..) {
-                assert_eq!(len, Some(0), "{config:?}: tx used length (virtio-queue writes 0)");
+                assert_eq!(len, tx_len, "{config:?}: tx used length (virtio-queue writes 0)");
                 tx_free.push(slot);
                 progress = true;
             }
@@ -778,7 +788,7 @@ fn loopback(config: Config, frames: u64) -> DeviceReport {
         // landed after the last frame arrived: collect them now that the device has stopped.
         tx.pop_used(usize::MAX, |slot, len| done.push((slot, len)));
         for (slot, len) in done.drain(..) {
-            assert_eq!(len, Some(0), "{config:?}: tx used length (virtio-queue writes 0)");
+            assert_eq!(len, tx_len, "{config:?}: tx used length (virtio-queue writes 0)");
             tx_free.push(slot);
         }
         assert_eq!(rx.pop_used(usize::MAX, |_, _| ()), 0, "{config:?}: rx completions beyond the frames sent");
@@ -846,7 +856,7 @@ fn loopback_through_a_virtio_queue_device_thread() {
 fn used_length_beyond_the_writable_length_is_detected() {
     for in_order in [false, true] {
         for event_idx in [false, true] {
-            let config = Config { size: 64, event_idx, in_order, one_descriptor: false };
+            let config = Config { size: 64, event_idx, in_order, one_descriptor: false, lengths_unread: false };
             let (mut ring, ring_region) = split_ring::<u32>(config);
             let buffers = buffer_region(16);
             let device_memory = DeviceMemory::new(vec![ring_region, buffers.clone()]);

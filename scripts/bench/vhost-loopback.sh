@@ -3,15 +3,18 @@
 # alternating in one run, against the same DPDK vhost-user backend.
 #
 #   scripts/bench/vhost-loopback.sh [--split] [--runs N] [--seconds S] [--warmup S] [--burst B] [--nice N]
-#                                   [--sides dpdk,ours]
+#                                   [--sides dpdk,ours] [--ring-size N]
 #   FWD_BIN=/path/to/fwd scripts/bench/vhost-loopback.sh ...   # a prebuilt fwd (A/B tests); no build
 #   FWD_EXTRA="--mbuf-cache 512" scripts/bench/vhost-loopback.sh ...   # more fwd options
 #
 # Each measurement starts a fresh vhost side: dpdk-testpmd with net_vhost, mac forwarding on core 0
 # (`-l 0,1 --main-lcore 1`), then the virtio side on core 1, mac forwarding too:
-#   dpdk  dpdk-testpmd --vdev net_virtio_user0,path=SOCK,queues=1,packed_vq=1|0 (--main-lcore 0)
-#         --forward-mode=mac --record-core-cycles
-#   ours  target/release/fwd --port vhost:SOCK --forward-mode mac --cores 1 --huge-pages required
+#   dpdk  dpdk-testpmd --vdev net_virtio_user0,path=SOCK,queues=1,packed_vq=1|0,queue_size=N
+#         (--main-lcore 0) --forward-mode=mac --txd=N --rxd=N --record-core-cycles
+#   ours  target/release/fwd --port vhost:SOCK --forward-mode mac --cores 1 --rxd N --txd N
+#         --huge-pages required
+# Both sides get rings of --ring-size N descriptors (default 1024, as in DTS). The queue_size
+# devarg matters: virtio-user's own default is 256, and testpmd's --txd/--rxd cannot exceed it.
 # and, once the backend reports the device ready, sends `start tx_first 32` to the vhost side.
 # After --warmup seconds (default 1) the vhost side's counters are cleared; --seconds later
 # (default 5) its RX-packets (= what the virtio side forwarded) over the measured time is the
@@ -19,7 +22,7 @@
 # report at exit (testpmd's `CPU cycles/packet`, fwd's `cycles_per_pkt`, same definition).
 # --runs N measurements of each (default 3), alternating dpdk, ours, dpdk, ours, ...
 #
-# 64-byte frames, 1024 descriptors, burst 32, one queue pair; packed rings unless --split.
+# 64-byte frames, burst 32, one queue pair; packed rings unless --split.
 # Not a pass/fail test: the machine is shared and noisy; compare only ratios from one run. Other
 # processes on the two cores inflate both Mpps and cycles (the TSC keeps counting while a poller
 # is preempted); --nice -10 (root) renices every thread of both pollers once they run, so that
@@ -32,7 +35,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$(pwd)"
 
-ring=packed runs=3 seconds=5 warmup=1 burst=32 nice=0 sides="dpdk,ours"
+ring=packed ring_size=1024 runs=3 seconds=5 warmup=1 burst=32 nice=0 sides="dpdk,ours"
 while [ $# -gt 0 ]; do
     case "$1" in
         --split) ring="split"; shift ;;
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
         --seconds) seconds="$2"; shift 2 ;;
         --warmup) warmup="$2"; shift 2 ;;
         --burst) burst="$2"; shift 2 ;;
+        --ring-size) ring_size="$2"; shift 2 ;;
         --nice) nice="$2"; shift 2 ;;
         --sides) sides="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -102,19 +106,22 @@ counter() {
 # One measurement of side $1 (dpdk|ours), run $2; prints "MPPS CYCLES".
 measure() {
     local side="$1" run="$2"
+    # A subshell of its own (command substitution): stop what it started if it fails.
+    trap cleanup EXIT
     local log="$out_dir/$ring-$side-$run.log" vlog="$out_dir/$ring-$side-$run-vhost.log"
-    "$vhost" start --socket "$sock" --prefix "$vprefix" --fwd mac --lcores 0,1 --main-lcore 1 --ring 1024 \
+    "$vhost" start --socket "$sock" --prefix "$vprefix" --fwd mac --lcores 0,1 --main-lcore 1 --ring "$ring_size" \
         --app-extra "--burst=$burst" > /dev/null
     case "$side" in
         dpdk)
             setsid dpdk-testpmd -l 0,1 --main-lcore 0 -n 1 --no-pci --single-file-segments --file-prefix="$uprefix" \
-                --vdev "net_virtio_user0,path=$sock,queues=1,packed_vq=$packed_vq" -- --forward-mode=mac \
-                --nb-cores=1 --txd=1024 --rxd=1024 --burst="$burst" --total-num-mbufs=16384 --stats-period 1000 \
+                --vdev "net_virtio_user0,path=$sock,queues=1,packed_vq=$packed_vq,queue_size=$ring_size" \
+                -- --forward-mode=mac --nb-cores=1 --txd="$ring_size" --rxd="$ring_size" --burst="$burst" \
+                --total-num-mbufs=16384 --stats-period 1000 \
                 --record-core-cycles < /dev/null > "$log" 2>&1 &
             ;;
         ours)
-            setsid "$fwd" --port "vhost:$sock" --forward-mode mac --cores 1 --ring "$ring" --rxd 1024 \
-                --burst "$burst" --huge-pages required "${fwd_extra[@]}" < /dev/null > "$log" 2>&1 &
+            setsid "$fwd" --port "vhost:$sock" --forward-mode mac --cores 1 --ring "$ring" --rxd "$ring_size" \
+                --txd "$ring_size" --burst "$burst" --huge-pages required "${fwd_extra[@]}" < /dev/null > "$log" 2>&1 &
             ;;
     esac
     virtio_pid=$!
@@ -168,11 +175,12 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR
 for side in ${sides//,/ }; do
     case "$side" in dpdk|ours) ;; *) die "--sides: unknown side '$side' (dpdk, ours)" ;; esac
 done
-echo "vhost-user loopback, $ring ring, 64-byte frames, burst $burst: $runs x ($sides), ${seconds}s each after ${warmup}s warm-up" >&2
+echo "vhost-user loopback, $ring ring of $ring_size, 64-byte frames, burst $burst: $runs x ($sides), ${seconds}s each after ${warmup}s warm-up" >&2
 : > "$out_dir/$ring-results"
 for run in $(seq "$runs"); do
     for side in ${sides//,/ }; do
-        echo "$side $(measure "$side" "$run")" >> "$out_dir/$ring-results"
+        result=$(measure "$side" "$run") || exit 1
+        echo "$side $result" >> "$out_dir/$ring-results"
     done
 done
 

@@ -271,6 +271,11 @@ impl TxQueue {
     /// must have stopped the device).
     pub(crate) fn new(ring: Ring, notify: Box<dyn Notify>) -> TxQueue {
         let reclaim_threshold = (ring.size() / 4).clamp(1, 32);
+        // Transmit completions need no length: a split ring then leaves its used entries unread.
+        let ring = match ring {
+            Ring::Split(split) => Ring::Split(split.without_used_lengths()),
+            packed => packed,
+        };
         TxQueue { core: QueueCore::new(ring, notify), reclaim_threshold }
     }
 

@@ -4,7 +4,9 @@
 //! Invariants both formats keep:
 //! - The driver's own shadow records every in-flight chain (its token, descriptor count and
 //!   device-writable length). Nothing the device writes is trusted: each used id is checked
-//!   against the shadow and each used length against the chain's writable length. A bad value is
+//!   against the shadow and each used length against the chain's writable length (an in-order
+//!   split transmit ring reads neither, and counts completions from `used.idx`, which is checked
+//!   against the chains in flight). A bad value is
 //!   counted in [`RingErrors`]; when the ring can no longer be followed safely it reports itself
 //!   broken and stops handing out completions. Never a panic, never undefined behaviour.
 //! - Chains become visible to the device only in [`Virtqueue::publish`], once per burst: split

@@ -9,6 +9,8 @@
 //! batch size ("In-order use of descriptors", 2.7.9). A bad id is counted; without IN_ORDER the
 //! entry is skipped and the queue stays usable (the chain the device meant stays in flight until
 //! [`Virtqueue::drain`]); with IN_ORDER nothing after it can be followed, so the ring stops.
+//! A transmit ring in order, with one descriptor per chain, reads no used entry at all
+//! ([`SplitRing::without_used_lengths`]): `used.idx` alone counts its completions.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -37,6 +39,9 @@ pub struct SplitRing<T> {
     /// chain added `n`-th sits in descriptor `n mod size`, named by available ring entry
     /// `n mod size`, so the oldest chain in flight is at `last_used mod size`.
     single: bool,
+    /// `single`, and the caller needs no used lengths ([`SplitRing::without_used_lengths`]):
+    /// completions are counted from `used.idx`, the used ring's entries are never read.
+    count_only: bool,
     /// Our `avail.idx`, free-running.
     avail_idx: u16,
     /// `avail_idx` at the last publish.
@@ -90,6 +95,7 @@ impl<T: Send> SplitRing<T> {
             event_idx,
             in_order,
             single: false,
+            count_only: false,
             avail_idx: 0,
             published_idx: 0,
             last_used: 0,
@@ -128,6 +134,50 @@ impl<T: Send> SplitRing<T> {
         debug_assert_eq!(self.free, self.size, "only for a fresh ring");
         self.single = self.in_order;
         self
+    }
+
+    /// For a caller that ignores used lengths (a transmit ring), after
+    /// [`one_descriptor_chains`](Self::one_descriptor_chains): in order, `used.idx` alone says
+    /// which chains completed, every one up to it (a device may even write a single used entry
+    /// for a batch and skip the rest: "In-order use of descriptors", 2.7.9), so the ring reads
+    /// no used entry. Completions carry no length, and ids go unread: a wrong one cannot lose a
+    /// chain here, while a `used.idx` beyond the chains in flight still stops the ring. The
+    /// device finds the used ring's lines still in its own cache when it writes them again, one
+    /// ring later. Only for a fresh ring; without IN_ORDER it changes nothing.
+    pub fn without_used_lengths(mut self) -> Self {
+        debug_assert_eq!(self.free, self.size, "only for a fresh ring");
+        self.count_only = self.single;
+        self
+    }
+
+    /// In order with one descriptor per chain, lengths unneeded: completes the oldest
+    /// `used.idx - last_used` chains, up to `max`, without reading a used entry.
+    #[inline(always)]
+    fn pop_used_counted(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
+        // Acquire: the device is done reading the buffers of the chains counted here before
+        // the caller reuses them (it released `used.idx` after those reads).
+        let used_idx = u16::from_le(self.used_u16(used::IDX).load(Ordering::Acquire));
+        let pending = used_idx.wrapping_sub(self.last_used);
+        if pending > self.chains {
+            self.errors.bad_used_idx += 1;
+            self.broken = true;
+            return 0;
+        }
+        let (mask, limit) = (self.mask, max.min(pending as usize) as u16);
+        let mut last = self.last_used;
+        let mut done = 0u16;
+        while done < limit {
+            // In flight: `pending` chains from the oldest on.
+            let Some(chain) = self.shadow.take(last & mask) else { break };
+            last = last.wrapping_add(1);
+            sink(chain.token, None);
+            done += 1;
+        }
+        self.last_used = last;
+        self.oldest_head = last & mask;
+        self.free += done;
+        self.chains -= done;
+        done as usize
     }
 
     /// In order with one descriptor per chain: the oldest chain in flight sits in descriptor
@@ -430,6 +480,9 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
     fn pop_used(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
         if self.broken {
             return 0;
+        }
+        if self.count_only {
+            return self.pop_used_counted(max, sink);
         }
         if self.single {
             return self.pop_used_single(max, sink);

@@ -223,7 +223,8 @@ pub struct Cli {
     /// rxonly --verify, echo: also insist on frames of exactly this many bytes.
     #[arg(long, value_name = "BYTES")]
     pub verify_len: Option<usize>,
-    /// echo: most frames in flight per queue [default: 256].
+    /// echo: most frames in flight per queue, at most half the ring [default: 256, or half the
+    /// ring when that is less].
     #[arg(long)]
     pub echo_window: Option<usize>,
     /// echo: what the peer does to the MACs [default: swapped].
@@ -450,7 +451,7 @@ impl Settings {
         if !(frame::MIN_LEN..=frame::MAX_LEN).contains(&txpkts) {
             return Err(format!("--txpkts {txpkts}: expected {}..={} bytes", frame::MIN_LEN, frame::MAX_LEN));
         }
-        let echo_window = cli.echo_window.or(file.echo_window).unwrap_or(256);
+        let echo_window = cli.echo_window.or(file.echo_window).unwrap_or(256.min(rxd as usize / 2));
         if echo_window == 0 || echo_window > rxd as usize / 2 {
             return Err(format!(
                 "--echo-window {echo_window}: expected 1..={} (half the ring, so that the peer always finds room)",
@@ -527,6 +528,10 @@ mod tests {
         );
         assert_eq!((s.queue_sets, s.threads, s.burst, s.ring_size, s.txpkts), (2, 1, 32, 1024, 64));
         assert_eq!(s.eth_peers, vec![Mac::default_peer(0)]);
+        assert_eq!(s.echo_window, 256);
+        // A smaller ring gets a smaller default window rather than an error.
+        let small = resolve(&["--port", "vhost:/a", "--rxd", "256", "--txd", "256"]).unwrap();
+        assert_eq!((small.ring_size, small.echo_window), (256, 128));
         assert!(s.mbufs >= 2 * 2 * 1024);
         assert_eq!(peer_of(0, 1), 0);
         assert_eq!(peer_of(1, 2), 0);
@@ -540,6 +545,8 @@ mod tests {
         assert!(resolve(&["--port", "vhost:/a,foo=1"]).unwrap_err().contains("unknown option"));
         assert!(resolve(&["--port", "vhost:/a", "--rxd", "512", "--txd", "256"]).unwrap_err().contains("differ"));
         assert!(resolve(&["--port", "vhost:/a", "--txpkts", "20"]).unwrap_err().contains("--txpkts"));
+        let err = resolve(&["--port", "vhost:/a", "--rxd", "256", "--txd", "256", "--echo-window", "200"]).unwrap_err();
+        assert!(err.contains("--echo-window 200: expected 1..=128"), "{err}");
         assert!(resolve(&["--port", "vhost:/a", "--eth-peer", "3,02:00:00:00:00:01"])
             .unwrap_err()
             .contains("no port 3"));
