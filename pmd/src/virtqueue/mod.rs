@@ -16,6 +16,45 @@
 //!   suppression state, so the caller kicks at most once per burst.
 //! - Ring memory is only accessed through raw pointers with volatile or atomic operations.
 
+/// The [`Virtqueue`] methods that both formats answer from same-named fields: `size`, `free`
+/// (descriptors), `chains` (in flight), `broken`, `errors`, `shadow` and `memory`.
+macro_rules! ring_state_methods {
+    () => {
+        #[inline]
+        fn size(&self) -> u16 {
+            self.size
+        }
+
+        #[inline]
+        fn free_descriptors(&self) -> u16 {
+            self.free
+        }
+
+        #[inline]
+        fn in_flight(&self) -> u16 {
+            self.chains
+        }
+
+        fn is_broken(&self) -> bool {
+            self.broken
+        }
+
+        fn errors(&self) -> RingErrors {
+            self.errors
+        }
+
+        fn drain(&mut self, sink: impl FnMut(T)) {
+            self.shadow.drain(sink);
+            self.chains = 0;
+            self.broken = true;
+        }
+
+        fn addresses(&self) -> QueueAddresses {
+            self.memory.addresses()
+        }
+    };
+}
+
 pub mod event;
 mod layout;
 mod packed;

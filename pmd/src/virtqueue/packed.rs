@@ -263,20 +263,7 @@ impl<T: Send> PackedRing<T> {
 }
 
 impl<T: Send> Virtqueue<T> for PackedRing<T> {
-    #[inline]
-    fn size(&self) -> u16 {
-        self.size
-    }
-
-    #[inline]
-    fn free_descriptors(&self) -> u16 {
-        self.free
-    }
-
-    #[inline]
-    fn in_flight(&self) -> u16 {
-        self.chains
-    }
+    ring_state_methods!();
 
     #[inline(always)]
     fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
@@ -496,23 +483,5 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
         (self.used, self.oldest_id, self.batch_left, self.batch_len) = (used, oldest, left, batch_len);
         self.free += freed;
         done
-    }
-
-    fn is_broken(&self) -> bool {
-        self.broken
-    }
-
-    fn errors(&self) -> RingErrors {
-        self.errors
-    }
-
-    fn drain(&mut self, sink: impl FnMut(T)) {
-        self.shadow.drain(sink);
-        self.chains = 0;
-        self.broken = true;
-    }
-
-    fn addresses(&self) -> QueueAddresses {
-        self.memory.addresses()
     }
 }

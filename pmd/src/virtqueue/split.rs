@@ -154,15 +154,8 @@ impl<T: Send> SplitRing<T> {
     /// `used.idx - last_used` chains, up to `max`, without reading a used entry.
     #[inline(always)]
     fn pop_used_counted(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
-        // Acquire: the device is done reading the buffers of the chains counted here before
-        // the caller reuses them (it released `used.idx` after those reads).
-        let used_idx = u16::from_le(self.used_u16(used::IDX).load(Ordering::Acquire));
+        let Some(used_idx) = self.load_used_idx() else { return 0 };
         let pending = used_idx.wrapping_sub(self.last_used);
-        if pending > self.chains {
-            self.errors.bad_used_idx += 1;
-            self.broken = true;
-            return 0;
-        }
         let (mask, limit) = (self.mask, max.min(pending as usize) as u16);
         let mut last = self.last_used;
         let mut done = 0u16;
@@ -173,11 +166,7 @@ impl<T: Send> SplitRing<T> {
             sink(chain.token, None);
             done += 1;
         }
-        self.last_used = last;
-        self.oldest_head = last & mask;
-        self.free += done;
-        self.chains -= done;
-        done as usize
+        self.completed_single(last, done)
     }
 
     /// In order with one descriptor per chain: the oldest chain in flight sits in descriptor
@@ -185,16 +174,8 @@ impl<T: Send> SplitRing<T> {
     /// the one in `x` ("In-order use of descriptors", 2.7.9).
     #[inline(always)]
     fn pop_used_single(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
-        // Acquire: the used entries read below come after the device's writes of them.
-        let used_idx = u16::from_le(self.used_u16(used::IDX).load(Ordering::Acquire));
+        let Some(used_idx) = self.load_used_idx() else { return 0 };
         let pending = used_idx.wrapping_sub(self.last_used);
-        if pending > self.chains {
-            // The device claims more completions than chains in flight: nothing it says can be
-            // followed any more.
-            self.errors.bad_used_idx += 1;
-            self.broken = true;
-            return 0;
-        }
         let (size, mask, used_ring) = (self.size, self.mask, self.used);
         let limit = max.min(pending as usize) as u16;
         let (mut last, mut left, mut batch_len) = (self.last_used, self.batch_left, self.batch_len);
@@ -233,8 +214,31 @@ impl<T: Send> SplitRing<T> {
             sink(chain.token, used_len);
             done += 1;
         }
-        (self.last_used, self.batch_left, self.batch_len) = (last, left, batch_len);
-        self.oldest_head = last & mask;
+        (self.batch_left, self.batch_len) = (left, batch_len);
+        self.completed_single(last, done)
+    }
+
+    /// The device's `used.idx`, or `None` when it claims more completions than chains in
+    /// flight: then nothing it says can be followed any more (counted; the ring is broken).
+    /// Acquire: the used entries read afterwards, and the caller's reuse of the buffers it
+    /// completes, come after the device's writes of those entries and its reads of those buffers.
+    #[inline(always)]
+    fn load_used_idx(&mut self) -> Option<u16> {
+        let used_idx = u16::from_le(self.used_u16(used::IDX).load(Ordering::Acquire));
+        if used_idx.wrapping_sub(self.last_used) > self.chains {
+            self.errors.bad_used_idx += 1;
+            self.broken = true;
+            return None;
+        }
+        Some(used_idx)
+    }
+
+    /// One-descriptor chains up to used position `last` (free-running) completed, `done` of
+    /// them in this call; returns `done`.
+    #[inline(always)]
+    fn completed_single(&mut self, last: u16, done: u16) -> usize {
+        self.last_used = last;
+        self.oldest_head = last & self.mask;
         self.free += done;
         self.chains -= done;
         done as usize
@@ -367,20 +371,7 @@ impl<T: Send> SplitRing<T> {
 }
 
 impl<T: Send> Virtqueue<T> for SplitRing<T> {
-    #[inline]
-    fn size(&self) -> u16 {
-        self.size
-    }
-
-    #[inline]
-    fn free_descriptors(&self) -> u16 {
-        self.free
-    }
-
-    #[inline]
-    fn in_flight(&self) -> u16 {
-        self.chains
-    }
+    ring_state_methods!();
 
     #[inline(always)]
     fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
@@ -487,15 +478,7 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
         if self.single {
             return self.pop_used_single(max, sink);
         }
-        // Acquire: the used entries read in `next_used` come after the device's writes of them.
-        let used_idx = u16::from_le(self.used_u16(used::IDX).load(Ordering::Acquire));
-        if used_idx.wrapping_sub(self.last_used) > self.chains {
-            // The device claims more completions than chains in flight: nothing it says can be
-            // followed any more.
-            self.errors.bad_used_idx += 1;
-            self.broken = true;
-            return 0;
-        }
+        let Some(used_idx) = self.load_used_idx() else { return 0 };
         let mut done = 0;
         while done < max {
             let Some((head, len)) = self.next_used(used_idx) else { break };
@@ -509,23 +492,5 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
             done += 1;
         }
         done
-    }
-
-    fn is_broken(&self) -> bool {
-        self.broken
-    }
-
-    fn errors(&self) -> RingErrors {
-        self.errors
-    }
-
-    fn drain(&mut self, sink: impl FnMut(T)) {
-        self.shadow.drain(sink);
-        self.chains = 0;
-        self.broken = true;
-    }
-
-    fn addresses(&self) -> QueueAddresses {
-        self.memory.addresses()
     }
 }
