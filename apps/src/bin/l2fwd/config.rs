@@ -55,7 +55,8 @@ pub struct FilePort {
     pub mac: Option<Mac>,
 }
 
-/// The file, as written: every key optional.
+/// The file, as written: every key optional. The command line's settings come in the same
+/// shape, and override the file's.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -89,36 +90,17 @@ impl FileConfig {
         Self::parse(&text, path)
     }
 
+    /// Command-line settings naming `pcis` as the ports (none: the file's ports).
+    pub fn with_ports(pcis: &[String]) -> Self {
+        let ports = pcis.iter().map(|pci| FilePort { pci: pci.clone(), dst_mac: None, mac: None }).collect();
+        FileConfig { ports: (!pcis.is_empty()).then_some(ports), ..FileConfig::default() }
+    }
+
     /// Parses `text` (read from `path`, named in errors).
     pub fn parse(text: &str, path: &Path) -> Result<Self, String> {
         toml::from_str(text)
             .map_err(|e| format!("config file {}: {}", path.display(), e.to_string().trim_end().replace('\n', "\n  ")))
     }
-}
-
-/// What the command line can override (all optional), and the ports it names.
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    /// Ports from the command line (replace the file's).
-    pub ports: Vec<String>,
-    /// See [`FileConfig`].
-    pub ring: Option<Ring>,
-    /// See [`FileConfig`].
-    pub ring_size: Option<u16>,
-    /// See [`FileConfig`].
-    pub burst: Option<usize>,
-    /// See [`FileConfig`].
-    pub pool_size: Option<u32>,
-    /// See [`FileConfig`].
-    pub pool_cache: Option<u32>,
-    /// See [`FileConfig`].
-    pub stats_interval: Option<u64>,
-    /// See [`FileConfig`].
-    pub cores: Option<Vec<usize>>,
-    /// See [`FileConfig`].
-    pub huge_pages: Option<Huge>,
-    /// See [`FileConfig`].
-    pub idle_sleep_us: Option<u64>,
 }
 
 /// One port, checked.
@@ -160,18 +142,14 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Merges the file (if any) and the command line, and checks the result.
-    pub fn resolve(file: Option<(&Path, FileConfig)>, cli: Overrides) -> Result<Settings, String> {
+    /// Merges the file (if any) and the command line (`cli`, which wins), and checks the result.
+    pub fn resolve(file: Option<(&Path, FileConfig)>, cli: FileConfig) -> Result<Settings, String> {
         let (source, file) = match file {
             Some((path, f)) => (Some(path.to_path_buf()), f),
             None => (None, FileConfig::default()),
         };
         let from = source.as_ref().map(|p| format!(" (config file {})", p.display())).unwrap_or_default();
-        let entries: Vec<FilePort> = if !cli.ports.is_empty() {
-            cli.ports.into_iter().map(|pci| FilePort { pci, dst_mac: None, mac: None }).collect()
-        } else {
-            file.ports.unwrap_or_default()
-        };
+        let entries = cli.ports.or(file.ports).unwrap_or_default();
         if entries.is_empty() {
             return Err(format!(
                 "no ports given{from}: name them by PCI address (`l2fwd 0000:00:03.0 0000:00:04.0`, \
@@ -286,7 +264,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let s = Settings::resolve(Some((Path::new("test.toml"), file)), Overrides::default()).unwrap();
+        let s = Settings::resolve(Some((Path::new("test.toml"), file)), FileConfig::default()).unwrap();
         assert_eq!(s.ports[0].pci, "0000:00:03.0");
         assert_eq!(s.ports[0].dst_mac, Mac([2, 0, 0, 0, 0, 0]));
         assert_eq!(s.ports[1].dst_mac, Mac([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
@@ -311,21 +289,20 @@ mod tests {
         assert!(parse("ring = \"ring\"\n").unwrap_err().contains("ring"));
         assert!(parse("huge_pages = \"maybe\"\n").is_err());
         assert!(parse("[[ports]]\npci = \"00:03.0\"\ndst_mac = \"02:00\"\n").unwrap_err().contains("MAC"));
-        let cli =
-            |ports: &[&str]| Overrides { ports: ports.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        let cli = |ports: &[&str]| FileConfig::with_ports(&ports.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert!(Settings::resolve(None, cli(&[])).unwrap_err().contains("no ports"));
         assert!(Settings::resolve(None, cli(&["00:99.0"])).unwrap_err().contains("not a PCI address"));
         assert!(Settings::resolve(None, cli(&["00:03.0", "0000:00:03.0"])).unwrap_err().contains("both"));
-        let burst = Overrides { burst: Some(0), ..cli(&["00:03.0"]) };
+        let burst = FileConfig { burst: Some(0), ..cli(&["00:03.0"]) };
         assert!(Settings::resolve(None, burst).unwrap_err().contains("burst"));
-        let cache = Overrides { pool_size: Some(100), pool_cache: Some(50), ..cli(&["00:03.0"]) };
+        let cache = FileConfig { pool_size: Some(100), pool_cache: Some(50), ..cli(&["00:03.0"]) };
         assert!(Settings::resolve(None, cache).unwrap_err().contains("pool_cache"));
     }
 
     #[test]
     fn command_line_overrides_the_file() {
         let file = parse("burst = 8\nring = \"split\"\n[[ports]]\npci = \"00:05.0\"\n").unwrap();
-        let cli = Overrides { ports: vec!["00:03.0".into(), "00:04.0".into()], burst: Some(16), ..Default::default() };
+        let cli = FileConfig { burst: Some(16), ..FileConfig::with_ports(&["00:03.0".into(), "00:04.0".into()]) };
         let s = Settings::resolve(Some((Path::new("f.toml"), file)), cli).unwrap();
         assert_eq!(s.ports.iter().map(|p| p.pci.as_str()).collect::<Vec<_>>(), ["0000:00:03.0", "0000:00:04.0"]);
         assert_eq!((s.burst, s.ring), (16, Ring::Split));
@@ -343,7 +320,7 @@ mod tests {
     fn the_shipped_vm_config_is_valid() {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/l2fwd-vm.toml"));
         let file = FileConfig::load(path).unwrap();
-        let s = Settings::resolve(Some((path, file)), Overrides::default()).unwrap();
+        let s = Settings::resolve(Some((path, file)), FileConfig::default()).unwrap();
         assert_eq!(s.ports.iter().map(|p| p.pci.as_str()).collect::<Vec<_>>(), ["0000:00:03.0", "0000:00:04.0"]);
     }
 

@@ -40,7 +40,7 @@ use virtio_pmd::net::{Port, PortConfig};
 use virtio_pmd::transport::vfio::{Container, VfioPciTransport};
 use virtio_pmd::transport::RingFormat;
 
-use config::{FileConfig, Overrides, Settings};
+use config::{FileConfig, Settings};
 use fwd::{Lane, LaneCounters};
 use virtio_pmd_apps::mac::Mac;
 use virtio_pmd_apps::options::{Huge, Ring};
@@ -154,8 +154,7 @@ fn settings(cli: &Cli) -> Result<Settings, String> {
     let cli_ports = if cli.port.is_empty() { cli.pci.clone() } else { cli.port.clone() };
     Settings::resolve(
         file,
-        Overrides {
-            ports: cli_ports,
+        FileConfig {
             ring: cli.ring,
             ring_size: cli.ring_size,
             burst: cli.burst,
@@ -165,6 +164,7 @@ fn settings(cli: &Cli) -> Result<Settings, String> {
             cores: cli.cores.clone(),
             huge_pages: cli.huge_pages,
             idle_sleep_us: cli.idle_sleep_us,
+            ..FileConfig::with_ports(&cli_ports)
         },
     )
 }
