@@ -159,18 +159,8 @@ impl<T: Send> PackedRing<T> {
                 self.batch_left -= 1;
                 (self.batch_left == 0).then_some(self.batch_len)
             } else {
-                // SAFETY: `slot < size`: the descriptor is inside the ring memory, 16-byte
-                // aligned; the device writes it concurrently, hence an atomic acquire load of
-                // the flags first, so that id and length are read after the device wrote them.
-                let (flags, id, len) = unsafe {
-                    let d = desc.add(slot as usize);
-                    let flags = AtomicU16::from_ptr(std::ptr::addr_of_mut!((*d).flags).cast()).load(Ordering::Acquire);
-                    (
-                        u16::from_le(flags),
-                        std::ptr::addr_of!((*d).id).read_volatile().get(),
-                        std::ptr::addr_of!((*d).len).read_volatile().get(),
-                    )
-                };
+                // SAFETY: `slot < size`: the descriptor is inside the ring memory.
+                let (flags, id, len) = unsafe { Self::read_used_desc(desc.add(slot as usize)) };
                 if flags & (DESC_F_AVAIL | DESC_F_USED) != expect {
                     break;
                 }
@@ -245,6 +235,26 @@ impl<T: Send> PackedRing<T> {
             Some(id)
         } else {
             self.free_ids.pop_front()
+        }
+    }
+
+    /// Reads a descriptor the device may be writing: its flags (little-endian decoded) with
+    /// acquire ordering first, so that the id and length read after them are the ones the
+    /// device wrote before it set those flags.
+    ///
+    /// # Safety
+    /// `d` must point to a descriptor inside this ring's memory (16-byte aligned).
+    #[inline(always)]
+    unsafe fn read_used_desc(d: *mut PackedDesc) -> (u16, u16, u32) {
+        // SAFETY: per the caller, `d` is a valid, aligned descriptor of live ring memory; the
+        // device writes it concurrently, hence an atomic for the flags and volatile reads.
+        unsafe {
+            let flags = AtomicU16::from_ptr(std::ptr::addr_of_mut!((*d).flags).cast()).load(Ordering::Acquire);
+            (
+                u16::from_le(flags),
+                std::ptr::addr_of!((*d).id).read_volatile().get(),
+                std::ptr::addr_of!((*d).len).read_volatile().get(),
+            )
         }
     }
 
@@ -428,19 +438,8 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
                     break;
                 }
                 let slot = used.idx();
-                // SAFETY: `slot < size` (RingPos invariant): the descriptor is inside the ring
-                // memory, 16-byte aligned; the device writes it concurrently, hence atomics for
-                // the flags, read first with acquire ordering so that id and length are read
-                // after the device wrote them.
-                let (flags, id, len) = unsafe {
-                    let d = desc.add(slot as usize);
-                    let flags = AtomicU16::from_ptr(std::ptr::addr_of_mut!((*d).flags).cast()).load(Ordering::Acquire);
-                    (
-                        u16::from_le(flags),
-                        std::ptr::addr_of!((*d).id).read_volatile().get(),
-                        std::ptr::addr_of!((*d).len).read_volatile().get(),
-                    )
-                };
+                // SAFETY: `slot < size` (RingPos invariant): the descriptor is inside the ring memory.
+                let (flags, id, len) = unsafe { Self::read_used_desc(desc.add(slot as usize)) };
                 if flags & (DESC_F_AVAIL | DESC_F_USED) != used_bits(used.wrap()) {
                     break;
                 }
