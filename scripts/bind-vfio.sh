@@ -47,6 +47,15 @@ if [ -z "$BDFS" ]; then
     exit 2
 fi
 
+# On a host, install what the checks and the binding run (ip: the interfaces' addresses; modprobe:
+# vfio-pci). In the VM guest (/bin/bind-vfio.sh, no scripts/lib) busybox has both.
+need_sh="$(dirname "$0")/lib/need.sh"
+if [ -f "$need_sh" ]; then
+    # shellcheck source=lib/need.sh
+    . "$need_sh"
+    need_commands ip:iproute2 modprobe:kmod awk:mawk
+fi
+
 # Normalise a BDF to the 0000:00:00.0 form (lowercase, with a domain); empty if malformed.
 normalise() {
     b=$(echo "$1" | tr 'A-F' 'a-f')

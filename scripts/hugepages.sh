@@ -23,6 +23,10 @@ esac
 N=${1:-512}
 [[ "$N" =~ ^[0-9]+$ ]] || die "'$N' is not a number of pages"
 
+# shellcheck source=lib/need.sh
+. "$(dirname "$0")/lib/need.sh"
+need_commands awk:mawk mount:mount
+
 SYS=/sys/kernel/mm/hugepages/hugepages-2048kB
 [ -d "$SYS" ] || die "this kernel has no 2 MiB hugepages ($SYS is missing)"
 MNT=/dev/hugepages

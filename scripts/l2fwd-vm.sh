@@ -3,7 +3,8 @@
 #
 #   scripts/l2fwd-vm.sh [--ring packed|split] [--frames N] [--rate PPS]
 #
-# 1. installs what is missing (QEMU, cpio, the guest kernel and busybox: scripts/vm/fetch-guest.sh);
+# 1. installs what is missing (QEMU, cpio, kmod, the guest kernel and busybox:
+#    scripts/vm/fetch-guest.sh; gcc and libc6-dev for the build: scripts/lib/need.sh);
 # 2. builds l2fwd static for the guest and vm-peer for the host (cargo, `ci` profile);
 # 3. builds the guest's initramfs with l2fwd and config/l2fwd-vm.toml in it;
 # 4. boots the VM harness (scripts/vm/run-vm.sh: q35, emulated Intel IOMMU, TCG, two
@@ -93,8 +94,14 @@ if ! command -v cargo >/dev/null; then
     echo "l2fwd-vm: cargo is not installed: install Rust (rustup) first" >&2
     exit 1
 fi
+# fetch-guest.sh installs what the VM harness runs on the host (QEMU, cpio, kmod, ...).
 "$VM/fetch-guest.sh" >/dev/null
 if [ "$BUILD" -eq 1 ]; then
+    # shellcheck source=lib/need.sh
+    . "$HERE/lib/need.sh"
+    # cargo links with cc; the static l2fwd needs libc's static archive (libc6-dev).
+    need_commands cc:gcc
+    need_packages libc6-dev
     if ! rustup target list --installed 2>/dev/null | grep -qx "$TRIPLE"; then
         rustup target add "$TRIPLE"
     fi

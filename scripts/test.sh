@@ -32,6 +32,11 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 cargo --version
+# shellcheck source=lib/need.sh
+. scripts/lib/need.sh
+# cargo links with cc; the tests run /usr/bin/kill (procps) on DPDK's testpmd. What the later
+# stages run is installed by their own scripts (scripts/dpdk/install.sh, scripts/vm/fetch-guest.sh).
+need_commands cc:gcc kill:procps
 if ! cargo clippy --version >/dev/null 2>&1; then
     rustup component add clippy rustfmt
 fi

@@ -26,8 +26,11 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
-command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
-command -v python3 >/dev/null || { echo "python3 is needed for the table" >&2; exit 1; }
+# shellcheck source=../lib/need.sh
+. "$root/scripts/lib/need.sh"
+# valgrind runs fwd, callgrind_annotate reads its output, python3 makes the table; cargo links
+# with cc. dpdk-testpmd (the vhost side) comes from scripts/dpdk/install.sh, run by vhost-testpmd.sh.
+need_commands valgrind:valgrind callgrind_annotate:valgrind python3:python3-minimal setsid:util-linux cc:gcc
 
 vhost="$root/scripts/dpdk/vhost-testpmd.sh"
 out="$root/target/bench/callgrind"

@@ -65,6 +65,11 @@ packed_vq=1
 mkdir -p "$out_dir"
 
 die() { echo "vhost-loopback.sh: $*" >&2; exit 1; }
+# shellcheck source=../lib/need.sh
+. "$root/scripts/lib/need.sh"
+need_commands setsid:util-linux renice:bsdutils awk:mawk
+# dpdk-testpmd (the DPDK side and the vhost backend), its plugins and the huge pages.
+command -v dpdk-testpmd >/dev/null || "$root/scripts/dpdk/install.sh" >&2
 command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd not found: run scripts/dpdk/install.sh"
 [ "$(nproc)" -ge 2 ] || die "needs 2 cores (vhost side on core 0, virtio side on core 1)"
 
@@ -82,6 +87,7 @@ cleanup() {
 trap cleanup EXIT
 
 if [ -z "${FWD_BIN:-}" ]; then
+    need_commands cc:gcc    # cargo links with cc
     echo "building fwd (release) ..." >&2
     cargo build --release -q -p virtio-pmd-apps --bin fwd
 fi

@@ -21,20 +21,13 @@ if [ "$(id -u)" -ne 0 ]; then
     sudo_cmd=(sudo)
 fi
 
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ] || ! command -v dpdk-testpmd >/dev/null; then
-    echo "installing ${missing[*]:-dpdk-dev} ..." >&2
-    export DEBIAN_FRONTEND=noninteractive
-    if ! "${sudo_cmd[@]}" apt-get install -y --no-install-recommends "${packages[@]}" >/dev/null; then
-        "${sudo_cmd[@]}" apt-get update >/dev/null || die "apt-get update failed: is Debian's package archive reachable?"
-        "${sudo_cmd[@]}" apt-get install -y --no-install-recommends "${packages[@]}" >/dev/null \
-            || die "apt-get install ${packages[*]} failed (DPDK 22.11 is in Debian bookworm)"
-    fi
-fi
-command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd is still missing after installing dpdk-dev"
+# dpdk-testpmd is the vhost-user peer; it loads DPDK's drivers as plugins, which are libraries,
+# not commands: the net_vhost and virtio_user vdevs and the ring mempool, plus dpdk-dev, which
+# brings the whole DPDK 22.11 set (dpdk, the bus drivers, ...). DPDK 22.11 is in Debian bookworm.
+# shellcheck source=../lib/need.sh
+. "$root/scripts/lib/need.sh"
+need_packages "${packages[@]}"
+need_commands dpdk-testpmd:dpdk mountpoint:util-linux mount:mount awk:mawk
 
 # Huge pages: the VM harness owns scripts/hugepages.sh; use it when it is there.
 if [ -x "$root/scripts/hugepages.sh" ]; then

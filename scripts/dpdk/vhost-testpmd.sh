@@ -29,6 +29,12 @@
 # Commands for one instance are serialised with flock, so concurrent callers do not interleave.
 set -euo pipefail
 
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../lib/need.sh
+. "$here/../lib/need.sh"
+# dpdk-testpmd itself (with its plugins and the huge pages) comes from install.sh: see cmd_start.
+need_commands setsid:util-linux flock:util-linux mountpoint:util-linux awk:mawk
+
 state_root="${VHOST_TESTPMD_STATE:-/tmp/vhost-testpmd}"
 prompt='testpmd> '
 
@@ -123,6 +129,10 @@ cmd_start() {
     [ -n "$socket" ] || die "start: --socket PATH is required"
     case "$fwd" in io|mac|macswap|txonly|rxonly|flowgen|csum|icmpecho|5tswap) ;;
         *) die "start: unsupported forwarding mode '$fwd'" ;; esac
+    # Our stdout is testpmd's pid for the caller: install.sh's report goes to stderr.
+    if ! command -v dpdk-testpmd >/dev/null || ! mountpoint -q /dev/hugepages; then
+        "$here/install.sh" >&2 || die "scripts/dpdk/install.sh failed"
+    fi
     command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd not found: run scripts/dpdk/install.sh"
     mountpoint -q /dev/hugepages || die "no hugetlbfs at /dev/hugepages: run scripts/dpdk/install.sh"
     local free

@@ -1,8 +1,9 @@
 #!/bin/bash
 # fetch-guest.sh: fetch the guest kernel, its VFIO modules and busybox for the QEMU VM harness.
 #
-# Installs the host packages the harness needs when they are missing (qemu-system-x86, cpio,
-# busybox-static, xz-utils, zstd, python3-minimal), downloads Debian's guest kernel (the real
+# Installs the host packages the harness needs when their commands are missing (see "host
+# packages" below: QEMU, cpio, kmod for depmod, the decompressors, binutils, python3; through
+# scripts/lib/need.sh), downloads Debian's guest kernel (the real
 # image package named by the `linux-image-amd64` meta package, resolved now, never hard-coded)
 # and busybox-static with `apt-get download`, unpacks them with `dpkg -x` and leaves in $VM_DIR
 # (default target/vm):
@@ -57,22 +58,15 @@ cache_complete() {
 }
 
 # --- host packages --------------------------------------------------------------------------
-need_pkgs=""
-command -v qemu-system-x86_64 >/dev/null || need_pkgs="$need_pkgs qemu-system-x86"
-command -v cpio >/dev/null || need_pkgs="$need_pkgs cpio"
-command -v xz >/dev/null || need_pkgs="$need_pkgs xz-utils"
-command -v zstd >/dev/null || need_pkgs="$need_pkgs zstd"
-command -v gzip >/dev/null || need_pkgs="$need_pkgs gzip"
-# run-vm.sh --sock-buf (qemu-udp-fds.py) makes QEMU's UDP sockets in Python.
-command -v python3 >/dev/null || need_pkgs="$need_pkgs python3-minimal"
-if [ -n "$need_pkgs" ]; then
-    [ "$(id -u)" -eq 0 ] || die "missing host packages:$need_pkgs; install them (as root: apt-get install -y$need_pkgs)"
-    echo "fetch-guest: installing host packages:$need_pkgs"
-    apt-get update -qq || die "apt-get update failed: check the network / Debian archive"
-    # shellcheck disable=SC2086 # word splitting of the package list is intended
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need_pkgs >/dev/null \
-        || die "apt-get install$need_pkgs failed"
-fi
+# What the harness runs on the host, command:package. Here: apt-get/apt-cache (apt, the installer
+# itself), flock, dpkg -x, depmod, the module and kernel decompressors, readelf (the PVH check),
+# awk. For the other harness scripts: qemu-system-x86_64 and cpio (run-vm.sh, mkinitramfs.sh),
+# strip (mkinitramfs.sh), python3 (run-vm.sh --sock-buf: qemu-udp-fds.py makes QEMU's UDP
+# sockets). busybox is not installed: busybox-static is downloaded below, for the guest.
+# shellcheck source=../lib/need.sh
+. "$ROOT/scripts/lib/need.sh"
+need_commands qemu-system-x86_64:qemu-system-x86 cpio:cpio depmod:kmod dpkg:dpkg flock:util-linux \
+    xz:xz-utils zstd:zstd gzip:gzip readelf:binutils strip:binutils awk:mawk python3:python3-minimal
 
 # One fetch at a time per cache (parallel harness runs all call this script).
 mkdir -p "$VM_DIR"
@@ -160,7 +154,6 @@ fi
 moddir="$VM_DIR/root/lib/modules/$kver"
 
 # modules.dep is not in the package (depmod writes it at install time): build it here.
-command -v depmod >/dev/null || die "depmod not found: apt-get install kmod"
 depmod -b "$VM_DIR/root" "$kver" || die "depmod failed for $kver"
 
 # Print the path (relative to $moddir) of a module by name; '-' and '_' are the same.

@@ -62,6 +62,11 @@ started=$SECONDS
 mkdir -p "$OUT_DIR"
 "$HERE/fetch-guest.sh" >/dev/null
 if [ "$BUILD" -eq 1 ]; then
+    # shellcheck source=../lib/need.sh
+    . "$ROOT/scripts/lib/need.sh"
+    # cargo links with cc; the static l2fwd needs libc's static archive (libc6-dev).
+    need_commands cc:gcc
+    need_packages libc6-dev
     say "building l2fwd (static) and vm-peer"
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile ci \
         --target "$TRIPLE" -p virtio-pmd-apps --bin l2fwd)

@@ -46,6 +46,10 @@ done
 OUT=$1
 shift
 
+# shellcheck source=../lib/need.sh
+. "$ROOT/scripts/lib/need.sh"
+# readelf: refuse dynamic binaries; strip: drop their debug info. (busybox: fetch-guest.sh's.)
+need_commands cpio:cpio gzip:gzip readelf:binutils strip:binutils
 if [ ! -s "$VM_DIR/modules/load-order" ] || [ ! -x "$VM_DIR/busybox" ]; then
     "$HERE/fetch-guest.sh" --dir "$VM_DIR"
 fi

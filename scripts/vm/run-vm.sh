@@ -134,7 +134,13 @@ else
 fi
 
 # --- guest files ------------------------------------------------------------------------------
+# fetch-guest.sh installs the harness's host packages; these are the commands run here.
 "$HERE/fetch-guest.sh" --dir "$VM_DIR" >/dev/null
+# shellcheck source=../lib/need.sh
+. "$ROOT/scripts/lib/need.sh"
+need_commands "$QEMU":qemu-system-x86 cpio:cpio flock:util-linux awk:mawk || exit 2
+# --sock-buf: qemu-udp-fds.py makes the NICs' sockets.
+[ "$SOCK_BUF" -eq 0 ] || need_commands python3:python3-minimal || exit 2
 if [ -z "$INITRD" ]; then
     INITRD=$VM_DIR/initramfs.cpio.gz
     (
@@ -248,7 +254,6 @@ for ((i = 0; i < NICS; i++)); do
 done
 QEMU_CMD=("$QEMU")
 if [ "$SOCK_BUF" -gt 0 ]; then
-    command -v python3 >/dev/null || die "--sock-buf needs python3 (apt-get install python3-minimal)"
     QEMU_CMD=(python3 "$HERE/qemu-udp-fds.py" "$SOCK_BUF" "$QEMU")
     echo "run-vm: NIC sockets made by qemu-udp-fds.py with $SOCK_BUF-byte buffers"
 fi
