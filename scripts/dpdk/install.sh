@@ -21,13 +21,13 @@ if [ "$(id -u)" -ne 0 ]; then
     sudo_cmd=(sudo)
 fi
 
-# dpdk-testpmd is the vhost-user peer; it loads DPDK's drivers as plugins, which are libraries,
-# not commands: the net_vhost and virtio_user vdevs and the ring mempool, plus dpdk-dev, which
-# brings the whole DPDK 22.11 set (dpdk, the bus drivers, ...). DPDK 22.11 is in Debian bookworm.
+# dpdk-testpmd, the vhost-user peer, comes with dpdk-dev (in Debian 12's DPDK 22.11.11), which
+# also brings DPDK's libraries and bus drivers. testpmd loads the drivers as plugins (libraries, not
+# commands): the net_vhost and virtio_user vdevs and the ring mempool are named here.
 # shellcheck source=../lib/need.sh
 . "$root/scripts/lib/need.sh"
 need_packages "${packages[@]}"
-need_commands dpdk-testpmd:dpdk mountpoint:util-linux mount:mount awk:mawk
+need_commands dpdk-testpmd:dpdk-dev mountpoint:util-linux mount:mount awk:mawk
 
 # Huge pages: the VM harness owns scripts/hugepages.sh; use it when it is there.
 if [ -x "$root/scripts/hugepages.sh" ]; then
