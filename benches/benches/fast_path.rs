@@ -95,10 +95,10 @@ fn tx_burst(c: &mut Criterion) {
         let mut iterations = 0u64;
         group.bench_function(format!("{format:?}").to_lowercase(), |b| {
             b.iter(|| {
-                assert!(pool.alloc_bulk_with(BURST, |mut m| {
+                assert!(pool.alloc_bulk(&mut pending, BURST));
+                pending.iter_mut().for_each(|m| {
                     m.append(64);
-                    pending.push(m);
-                }));
+                });
                 sent += pair.tx.tx_burst(&mut pending) as u64;
                 iterations += 1;
                 device.poll().expect("device");

@@ -1,12 +1,26 @@
 //! Zero-copy packet buffers ([`Mbuf`]) and the pools they come from ([`Mempool`]).
 //!
-//! Every element of a pool lives in one DMA region: a 64-byte header the CPU alone touches,
-//! then `headroom` bytes (room for the 12-byte virtio-net header to be written in place, and for
-//! encapsulations), then the data room. An `Mbuf` owns one element: it moves into a ring and back
-//! out, and goes back to its pool when dropped.
+//! A pool has two parts. Its DMA region holds, per element, only `headroom` bytes (room for the
+//! 12-byte virtio-net header to be written in place, and for encapsulations) and the data
+//! room: the bytes a device may read or write. Every element's metadata ([`MbufHeader`]: where
+//! its buffer is, its bounds, its data window, its pool) lives in a header table of CPU-private
+//! memory, which is never mapped for a device nor shared with a vhost-user backend. An `Mbuf`
+//! points to its header; it moves into a ring and back out, and goes back to its pool when
+//! dropped.
 //!
 //! Accounting invariant: every element is, at any time, in exactly one place: the pool's shared
 //! store, one thread's cache, a ring's shadow state, or an `Mbuf` the application holds.
+//!
+//! # Threat model for packet data
+//! The device (or backend) is untrusted for everything it reports (ring entries, lengths, ids:
+//! the rings check them) and it can never reach an mbuf's metadata, so no write of its can
+//! turn into a bad pointer, bound or length in this process. It is trusted for one thing only:
+//! not to write a buffer it does not hold. [`Mbuf::data`] and [`Mbuf::data_mut`] hand out
+//! ordinary slices over DMA memory, as every zero-copy driver does; a device that breaks that
+//! rule and writes a buffer the application holds can change the bytes under such a slice (the
+//! application sees garbage data, which it must treat as untrusted input anyway), but it cannot
+//! change where the slice points nor how long it is. Code in this crate never derives a length,
+//! offset or pointer from packet bytes.
 #![allow(unsafe_code)]
 
 mod pool;
@@ -22,10 +36,17 @@ pub const DEFAULT_HEADROOM: u16 = 128;
 /// Default data room: a full 1514-byte frame plus its header, rounded to 2 KiB.
 pub const DEFAULT_DATA_ROOM: u16 = 2048;
 
-/// Per-element metadata, at the start of the element, outside the area a device may touch.
+/// Per-element metadata, one cache line in the pool's header table (CPU-private memory).
+///
+/// Invariants: `buf..buf + buf_len` is this element's buffer inside the pool's DMA region, at
+/// device address `buf_iova`; `data_off + data_len <= buf_len`; `pool` is the pool's shared
+/// state, alive while the element is out of its store. `buf`, `buf_iova`, `buf_len` and `pool`
+/// never change after the pool is built.
 #[repr(C, align(64))]
 pub(crate) struct MbufHeader {
-    /// IOVA of `buf` (the first headroom byte).
+    /// The first headroom byte, in the pool's DMA region.
+    buf: NonNull<u8>,
+    /// IOVA of `buf`.
     buf_iova: u64,
     /// Owning pool.
     pool: NonNull<pool::PoolShared>,
@@ -46,15 +67,6 @@ pub(crate) struct MbufHeader {
 }
 const _: () = assert!(core::mem::size_of::<MbufHeader>() == 64);
 
-impl MbufHeader {
-    /// Address of the first headroom byte.
-    #[inline(always)]
-    fn buf(this: NonNull<MbufHeader>) -> *mut u8 {
-        // SAFETY: the buffer immediately follows the header inside the same pool element.
-        unsafe { this.as_ptr().add(1).cast() }
-    }
-}
-
 /// An owned packet buffer from a [`Mempool`]. `Send`, not `Clone`; returned to its pool on drop.
 ///
 /// The data is `len()` bytes at offset `headroom()` of the buffer; bytes before it can be claimed
@@ -63,8 +75,8 @@ pub struct Mbuf {
     hdr: NonNull<MbufHeader>,
 }
 
-// SAFETY: an `Mbuf` is the unique owner of its element (the pool hands each element out once), so
-// moving it to another thread moves that ownership; the pool it points to is `Sync`.
+// SAFETY: an `Mbuf` is the unique owner of its element and header (the pool hands each element
+// out once), so moving it to another thread moves that ownership; the pool it points to is `Sync`.
 unsafe impl Send for Mbuf {}
 
 impl Mbuf {
@@ -83,7 +95,8 @@ impl Mbuf {
     /// Takes ownership of an element handed out by a pool.
     ///
     /// # Safety
-    /// `hdr` must be an element of a live pool that nothing else owns.
+    /// `hdr` must be the header of an element of a live pool, out of its store, that nothing
+    /// else owns.
     #[inline(always)]
     pub(crate) unsafe fn from_raw(hdr: NonNull<MbufHeader>) -> Mbuf {
         Mbuf { hdr }
@@ -146,17 +159,18 @@ impl Mbuf {
     #[inline(always)]
     pub fn data(&self) -> &[u8] {
         let h = self.header();
-        // SAFETY: `data_off + data_len <= buf_len` is kept by every mutator, the element is owned
-        // by this mbuf, and no device writes it while the application holds it.
-        unsafe { std::slice::from_raw_parts(MbufHeader::buf(self.hdr).add(h.data_off as usize), h.data_len as usize) }
+        // SAFETY: `data_off + data_len <= buf_len` (the header's invariant, kept by every mutator,
+        // and out of the device's reach), so the slice is inside this element's buffer, which this
+        // mbuf owns; the device does not write it while the application holds it (module docs).
+        unsafe { std::slice::from_raw_parts(h.buf.as_ptr().add(h.data_off as usize), h.data_len as usize) }
     }
 
     /// The packet data, writable.
     #[inline(always)]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        let (off, len) = (self.header().data_off as usize, self.header().data_len as usize);
+        let h = self.header();
         // SAFETY: as in `data`; `&mut self` makes the access unique.
-        unsafe { std::slice::from_raw_parts_mut(MbufHeader::buf(self.hdr).add(off), len) }
+        unsafe { std::slice::from_raw_parts_mut(h.buf.as_ptr().add(h.data_off as usize), h.data_len as usize) }
     }
 
     /// Grows the data by `n` bytes at the end and returns them, or `None` without enough tailroom.
@@ -191,7 +205,6 @@ impl Mbuf {
     /// more, measured with callgrind).
     #[inline(always)]
     pub(crate) fn prepend_zeroed<const N: usize>(&mut self) -> Option<(u64, u32)> {
-        let buf = MbufHeader::buf(self.hdr);
         let h = self.header_mut();
         if (h.data_off as usize) < N {
             return None;
@@ -199,9 +212,10 @@ impl Mbuf {
         h.data_off -= N as u16;
         h.data_len += N as u32;
         let (off, len, iova) = (h.data_off, h.data_len, h.buf_iova + h.data_off as u64);
-        // SAFETY: `off + N` is the old data offset, within the buffer, which this mbuf owns and
-        // no device writes while the application holds it; `[u8; N]` needs no alignment.
-        let header = unsafe { &mut *buf.add(off as usize).cast::<[u8; N]>() };
+        // SAFETY: `off + N` is the old data offset, within the buffer (the header's invariant),
+        // which this mbuf owns and no device writes while the application holds it; `[u8; N]`
+        // needs no alignment.
+        let header = unsafe { &mut *h.buf.as_ptr().add(off as usize).cast::<[u8; N]>() };
         if *header != [0; N] {
             *header = [0; N];
         }
@@ -302,7 +316,7 @@ impl Mbuf {
     /// Address of the buffer's first byte in this process.
     #[cfg(test)]
     pub(crate) fn buf_ptr(&self) -> *mut u8 {
-        MbufHeader::buf(self.hdr)
+        self.header().buf.as_ptr()
     }
 }
 

@@ -1,17 +1,26 @@
-//! The mempool: fixed-size elements carved from one DMA region, kept in a shared lock-free store
-//! with a cache per thread in front of it.
+//! The mempool: fixed-size buffers carved from one DMA region, their headers in a CPU-private
+//! table, kept in a shared lock-free store with a cache per thread in front of it.
 //!
 //! Invariants:
-//! - Each element is in exactly one of: the shared store, one thread's cache, an [`Mbuf`].
-//! - `available()` = store length + the sum of the published cache lengths. Caches publish their
-//!   length after taking from the store and before giving to it, so a concurrent reader can only
-//!   under-count what is free, never over-count.
-//! - The shared state outlives every element handed out: when the last [`Mempool`] handle drops
-//!   while buffers are still out, the state is leaked (with a warning) rather than freed.
+//! - Each element is in exactly one of: the shared store, one thread's cache, an [`Mbuf`] (held
+//!   by the application or a ring).
+//! - Lifetime is exact, never a snapshot: the shared state ([`PoolShared`]: region, header table,
+//!   store) is reference counted, and its holders are the [`Mempool`] handles, the thread caches,
+//!   and, together, the elements out of the store. `outstanding` counts the elements out of the
+//!   store; the taker that moves it from 0 takes one strong count for all of them and the giver
+//!   that brings it back to 0 releases it. So the region is unmapped only when no handle, no
+//!   cache and no element outside the store is left: an mbuf always points to live memory. A
+//!   leaked mbuf leaks its pool, never the other way round.
+//! - Every pointer to the shared state came from one `Arc::into_raw` (kept in each handle and
+//!   header), so strong counts are only ever taken through it.
+//! - No code outside this module runs while a thread's caches are borrowed.
+//! - [`PoolStats`] are a snapshot for monitoring: exact while the pool is quiescent, and
+//!   lifetime never depends on them.
 
 use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::ArrayQueue;
@@ -51,7 +60,7 @@ impl Default for MempoolConfig {
     }
 }
 
-/// A snapshot of a pool's counters.
+/// A snapshot of a pool's counters (exact while no thread is allocating or freeing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolStats {
     /// Buffers in the pool in total.
@@ -64,15 +73,76 @@ pub struct PoolStats {
     pub alloc_failures: u64,
 }
 
-/// An element pointer in the shared store.
+/// An element in the store or a cache: the pointer to its header.
 struct Elem(NonNull<MbufHeader>);
 // SAFETY: elements in the store are owned by nobody; whoever pops one becomes its sole owner.
 unsafe impl Send for Elem {}
 
+/// The pool's metadata: one [`MbufHeader`] per element, in an anonymous private mapping that is
+/// never given to a device (only [`DmaRegion`]s are mapped or shared).
+///
+/// Invariant: `ptr..ptr + len` headers are mapped read-write for the life of the value.
+struct HeaderTable {
+    ptr: NonNull<MbufHeader>,
+    len: usize,
+    bytes: usize,
+}
+
+impl HeaderTable {
+    /// Maps room for `len` headers (zeroed; the caller writes every one before use).
+    fn new(name: &str, len: usize) -> Result<HeaderTable> {
+        let bytes = (len * std::mem::size_of::<MbufHeader>()).next_multiple_of(4096);
+        // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::Mmap { len: bytes, source: std::io::Error::last_os_error() });
+        }
+        // Transparent huge pages where the kernel gives them: a large pool's headers then take
+        // few TLB entries, as they did when they shared the buffers' huge pages. Best effort.
+        // SAFETY: advice on the mapping just made.
+        if unsafe { libc::madvise(ptr, bytes, libc::MADV_HUGEPAGE) } != 0 {
+            tracing::debug!("mempool {name:?}: no transparent huge pages for the header table");
+        }
+        let ptr = NonNull::new(ptr.cast())
+            .ok_or(Error::Mmap { len: bytes, source: std::io::ErrorKind::InvalidData.into() })?;
+        Ok(HeaderTable { ptr, len, bytes })
+    }
+
+    /// The header of element `i`.
+    fn header(&self, i: usize) -> NonNull<MbufHeader> {
+        assert!(i < self.len);
+        // SAFETY: `i < len`, inside the mapping (the type's invariant); page alignment and the
+        // 64-byte header size keep every header 64-byte aligned.
+        unsafe { self.ptr.add(i) }
+    }
+}
+
+impl Drop for HeaderTable {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `new`; the pool is being freed, so no element (and
+        // no header pointer) is in use any more (module invariants).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
 pub(crate) struct PoolShared {
     name: String,
+    /// The buffers (headroom and data room of each element, nothing else).
     region: Arc<DmaRegion>,
+    /// The elements' metadata, out of the device's reach.
+    headers: HeaderTable,
     store: ArrayQueue<Elem>,
+    /// Elements out of the store (in caches, rings or the application's hands).
+    outstanding: AtomicUsize,
     count: u32,
     headroom: u16,
     /// Headroom + data room of every element.
@@ -89,27 +159,20 @@ unsafe impl Send for PoolShared {}
 unsafe impl Sync for PoolShared {}
 
 /// A pool of DMA buffers. Cloning gives another handle to the same pool.
-#[derive(Clone)]
 pub struct Mempool {
-    handle: Arc<Handle>,
-}
-
-/// The last handle checks that every buffer came back before the pool may be freed.
-struct Handle {
     shared: Arc<PoolShared>,
+    /// `shared` as `Arc::into_raw` gave it: the pointer every header and cache uses.
+    raw: NonNull<PoolShared>,
 }
 
-impl Drop for Handle {
-    fn drop(&mut self) {
-        let stats = self.shared.stats();
-        if stats.in_use > 0 {
-            tracing::warn!(
-                "mempool {:?} dropped with {} buffers still in use: leaking its memory so they stay valid",
-                self.shared.name,
-                stats.in_use
-            );
-            std::mem::forget(self.shared.clone());
-        }
+// SAFETY: `raw` is a second name for `shared`, which is `Send + Sync`.
+unsafe impl Send for Mempool {}
+// SAFETY: as above.
+unsafe impl Sync for Mempool {}
+
+impl Clone for Mempool {
+    fn clone(&self) -> Self {
+        Mempool { shared: self.shared.clone(), raw: self.raw }
     }
 }
 
@@ -135,11 +198,14 @@ impl Mempool {
                 u16::MAX - config.headroom
             )));
         }
-        let elt_size = (std::mem::size_of::<MbufHeader>() + buf_len as usize).next_multiple_of(64);
-        let region = Arc::new(DmaRegion::new(&config.name, elt_size * config.count as usize, config.huge_pages, iova)?);
+        let count = config.count as usize;
+        let elt_size = (buf_len as usize).next_multiple_of(64);
+        let region = Arc::new(DmaRegion::new(&config.name, elt_size * count, config.huge_pages, iova)?);
         let shared = Arc::new(PoolShared {
             name: config.name.clone(),
-            store: ArrayQueue::new(config.count as usize),
+            headers: HeaderTable::new(&config.name, count)?,
+            store: ArrayQueue::new(count),
+            outstanding: AtomicUsize::new(0),
             count: config.count,
             headroom: config.headroom,
             buf_len,
@@ -148,17 +214,22 @@ impl Mempool {
             cache_lens: Mutex::new(Vec::new()),
             region,
         });
-        let pool_ptr = NonNull::from(&*shared);
-        for i in 0..config.count as usize {
+        let raw = Arc::into_raw(shared);
+        // SAFETY: `raw` comes from `Arc::into_raw` just above; this takes that count back.
+        let shared = unsafe { Arc::from_raw(raw) };
+        // SAFETY: `into_raw` never returns null.
+        let raw = unsafe { NonNull::new_unchecked(raw.cast_mut()) };
+        for i in 0..count {
             let offset = i * elt_size;
-            // SAFETY: `offset + elt_size <= region.len()`, the region is 64-byte aligned (page
-            // aligned) and `elt_size` is a multiple of 64, so the header is aligned and in bounds;
-            // nobody else references the fresh region.
-            let hdr = unsafe {
-                let hdr = shared.region.as_ptr().add(offset).cast::<MbufHeader>();
+            let hdr = shared.headers.header(i);
+            // SAFETY: the header is inside the table and aligned (`HeaderTable::header`), and
+            // nothing else refers to the fresh table; `offset + buf_len <= region.len()`, so
+            // the buffer is inside the region.
+            unsafe {
                 hdr.write(MbufHeader {
-                    buf_iova: shared.region.iova() + (offset + std::mem::size_of::<MbufHeader>()) as u64,
-                    pool: pool_ptr,
+                    buf: NonNull::new_unchecked(shared.region.as_ptr().add(offset)),
+                    buf_iova: shared.region.iova() + offset as u64,
+                    pool: raw,
                     buf_len,
                     data_len: 0,
                     data_off: config.headroom,
@@ -166,61 +237,66 @@ impl Mempool {
                     rss_hash: 0,
                     ol_flags: 0,
                     user_data: 0,
-                });
-                NonNull::new_unchecked(hdr)
+                })
             };
             // Cannot fail: the store holds exactly `count` elements.
             let _ = shared.store.push(Elem(hdr));
         }
-        Ok(Mempool { handle: Arc::new(Handle { shared }) })
+        Ok(Mempool { shared, raw })
     }
 
-    fn shared(&self) -> &Arc<PoolShared> {
-        &self.handle.shared
-    }
-
-    /// The DMA region the buffers live in (to map it for a device).
-    pub fn region(&self) -> &Arc<DmaRegion> {
-        &self.shared().region
+    /// The DMA region the buffers live in (to map it for a device). Crate-private: a region is
+    /// handed to a transport, never to code that could lay something else over live buffers.
+    pub(crate) fn region(&self) -> &Arc<DmaRegion> {
+        &self.shared.region
     }
 
     /// The configured headroom.
     pub fn headroom(&self) -> u16 {
-        self.shared().headroom
+        self.shared.headroom
+    }
+
+    /// Bytes after the headroom in every buffer.
+    pub fn data_room(&self) -> u32 {
+        self.shared.buf_len - self.shared.headroom as u32
     }
 
     /// Counters: size, free, in use, allocation failures.
     pub fn stats(&self) -> PoolStats {
-        self.shared().stats()
+        self.shared.stats()
     }
 
     /// One empty buffer, or `None` (counted as an allocation failure) when the pool is empty.
     #[inline]
     pub fn alloc(&self) -> Option<Mbuf> {
         let mut out = None;
-        self.alloc_bulk_with(1, |m| out = Some(m));
-        out
-    }
-
-    /// Hands `n` empty buffers to `sink`, or none at all (counted as one allocation failure)
-    /// when fewer than `n` are free. Returns whether it did.
-    #[inline]
-    pub fn alloc_bulk_with(&self, n: usize, mut sink: impl FnMut(Mbuf)) -> bool {
-        let headroom = self.shared().headroom;
-        self.shared().take_bulk(n, |elems| {
+        let headroom = self.shared.headroom;
+        self.shared.take_bulk(self.raw, 1, |elems| {
             for elem in elems {
                 // SAFETY: taken from this thread's cache or the store, so owned by nobody else.
                 let mut mbuf = unsafe { Mbuf::from_raw(elem.0) };
                 mbuf.reset(headroom);
-                sink(mbuf);
+                out = Some(mbuf);
             }
-        })
+        });
+        out
     }
 
-    /// Appends `n` empty buffers to `out`, or none; see [`Mempool::alloc_bulk_with`]. `out` should
-    /// have the capacity reserved up front so that this does not allocate.
+    /// Appends `n` empty buffers to `out`, or none at all (counted as one allocation failure)
+    /// when fewer than `n` are free; returns whether it did (`rte_pktmbuf_alloc_bulk`). `out`
+    /// should have the capacity reserved up front so that this does not allocate.
+    #[inline]
     pub fn alloc_bulk(&self, out: &mut Vec<Mbuf>, n: usize) -> bool {
-        self.alloc_bulk_with(n, |m| out.push(m))
+        let headroom = self.shared.headroom;
+        out.reserve(n);
+        self.shared.take_bulk(self.raw, n, |elems| {
+            out.extend(elems.map(|elem| {
+                // SAFETY: taken from this thread's cache or the store, so owned by nobody else.
+                let mut mbuf = unsafe { Mbuf::from_raw(elem.0) };
+                mbuf.reset(headroom);
+                mbuf
+            }))
+        })
     }
 
     /// Appends `n` buffers to `out`, or none (counted as one allocation failure), without
@@ -228,21 +304,17 @@ impl Mempool {
     /// buffer). For receive rings, which set the whole window when a frame arrives.
     #[inline]
     pub(crate) fn alloc_bulk_unreset(&self, out: &mut Vec<Mbuf>, n: usize) -> bool {
-        self.shared().take_bulk(n, |elems| {
+        out.reserve(n);
+        self.shared.take_bulk(self.raw, n, |elems| {
             // SAFETY: taken from this thread's cache or the store, so owned by nobody else.
             out.extend(elems.map(|elem| unsafe { Mbuf::from_raw(elem.0) }));
         })
-    }
-
-    /// Bytes after the headroom in every buffer.
-    pub fn data_room(&self) -> u32 {
-        self.shared().buf_len - self.shared().headroom as u32
     }
 }
 
 impl std::fmt::Debug for Mempool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mempool").field("name", &self.shared().name).field("stats", &self.stats()).finish()
+        f.debug_struct("Mempool").field("name", &self.shared.name).field("stats", &self.stats()).finish()
     }
 }
 
@@ -255,40 +327,70 @@ impl PoolShared {
             .iter()
             .map(|len| len.load(Ordering::Relaxed))
             .sum();
-        let available = (self.store.len() + cached).min(self.count as usize) as u32;
+        let in_use = self.outstanding.load(Ordering::Acquire).saturating_sub(cached).min(self.count as usize) as u32;
         PoolStats {
             size: self.count,
-            available,
-            in_use: self.count - available,
+            available: self.count - in_use,
+            in_use,
             alloc_failures: self.alloc_failures.load(Ordering::Relaxed),
         }
     }
 
-    /// Moves up to `n` elements from the store into `cache`.
+    /// Accounts for `k` elements just popped from the store. The caller holds a strong count
+    /// (a handle or a cache), so the pool is alive while the elements' shared count is taken.
     #[inline]
-    fn refill(&self, cache: &mut LocalCache, n: usize) {
+    fn taken_from_store(&self, raw: NonNull<PoolShared>, k: usize) {
+        if k > 0 && self.outstanding.fetch_add(k, Ordering::Relaxed) == 0 {
+            // SAFETY: `raw` came from `Arc::into_raw` (module invariants) and the caller holds a
+            // strong count, so the count is at least 1.
+            unsafe { Arc::increment_strong_count(raw.as_ptr()) };
+        }
+    }
+
+    /// Accounts for `k` elements just pushed back to the store. The caller may hold no strong
+    /// count of its own (an mbuf dropped on a thread without a cache): the elements' shared
+    /// count keeps the pool alive until the `fetch_sub`, and `self` must not be touched after
+    /// this returns unless the caller holds a count.
+    #[inline]
+    fn returned_to_store(&self, raw: NonNull<PoolShared>, k: usize) {
+        if k > 0 && self.outstanding.fetch_sub(k, Ordering::Release) == k {
+            // Every access to the elements happens before the pool may be freed (as in `Arc`).
+            fence(Ordering::Acquire);
+            // SAFETY: `raw` came from `Arc::into_raw`; the count being released was taken in
+            // `taken_from_store` when `outstanding` left 0, and is released exactly once, when it
+            // comes back to 0.
+            unsafe { Arc::decrement_strong_count(raw.as_ptr()) };
+        }
+    }
+
+    /// Moves up to `n` elements from the store into `cache`; returns how many.
+    #[inline]
+    fn refill(&self, cache: &mut LocalCache, n: usize) -> usize {
+        let before = cache.objs.len();
         for _ in 0..n {
             match self.store.pop() {
                 Some(elem) => cache.objs.push(elem),
                 None => break,
             }
         }
-        cache.publish();
+        let taken = cache.objs.len() - before;
+        self.taken_from_store(cache.raw, taken);
+        taken
     }
 
     /// Moves elements from `cache` to the store until it holds `keep`.
     #[inline]
     fn flush(&self, cache: &mut LocalCache, keep: usize) {
-        let drained = cache.objs.len().saturating_sub(keep);
-        let start = cache.objs.len() - drained;
-        // Publish the shorter length first: readers may under-count, never over-count.
-        cache.len.store(start, Ordering::Relaxed);
+        let start = keep.min(cache.objs.len());
+        let drained = cache.objs.len() - start;
         for elem in cache.objs.drain(start..) {
-            self.give_back(elem);
+            self.push_store(elem);
         }
+        // The cache holds a strong count: the pool stays alive past this.
+        self.returned_to_store(cache.raw, drained);
     }
 
-    fn give_back(&self, elem: Elem) {
+    fn push_store(&self, elem: Elem) {
         if self.store.push(elem).is_err() {
             // Only a double free could overflow the store, and `Mbuf` ownership rules that out.
             tracing::error!("mempool {:?}: store overflow, an element was returned twice", self.name);
@@ -297,42 +399,52 @@ impl PoolShared {
 
     /// Hands `n` elements to `take`, from this thread's cache (refilled from the store when it
     /// holds fewer), or none at all, counted as one allocation failure, when fewer than `n` are
-    /// free. Returns whether it did.
+    /// free. Returns whether it did. `take` is this module's own code: it must not panic nor
+    /// call back into the pool.
     #[inline(always)]
-    fn take_bulk(&self, n: usize, mut take: impl FnMut(std::vec::Drain<'_, Elem>)) -> bool {
-        let ok = with_cache(self, |cache| {
+    fn take_bulk(&self, raw: NonNull<PoolShared>, n: usize, mut take: impl FnMut(std::vec::Drain<'_, Elem>)) -> bool {
+        let ok = with_cache(self, raw, |cache| {
             if cache.objs.len() < n {
-                self.refill(cache, n + self.cache_size - cache.objs.len());
+                let before = cache.objs.len();
+                self.refill(cache, n + self.cache_size - before);
                 if cache.objs.len() < n {
+                    // Not enough: what this refill took goes back, for other threads.
+                    self.flush(cache, before);
                     return false;
                 }
             }
             let start = cache.objs.len() - n;
             take(cache.objs.drain(start..));
-            cache.publish();
             true
         })
-        .unwrap_or_else(|| self.take_uncached(n, &mut take));
+        .unwrap_or_else(|| self.take_uncached(raw, n, &mut take));
         if !ok {
             self.alloc_failures.fetch_add(1, Ordering::Relaxed);
         }
         ok
     }
 
-    /// The path for a thread whose caches are gone (it is exiting) or for pools without a cache.
+    /// The path for a thread whose caches are gone (it is exiting) or for pools without a cache:
+    /// `n` elements straight from the store, or none.
     #[cold]
     #[inline(never)]
-    fn take_uncached(&self, n: usize, take: &mut impl FnMut(std::vec::Drain<'_, Elem>)) -> bool {
+    fn take_uncached(
+        &self,
+        raw: NonNull<PoolShared>,
+        n: usize,
+        take: &mut impl FnMut(std::vec::Drain<'_, Elem>),
+    ) -> bool {
         let mut taken = Vec::with_capacity(n);
         while taken.len() < n {
             match self.store.pop() {
                 Some(elem) => taken.push(elem),
                 None => {
-                    taken.into_iter().for_each(|e| self.give_back(e));
+                    taken.into_iter().for_each(|e| self.push_store(e));
                     return false;
                 }
             }
         }
+        self.taken_from_store(raw, n);
         take(taken.drain(..));
         true
     }
@@ -376,13 +488,13 @@ impl Recycler<'_> {
 
     #[inline(always)]
     fn put_raw(&mut self, hdr: NonNull<MbufHeader>) {
-        // SAFETY: every header's `pool` points to the live shared state of its pool (it outlives
-        // its elements, see the module invariants).
-        let shared = unsafe { hdr.as_ref().pool.as_ref() };
+        // SAFETY: the header is CPU-private and its `pool` never changes; the element is out of
+        // the store, so the pool is alive (module invariants).
+        let raw = unsafe { hdr.as_ref().pool };
         // The common case: the same pool as the last buffer, whose cache has room (`last` is
         // only set while `caches` is there).
         if let (Some(last), Some(caches)) = (self.last, self.caches.as_deref_mut()) {
-            if std::ptr::eq(last.pool, shared) {
+            if std::ptr::eq(last.pool, raw.as_ptr()) {
                 let cache = &mut caches[last.index];
                 if cache.objs.len() < last.limit {
                     cache.objs.push(Elem(hdr));
@@ -390,20 +502,24 @@ impl Recycler<'_> {
                 }
             }
         }
-        self.put_slow(shared, hdr);
+        self.put_slow(raw, hdr);
     }
 
     /// Another pool than the last buffer's, a full cache, or no cache.
     #[inline(never)]
-    fn put_slow(&mut self, shared: &PoolShared, hdr: NonNull<MbufHeader>) {
+    fn put_slow(&mut self, raw: NonNull<PoolShared>, hdr: NonNull<MbufHeader>) {
+        // SAFETY: as in `put_raw`: the element being returned keeps the pool alive.
+        let shared = unsafe { raw.as_ref() };
         let Some(caches) = self.caches.as_deref_mut().filter(|_| shared.cache_size > 0) else {
-            shared.give_back(Elem(hdr));
+            shared.push_store(Elem(hdr));
+            // The last use of `shared`: this element's share of the count may be the last one.
+            shared.returned_to_store(raw, 1);
             return;
         };
         let index = match self.last {
             Some(last) if std::ptr::eq(last.pool, shared) => last.index,
             _ => {
-                let index = cache_index(caches, shared);
+                let index = cache_index(caches, raw);
                 self.last = Some(LastPool { pool: shared, index, limit: 2 * shared.cache_size });
                 index
             }
@@ -417,8 +533,7 @@ impl Recycler<'_> {
 }
 
 impl Drop for Recycler<'_> {
-    /// Publishes the cache lengths once for the whole batch (until then the pool statistics
-    /// under-count what is free, which is the safe direction).
+    /// Publishes the cache lengths once for the whole batch.
     fn drop(&mut self) {
         if let Some(caches) = self.caches.as_deref() {
             caches.iter().for_each(LocalCache::publish);
@@ -427,7 +542,8 @@ impl Drop for Recycler<'_> {
 }
 
 /// Runs `f` with a [`Recycler`] over this thread's caches (or, while they are borrowed or torn
-/// down, one that gives buffers straight back to their pools' stores).
+/// down, one that gives buffers straight back to their pools' stores). `f` is this crate's own
+/// code (dropping mbufs into the recycler), never the application's.
 #[inline]
 pub(crate) fn recycle<R>(mut f: impl FnMut(&mut Recycler<'_>) -> R) -> R {
     let result = CACHES.try_with(|caches| {
@@ -441,27 +557,42 @@ pub(crate) fn recycle<R>(mut f: impl FnMut(&mut Recycler<'_>) -> R) -> R {
     result.unwrap_or_else(|_| f(&mut Recycler { caches: None, last: None }))
 }
 
-/// The index of this thread's cache for `shared` in `caches`, creating it on first use.
+/// The index of this thread's cache for the pool at `raw` in `caches`, creating it on first use.
 #[inline]
-fn cache_index(caches: &mut Vec<LocalCache>, shared: &PoolShared) -> usize {
-    match caches.iter().position(|c| std::ptr::eq(Arc::as_ptr(&c.pool), shared)) {
+fn cache_index(caches: &mut Vec<LocalCache>, raw: NonNull<PoolShared>) -> usize {
+    match caches.iter().position(|c| c.raw == raw) {
         Some(index) => index,
         None => {
-            caches.push(LocalCache::new(shared));
+            caches.push(LocalCache::new(raw));
             caches.len() - 1
         }
     }
 }
 
-/// A thread's cache for one pool.
+/// A thread's cache for one pool. It holds a strong count of the pool.
 struct LocalCache {
     pool: Arc<PoolShared>,
+    /// `pool` as `Arc::into_raw` gave it.
+    raw: NonNull<PoolShared>,
     objs: Vec<Elem>,
     /// `objs.len()` as other threads see it, for [`PoolStats`].
     len: Arc<AtomicUsize>,
 }
 
 impl LocalCache {
+    #[cold]
+    fn new(raw: NonNull<PoolShared>) -> LocalCache {
+        // SAFETY: `raw` came from `Arc::into_raw` (module invariants), and the pool is alive: the
+        // caller holds a handle, or an element out of the store.
+        let pool = unsafe {
+            Arc::increment_strong_count(raw.as_ptr());
+            Arc::from_raw(raw.as_ptr())
+        };
+        let len = Arc::new(AtomicUsize::new(0));
+        pool.cache_lens.lock().unwrap_or_else(|p| p.into_inner()).push(len.clone());
+        LocalCache { objs: Vec::with_capacity(3 * pool.cache_size + 64), pool, raw, len }
+    }
+
     #[inline(always)]
     fn publish(&self) {
         self.len.store(self.objs.len(), Ordering::Relaxed);
@@ -472,6 +603,7 @@ impl Drop for LocalCache {
     fn drop(&mut self) {
         let pool = self.pool.clone();
         pool.flush(self, 0);
+        self.publish();
         let mut lens = self.pool.cache_lens.lock().unwrap_or_else(|p| p.into_inner());
         lens.retain(|len| !Arc::ptr_eq(len, &self.len));
     }
@@ -482,38 +614,45 @@ thread_local! {
     static CACHES: RefCell<Vec<LocalCache>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on this thread's cache for `shared`, creating it on first use. `None` when the pool
-/// has no cache or the thread's caches are being torn down.
+/// A cache borrowed for one allocation: its length is published when the borrow ends, however
+/// it ends.
+struct Published<'a>(&'a mut LocalCache);
+
+impl Deref for Published<'_> {
+    type Target = LocalCache;
+    fn deref(&self) -> &LocalCache {
+        self.0
+    }
+}
+
+impl DerefMut for Published<'_> {
+    fn deref_mut(&mut self) -> &mut LocalCache {
+        self.0
+    }
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        self.0.publish();
+    }
+}
+
+/// Runs `f` on this thread's cache for `shared` (at `raw`), creating it on first use. `None`
+/// when the pool has no cache or the thread's caches are being torn down.
 #[inline]
-fn with_cache<R>(shared: &PoolShared, f: impl FnOnce(&mut LocalCache) -> R) -> Option<R> {
+fn with_cache<R>(shared: &PoolShared, raw: NonNull<PoolShared>, f: impl FnOnce(&mut LocalCache) -> R) -> Option<R> {
     if shared.cache_size == 0 {
         return None;
     }
     CACHES
         .try_with(|caches| {
             let mut caches = caches.try_borrow_mut().ok()?;
-            let index = cache_index(&mut caches, shared);
-            Some(f(&mut caches[index]))
+            let index = cache_index(&mut caches, raw);
+            let mut cache = Published(&mut caches[index]);
+            Some(f(&mut cache))
         })
         .ok()
         .flatten()
-}
-
-impl LocalCache {
-    #[cold]
-    fn new(shared: &PoolShared) -> LocalCache {
-        // SAFETY: `PoolShared` is only ever created inside an `Arc` (in `Mempool::new`), which
-        // is alive because the caller holds an element or a handle of the pool; taking another
-        // strong count and rebuilding an `Arc` from the same pointer is then sound.
-        let pool = unsafe {
-            let ptr: *const PoolShared = shared;
-            Arc::increment_strong_count(ptr);
-            Arc::from_raw(ptr)
-        };
-        let len = Arc::new(AtomicUsize::new(0));
-        pool.cache_lens.lock().unwrap_or_else(|p| p.into_inner()).push(len.clone());
-        LocalCache { objs: Vec::with_capacity(3 * pool.cache_size + 64), pool, len }
-    }
 }
 
 #[cfg(test)]
@@ -584,5 +723,106 @@ mod tests {
         producer.join().unwrap();
         assert_eq!(consumer.join().unwrap(), 70_000);
         assert_eq!(pool.stats().in_use, 0);
+    }
+
+    #[test]
+    fn metadata_is_out_of_the_device_region_and_survives_it_being_scribbled_over() {
+        let pool = pool(64, 8);
+        let mut held = Vec::with_capacity(64);
+        assert!(pool.alloc_bulk(&mut held, 32));
+        for (i, m) in held.iter_mut().enumerate() {
+            m.append(i + 1).unwrap().fill(i as u8);
+            m.set_user_data(i as u64);
+            assert!(!pool.region().contains(m.hdr.as_ptr().cast(), std::mem::size_of::<MbufHeader>()));
+        }
+        // A device (or a vhost-user backend) writes garbage over every byte it can reach.
+        let region = pool.region();
+        let mut rng = crate::testing::Rng::new(7);
+        for offset in (0..region.len()).step_by(8) {
+            // SAFETY: inside the region; every byte of it may be written by a device at any time.
+            unsafe { region.as_ptr().add(offset).cast::<u64>().write_volatile(rng.next_u64()) };
+        }
+        for (i, m) in held.iter().enumerate() {
+            assert_eq!((m.len(), m.headroom(), m.capacity(), m.user_data()), (i + 1, 128, 2176, i as u64));
+            assert!(region.contains(m.data().as_ptr(), m.len()));
+        }
+        drop(held);
+        assert_eq!(pool.stats().in_use, 0);
+        let m = pool.alloc().unwrap();
+        assert_eq!((m.len(), m.headroom()), (0, 128));
+    }
+
+    #[test]
+    fn a_failed_bulk_allocation_leaves_the_store_to_other_threads() {
+        let pool = pool(64, 8);
+        let mut held = Vec::with_capacity(64);
+        // 40 out, 8 more in this thread's cache: 16 left in the shared store.
+        assert!(pool.alloc_bulk(&mut held, 40));
+        let (failed_tx, failed_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let greedy = {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::with_capacity(32);
+                failed_tx.send(pool.alloc_bulk(&mut mine, 20)).unwrap();
+                // Stay alive (with this thread's cache) until the other thread has tried.
+                done_rx.recv().unwrap();
+            })
+        };
+        assert!(!failed_rx.recv().unwrap(), "20 asked, 16 in the store");
+        let other = pool.clone();
+        let got = std::thread::spawn(move || other.alloc_bulk(&mut Vec::with_capacity(16), 16)).join().unwrap();
+        done_tx.send(()).unwrap();
+        greedy.join().unwrap();
+        assert!(got, "the 16 stay in the shared store, not in the failed caller's cache");
+    }
+
+    /// Pools with and without caches, built and dropped on one thread while their buffers are
+    /// freed on others: the region must outlive every buffer, whatever the order of the drops.
+    /// (An mbuf used after its region was unmapped faults, or trips AddressSanitizer.)
+    #[test]
+    fn teardown_races_with_frees_on_other_threads() {
+        for round in 0..200u32 {
+            let cache = [0, 4, 32][round as usize % 3];
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<Mbuf>>();
+            let owner = std::thread::spawn(move || {
+                let pool = pool(64, cache);
+                for _ in 0..4 {
+                    let mut batch = Vec::with_capacity(16);
+                    assert!(pool.alloc_bulk(&mut batch, 16));
+                    tx.send(batch).unwrap();
+                }
+                // The handle, this thread's cache and the thread go; the buffers are still out.
+            });
+            let freers: Vec<_> = (0..2)
+                .map(|_| {
+                    let batches = (rx.recv().unwrap(), rx.recv().unwrap());
+                    std::thread::spawn(move || {
+                        for mut batch in [batches.0, batches.1] {
+                            if round % 2 == 0 {
+                                std::thread::yield_now();
+                            }
+                            for m in &mut batch {
+                                m.append(8).unwrap().fill(0x5a);
+                            }
+                            free_bulk(&mut batch);
+                        }
+                    })
+                })
+                .collect();
+            owner.join().unwrap();
+            freers.into_iter().for_each(|t| t.join().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_leaked_mbuf_keeps_its_pool_and_the_rest_is_exact() {
+        let pool = pool(8, 0);
+        let leaked = pool.alloc().unwrap();
+        let weak = Arc::downgrade(&pool.shared);
+        drop(pool);
+        assert!(weak.upgrade().is_some(), "an element out of the store keeps the pool alive");
+        drop(leaked);
+        assert!(weak.upgrade().is_none(), "the last element back frees the pool");
     }
 }

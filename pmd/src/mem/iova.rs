@@ -51,8 +51,12 @@ impl IovaAllocator {
         match &mut *mode {
             Mode::Identity => Ok(va),
             Mode::Ranges { ranges, current, next } => {
+                // `[start, start + len)` inside `r`, every sum checked: ranges may end at the top
+                // of the address space.
                 let fits = |r: &IovaRange, start: u64| {
-                    start.checked_add(len - 1).is_some_and(|last| start >= r.start && last <= r.end)
+                    len.checked_sub(1)
+                        .and_then(|last| start.checked_add(last))
+                        .is_some_and(|last| start >= r.start && last <= r.end)
                 };
                 if ranges.iter().any(|r| fits(r, va)) {
                     return Ok(va);
@@ -60,9 +64,13 @@ impl IovaAllocator {
                 while *current < ranges.len() {
                     let range = ranges[*current];
                     // Never IOVA 0: devices read a ring address of 0 as "not set up".
-                    let start = (*next).max(range.start).max(1).next_multiple_of(align);
-                    if fits(&range, start) {
-                        *next = start + len;
+                    let start = (*next).max(range.start).max(1).checked_next_multiple_of(align);
+                    if let Some(start) = start.filter(|&start| fits(&range, start)) {
+                        // The range's end, when the region fills it to the top: nothing is left.
+                        match start.checked_add(len) {
+                            Some(end) => *next = end,
+                            None => *current = ranges.len(),
+                        }
                         return Ok(start);
                     }
                     *current += 1;
@@ -97,5 +105,19 @@ mod tests {
         assert_eq!(narrow.assign(va, 0x20_0000, 0x20_0000).unwrap(), 0x100_0000);
         assert_eq!(narrow.assign(va, 0x80_0000, 0x20_0000).unwrap(), 0x120_0000);
         assert!(matches!(narrow.assign(va, 0x80_0000, 0x20_0000), Err(Error::IovaExhausted { .. })));
+    }
+
+    #[test]
+    fn ranges_at_the_top_of_the_address_space_do_not_overflow() {
+        let top = IovaAllocator::identity_within(vec![IovaRange { start: u64::MAX - 0x3f_ffff, end: u64::MAX }]);
+        let va = 0x7f00_0000_0000;
+        assert_eq!(top.assign(va, 0x20_0000, 0x20_0000).unwrap(), u64::MAX - 0x3f_ffff);
+        // This one ends at the last address: the range is then used up, without wrapping to 0.
+        assert_eq!(top.assign(va, 0x20_0000, 0x20_0000).unwrap(), u64::MAX - 0x1f_ffff);
+        assert!(matches!(top.assign(va, 0x1000, 0x1000), Err(Error::IovaExhausted { .. })));
+        // Alignment past the top, and a VA whose end would wrap, are refused, not wrapped.
+        let near = IovaAllocator::identity_within(vec![IovaRange { start: u64::MAX - 0xfff, end: u64::MAX }]);
+        assert!(matches!(near.assign(u64::MAX - 0xff, 0x1000, 0x20_0000), Err(Error::IovaExhausted { .. })));
+        assert!(matches!(near.assign(va, 0, 0x1000), Err(Error::IovaExhausted { .. })));
     }
 }

@@ -108,8 +108,10 @@ impl DmaRegion {
         self.huge
     }
 
-    /// The memfd backing the region (offset 0 is the region's first byte).
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    /// The memfd backing the region (offset 0 is the region's first byte), to share the region
+    /// with a vhost-user backend. Crate-private: writing through it, or resizing it (which its
+    /// seals refuse), would change memory under the references this crate hands out.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
@@ -143,7 +145,9 @@ fn round_up(len: usize, page: usize) -> usize {
 
 fn create_memfd(name: &str, huge: bool) -> Result<OwnedFd> {
     let cname = CString::new(name).unwrap_or_else(|_| c"virtio-pmd".to_owned());
-    let mut flags = libc::MFD_CLOEXEC;
+    // Sealable: `map` seals the size, so that nobody who gets the fd (a vhost-user backend)
+    // can shrink the file under the mapping (SIGBUS on the next access) or grow it.
+    let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     if huge {
         flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
     }
@@ -159,6 +163,13 @@ fn create_memfd(name: &str, huge: bool) -> Result<OwnedFd> {
 fn map(fd: &OwnedFd, len: usize) -> Result<NonNull<u8>> {
     // SAFETY: plain syscall on an fd we own.
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+        return Err(Error::Memfd(std::io::Error::last_os_error()));
+    }
+    // SAFETY: plain fcntl on an fd we own; F_SEAL_SEAL too, so the seals cannot be lifted.
+    if unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL)
+    } != 0
+    {
         return Err(Error::Memfd(std::io::Error::last_os_error()));
     }
     // SAFETY: a fresh shared mapping of our own memfd; MAP_POPULATE faults every page in now
@@ -203,6 +214,23 @@ mod tests {
         // SAFETY: reading one byte from our own fd into a local buffer.
         let n = unsafe { libc::pread(region.fd().as_raw_fd(), byte.as_mut_ptr().cast(), 1, 100) };
         assert_eq!((n, byte[0]), (1, 7));
+    }
+
+    #[test]
+    fn the_memfd_cannot_be_resized() {
+        for huge in [HugePages::Never, HugePages::Preferred] {
+            let region = DmaRegion::new("test", 4096, huge, &IovaAllocator::identity()).unwrap();
+            let fd = region.fd().as_raw_fd();
+            for len in [0, region.len() as libc::off_t * 2] {
+                // SAFETY: a resize attempt on our own fd; the seals must refuse it.
+                let rc = unsafe { libc::ftruncate(fd, len) };
+                assert_eq!(rc, -1, "ftruncate({len}) must fail on a sealed region");
+                assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
+            }
+            // SAFETY: reading the seals of our own fd.
+            let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+            assert_eq!(seals, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL);
+        }
     }
 
     #[test]

@@ -195,9 +195,12 @@ impl Drop for RegionMapping {
 
 /// `VFIO_IOMMU_MAP_DMA` of `region` at its IOVA, read-write, in `container`.
 pub(crate) fn map_dma(container: &VfioContainer, region: &DmaRegion) -> Result<(), VfioError> {
-    // SAFETY: `vfio_dma_map` asks that, while the mapping exists, the memory be reached only
-    // through raw pointers and volatile or atomic accesses, never a Rust reference: that is
-    // `DmaRegion`'s own invariant for its whole life. The contract ends when the range is
-    // unmapped from the IOMMU or munmapped, whichever comes first.
+    // SAFETY: `vfio_dma_map` lets the device write the range behind the compiler's back while
+    // the mapping exists. Nothing whose validity matters to Rust lives there (`DmaRegion`'s
+    // invariant): rings are reached only through raw pointers with volatile or atomic accesses,
+    // mbuf metadata lives in CPU-private memory, and the slices of packet data an mbuf hands out
+    // cover only a buffer its holder owns, which the device does not write (the mbuf module's
+    // threat model). The mapping stays valid until the range is unmapped from the IOMMU or
+    // munmapped, whichever comes first.
     unsafe { container.vfio_dma_map(region.iova(), region.len(), region.as_ptr()) }
 }
