@@ -17,7 +17,9 @@
 //! writes; when the time is up it either hangs up ([`AfterAttack::HangUp`]: the device is gone)
 //! or stays connected and quiet ([`AfterAttack::Stay`]).
 //!
-//! It serves one connection over a unix socket it creates, with the `vhost` crate's backend
+//! It serves one connection over a unix socket it creates, on threads of the process that starts
+//! it (a test, beside the driver process it runs: a library type rather than a binary, so that
+//! the test reads the backend's [`HostileReport`] directly), with the `vhost` crate's backend
 //! request handler as the message layer. Offered: `VERSION_1`, `VHOST_USER_F_PROTOCOL_FEATURES`,
 //! `IN_ORDER`, and `RING_PACKED` unless [`HostileConfig::offer_packed`] is false; protocol
 //! features: `REPLY_ACK` only (so the frontend assumes one queue pair).
