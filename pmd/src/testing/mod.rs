@@ -1,10 +1,12 @@
 //! Test support, behind the `testing` feature: a software device that plays the DEVICE side of
 //! packed and split rings ([`SoftDevice`], [`DeviceCore`]), fault injection ([`Fault`]), a
-//! counting notifier, and helpers that build driver queues on fresh ring memory. Reused by the
-//! unit and integration tests, the benches and the fuzz targets.
+//! counting notifier, helpers that build driver queues on fresh ring memory, and a hostile
+//! vhost-user backend ([`HostileBackend`]) that scribbles over everything it is given. Reused by
+//! the unit and integration tests, the benches and the fuzz targets.
 
 mod device_ring;
 mod fake_transport;
+mod hostile_backend;
 mod rng;
 mod soft_device;
 
@@ -13,6 +15,7 @@ use std::sync::Arc;
 
 pub use device_ring::{AddressSpace, NotifyMode, RingFault};
 pub use fake_transport::{FakeDeviceConfig, FakeTransport};
+pub use hostile_backend::{AfterAttack, AttackEnd, HostileBackend, HostileConfig, HostileReport, Target};
 pub use rng::Rng;
 pub use soft_device::{
     DeviceConfig, DeviceCore, DeviceStats, Fault, FaultPlan, FrameSink, FrameSource, Mode, QueueSpec, Role, SoftDevice,
