@@ -5,6 +5,7 @@
 
 mod device_ring;
 mod fake_transport;
+pub mod fuzz;
 mod rng;
 mod soft_device;
 
