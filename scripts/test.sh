@@ -56,6 +56,12 @@ cargo test --workspace --profile ci
 step "benches compile and run once"
 cargo test -p virtio-pmd-benches --benches --profile ci
 
+step "fuzz targets, 60 s of fuzzing in all (scripts/fuzz.sh)"
+scripts/fuzz.sh
+
+step "AddressSanitizer on the stress and port tests, ThreadSanitizer on the pool (scripts/sanitizers.sh)"
+scripts/sanitizers.sh
+
 if [ "$quick" = 1 ]; then
     echo "quick run: the VM stage was left out on request"
 else

@@ -6,6 +6,7 @@
 
 mod device_ring;
 mod fake_transport;
+pub mod fuzz;
 mod hostile_backend;
 mod rng;
 mod soft_device;
