@@ -55,13 +55,18 @@ for w in "${which[@]}"; do
             # - std's mpmc channels (a blocked receiver parks on a futex inside std): libtest's,
             #   which carries each test's result to the main thread, and the one the pool's
             #   cross-thread test sends mbufs through;
-            # - the drop of libtest's Arc around each test's closure (its fence is in libtest).
+            # - the drop of libtest's Arc around each test's closure (its fence is in libtest);
+            # - the pool's registry of cache lengths (a Vec<Arc<AtomicUsize>> behind std's Mutex,
+            #   whose futex lock is inside std): matched by that Vec's element type, which nothing
+            #   else in the pool uses. The pool's lifetime (PoolRef, `outstanding`) and its
+            #   stores and caches use only atomics compiled here, so TSan checks them.
             # A frame of std's channel code is in neither the pool's nor the rings' own stacks (no
             # test drops an mbuf inside a channel), so nothing of ours is hidden.
             suppressions=$(mktemp)
             trap 'rm -f "$suppressions"' EXIT
             printf '%s\n' 'race:std::sync::mpmc::' \
                 'race:alloc::sync::Arc<std::sync::poison::mutex::Mutex<core::option::Option<test::run_test' \
+                'race:alloc::vec::Vec<alloc::sync::Arc<core::sync::atomic::Atomic<usize>>>' \
                 >"$suppressions"
             RUSTFLAGS="$(flags thread)" TSAN_OPTIONS="halt_on_error=1:abort_on_error=1:suppressions=$suppressions" \
                 CARGO_TARGET_DIR=target/tsan \

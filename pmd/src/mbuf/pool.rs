@@ -5,14 +5,12 @@
 //! - Each element is in exactly one of: the shared store, one thread's cache, an [`Mbuf`] (held
 //!   by the application or a ring).
 //! - Lifetime is exact, never a snapshot: the shared state ([`PoolShared`]: region, header table,
-//!   store) is reference counted, and its holders are the [`Mempool`] handles, the thread caches,
-//!   and, together, the elements out of the store. `outstanding` counts the elements out of the
-//!   store; the taker that moves it from 0 takes one strong count for all of them and the giver
-//!   that brings it back to 0 releases it. So the region is unmapped only when no handle, no
-//!   cache and no element outside the store is left: an mbuf always points to live memory. A
-//!   leaked mbuf leaks its pool, never the other way round.
-//! - Every pointer to the shared state came from one `Arc::into_raw` (kept in each handle and
-//!   header), so strong counts are only ever taken through it.
+//!   store) is reference counted ([`PoolRef`]), and its holders are the [`Mempool`] handles, the
+//!   thread caches, and, together, the elements out of the store. `outstanding` counts the
+//!   elements out of the store; the taker that moves it from 0 takes one reference for all of
+//!   them and the giver that brings it back to 0 releases it. So the region is unmapped only
+//!   when no handle, no cache and no element outside the store is left: an mbuf always points to
+//!   live memory. A leaked mbuf leaks its pool, never the other way round.
 //! - No code outside this module runs while a thread's caches are borrowed.
 //! - [`PoolStats`] are a snapshot for monitoring: exact while the pool is quiescent, and
 //!   lifetime never depends on them.
@@ -20,7 +18,7 @@
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::ArrayQueue;
@@ -135,6 +133,8 @@ impl Drop for HeaderTable {
 }
 
 pub(crate) struct PoolShared {
+    /// References: handles, caches, and one for all the elements out of the store.
+    refs: AtomicUsize,
     name: String,
     /// The buffers (headroom and data room of each element, nothing else).
     region: Arc<DmaRegion>,
@@ -158,22 +158,88 @@ unsafe impl Send for PoolShared {}
 // SAFETY: as above.
 unsafe impl Sync for PoolShared {}
 
-/// A pool of DMA buffers. Cloning gives another handle to the same pool.
-pub struct Mempool {
-    shared: Arc<PoolShared>,
-    /// `shared` as `Arc::into_raw` gave it: the pointer every header and cache uses.
-    raw: NonNull<PoolShared>,
+/// A counted reference to a pool's shared state, freed with the last one. (An `Arc` of our own:
+/// the references held by the elements are taken and released through the same raw pointer the
+/// headers keep, and every decrement is one AcqRel RMW, an ordering ThreadSanitizer follows,
+/// where `Arc` pairs a release with a fence it does not model.)
+///
+/// Invariant: `self.0` is a live `PoolShared` allocated by `PoolRef::new`, and this value owns
+/// one of its `refs`.
+pub(crate) struct PoolRef(NonNull<PoolShared>);
+
+// SAFETY: a reference to `PoolShared`, which is `Send + Sync`; the count is atomic.
+unsafe impl Send for PoolRef {}
+// SAFETY: as above.
+unsafe impl Sync for PoolRef {}
+
+impl PoolRef {
+    fn new(shared: PoolShared) -> PoolRef {
+        shared.refs.store(1, Ordering::Relaxed);
+        PoolRef(NonNull::from(Box::leak(Box::new(shared))))
+    }
+
+    /// Takes one more reference to the pool at `raw`.
+    ///
+    /// # Safety
+    /// The pool must be alive for the duration of the call: the caller holds a reference, or
+    /// an element out of the store.
+    unsafe fn acquire(raw: NonNull<PoolShared>) -> PoolRef {
+        // Relaxed, as in `Arc::clone`: the caller's own reference orders what matters.
+        // SAFETY: alive, per the caller.
+        unsafe { raw.as_ref() }.refs.fetch_add(1, Ordering::Relaxed);
+        PoolRef(raw)
+    }
+
+    /// Gives up one reference to the pool at `raw`, freeing it with the last one.
+    ///
+    /// # Safety
+    /// The caller owns one reference (given up here) and does not touch the pool afterwards
+    /// unless it holds another.
+    unsafe fn release(raw: NonNull<PoolShared>) {
+        // AcqRel: this thread's uses of the pool happen before the free, and so do those of
+        // every thread that released before it.
+        // SAFETY: alive: the caller's reference counts.
+        if unsafe { raw.as_ref() }.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // SAFETY: the last reference: nothing else can reach the pool; it came from
+            // `Box::leak` in `new`.
+            drop(unsafe { Box::from_raw(raw.as_ptr()) });
+        }
+    }
+
+    /// The pointer every header and cache keeps.
+    #[inline(always)]
+    fn raw(&self) -> NonNull<PoolShared> {
+        self.0
+    }
 }
 
-// SAFETY: `raw` is a second name for `shared`, which is `Send + Sync`.
-unsafe impl Send for Mempool {}
-// SAFETY: as above.
-unsafe impl Sync for Mempool {}
-
-impl Clone for Mempool {
+impl Clone for PoolRef {
     fn clone(&self) -> Self {
-        Mempool { shared: self.shared.clone(), raw: self.raw }
+        // SAFETY: `self` is a reference, so the pool is alive.
+        unsafe { PoolRef::acquire(self.0) }
     }
+}
+
+impl Drop for PoolRef {
+    fn drop(&mut self) {
+        // SAFETY: this value owns one reference (the type's invariant) and is gone after this.
+        unsafe { PoolRef::release(self.0) }
+    }
+}
+
+impl Deref for PoolRef {
+    type Target = PoolShared;
+    #[inline(always)]
+    fn deref(&self) -> &PoolShared {
+        // SAFETY: alive while this reference exists (the type's invariant).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+/// A pool of DMA buffers. Cloning gives another handle to the same pool.
+#[derive(Clone)]
+pub struct Mempool {
+    shared: PoolRef,
 }
 
 impl Mempool {
@@ -201,7 +267,8 @@ impl Mempool {
         let count = config.count as usize;
         let elt_size = (buf_len as usize).next_multiple_of(64);
         let region = Arc::new(DmaRegion::new(&config.name, elt_size * count, config.huge_pages, iova)?);
-        let shared = Arc::new(PoolShared {
+        let shared = PoolRef::new(PoolShared {
+            refs: AtomicUsize::new(0),
             name: config.name.clone(),
             headers: HeaderTable::new(&config.name, count)?,
             store: ArrayQueue::new(count),
@@ -214,11 +281,7 @@ impl Mempool {
             cache_lens: Mutex::new(Vec::new()),
             region,
         });
-        let raw = Arc::into_raw(shared);
-        // SAFETY: `raw` comes from `Arc::into_raw` just above; this takes that count back.
-        let shared = unsafe { Arc::from_raw(raw) };
-        // SAFETY: `into_raw` never returns null.
-        let raw = unsafe { NonNull::new_unchecked(raw.cast_mut()) };
+        let raw = shared.raw();
         for i in 0..count {
             let offset = i * elt_size;
             let hdr = shared.headers.header(i);
@@ -242,7 +305,7 @@ impl Mempool {
             // Cannot fail: the store holds exactly `count` elements.
             let _ = shared.store.push(Elem(hdr));
         }
-        Ok(Mempool { shared, raw })
+        Ok(Mempool { shared })
     }
 
     /// The DMA region the buffers live in (to map it for a device). Crate-private: a region is
@@ -271,7 +334,7 @@ impl Mempool {
     pub fn alloc(&self) -> Option<Mbuf> {
         let mut out = None;
         let headroom = self.shared.headroom;
-        self.shared.take_bulk(self.raw, 1, |elems| {
+        self.shared.take_bulk(self.shared.raw(), 1, |elems| {
             for elem in elems {
                 // SAFETY: taken from this thread's cache or the store, so owned by nobody else.
                 let mut mbuf = unsafe { Mbuf::from_raw(elem.0) };
@@ -289,7 +352,7 @@ impl Mempool {
     pub fn alloc_bulk(&self, out: &mut Vec<Mbuf>, n: usize) -> bool {
         let headroom = self.shared.headroom;
         out.reserve(n);
-        self.shared.take_bulk(self.raw, n, |elems| {
+        self.shared.take_bulk(self.shared.raw(), n, |elems| {
             out.extend(elems.map(|elem| {
                 // SAFETY: taken from this thread's cache or the store, so owned by nobody else.
                 let mut mbuf = unsafe { Mbuf::from_raw(elem.0) };
@@ -305,7 +368,7 @@ impl Mempool {
     #[inline]
     pub(crate) fn alloc_bulk_unreset(&self, out: &mut Vec<Mbuf>, n: usize) -> bool {
         out.reserve(n);
-        self.shared.take_bulk(self.raw, n, |elems| {
+        self.shared.take_bulk(self.shared.raw(), n, |elems| {
             // SAFETY: taken from this thread's cache or the store, so owned by nobody else.
             out.extend(elems.map(|elem| unsafe { Mbuf::from_raw(elem.0) }));
         })
@@ -336,30 +399,29 @@ impl PoolShared {
         }
     }
 
-    /// Accounts for `k` elements just popped from the store. The caller holds a strong count
-    /// (a handle or a cache), so the pool is alive while the elements' shared count is taken.
+    /// Accounts for `k` elements just popped from the store. The caller holds a reference (a
+    /// handle or a cache), so the pool is alive while the elements' shared one is taken.
     #[inline]
     fn taken_from_store(&self, raw: NonNull<PoolShared>, k: usize) {
         if k > 0 && self.outstanding.fetch_add(k, Ordering::Relaxed) == 0 {
-            // SAFETY: `raw` came from `Arc::into_raw` (module invariants) and the caller holds a
-            // strong count, so the count is at least 1.
-            unsafe { Arc::increment_strong_count(raw.as_ptr()) };
+            // SAFETY: the caller holds a reference, so the pool is alive; the one taken here
+            // belongs to the elements, and `returned_to_store` gives it up.
+            std::mem::forget(unsafe { PoolRef::acquire(raw) });
         }
     }
 
-    /// Accounts for `k` elements just pushed back to the store. The caller may hold no strong
-    /// count of its own (an mbuf dropped on a thread without a cache): the elements' shared
-    /// count keeps the pool alive until the `fetch_sub`, and `self` must not be touched after
-    /// this returns unless the caller holds a count.
+    /// Accounts for `k` elements just pushed back to the store. The caller may hold no reference
+    /// of its own (an mbuf dropped on a thread without a cache): the elements' shared reference
+    /// keeps the pool alive until the `fetch_sub`, and `self` must not be touched after this
+    /// returns unless the caller holds a reference.
     #[inline]
     fn returned_to_store(&self, raw: NonNull<PoolShared>, k: usize) {
-        if k > 0 && self.outstanding.fetch_sub(k, Ordering::Release) == k {
-            // Every access to the elements happens before the pool may be freed (as in `Arc`).
-            fence(Ordering::Acquire);
-            // SAFETY: `raw` came from `Arc::into_raw`; the count being released was taken in
-            // `taken_from_store` when `outstanding` left 0, and is released exactly once, when it
-            // comes back to 0.
-            unsafe { Arc::decrement_strong_count(raw.as_ptr()) };
+        // Release: this thread's accesses to the pool (the push just made) happen before the
+        // pool may be freed; Acquire: so do those of every earlier giver.
+        if k > 0 && self.outstanding.fetch_sub(k, Ordering::AcqRel) == k {
+            // SAFETY: the reference given up is the elements' one, taken in `taken_from_store`
+            // when `outstanding` left 0 and released exactly once, when it comes back to 0.
+            unsafe { PoolRef::release(raw) };
         }
     }
 
@@ -386,7 +448,7 @@ impl PoolShared {
         for elem in cache.objs.drain(start..) {
             self.push_store(elem);
         }
-        // The cache holds a strong count: the pool stays alive past this.
+        // The cache holds a reference: the pool stays alive past this.
         self.returned_to_store(cache.raw, drained);
     }
 
@@ -569,10 +631,10 @@ fn cache_index(caches: &mut Vec<LocalCache>, raw: NonNull<PoolShared>) -> usize 
     }
 }
 
-/// A thread's cache for one pool. It holds a strong count of the pool.
+/// A thread's cache for one pool. It holds a reference to the pool.
 struct LocalCache {
-    pool: Arc<PoolShared>,
-    /// `pool` as `Arc::into_raw` gave it.
+    pool: PoolRef,
+    /// `pool.raw()`, kept beside it for the look-up.
     raw: NonNull<PoolShared>,
     objs: Vec<Elem>,
     /// `objs.len()` as other threads see it, for [`PoolStats`].
@@ -582,12 +644,8 @@ struct LocalCache {
 impl LocalCache {
     #[cold]
     fn new(raw: NonNull<PoolShared>) -> LocalCache {
-        // SAFETY: `raw` came from `Arc::into_raw` (module invariants), and the pool is alive: the
-        // caller holds a handle, or an element out of the store.
-        let pool = unsafe {
-            Arc::increment_strong_count(raw.as_ptr());
-            Arc::from_raw(raw.as_ptr())
-        };
+        // SAFETY: the pool is alive: the caller holds a handle, or an element out of the store.
+        let pool = unsafe { PoolRef::acquire(raw) };
         let len = Arc::new(AtomicUsize::new(0));
         pool.cache_lens.lock().unwrap_or_else(|p| p.into_inner()).push(len.clone());
         LocalCache { objs: Vec::with_capacity(3 * pool.cache_size + 64), pool, raw, len }
@@ -819,10 +877,11 @@ mod tests {
     fn a_leaked_mbuf_keeps_its_pool_and_the_rest_is_exact() {
         let pool = pool(8, 0);
         let leaked = pool.alloc().unwrap();
-        let weak = Arc::downgrade(&pool.shared);
+        // The pool's state holds its region: the region goes when the pool is freed.
+        let region = Arc::downgrade(pool.region());
         drop(pool);
-        assert!(weak.upgrade().is_some(), "an element out of the store keeps the pool alive");
+        assert!(region.upgrade().is_some(), "an element out of the store keeps the pool alive");
         drop(leaked);
-        assert!(weak.upgrade().is_none(), "the last element back frees the pool");
+        assert!(region.upgrade().is_none(), "the last element back frees the pool");
     }
 }
