@@ -73,27 +73,6 @@ pub struct PackedRing<T> {
 // is used from one thread at a time and tokens are `Send`.
 unsafe impl<T: Send> Send for PackedRing<T> {}
 
-/// The AVAIL/USED bits of a descriptor the device used in wrap lap `wrap`: both equal to the
-/// wrap counter (2.8.1).
-#[inline(always)]
-const fn used_bits(wrap: bool) -> u16 {
-    if wrap {
-        DESC_F_AVAIL | DESC_F_USED
-    } else {
-        0
-    }
-}
-
-/// The AVAIL/USED bits that mark a descriptor available in wrap lap `wrap` (2.8.1).
-#[inline(always)]
-const fn avail_bits(wrap: bool) -> u16 {
-    if wrap {
-        DESC_F_AVAIL
-    } else {
-        DESC_F_USED
-    }
-}
-
 impl<T: Send> PackedRing<T> {
     /// A fresh ring in `memory`. Used-buffer notifications are disabled (poll mode).
     pub fn new(memory: RingMemory, in_order: bool) -> Result<Self> {
@@ -150,18 +129,19 @@ impl<T: Send> PackedRing<T> {
     fn pop_used_single(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
         let (size, desc) = (self.size, self.desc);
         let limit = max.min(self.chains as usize) as u16;
-        let (mut slot, mut expect) = (self.used.idx(), used_bits(self.used.wrap()));
+        let mut used = self.used;
         let mut slots = self.shadow.slots();
         let mut done = 0u16;
         while done < limit {
+            let slot = used.idx();
             let len = if self.batch_left > 0 {
                 // Inside a batch: the last chain carries the used descriptor's length.
                 self.batch_left -= 1;
                 (self.batch_left == 0).then_some(self.batch_len)
             } else {
-                // SAFETY: `slot < size`: the descriptor is inside the ring memory.
+                // SAFETY: `slot < size` (RingPos invariant): the descriptor is inside the ring memory.
                 let (flags, id, len) = unsafe { Self::read_used_desc(desc.add(slot as usize)) };
-                if flags & (DESC_F_AVAIL | DESC_F_USED) != expect {
+                if flags & (DESC_F_AVAIL | DESC_F_USED) != used.used_flags() {
                     break;
                 }
                 if id == slot {
@@ -182,16 +162,11 @@ impl<T: Send> PackedRing<T> {
             // In flight: every slot from the used position on, `chains` of them.
             let Some(chain) = slots.take(slot) else { break };
             let used_len = chain.used_len(len, &mut self.errors);
-            slot += 1;
-            if slot == size {
-                // The end of the ring: the device's wrap counter flipped.
-                slot = 0;
-                expect ^= DESC_F_AVAIL | DESC_F_USED;
-            }
+            used.step(size);
             sink(chain.token, used_len);
             done += 1;
         }
-        self.used = RingPos::new(slot, expect != 0);
+        self.used = used;
         self.free += done;
         self.chains -= done;
         done as usize
@@ -287,7 +262,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
         let mut writable_len = 0u32;
         for (i, segment) in segments.iter().enumerate() {
             let slot = self.avail.idx();
-            let mut flags = avail_bits(self.avail.wrap());
+            let mut flags = self.avail.avail_flags();
             if segment.writable {
                 flags |= DESC_F_WRITE;
                 writable_len = writable_len.saturating_add(segment.len);
@@ -319,7 +294,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
                     })
                 };
             }
-            self.avail.advance(1, self.size);
+            self.avail.step(self.size);
         }
         self.free -= count as u16;
         self.chains += 1;
@@ -342,7 +317,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
             let slot = avail.idx();
             let Some(id) = self.alloc_id() else { return 0 };
             debug_assert!(!self.single || id == slot, "in order with one descriptor per chain, ids follow slots");
-            let flags = avail_bits(avail.wrap()) | if segment.writable { DESC_F_WRITE } else { 0 };
+            let flags = avail.avail_flags() | if segment.writable { DESC_F_WRITE } else { 0 };
             // SAFETY: `slot < size` (RingPos invariant), so the descriptor is inside the ring
             // memory; it is free, so the device does not read it now. It may be polling this
             // slot's flags, which are left alone.
@@ -354,36 +329,30 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
             }
             self.pending_head = Some((slot, flags));
             self.shadow.insert(id, token, 1, if segment.writable { segment.len } else { 0 });
-            avail.advance(1, size);
+            avail.step(size);
             added += 1;
         }
         if self.single {
-            // In order, ids follow slots: the id is the slot. The wrap counter flips at the end
-            // of the ring.
-            let (mut slot, mut bits) = (avail.idx(), avail_bits(avail.wrap()));
+            // In order, ids follow slots: the id is the slot.
             let mut slots = self.shadow.slots();
             for (segment, token) in chains.by_ref() {
-                let flags = bits | if segment.writable { DESC_F_WRITE } else { 0 };
-                // SAFETY: `slot < size`, so the descriptor is inside the ring memory.
+                let slot = avail.idx();
+                let flags = avail.avail_flags() | if segment.writable { DESC_F_WRITE } else { 0 };
+                // SAFETY: `slot < size` (RingPos invariant), so the descriptor is inside the ring memory.
                 Self::write_desc(unsafe { desc.add(slot as usize) }, segment.addr, segment.len, slot, flags);
                 slots.insert(slot, token, 1, if segment.writable { segment.len } else { 0 });
-                slot += 1;
-                if slot == size {
-                    slot = 0;
-                    bits ^= DESC_F_AVAIL | DESC_F_USED;
-                }
+                avail.step(size);
                 added += 1;
             }
-            avail = RingPos::new(slot, bits == DESC_F_AVAIL);
-            self.next_id = slot;
+            self.next_id = avail.idx();
         }
         for (segment, token) in chains {
             let Some(id) = self.alloc_id() else { break };
-            let flags = avail_bits(avail.wrap()) | if segment.writable { DESC_F_WRITE } else { 0 };
+            let flags = avail.avail_flags() | if segment.writable { DESC_F_WRITE } else { 0 };
             // SAFETY: `avail.idx() < size`, so the descriptor is inside the ring memory.
             Self::write_desc(unsafe { desc.add(avail.idx() as usize) }, segment.addr, segment.len, id, flags);
             self.shadow.insert(id, token, 1, if segment.writable { segment.len } else { 0 });
-            avail.advance(1, size);
+            avail.step(size);
             added += 1;
         }
         self.avail = avail;
@@ -440,7 +409,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
                 let slot = used.idx();
                 // SAFETY: `slot < size` (RingPos invariant): the descriptor is inside the ring memory.
                 let (flags, id, len) = unsafe { Self::read_used_desc(desc.add(slot as usize)) };
-                if flags & (DESC_F_AVAIL | DESC_F_USED) != used_bits(used.wrap()) {
+                if flags & (DESC_F_AVAIL | DESC_F_USED) != used.used_flags() {
                     break;
                 }
                 if !in_order {
