@@ -44,9 +44,10 @@ macro_rules! ring_state_methods {
         }
 
         fn drain(&mut self, sink: impl FnMut(T)) {
-            self.shadow.drain(sink);
-            self.chains = 0;
+            // Stopped first, so that a sink that panics leaves a ring that moves nothing more.
             self.broken = true;
+            self.chains = 0;
+            self.shadow.drain(sink);
         }
 
         fn addresses(&self) -> QueueAddresses {

@@ -90,6 +90,15 @@ impl RingPos {
         self.idx as u32 + if self.wrap() { 0 } else { size as u32 }
     }
 
+    /// How many slots this position is past `earlier` in a ring of `size` slots: the `n` for
+    /// which `earlier.advance(n, size)` gives this position. Requires that `n <= size`.
+    #[inline(always)]
+    pub const fn since(self, earlier: RingPos, size: u16) -> u16 {
+        let laps = 2 * size as u32;
+        let ahead = self.linear(size) + laps - earlier.linear(size);
+        (if ahead >= laps { ahead - laps } else { ahead }) as u16
+    }
+
     /// The position as the event suppression structure encodes it: offset in bits 0..14, wrap
     /// counter in bit 15 ("Event Suppression Structure Format", 2.8.10).
     #[inline(always)]
@@ -120,6 +129,7 @@ mod tests {
                 stepped.step(size);
             }
             prop_assert_eq!(stepped, slow);
+            prop_assert_eq!(fast.since(start, size), n);
             prop_assert!(fast.idx() < size);
             prop_assert_eq!(fast.linear(size), (start.linear(size) + n as u32) % (2 * size as u32));
         }
