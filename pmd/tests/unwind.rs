@@ -113,14 +113,18 @@ impl RingTest for PanickingIterator {
                     Some((_, token)) if token == start + 5 => panic!("the caller's iterator panics"),
                     next => next,
                 });
-                rig.ring.add_each(panicking);
+                // SAFETY: the buffers are slots of the rig's own region, one per token in flight
+                // (tokens in flight at once are distinct modulo SIZE); only the device reads them.
+                unsafe { rig.ring.add_each(panicking) };
             });
             assert_eq!(rig.ring.in_flight(), before + 5, "{shape}: the chains added before the panic are in flight");
             assert_eq!(rig.ring.free_descriptors(), SIZE - before - 5, "{shape}");
         }
         // Fill the ring: nothing overwrites the chains added before the panics.
         let rest: Vec<_> = (15..15 + SIZE as u32).map(|t| (rig.segment(t), t)).collect();
-        assert_eq!(rig.ring.add_each(rest.into_iter()), (SIZE - 10) as usize, "{shape}: the rest of the ring is free");
+        // SAFETY: as above.
+        let added = unsafe { rig.ring.add_each(rest.into_iter()) };
+        assert_eq!(added, (SIZE - 10) as usize, "{shape}: the rest of the ring is free");
         let mut returned = Vec::new();
         rig.finish(&mut returned);
         returned.sort_unstable();
@@ -141,7 +145,8 @@ impl RingTest for PanickingSink {
         for round in 0..3u32 {
             let base = round * SIZE as u32;
             let chains: Vec<_> = (base..base + 8).map(|t| (rig.segment(t), t)).collect();
-            assert_eq!(rig.ring.add_each(chains.into_iter()), 8, "{shape}");
+            // SAFETY: as in `PanickingIterator`.
+            assert_eq!(unsafe { rig.ring.add_each(chains.into_iter()) }, 8, "{shape}");
             rig.ring.publish();
             rig.complete();
             let mut handed = Vec::new();
@@ -160,7 +165,8 @@ impl RingTest for PanickingSink {
         }
         // And the whole ring still turns over.
         let chains: Vec<_> = (100..100 + SIZE as u32).map(|t| (rig.segment(t), t)).collect();
-        assert_eq!(rig.ring.add_each(chains.into_iter()), SIZE as usize, "{shape}");
+        // SAFETY: as in `PanickingIterator`.
+        assert_eq!(unsafe { rig.ring.add_each(chains.into_iter()) }, SIZE as usize, "{shape}");
         let mut returned = Vec::new();
         rig.finish(&mut returned);
         assert_eq!(returned.len(), SIZE as usize, "{shape}");

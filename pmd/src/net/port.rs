@@ -13,6 +13,10 @@
 //! into a buffer the application got back. When the reset fails and the device may still be
 //! there (a hung vhost-user backend), the buffers are leaked instead; a device that is gone for
 //! good (a backend that closed its connection) gives them back.
+//!
+//! The port meets [`Transport::setup_queue`]'s `unsafe` contract: the rings it hands the device
+//! lie in a region of their own, made and mapped here, and kept alive by the queues' rings.
+#![allow(unsafe_code)]
 
 use std::sync::{Arc, Mutex};
 
@@ -309,8 +313,12 @@ impl Port {
             let (rx_index, tx_index) = (2 * pair, 2 * pair + 1);
             let rx_ring = make_ring(rx_index)?;
             let tx_ring = make_ring(tx_index)?;
-            let rx_notify = transport.setup_queue(rx_index, size, format, rx_ring.addresses())?;
-            let tx_notify = transport.setup_queue(tx_index, size, format, tx_ring.addresses())?;
+            // SAFETY: both rings were just laid in `rings`, a region made for this port's rings
+            // alone and mapped for the device above; each ring's memory keeps the region alive,
+            // and its queue resets the device before the ring is dropped (`with_quiesce`).
+            let rx_notify = unsafe { transport.setup_queue(rx_index, size, format, rx_ring.addresses()) }?;
+            // SAFETY: as for the receive ring.
+            let tx_notify = unsafe { transport.setup_queue(tx_index, size, format, tx_ring.addresses()) }?;
             let rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id);
             queues.push((rx, TxQueue::new(tx_ring, tx_notify)));
         }

@@ -8,6 +8,11 @@
 //! once and runs a loop specialised for that format. No allocation, lock, system call (a kick
 //! is an MMIO write or, for vhost-user, an eventfd write the backend normally suppresses) or
 //! panic happens inside a burst.
+//!
+//! These queues are where the rings' `unsafe` contracts are met, so that their API is safe:
+//! every buffer posted is an mbuf the queue owns until the ring gives it back, and in-flight
+//! mbufs return to their pools only after the device was stopped ([`Quiesce`]), or are leaked.
+#![allow(unsafe_code)]
 
 use crate::mbuf::{recycle, Mbuf, Mempool};
 use crate::spec::net::{NetHeader, NET_HDR_LEN};
@@ -90,13 +95,17 @@ impl Drop for QueueCore {
     /// into a buffer must never see it reused.
     fn drop(&mut self) {
         if self.device.as_ref().is_none_or(|device| device.quiesce()) {
-            with_ring!(&mut self.ring, r => r.drain(drop));
+            // SAFETY: the device was just stopped (or, without a handle to it, the queue's
+            // creator stopped it before dropping the queue: `RxQueue::new`, `TxQueue::new`).
+            with_ring!(&mut self.ring, r => unsafe { r.drain(drop) });
         } else {
             let mut leaked = 0usize;
-            with_ring!(&mut self.ring, r => r.drain(|mbuf| {
+            // SAFETY: the device may still write the buffers, so none of them is handed back:
+            // every token is forgotten and its buffer never returns to its pool.
+            with_ring!(&mut self.ring, r => unsafe { r.drain(|mbuf| {
                 std::mem::forget(mbuf);
                 leaked += 1;
-            }));
+            }) });
             if leaked > 0 {
                 tracing::error!("the device could not be stopped: leaking its {leaked} in-flight buffers");
             }
@@ -167,9 +176,9 @@ queue_accessors!(TxQueue);
 
 impl RxQueue {
     /// A receive queue for `port` over `ring`, filled from `pool`. The ring is filled now; the
-    /// device must be told about it (and started) by the caller. Dropping returns the posted
-    /// buffers to the pool, after stopping the device given to [`RxQueue::with_quiesce`] (without
-    /// one, the caller must have stopped the device).
+    /// device must be told about it (and started) by the caller, and must reach `pool`'s region.
+    /// Dropping returns the posted buffers to the pool, after stopping the device given to
+    /// [`RxQueue::with_quiesce`] (without one, the caller must have stopped the device).
     pub(crate) fn new(ring: Ring, pool: Mempool, notify: Box<dyn Notify>, port: u16) -> RxQueue {
         let refill_threshold = (ring.size() / 8).clamp(4, 64);
         let mut queue = RxQueue {
@@ -258,7 +267,11 @@ impl RxQueue {
         });
         // All are taken: `free` descriptors are free and each buffer takes one.
         let kick = with_ring!(&mut self.core.ring, ring => {
-            ring.add_each(buffers);
+            // SAFETY: each buffer is an mbuf this queue owns, moved into the ring as the token
+            // of its chain until the ring gives it back; the posted window (from the header
+            // room before the pool's data offset to the end of the data room) lies inside the
+            // mbuf's buffer, in the pool's region, which the device reaches (see `new`).
+            unsafe { ring.add_each(buffers) };
             ring.publish()
         });
         self.core.published(kick);
@@ -322,7 +335,11 @@ impl TxQueue {
             Some((Segment { addr, len, writable: false }, mbuf))
         });
         // All are taken: `count` descriptors are free and each packet takes one.
-        let added = ring.add_each(frames);
+        // SAFETY: each frame is an mbuf this queue now owns, moved into the ring as the token of
+        // its chain until the ring gives it back; the segment (header and frame) lies inside the
+        // mbuf's buffer, and the device only reads it. (An mbuf of a pool the device cannot
+        // reach fails there, as a DMA error of the device, not in this process.)
+        let added = unsafe { ring.add_each(frames) };
         if count > 0 {
             counters.add_traffic(added as u64, bytes, drops);
             counters.set_errors(&ring.errors());

@@ -1,6 +1,7 @@
 //! A [`Transport`] backed by the software device: it keeps a virtio status register and
 //! feature words as a PCI device would, validates FEATURES_OK like QEMU does, and starts the
 //! software device in loopback on queue pair 0 at DRIVER_OK. For tests of the port layer.
+#![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -162,7 +163,7 @@ impl Transport for FakeTransport {
         Ok(())
     }
 
-    fn setup_queue(
+    unsafe fn setup_queue(
         &mut self,
         queue: u16,
         size: u16,

@@ -346,7 +346,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
     ring_state_methods!();
 
     #[inline(always)]
-    fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
+    unsafe fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
         let count = segments.len();
         if count == 0 || count > self.free as usize || self.broken || (self.single && count > 1) {
             return Err(token);
@@ -398,7 +398,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
     }
 
     #[inline(always)]
-    fn add_each(&mut self, chains: impl Iterator<Item = (Segment, T)>) -> usize {
+    unsafe fn add_each(&mut self, chains: impl Iterator<Item = (Segment, T)>) -> usize {
         if self.broken || self.free == 0 {
             return 0;
         }
