@@ -129,6 +129,9 @@ pub struct RxQueue {
     post_len: u32,
     /// Buffers on their way from the pool into the ring (capacity: the ring size).
     staging: Vec<Mbuf>,
+    /// The device asked to be notified of the buffers posted at set-up, which must wait for
+    /// [`RxQueue::start`] (no notification before DRIVER_OK).
+    kick_at_start: bool,
 }
 
 /// A transmit queue: takes frames, reclaims their mbufs once the device is done.
@@ -175,8 +178,10 @@ queue_accessors!(RxQueue);
 queue_accessors!(TxQueue);
 
 impl RxQueue {
-    /// A receive queue for `port` over `ring`, filled from `pool`. The ring is filled now; the
-    /// device must be told about it (and started) by the caller, and must reach `pool`'s region.
+    /// A receive queue for `port` over `ring`, filled from `pool`. The ring is filled and its
+    /// buffers made available now, without notifying the device ("Device Initialization",
+    /// 3.1.1: no notification before DRIVER_OK): call [`RxQueue::start`] once the device runs.
+    /// The device must be told about the ring by the caller, and must reach `pool`'s region.
     /// Dropping returns the posted buffers to the pool, after stopping the device given to
     /// [`RxQueue::with_quiesce`] (without one, the caller must have stopped the device).
     pub(crate) fn new(ring: Ring, pool: Mempool, notify: Box<dyn Notify>, port: u16) -> RxQueue {
@@ -190,9 +195,22 @@ impl RxQueue {
             pool,
             port,
             refill_threshold,
+            kick_at_start: false,
         };
-        queue.refill();
+        if let Some(kick) = queue.post() {
+            queue.kick_at_start = kick;
+            queue.core.counters.add_publish(false);
+        }
         queue
+    }
+
+    /// Sends the notification the buffers posted at set-up are owed, if the device asked for
+    /// one when they were published: once, after DRIVER_OK.
+    pub(crate) fn start(&mut self) {
+        if std::mem::take(&mut self.kick_at_start) {
+            self.core.notify.notify();
+            self.core.counters.add_kick();
+        }
     }
 
     /// Receives up to `out`'s spare capacity of frames, appending them to `out`; returns how
@@ -247,18 +265,29 @@ impl RxQueue {
         received
     }
 
-    /// Posts empty buffers in bulk once enough descriptors are free.
+    /// Posts empty buffers in bulk once enough descriptors are free, and notifies the device
+    /// if it asks for that.
     #[inline]
     fn refill(&mut self) {
+        if let Some(kick) = self.post() {
+            self.core.published(kick);
+        }
+    }
+
+    /// Posts empty buffers in bulk once enough descriptors are free, and publishes them;
+    /// returns whether the device asked to be notified (`None`: nothing posted).
+    #[inline(always)]
+    fn post(&mut self) -> Option<bool> {
         // Whole groups of four descriptors (one 64-byte cache line of a packed ring), so that a
         // backend's batched path applies (DPDK's vhost processes aligned batches of four).
         let free = with_ring!(&self.core.ring, r => r.free_descriptors()) & !3;
-        if free < self.refill_threshold {
-            return;
+        // A broken ring takes nothing more: checked before the pool is asked for buffers.
+        if free < self.refill_threshold || self.core.is_broken() {
+            return None;
         }
         if !self.pool.alloc_bulk_unreset(&mut self.staging, free as usize) {
             self.core.counters.add_alloc_failure();
-            return;
+            return None;
         }
         let (offset, len) = (self.post_offset, self.post_len);
         let buffers = self.staging.drain(..).map(move |mbuf| {
@@ -274,7 +303,7 @@ impl RxQueue {
             unsafe { ring.add_each(buffers) };
             ring.publish()
         });
-        self.core.published(kick);
+        Some(kick)
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use device_ring::{AddressSpace, NotifyMode, RingFault};
-pub use fake_transport::{FakeDeviceConfig, FakeTransport};
+pub use fake_transport::{FakeDeviceConfig, FakeEvent, FakeEvents, FakeTransport};
 pub use rng::Rng;
 pub use soft_device::{
     DeviceConfig, DeviceCore, DeviceStats, Fault, FaultPlan, FrameSink, FrameSource, Mode, QueueSpec, Role, SoftDevice,
@@ -99,8 +99,11 @@ pub fn queue_pair(spec: RingSpec, pool: &Mempool, port: u16) -> Result<QueuePair
     let tx_kicks = CountingNotify::default();
     let rx_spec = QueueSpec { format: spec.format, size: spec.size, addresses: rx_ring.addresses() };
     let tx_spec = QueueSpec { format: spec.format, size: spec.size, addresses: tx_ring.addresses() };
+    let mut rx = RxQueue::new(rx_ring, pool.clone(), Box::new(rx_kicks.clone()), port);
+    // No DRIVER_OK to wait for here: the notification owed for the posted buffers goes now.
+    rx.start();
     Ok(QueuePair {
-        rx: RxQueue::new(rx_ring, pool.clone(), Box::new(rx_kicks.clone()), port),
+        rx,
         tx: TxQueue::new(tx_ring, Box::new(tx_kicks.clone())),
         rx_kicks,
         tx_kicks,
