@@ -82,7 +82,7 @@ fn bad_id_is_detected_on_both_rings() {
             let (rx_err, tx_err, rx_broken, tx_broken, _) = run(spec, FaultPlan { fault: Fault::BadId, role, at: 100 });
             let (errors, broken) = if role == Role::Rx { (rx_err, rx_broken) } else { (tx_err, tx_broken) };
             if spec.format == RingFormat::Split && spec.in_order && role == Role::Tx {
-                // This ring reads no used entry (`SplitRing::without_used_lengths`): `used.idx`
+                // This ring reads no used entry (`Chains::OneDescriptorNoLengths`): `used.idx`
                 // alone counts the completions, so the bad id goes unread and loses nothing.
                 assert_eq!((errors, broken), (0, false), "{spec:?} {role:?}: an id that is never read");
                 continue;

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use virtio_pmd::mem::DmaRegion;
 use virtio_pmd::testing::{ring_memory, RingSpec};
 use virtio_pmd::transport::RingFormat;
-use virtio_pmd::virtqueue::{PackedRing, Segment, SplitRing, Virtqueue};
+use virtio_pmd::virtqueue::{Chains, PackedRing, Segment, SplitRing, Virtqueue};
 
 /// One step of the scenario.
 #[derive(Clone, Debug)]
@@ -96,10 +96,9 @@ proptest! {
         let (memory, region) = ring_memory(spec).unwrap();
         // The device may write the whole descriptor ring (used descriptors).
         let area = (area_at(&region, memory.addresses().desc), 16 * size as usize);
-        let ring = PackedRing::<u32>::new(memory, in_order).unwrap();
         // The queues' rings: one descriptor per chain, followed slot by slot when in order.
-        let ring = if one_descriptor_chains { ring.one_descriptor_chains() } else { ring };
-        run(ring, area, &steps);
+        let chains = if one_descriptor_chains { Chains::OneDescriptor } else { Chains::Any };
+        run(PackedRing::<u32>::new(memory, in_order, chains).unwrap(), area, &steps);
     }
 
     #[test]
@@ -113,10 +112,12 @@ proptest! {
         let (memory, region) = ring_memory(spec).unwrap();
         // The device may write the used ring (flags, idx, elements, avail_event).
         let area = (area_at(&region, memory.addresses().device), 6 + 8 * size as usize);
-        let ring = SplitRing::<u32>::new(memory, event_idx, in_order).unwrap();
-        let ring = if one_descriptor_chains { ring.one_descriptor_chains() } else { ring };
         // The transmit queues' rings: completions counted from `used.idx` alone.
-        let ring = if one_descriptor_chains && used_lengths_unread { ring.without_used_lengths() } else { ring };
-        run(ring, area, &steps);
+        let chains = match (one_descriptor_chains, used_lengths_unread) {
+            (false, _) => Chains::Any,
+            (true, false) => Chains::OneDescriptor,
+            (true, true) => Chains::OneDescriptorNoLengths,
+        };
+        run(SplitRing::<u32>::new(memory, event_idx, in_order, chains).unwrap(), area, &steps);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use virtio_pmd::mem::{DmaRegion, HugePages, IovaAllocator};
 use virtio_pmd::testing::{ring_memory, AddressSpace, DeviceConfig, DeviceCore, Mode, QueueSpec, RingSpec};
 use virtio_pmd::transport::RingFormat;
-use virtio_pmd::virtqueue::{PackedRing, Segment, SplitRing, Virtqueue};
+use virtio_pmd::virtqueue::{Chains, PackedRing, Segment, SplitRing, Virtqueue};
 
 const SIZE: u16 = 16;
 /// Bytes of each test buffer.
@@ -58,8 +58,8 @@ trait RingTest {
 fn for_each_ring(test: &impl RingTest) {
     for format in [RingFormat::Packed, RingFormat::Split] {
         for in_order in [false, true] {
-            for (one_descriptor, lengths_unread) in [(false, false), (true, false), (true, true)] {
-                if lengths_unread && format == RingFormat::Packed {
+            for chains in [Chains::Any, Chains::OneDescriptor, Chains::OneDescriptorNoLengths] {
+                if chains == Chains::OneDescriptorNoLengths && format == RingFormat::Packed {
                     continue;
                 }
                 let spec = RingSpec { format, size: SIZE, in_order, event_idx: false };
@@ -71,17 +71,14 @@ fn for_each_ring(test: &impl RingTest) {
                 let space = AddressSpace::new(vec![ring_region, buffers.clone()]);
                 let config = DeviceConfig { mode: Mode::Sink(None), in_order, ..Default::default() };
                 let device = DeviceCore::new(config, space, None, Some(queue)).expect("device");
-                let shape = format!("{format:?} in_order={in_order} one={one_descriptor} unread={lengths_unread}");
+                let shape = format!("{format:?} in_order={in_order} {chains:?}");
                 match format {
                     RingFormat::Packed => {
-                        let ring = PackedRing::new(memory, in_order).expect("packed ring");
-                        let ring = if one_descriptor { ring.one_descriptor_chains() } else { ring };
+                        let ring = PackedRing::new(memory, in_order, chains).expect("packed ring");
                         test.run(&shape, Rig { ring, device, buffers });
                     }
                     RingFormat::Split => {
-                        let ring = SplitRing::new(memory, false, in_order).expect("split ring");
-                        let ring = if one_descriptor { ring.one_descriptor_chains() } else { ring };
-                        let ring = if lengths_unread { ring.without_used_lengths() } else { ring };
+                        let ring = SplitRing::new(memory, false, in_order, chains).expect("split ring");
                         test.run(&shape, Rig { ring, device, buffers });
                     }
                 }

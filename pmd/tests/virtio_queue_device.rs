@@ -42,7 +42,7 @@ use common::{check_frame, frame_len, write_frame};
 use virtio_pmd::mem::{DmaRegion, HugePages, IovaAllocator};
 use virtio_pmd::testing::{ring_memory, RingSpec, Rng};
 use virtio_pmd::transport::{QueueAddresses, RingFormat};
-use virtio_pmd::virtqueue::{RingErrors, Segment, SplitRing, Virtqueue};
+use virtio_pmd::virtqueue::{Chains, RingErrors, Segment, SplitRing, Virtqueue};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -66,9 +66,9 @@ struct Config {
     event_idx: bool,
     in_order: bool,
     /// One descriptor per chain, through the bulk path the queues use (`add_each`), on a ring
-    /// limited to such chains (`one_descriptor_chains`).
+    /// limited to such chains (`Chains::OneDescriptor`).
     one_descriptor: bool,
-    /// With `one_descriptor`: the ring reads no used entries (`without_used_lengths`), as the
+    /// With `one_descriptor`: the ring reads no used entries (`Chains::OneDescriptorNoLengths`), as the
     /// transmit queues' rings do; completions then carry no length.
     lengths_unread: bool,
 }
@@ -110,9 +110,12 @@ fn split_ring<T: Send>(config: Config) -> (SplitRing<T>, Arc<DmaRegion>) {
         event_idx: config.event_idx,
     };
     let (memory, region) = ring_memory(spec).expect("ring memory");
-    let ring = SplitRing::new(memory, config.event_idx, config.in_order).expect("split ring");
-    let ring = if config.one_descriptor { ring.one_descriptor_chains() } else { ring };
-    (if config.lengths_unread { ring.without_used_lengths() } else { ring }, region)
+    let chains = match (config.one_descriptor, config.lengths_unread) {
+        (false, _) => Chains::Any,
+        (true, false) => Chains::OneDescriptor,
+        (true, true) => Chains::OneDescriptorNoLengths,
+    };
+    (SplitRing::new(memory, config.event_idx, config.in_order, chains).expect("split ring"), region)
 }
 
 /// A DMA region for buffers: `slots` slots of [`SLOT_BYTES`].

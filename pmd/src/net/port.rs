@@ -36,7 +36,7 @@ use crate::spec::features::{self, Features};
 use crate::spec::net::{self as net_spec, config as net_config};
 use crate::spec::status;
 use crate::transport::{RingFormat, Transport};
-use crate::virtqueue::{ring_bytes, PackedRing, RingMemory, SplitRing};
+use crate::virtqueue::{ring_bytes, Chains, PackedRing, RingMemory, SplitRing};
 
 /// Which ring layout to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -356,18 +356,19 @@ impl Port {
 
         let in_order = wanted.has(features::IN_ORDER);
         let event_idx = wanted.has(features::EVENT_IDX);
-        let make_ring = |index: u16| -> Result<Ring> {
+        // One descriptor per chain; transmit completions need no length.
+        let make_ring = |index: u16, chains: Chains| -> Result<Ring> {
             let memory = RingMemory::new(rings.clone(), per_ring * index as usize, format, size)?;
             Ok(match format {
-                RingFormat::Packed => Ring::Packed(PackedRing::new(memory, in_order)?.one_descriptor_chains()),
-                RingFormat::Split => Ring::Split(SplitRing::new(memory, event_idx, in_order)?.one_descriptor_chains()),
+                RingFormat::Packed => Ring::Packed(PackedRing::new(memory, in_order, chains)?),
+                RingFormat::Split => Ring::Split(SplitRing::new(memory, event_idx, in_order, chains)?),
             })
         };
         let quiesce: Arc<dyn Quiesce> = device.clone();
         for pair in 0..config.queue_pairs {
             let (rx_index, tx_index) = (2 * pair, 2 * pair + 1);
-            let rx_ring = make_ring(rx_index)?;
-            let tx_ring = make_ring(tx_index)?;
+            let rx_ring = make_ring(rx_index, Chains::OneDescriptor)?;
+            let tx_ring = make_ring(tx_index, Chains::OneDescriptorNoLengths)?;
             // SAFETY: both rings were just laid in `rings`, a region made for this port's rings
             // alone and mapped for the device above; each ring's memory keeps the region alive,
             // and its queue resets the device before the ring is dropped (`with_quiesce`).

@@ -17,6 +17,8 @@
 use crate::mbuf::{recycle, Mbuf, Mempool};
 use crate::spec::net::{NetHeader, NET_HDR_LEN};
 use crate::transport::{Notify, QueueAddresses};
+#[cfg(doc)]
+use crate::virtqueue::Chains;
 use crate::virtqueue::{PackedRing, Segment, SplitRing, Virtqueue};
 
 use std::sync::Arc;
@@ -308,16 +310,12 @@ impl RxQueue {
 }
 
 impl TxQueue {
-    /// A transmit queue over `ring`. Dropping returns the mbufs still in flight to their pools,
+    /// A transmit queue over `ring`, best built with [`Chains::OneDescriptorNoLengths`]
+    /// (transmit completions need no length). Dropping returns the mbufs still in flight to their pools,
     /// after stopping the device given to [`TxQueue::with_quiesce`] (without one, the caller
     /// must have stopped the device).
     pub(crate) fn new(ring: Ring, notify: Box<dyn Notify>) -> TxQueue {
         let reclaim_threshold = (ring.size() / 4).clamp(1, 32);
-        // Transmit completions need no length: a split ring then leaves its used entries unread.
-        let ring = match ring {
-            Ring::Split(split) => Ring::Split(split.without_used_lengths()),
-            packed => packed,
-        };
         TxQueue { core: QueueCore::new(ring, notify), reclaim_threshold }
     }
 

@@ -75,6 +75,28 @@ pub use split::SplitRing;
 
 use crate::transport::QueueAddresses;
 
+/// What a ring's chains look like, fixed when the ring is built ([`PackedRing::new`],
+/// [`SplitRing::new`]): the completion path follows from it once, and cannot change under
+/// chains already in flight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Chains {
+    /// Chains of any length, each completion with its used length.
+    #[default]
+    Any,
+    /// One descriptor per chain: the receive queues' rings. In order, completions are then
+    /// followed by position alone, and [`Virtqueue::add`] refuses longer chains.
+    OneDescriptor,
+    /// One descriptor per chain, and the caller needs no used lengths: the transmit queues'
+    /// rings. In order, a split ring then reads no used entry: `used.idx` alone says which
+    /// chains completed, every one up to it (a device may even write a single used entry for a
+    /// batch and skip the rest: "In-order use of descriptors", 2.7.9). Completions carry no
+    /// length, and ids go unread: a wrong one cannot lose a chain there, while a `used.idx`
+    /// beyond the chains in flight still stops the ring; the device finds the used ring's lines
+    /// still in its own cache when it writes them again, one ring later. A packed ring treats
+    /// it as [`OneDescriptor`](Self::OneDescriptor).
+    OneDescriptorNoLengths,
+}
+
 /// One buffer of a descriptor chain, as the device will see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {

@@ -4,7 +4,7 @@
 //! descriptor carrying id `x` also completes every older chain ("In-order use of descriptors",
 //! 2.8.8); without it they come from a queue of free ids. Either way the shadow knows each
 //! in-flight id's descriptor count, which is how far the used position skips. The receive and
-//! transmit queues' rings take one descriptor per chain ([`PackedRing::one_descriptor_chains`]):
+//! transmit queues' rings take one descriptor per chain ([`Chains::OneDescriptor`]):
 //! in order, an id is then its slot, and completions are followed slot by slot.
 //!
 //! The hot loops ([`Virtqueue::add_each`], [`Virtqueue::pop_used`]) keep the ring's positions in
@@ -26,7 +26,7 @@ use super::event::packed_need_event;
 use super::layout::RingMemory;
 use super::position::RingPos;
 use super::shadow::Shadow;
-use super::{RingErrors, Segment, UsedLen, Virtqueue};
+use super::{Chains, RingErrors, Segment, UsedLen, Virtqueue};
 use crate::error::{Error, Result};
 use crate::spec::packed::{
     EventSuppress, PackedDesc, DESC_F_AVAIL, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE, EVENT_FLAGS_DESC,
@@ -53,7 +53,7 @@ pub struct PackedRing<T> {
     chains: u16,
     /// IN_ORDER was negotiated: ids are sequential and completions may come in batches.
     in_order: bool,
-    /// IN_ORDER, and every chain is one descriptor ([`PackedRing::one_descriptor_chains`]): a
+    /// IN_ORDER, and every chain is one descriptor ([`Chains::OneDescriptor`]): a
     /// chain's id is its slot, so completions are followed slot by slot from the used position.
     single: bool,
     /// IN_ORDER: the id of the next chain added.
@@ -170,8 +170,9 @@ impl<T: Send> Drop for CompletingChains<'_, T> {
 }
 
 impl<T: Send> PackedRing<T> {
-    /// A fresh ring in `memory`. Used-buffer notifications are disabled (poll mode).
-    pub fn new(memory: RingMemory, in_order: bool) -> Result<Self> {
+    /// A fresh ring in `memory`, carrying `chains`. Used-buffer notifications are disabled
+    /// (poll mode).
+    pub fn new(memory: RingMemory, in_order: bool, chains: Chains) -> Result<Self> {
         let size = memory.size();
         if memory.format() != RingFormat::Packed || size == 0 || size > MAX_QUEUE_SIZE {
             return Err(Error::InvalidConfig(format!("packed ring size {size} must be 1..={MAX_QUEUE_SIZE}")));
@@ -187,7 +188,7 @@ impl<T: Send> PackedRing<T> {
             free: size,
             chains: 0,
             in_order,
-            single: false,
+            single: in_order && chains != Chains::Any,
             next_id: 0,
             oldest_id: 0,
             batch_left: 0,
@@ -207,15 +208,6 @@ impl<T: Send> PackedRing<T> {
                 .write_volatile(EventSuppress { desc: Le16::new(0), flags: Le16::new(EVENT_FLAGS_DISABLE) })
         };
         Ok(ring)
-    }
-
-    /// Limits the ring to one-descriptor chains (`add` refuses longer ones), which, in order,
-    /// lets completions be followed by slot alone: the receive and transmit queues' rings.
-    /// Only for a fresh ring.
-    pub fn one_descriptor_chains(mut self) -> Self {
-        debug_assert_eq!(self.free, self.size, "only for a fresh ring");
-        self.single = self.in_order;
-        self
     }
 
     /// In order with one descriptor per chain: a chain's id is its slot, chains complete slot

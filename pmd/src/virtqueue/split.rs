@@ -10,7 +10,7 @@
 //! entry is skipped and the queue stays usable (the chain the device meant stays in flight until
 //! [`Virtqueue::drain`]); with IN_ORDER nothing after it can be followed, so the ring stops.
 //! A transmit ring in order, with one descriptor per chain, reads no used entry at all
-//! ([`SplitRing::without_used_lengths`]): `used.idx` alone counts its completions.
+//! ([`Chains::OneDescriptorNoLengths`]): `used.idx` alone counts its completions.
 //!
 //! The one-descriptor bulk loops keep the ring's indices in locals, the fields of a guard
 //! ([`Adding`], [`Completing`]) whose `Drop` writes them back, so that a caller's iterator or
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use super::event::split_need_event;
 use super::layout::RingMemory;
 use super::shadow::Shadow;
-use super::{RingErrors, Segment, UsedLen, Virtqueue};
+use super::{Chains, RingErrors, Segment, UsedLen, Virtqueue};
 use crate::error::{Error, Result};
 use crate::spec::split::{
     avail, used, SplitDesc, UsedElem, AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY,
@@ -39,11 +39,11 @@ pub struct SplitRing<T> {
     mask: u16,
     event_idx: bool,
     in_order: bool,
-    /// IN_ORDER, and every chain is one descriptor ([`SplitRing::one_descriptor_chains`]): the
+    /// IN_ORDER, and every chain is one descriptor ([`Chains::OneDescriptor`]): the
     /// chain added `n`-th sits in descriptor `n mod size`, named by available ring entry
     /// `n mod size`, so the oldest chain in flight is at `last_used mod size`.
     single: bool,
-    /// `single`, and the caller needs no used lengths ([`SplitRing::without_used_lengths`]):
+    /// `single`, and the caller needs no used lengths ([`Chains::OneDescriptorNoLengths`]):
     /// completions are counted from `used.idx`, the used ring's entries are never read.
     count_only: bool,
     /// Our `avail.idx`, free-running.
@@ -151,9 +151,10 @@ impl<T: Send> Drop for Completing<'_, T> {
 }
 
 impl<T: Send> SplitRing<T> {
-    /// A fresh ring in `memory`. Used-buffer notifications are suppressed (poll mode): with
-    /// `event_idx` through `used_event`, otherwise with VIRTQ_AVAIL_F_NO_INTERRUPT.
-    pub fn new(memory: RingMemory, event_idx: bool, in_order: bool) -> Result<Self> {
+    /// A fresh ring in `memory`, carrying `chains`. Used-buffer notifications are suppressed
+    /// (poll mode): with `event_idx` through `used_event`, otherwise with
+    /// VIRTQ_AVAIL_F_NO_INTERRUPT.
+    pub fn new(memory: RingMemory, event_idx: bool, in_order: bool, chains: Chains) -> Result<Self> {
         let size = memory.size();
         if memory.format() != RingFormat::Split || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
             return Err(Error::InvalidConfig(format!(
@@ -168,8 +169,8 @@ impl<T: Send> SplitRing<T> {
             mask: size - 1,
             event_idx,
             in_order,
-            single: false,
-            count_only: false,
+            single: in_order && chains != Chains::Any,
+            count_only: in_order && chains == Chains::OneDescriptorNoLengths,
             avail_idx: 0,
             published_idx: 0,
             last_used: 0,
@@ -199,29 +200,6 @@ impl<T: Send> SplitRing<T> {
             }
         }
         Ok(ring)
-    }
-
-    /// Limits the ring to one-descriptor chains (`add` refuses longer ones), which, in order,
-    /// lets completions be followed by position alone: the receive and transmit queues' rings.
-    /// Only for a fresh ring.
-    pub fn one_descriptor_chains(mut self) -> Self {
-        debug_assert_eq!(self.free, self.size, "only for a fresh ring");
-        self.single = self.in_order;
-        self
-    }
-
-    /// For a caller that ignores used lengths (a transmit ring), after
-    /// [`one_descriptor_chains`](Self::one_descriptor_chains): in order, `used.idx` alone says
-    /// which chains completed, every one up to it (a device may even write a single used entry
-    /// for a batch and skip the rest: "In-order use of descriptors", 2.7.9), so the ring reads
-    /// no used entry. Completions carry no length, and ids go unread: a wrong one cannot lose a
-    /// chain here, while a `used.idx` beyond the chains in flight still stops the ring. The
-    /// device finds the used ring's lines still in its own cache when it writes them again, one
-    /// ring later. Only for a fresh ring; without IN_ORDER it changes nothing.
-    pub fn without_used_lengths(mut self) -> Self {
-        debug_assert_eq!(self.free, self.size, "only for a fresh ring");
-        self.count_only = self.single;
-        self
     }
 
     /// In order with one descriptor per chain, lengths unneeded: completes the oldest
