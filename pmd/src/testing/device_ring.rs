@@ -104,6 +104,12 @@ impl AddressSpace {
         Self { regions }
     }
 
+    /// The regions, in the order given to [`AddressSpace::new`] (for a test's hostile device:
+    /// everything a device can reach).
+    pub fn regions(&self) -> &[Arc<DmaRegion>] {
+        &self.regions
+    }
+
     /// The pointer for `[iova, iova+len)`, if it lies inside one region.
     pub fn translate(&self, iova: u64, len: u64) -> Result<*mut u8, RingFault> {
         self.regions
