@@ -241,14 +241,17 @@ fn bring_up(port: &mut VfioPciTransport, rings: &DmaRegion, index: u64) -> virti
         let addrs = QueueAddresses { desc: at, driver: at + 0x4000, device: at + 0x8000 };
         let max = port.max_queue_size(q)?;
         if let Some(too_big) = max.checked_mul(2) {
-            match port.setup_queue(q, too_big, format, addrs) {
+            // SAFETY: a size above the maximum is refused before any address is written.
+            match unsafe { port.setup_queue(q, too_big, format, addrs) } {
                 Err(e @ Error::QueueSizeRefused { .. }) => println!("{name}: as expected: {e}"),
                 Err(e) => return Err(e),
                 Ok(_) => return Err(Error::InvalidConfig(format!("{name}: queue size {too_big} accepted"))),
             }
         }
         let size = max.min(256);
-        notifiers.push(port.setup_queue(q, size, format, addrs)?);
+        // SAFETY: the queue's 64 KiB slot of `rings`, a region this probe uses for its rings
+        // alone, mapped in the container; it outlives the port, which is reset before returning.
+        notifiers.push(unsafe { port.setup_queue(q, size, format, addrs) }?);
         println!("{name}: queue {q} {format:?} size {size} at IOVA {at:#x} enabled");
     }
     let all = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;

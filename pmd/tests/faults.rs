@@ -82,7 +82,7 @@ fn bad_id_is_detected_on_both_rings() {
             let (rx_err, tx_err, rx_broken, tx_broken, _) = run(spec, FaultPlan { fault: Fault::BadId, role, at: 100 });
             let (errors, broken) = if role == Role::Rx { (rx_err, rx_broken) } else { (tx_err, tx_broken) };
             if spec.format == RingFormat::Split && spec.in_order && role == Role::Tx {
-                // This ring reads no used entry (`SplitRing::without_used_lengths`): `used.idx`
+                // This ring reads no used entry (`Chains::OneDescriptorNoLengths`): `used.idx`
                 // alone counts the completions, so the bad id goes unread and loses nothing.
                 assert_eq!((errors, broken), (0, false), "{spec:?} {role:?}: an id that is never read");
                 continue;
@@ -122,5 +122,44 @@ fn a_buffer_used_twice_is_detected() {
             let errors = if role == Role::Rx { rx_err } else { tx_err };
             assert!(errors >= 1, "{spec:?} {role:?}: the second completion is counted");
         }
+    }
+}
+
+#[test]
+fn a_broken_receive_ring_takes_nothing_more_from_the_pool() {
+    for format in [RingFormat::Packed, RingFormat::Split] {
+        let spec = RingSpec { format, size: 64, in_order: true, event_idx: false };
+        let pool = test_pool(256);
+        let QueuePair { mut rx, rx_spec, space, .. } = queue_pair(spec, &pool, 0).expect("queues");
+        // A source device whose 30th completion names an id the driver never gave out: an
+        // in-order ring cannot follow anything after it, and stops.
+        let config = DeviceConfig {
+            mode: Mode::Source { count: u64::MAX, source: None },
+            in_order: true,
+            fault: Some(FaultPlan { fault: Fault::BadId, role: Role::Rx, at: 30 }),
+            ..Default::default()
+        };
+        let mut device = DeviceCore::new(config, space, Some(rx_spec), None).expect("device");
+        let mut received: Vec<Mbuf> = Vec::with_capacity(64);
+        for _ in 0..100 {
+            if rx.is_broken() {
+                break;
+            }
+            device.poll().expect("device");
+            rx.rx_burst(&mut received);
+            received.clear();
+        }
+        assert!(rx.is_broken(), "{format:?}: the bad id stopped the ring");
+        let (stats, pool_stats) = (rx.stats(), pool.stats());
+        for _ in 0..10 {
+            device.poll().expect("device");
+            assert_eq!(rx.rx_burst(&mut received), 0);
+        }
+        // Nothing posted: no publish counted, no allocation tried (and none failed).
+        assert_eq!(rx.stats(), stats, "{format:?}: a broken ring is refilled no more");
+        assert_eq!(pool.stats(), pool_stats, "{format:?}: the pool is not asked for buffers");
+        drop(device);
+        drop(rx);
+        assert_eq!(pool.stats().in_use, 0);
     }
 }

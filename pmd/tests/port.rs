@@ -5,15 +5,17 @@
 mod common;
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{check_frame, frame_len, test_pool, write_frame, SeenSet};
-use virtio_pmd::mbuf::{Mbuf, Mempool};
+use virtio_pmd::mbuf::{Mbuf, Mempool, MempoolConfig};
 use virtio_pmd::mem::{HugePages, IovaAllocator};
 use virtio_pmd::net::{Port, PortConfig, RingChoice};
 use virtio_pmd::spec::features::{self, Features};
 use virtio_pmd::spec::net as net_spec;
-use virtio_pmd::testing::{FakeDeviceConfig, FakeTransport, NotifyMode};
+use virtio_pmd::spec::status;
+use virtio_pmd::testing::{FakeDeviceConfig, FakeEvent, FakeTransport, NotifyMode};
 use virtio_pmd::transport::RingFormat;
 use virtio_pmd::Error;
 
@@ -26,6 +28,7 @@ fn device(offered: &[u32]) -> FakeDeviceConfig {
         mtu: 1500,
         notify: NotifyMode::Never,
         behind_iommu: false,
+        refuse_driver_ok: false,
     }
 }
 
@@ -202,4 +205,67 @@ fn behind_an_iommu_the_device_must_offer_access_platform() {
     assert!(err.contains("ACCESS_PLATFORM") && err.contains("iommu_platform=on"), "{err}");
     let port = open_behind_iommu(MODERN).expect("offered: accepted");
     assert!(port.features().has(features::ACCESS_PLATFORM));
+}
+
+#[test]
+fn the_device_is_notified_only_after_driver_ok() {
+    for ring in [RingChoice::Packed, RingChoice::Split] {
+        let pool = test_pool(1024);
+        let transport = FakeTransport::new(device(MODERN));
+        let events = transport.events.clone();
+        let port = Port::open(Box::new(transport), &pool, &PortConfig { ring, ..config() }, &IovaAllocator::identity())
+            .expect("port");
+        let events = events.lock().unwrap().clone();
+        let driver_ok = events
+            .iter()
+            .position(|e| matches!(e, FakeEvent::Status(s) if s & status::DRIVER_OK != 0))
+            .expect("DRIVER_OK was set");
+        let first_kick = events.iter().position(|e| matches!(e, FakeEvent::Notify(_)));
+        // 3.1.1: "The driver MUST NOT send any buffer available notifications to the device
+        // before setting DRIVER_OK." The receive ring was filled before; its kick comes after.
+        assert!(first_kick.is_some_and(|k| k > driver_ok), "{ring:?}: {events:?}");
+        assert_eq!(events.iter().filter(|e| **e == FakeEvent::Notify(0)).count(), 1, "{ring:?}: one kick: {events:?}");
+        assert_eq!(port.stats().rx.kicks, 1);
+        drop(port);
+        assert_eq!(pool.stats().in_use, 0);
+    }
+}
+
+#[test]
+fn a_failed_initialisation_resets_the_device_before_the_buffers_return() {
+    let pool = test_pool(1024);
+    let mut transport = FakeTransport::new(FakeDeviceConfig { refuse_driver_ok: true, ..device(MODERN) });
+    // What the pool held out at each reset.
+    let in_use_at_reset = Arc::new(Mutex::new(Vec::new()));
+    let (probe_pool, seen) = (pool.clone(), in_use_at_reset.clone());
+    transport.on_reset = Some(Box::new(move || seen.lock().unwrap().push(probe_pool.stats().in_use)));
+    let err = Port::open(Box::new(transport), &pool, &config(), &IovaAllocator::identity()).unwrap_err();
+    assert!(err.to_string().contains("DRIVER_OK"), "{err}");
+    let seen = in_use_at_reset.lock().unwrap().clone();
+    // The receive ring was filled when DRIVER_OK failed: a reset must come while its buffers
+    // are still out, i.e. before they go back to the pool.
+    assert!(seen.iter().any(|&n| n > 0), "no reset before the receive buffers returned: {seen:?}");
+    assert_eq!(pool.stats().in_use, 0, "and they all came back");
+}
+
+#[test]
+fn a_pool_whose_data_room_cannot_hold_a_frame_is_refused() {
+    let small = Mempool::new(
+        &MempoolConfig { count: 512, data_room: 1024, huge_pages: HugePages::Never, ..Default::default() },
+        &IovaAllocator::identity(),
+    )
+    .expect("pool");
+    // Without VIRTIO_NET_F_MTU: 1500 + 14 bytes.
+    let without_mtu: Vec<u32> = MODERN.iter().copied().filter(|&f| f != net_spec::F_MTU).collect();
+    let err = open(&without_mtu, &config(), &small).unwrap_err().to_string();
+    assert!(err.contains("1514") && err.contains("data room"), "{err}");
+    assert_eq!(small.stats().in_use, 0);
+    // With it, the device's MTU counts: 9000 + 14 bytes do not fit the default data room.
+    let pool = test_pool(512);
+    let jumbo = FakeDeviceConfig { mtu: 9000, ..device(MODERN) };
+    let err = Port::open(Box::new(FakeTransport::new(jumbo)), &pool, &config(), &IovaAllocator::identity())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("9014") && err.contains("MempoolConfig::data_room"), "{err}");
+    assert_eq!(pool.stats().in_use, 0);
 }

@@ -16,7 +16,7 @@ use virtio_pmd::mem::{DmaRegion, HugePages, IovaAllocator, HUGE_PAGE_SIZE};
 use virtio_pmd::spec::features::{self, Features};
 use virtio_pmd::spec::{net, split, status};
 use virtio_pmd::transport::vhost_user::{VhostUserConfig, VhostUserTransport, MAX_REGIONS};
-use virtio_pmd::transport::{QueueAddresses, RingFormat, Transport};
+use virtio_pmd::transport::{Notify, QueueAddresses, RingFormat, Transport};
 
 const RING: u16 = 1024;
 /// Ring memory per queue inside the test region.
@@ -41,6 +41,20 @@ fn ring_addresses(region: &DmaRegion, queue: u16, size: u16, format: RingFormat)
         });
     assert!(device + round(split::used::bytes(size) as u64) <= region.iova() + region.len() as u64);
     QueueAddresses { desc, driver, device }
+}
+
+/// [`Transport::setup_queue`] for these tests' rings.
+fn setup_queue(
+    t: &mut VhostUserTransport,
+    queue: u16,
+    size: u16,
+    format: RingFormat,
+    addresses: QueueAddresses,
+) -> Result<Box<dyn Notify>, Error> {
+    // SAFETY: the areas are zeroed slots of a region these tests use for rings alone, or
+    // addresses the transport must refuse; nothing here reads or writes those rings, and the
+    // backend, another process, reaches this process's memory only through the mapped regions.
+    unsafe { t.setup_queue(queue, size, format, addresses) }
 }
 
 fn config(testpmd: &VhostTestpmd) -> VhostUserConfig {
@@ -88,7 +102,7 @@ fn bring_up(
     let mut notifiers = Vec::new();
     for q in 0..queues {
         assert!(t.max_queue_size(q).unwrap() >= RING);
-        notifiers.push(t.setup_queue(q, RING, format, ring_addresses(region, q, RING, format)).unwrap());
+        notifiers.push(setup_queue(&mut t, q, RING, format, ring_addresses(region, q, RING, format)).unwrap());
     }
     t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK).unwrap();
     let ready = started.elapsed();
@@ -171,7 +185,7 @@ fn multiqueue_and_reconfigure_on_one_connection() {
     testpmd.wait_for("show port info 0", "Link status: down", Duration::from_secs(5));
     negotiate(&mut t, RingFormat::Split);
     for q in 0..4 {
-        t.setup_queue(q, RING, RingFormat::Split, ring_addresses(&region, q, RING, RingFormat::Split)).unwrap();
+        setup_queue(&mut t, q, RING, RingFormat::Split, ring_addresses(&region, q, RING, RingFormat::Split)).unwrap();
     }
     t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK).unwrap();
     testpmd.wait_for("show port info 0", "Link status: up", Duration::from_secs(5));
@@ -193,24 +207,26 @@ fn memory_table_limits() {
 
     // DPDK accepts a table of seven regions, huge and small pages mixed.
     for q in 0..2 {
-        t.setup_queue(q, RING, RingFormat::Packed, ring_addresses(&rings, q, RING, RingFormat::Packed)).unwrap();
+        setup_queue(&mut t, q, RING, RingFormat::Packed, ring_addresses(&rings, q, RING, RingFormat::Packed)).unwrap();
     }
     // Ring addresses outside every region are refused before anything is sent.
     let outside = QueueAddresses { desc: 0x1000, driver: 0x2000, device: 0x3000 };
     t.reset().unwrap();
     negotiate(&mut t, RingFormat::Packed);
-    let err = t.setup_queue(0, RING, RingFormat::Packed, outside).err().unwrap();
+    let err = setup_queue(&mut t, 0, RING, RingFormat::Packed, outside).err().unwrap();
     assert!(err.to_string().contains("outside every mapped DMA region"), "{err}");
-    let err =
-        t.setup_queue(0, 1000, RingFormat::Split, ring_addresses(&rings, 0, 1000, RingFormat::Split)).err().unwrap();
+    let err = setup_queue(&mut t, 0, 1000, RingFormat::Split, ring_addresses(&rings, 0, 1000, RingFormat::Split))
+        .err()
+        .unwrap();
     assert!(matches!(err, Error::InvalidConfig(_)), "split on a packed negotiation: {err}");
     t.reset().unwrap();
     negotiate(&mut t, RingFormat::Split);
-    let err =
-        t.setup_queue(0, 1000, RingFormat::Split, ring_addresses(&rings, 0, 1000, RingFormat::Split)).err().unwrap();
+    let err = setup_queue(&mut t, 0, 1000, RingFormat::Split, ring_addresses(&rings, 0, 1000, RingFormat::Split))
+        .err()
+        .unwrap();
     assert!(matches!(err, Error::QueueSizeRefused { requested: 1000, .. }), "{err}");
     for q in 0..2 {
-        t.setup_queue(q, RING, RingFormat::Split, ring_addresses(&rings, q, RING, RingFormat::Split)).unwrap();
+        setup_queue(&mut t, q, RING, RingFormat::Split, ring_addresses(&rings, q, RING, RingFormat::Split)).unwrap();
     }
     t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK).unwrap();
     testpmd.wait_for("show port info 0", "Link status: up", Duration::from_secs(5));
@@ -267,7 +283,7 @@ fn backend_killed_is_a_clear_error_without_hanging() {
     assert!(matches!(err, Error::VhostUserDisconnected { .. }), "{err}");
     eprintln!("after SIGKILL: {err}");
     // Every later request fails the same way, at once.
-    let err = t.setup_queue(0, RING, RingFormat::Packed, ring_addresses(&region, 0, RING, RingFormat::Packed));
+    let err = setup_queue(&mut t, 0, RING, RingFormat::Packed, ring_addresses(&region, 0, RING, RingFormat::Packed));
     assert!(err.is_err());
     let started = Instant::now();
     drop(t);

@@ -42,7 +42,7 @@ use common::{check_frame, frame_len, write_frame};
 use virtio_pmd::mem::{DmaRegion, HugePages, IovaAllocator};
 use virtio_pmd::testing::{ring_memory, RingSpec, Rng};
 use virtio_pmd::transport::{QueueAddresses, RingFormat};
-use virtio_pmd::virtqueue::{RingErrors, Segment, SplitRing, Virtqueue};
+use virtio_pmd::virtqueue::{Chains, RingErrors, Segment, SplitRing, Virtqueue};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -66,9 +66,9 @@ struct Config {
     event_idx: bool,
     in_order: bool,
     /// One descriptor per chain, through the bulk path the queues use (`add_each`), on a ring
-    /// limited to such chains (`one_descriptor_chains`).
+    /// limited to such chains (`Chains::OneDescriptor`).
     one_descriptor: bool,
-    /// With `one_descriptor`: the ring reads no used entries (`without_used_lengths`), as the
+    /// With `one_descriptor`: the ring reads no used entries (`Chains::OneDescriptorNoLengths`), as the
     /// transmit queues' rings do; completions then carry no length.
     lengths_unread: bool,
 }
@@ -110,9 +110,12 @@ fn split_ring<T: Send>(config: Config) -> (SplitRing<T>, Arc<DmaRegion>) {
         event_idx: config.event_idx,
     };
     let (memory, region) = ring_memory(spec).expect("ring memory");
-    let ring = SplitRing::new(memory, config.event_idx, config.in_order).expect("split ring");
-    let ring = if config.one_descriptor { ring.one_descriptor_chains() } else { ring };
-    (if config.lengths_unread { ring.without_used_lengths() } else { ring }, region)
+    let chains = match (config.one_descriptor, config.lengths_unread) {
+        (false, _) => Chains::Any,
+        (true, false) => Chains::OneDescriptor,
+        (true, true) => Chains::OneDescriptorNoLengths,
+    };
+    (SplitRing::new(memory, config.event_idx, config.in_order, chains).expect("split ring"), region)
 }
 
 /// A DMA region for buffers: `slots` slots of [`SLOT_BYTES`].
@@ -292,7 +295,9 @@ impl<'m> Lockstep<'m> {
                 })
                 .collect();
             let free = self.ring.free_descriptors();
-            if let Err(token) = add(&mut self.ring, &segments, seq) {
+            // SAFETY: slot `seq % size` of this run's buffers is free (see above); the test reads
+            // it only when its chain comes back.
+            if let Err(token) = unsafe { add(&mut self.ring, &segments, seq) } {
                 assert_eq!(token, seq, "add gave back another token");
                 assert!(
                     count > free as usize,
@@ -508,7 +513,8 @@ fn lockstep(config: Config, total: u64) -> LockstepStats {
         );
     }
     let mut left = 0;
-    run.ring.drain(|_| left += 1);
+    // SAFETY: the device (driven from this thread, in lockstep) no longer runs.
+    unsafe { run.ring.drain(|_| left += 1) };
     assert_eq!(left, 0, "{config:?}: chains left in flight after every completion was popped");
     assert_eq!(run.ring.in_flight(), 0);
     run.stats
@@ -645,11 +651,18 @@ fn tx_segments(rng: &mut Rng, buffers: &DmaRegion, slot: usize, frame: &[u8], ma
 }
 
 /// Adds a chain: one segment through the bulk path the queues use, longer ones with `add`.
-fn add<T: Copy + Send>(ring: &mut SplitRing<T>, segments: &[Segment], token: T) -> Result<(), T> {
-    match segments {
-        [one] if ring.add_each(std::iter::once((*one, token))) == 1 => Ok(()),
-        [_] => Err(token),
-        _ => ring.add(segments, token),
+///
+/// # Safety
+/// [`Virtqueue::add`]'s contract: every test here passes slots of a buffer region of its own,
+/// one slot per chain in flight, and touches a slot's bytes only once its chain came back.
+unsafe fn add<T: Copy + Send>(ring: &mut SplitRing<T>, segments: &[Segment], token: T) -> Result<(), T> {
+    // SAFETY: the caller's contract is the rings'.
+    unsafe {
+        match segments {
+            [one] if ring.add_each(std::iter::once((*one, token))) == 1 => Ok(()),
+            [_] => Err(token),
+            _ => ring.add(segments, token),
+        }
     }
 }
 
@@ -693,7 +706,9 @@ fn loopback(config: Config, frames: u64) -> DeviceReport {
                 let Some(&slot) = rx_free.last() else { break };
                 let segments = rx_segments(&mut rng, &rx_buffers, slot as usize, max_segments);
                 let free = rx.free_descriptors();
-                if add(&mut rx, &segments, slot).is_err() {
+                // SAFETY: `slot` was free (off `rx_free`) and is touched again only when its
+                // chain comes back.
+                if unsafe { add(&mut rx, &segments, slot) }.is_err() {
                     assert!(segments.len() > free as usize, "{config:?}: rx add refused with {free} free descriptors");
                     break;
                 }
@@ -714,7 +729,8 @@ fn loopback(config: Config, frames: u64) -> DeviceReport {
                 write_frame(sent, &mut frame[..len]);
                 let segments = tx_segments(&mut rng, &tx_buffers, slot as usize, &frame[..len], max_segments);
                 let free = tx.free_descriptors();
-                if add(&mut tx, &segments, slot).is_err() {
+                // SAFETY: as for the receive ring, with `tx_free`; the frame was written before.
+                if unsafe { add(&mut tx, &segments, slot) }.is_err() {
                     assert!(segments.len() > free as usize, "{config:?}: tx add refused with {free} free descriptors");
                     break;
                 }
@@ -804,7 +820,8 @@ fn loopback(config: Config, frames: u64) -> DeviceReport {
             assert!(!ring.is_broken(), "{config:?}: {name} ring broken");
             let in_flight = ring.in_flight() as usize;
             let mut drained = 0;
-            ring.drain(|_| drained += 1);
+            // SAFETY: the device thread was joined above.
+            unsafe { ring.drain(|_| drained += 1) };
             assert_eq!(drained, in_flight, "{config:?}: {name}: drain");
             assert_eq!(drained + free.len(), slots, "{config:?}: {name}: buffer slots lost");
             assert_eq!(ring.in_flight(), 0, "{config:?}: {name}: chains in flight after drain");
@@ -885,7 +902,10 @@ fn used_length_beyond_the_writable_length_is_detected() {
             ];
             for round in 0..2u32 {
                 for (token, (segments, _, _)) in cases.iter().enumerate() {
-                    ring.add(segments, token as u32).unwrap_or_else(|_| panic!("{config:?}: add chain {token}"));
+                    // SAFETY: slot `token` of `buffers` belongs to this chain alone until it is
+                    // popped below.
+                    unsafe { ring.add(segments, token as u32) }
+                        .unwrap_or_else(|_| panic!("{config:?}: add chain {token}"));
                 }
                 ring.publish();
                 for (token, (segments, len, _)) in cases.iter().enumerate() {
@@ -915,7 +935,8 @@ fn used_length_beyond_the_writable_length_is_detected() {
                 assert_eq!(ring.in_flight(), 0, "{config:?}: chains still in flight");
             }
             let mut left = 0;
-            ring.drain(|_| left += 1);
+            // SAFETY: the device (`queue`, driven from this thread) no longer runs.
+            unsafe { ring.drain(|_| left += 1) };
             assert_eq!((left, ring.in_flight()), (0, 0), "{config:?}: nothing may be left after drain");
         }
     }

@@ -9,10 +9,20 @@
 //! Virtqueues", 5.1.2).
 //!
 //! Invariant: a queue hands its in-flight buffers back to their pools only after the device was
-//! reset: dropping any queue (or the port) resets the device first, so a device can never write
-//! into a buffer the application got back. When the reset fails and the device may still be
-//! there (a hung vhost-user backend), the buffers are leaked instead; a device that is gone for
-//! good (a backend that closed its connection) gives them back.
+//! reset: every queue holds the shared device from the moment it is made, so dropping any queue
+//! (or the port), on a failed initialisation too, resets the device first, and a device can
+//! never write into a buffer the application got back. When the reset fails and the device may
+//! still be there (a hung vhost-user backend), the buffers are leaked instead; a device that is
+//! gone for good (a backend that closed its connection) gives them back.
+//!
+//! Order ("Device Initialization", 3.1.1): the receive rings are filled and their buffers made
+//! available before DRIVER_OK, and the device is notified of them (if it asks) only after it.
+//! The pool's data room must hold a full frame (MTU and Ethernet header), checked before any
+//! buffer is posted.
+//!
+//! The port meets [`Transport::setup_queue`]'s `unsafe` contract: the rings it hands the device
+//! lie in a region of their own, made and mapped here, and kept alive by the queues' rings.
+#![allow(unsafe_code)]
 
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +36,7 @@ use crate::spec::features::{self, Features};
 use crate::spec::net::{self as net_spec, config as net_config};
 use crate::spec::status;
 use crate::transport::{RingFormat, Transport};
-use crate::virtqueue::{ring_bytes, PackedRing, RingMemory, SplitRing};
+use crate::virtqueue::{ring_bytes, Chains, PackedRing, RingMemory, SplitRing};
 
 /// Which ring layout to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,7 +107,7 @@ struct Device {
 
 impl Quiesce for Device {
     fn quiesce(&self) -> bool {
-        let mut transport = self.transport.lock().unwrap_or_else(|p| p.into_inner());
+        let mut transport = self.transport();
         // A status of 0 means the device is already reset.
         if transport.status().is_ok_and(|s| s == 0) {
             return true;
@@ -116,6 +126,29 @@ impl Quiesce for Device {
     }
 }
 
+impl Device {
+    fn transport(&self) -> std::sync::MutexGuard<'_, Box<dyn Transport>> {
+        self.transport.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What initialisation found out, for the port.
+struct Negotiated {
+    features: Features,
+    format: RingFormat,
+    ring_size: u16,
+    mac: Option<[u8; 6]>,
+    mtu: Option<u16>,
+    rings: Arc<DmaRegion>,
+}
+
+/// Ethernet header bytes a frame carries besides its MTU ("Device configuration layout": "plus
+/// low level ethernet header length").
+const ETH_HEADER_LEN: u32 = 14;
+
+/// The MTU when the device reports none (VIRTIO_NET_F_MTU not negotiated).
+const DEFAULT_MTU: u16 = 1500;
+
 /// A virtio-net device, initialised and running, with its queues.
 pub struct Port {
     device: Arc<Device>,
@@ -131,39 +164,45 @@ pub struct Port {
 
 impl Port {
     /// Initialises the device behind `transport`: reset, ACKNOWLEDGE, DRIVER, features,
-    /// FEATURES_OK (read back), DMA mappings (`pool` and the rings), queues (receive rings filled
-    /// from `pool`), DRIVER_OK. Ring memory gets its IOVAs from `iova`.
+    /// FEATURES_OK (read back), device configuration (MAC, MTU; `pool`'s data room must hold a
+    /// full frame), DMA mappings (`pool` and the rings), queues (receive rings filled from
+    /// `pool`), DRIVER_OK, then the notifications the receive rings are owed. Ring memory gets
+    /// its IOVAs from `iova`.
     pub fn open(
-        mut transport: Box<dyn Transport>,
+        transport: Box<dyn Transport>,
         pool: &Mempool,
         config: &PortConfig,
         iova: &IovaAllocator,
     ) -> Result<Port> {
         let name = transport.name().to_owned();
-        match Self::init(&mut *transport, &name, pool, config, iova) {
-            Ok((features, format, ring_size, rings, queues)) => {
-                let device = Arc::new(Device { transport: Mutex::new(transport), name });
+        let device = Arc::new(Device { transport: Mutex::new(transport), name });
+        // Filled by `init`, and owned here: if `init` fails after making queues, they drop below,
+        // with the transport's lock released, and reset the device before their buffers return.
+        let mut queues = Vec::with_capacity(config.queue_pairs as usize);
+        match Self::init(&device, pool, config, iova, &mut queues) {
+            Ok(found) => {
                 let mut port = Port {
-                    device: device.clone(),
-                    features,
-                    format,
-                    ring_size,
-                    mac: None,
-                    mtu: None,
-                    queues: Vec::new(),
-                    counters: Vec::new(),
-                    _rings: rings,
+                    device,
+                    features: found.features,
+                    format: found.format,
+                    ring_size: found.ring_size,
+                    mac: found.mac,
+                    mtu: found.mtu,
+                    queues: Vec::with_capacity(queues.len()),
+                    counters: Vec::with_capacity(queues.len()),
+                    _rings: found.rings,
                 };
                 for (rx, tx) in queues {
-                    let (rx, tx) = (rx.with_quiesce(device.clone()), tx.with_quiesce(device.clone()));
                     port.counters.push((rx.counters(), tx.counters()));
                     port.queues.push(Some((rx, tx)));
                 }
-                port.read_config()?;
                 Ok(port)
             }
             Err(err) => {
+                // The queues reset the device (their `Quiesce`) before their buffers go back.
+                drop(queues);
                 // Leave the device reset and tell it the driver gave up (best effort).
+                let mut transport = device.transport();
                 let _ = transport.reset();
                 let _ = transport.set_status(status::FAILED);
                 let _ = transport.reset();
@@ -213,14 +252,18 @@ impl Port {
         Ok((wanted, format))
     }
 
-    #[allow(clippy::type_complexity)]
+    /// The steps of [`Port::open`]; the queues it makes go into `queues`, each holding the
+    /// device to reset before its buffers return.
     fn init(
-        transport: &mut dyn Transport,
-        name: &str,
+        device: &Arc<Device>,
         pool: &Mempool,
         config: &PortConfig,
         iova: &IovaAllocator,
-    ) -> Result<(Features, RingFormat, u16, Arc<DmaRegion>, Vec<(RxQueue, TxQueue)>)> {
+        queues: &mut Vec<(RxQueue, TxQueue)>,
+    ) -> Result<Negotiated> {
+        let name = device.name.as_str();
+        let mut transport = device.transport();
+        let transport = &mut **transport;
         if config.queue_pairs > 1 && !transport.queue_pairs_without_control_queue() {
             return Err(Error::InvalidConfig(format!(
                 "{name}: {} queue pairs asked for, but over this transport the device activates more than one \
@@ -246,6 +289,22 @@ impl Port {
             return Err(Error::Transport(format!(
                 "{name}: the device refused the features {wanted:?} (offered {offered:?}; status read back {now:#x}): \
                  it needs a feature this driver does not support"
+            )));
+        }
+
+        let (mac, mtu) = Self::read_config(transport, wanted)?;
+        // "Device configuration layout" (5.1.4): with VIRTIO_NET_F_MTU the driver must supply
+        // receive buffers for a packet of `mtu` plus the Ethernet header; without it "Setting Up
+        // Receive Buffers" (5.1.6.3) sizes them for 1514-byte packets.
+        let frame = u32::from(mtu.unwrap_or(DEFAULT_MTU)) + ETH_HEADER_LEN;
+        if pool.data_room() < frame {
+            return Err(Error::InvalidConfig(format!(
+                "{name}: the pool's data room of {} bytes cannot hold a full frame of {frame} bytes (MTU {}{} + \
+                 {ETH_HEADER_LEN}-byte Ethernet header): make the pool with a data room of at least {frame} bytes \
+                 (MempoolConfig::data_room; see Mempool::data_room)",
+                pool.data_room(),
+                mtu.unwrap_or(DEFAULT_MTU),
+                if mtu.is_some() { ", from the device" } else { "" },
             )));
         }
 
@@ -297,44 +356,56 @@ impl Port {
 
         let in_order = wanted.has(features::IN_ORDER);
         let event_idx = wanted.has(features::EVENT_IDX);
-        let make_ring = |index: u16| -> Result<Ring> {
+        // One descriptor per chain; transmit completions need no length.
+        let make_ring = |index: u16, chains: Chains| -> Result<Ring> {
             let memory = RingMemory::new(rings.clone(), per_ring * index as usize, format, size)?;
             Ok(match format {
-                RingFormat::Packed => Ring::Packed(PackedRing::new(memory, in_order)?.one_descriptor_chains()),
-                RingFormat::Split => Ring::Split(SplitRing::new(memory, event_idx, in_order)?.one_descriptor_chains()),
+                RingFormat::Packed => Ring::Packed(PackedRing::new(memory, in_order, chains)?),
+                RingFormat::Split => Ring::Split(SplitRing::new(memory, event_idx, in_order, chains)?),
             })
         };
-        let mut queues = Vec::with_capacity(config.queue_pairs as usize);
+        let quiesce: Arc<dyn Quiesce> = device.clone();
         for pair in 0..config.queue_pairs {
             let (rx_index, tx_index) = (2 * pair, 2 * pair + 1);
-            let rx_ring = make_ring(rx_index)?;
-            let tx_ring = make_ring(tx_index)?;
-            let rx_notify = transport.setup_queue(rx_index, size, format, rx_ring.addresses())?;
-            let tx_notify = transport.setup_queue(tx_index, size, format, tx_ring.addresses())?;
-            let rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id);
-            queues.push((rx, TxQueue::new(tx_ring, tx_notify)));
+            let rx_ring = make_ring(rx_index, Chains::OneDescriptor)?;
+            let tx_ring = make_ring(tx_index, Chains::OneDescriptorNoLengths)?;
+            // SAFETY: both rings were just laid in `rings`, a region made for this port's rings
+            // alone and mapped for the device above; each ring's memory keeps the region alive,
+            // and its queue resets the device before the ring is dropped (`with_quiesce`).
+            let rx_notify = unsafe { transport.setup_queue(rx_index, size, format, rx_ring.addresses()) }?;
+            // SAFETY: as for the receive ring.
+            let tx_notify = unsafe { transport.setup_queue(tx_index, size, format, tx_ring.addresses()) }?;
+            // Buffers are posted (not notified) now; the queues hold the device from here on.
+            let rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id).with_quiesce(quiesce.clone());
+            queues.push((rx, TxQueue::new(tx_ring, tx_notify).with_quiesce(quiesce.clone())));
         }
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK)?;
         let now = transport.status()?;
         if now & status::DEVICE_NEEDS_RESET != 0 || now & status::DRIVER_OK == 0 {
             return Err(Error::Transport(format!("{name}: the device did not accept DRIVER_OK (status {now:#x})")));
         }
-        Ok((wanted, format, size, rings, queues))
+        // The device is live: the receive rings' notifications may go now.
+        for (rx, _) in queues.iter_mut() {
+            rx.start();
+        }
+        Ok(Negotiated { features: wanted, format, ring_size: size, mac, mtu, rings })
     }
 
-    fn read_config(&mut self) -> Result<()> {
-        let mut transport = self.device.transport.lock().unwrap_or_else(|p| p.into_inner());
-        if self.features.has(net_spec::F_MAC) {
-            let mut mac = [0u8; 6];
-            transport.read_device_config(net_config::MAC, &mut mac)?;
-            self.mac = Some(mac);
+    /// The MAC and MTU the device reports, when negotiated (readable once FEATURES_OK is set).
+    fn read_config(transport: &mut dyn Transport, features: Features) -> Result<(Option<[u8; 6]>, Option<u16>)> {
+        let mut mac = None;
+        if features.has(net_spec::F_MAC) {
+            let mut bytes = [0u8; 6];
+            transport.read_device_config(net_config::MAC, &mut bytes)?;
+            mac = Some(bytes);
         }
-        if self.features.has(net_spec::F_MTU) {
-            let mut mtu = [0u8; 2];
-            transport.read_device_config(net_config::MTU, &mut mtu)?;
-            self.mtu = Some(u16::from_le_bytes(mtu));
+        let mut mtu = None;
+        if features.has(net_spec::F_MTU) {
+            let mut bytes = [0u8; 2];
+            transport.read_device_config(net_config::MTU, &mut bytes)?;
+            mtu = Some(u16::from_le_bytes(bytes));
         }
-        Ok(())
+        Ok((mac, mtu))
     }
 
     /// What the user calls the device (PCI address or socket path).
@@ -386,7 +457,7 @@ impl Port {
             return Ok(true);
         }
         let mut status = [0u8; 2];
-        let mut transport = self.device.transport.lock().unwrap_or_else(|p| p.into_inner());
+        let mut transport = self.device.transport();
         transport.read_device_config(net_config::STATUS, &mut status)?;
         Ok(u16::from_le_bytes(status) & net_spec::S_LINK_UP != 0)
     }
@@ -394,7 +465,7 @@ impl Port {
     /// Checks the device status: an error when the device set DEVICE_NEEDS_RESET (it stopped
     /// processing the rings) or is no longer running.
     pub fn check(&self) -> Result<()> {
-        let mut transport = self.device.transport.lock().unwrap_or_else(|p| p.into_inner());
+        let mut transport = self.device.transport();
         let now = transport.status()?;
         if now & status::DEVICE_NEEDS_RESET != 0 {
             return Err(Error::Transport(format!(

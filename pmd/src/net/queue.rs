@@ -8,10 +8,17 @@
 //! once and runs a loop specialised for that format. No allocation, lock, system call (a kick
 //! is an MMIO write or, for vhost-user, an eventfd write the backend normally suppresses) or
 //! panic happens inside a burst.
+//!
+//! These queues are where the rings' `unsafe` contracts are met, so that their API is safe:
+//! every buffer posted is an mbuf the queue owns until the ring gives it back, and in-flight
+//! mbufs return to their pools only after the device was stopped ([`Quiesce`]), or are leaked.
+#![allow(unsafe_code)]
 
 use crate::mbuf::{recycle, Mbuf, Mempool};
 use crate::spec::net::{NetHeader, NET_HDR_LEN};
 use crate::transport::{Notify, QueueAddresses};
+#[cfg(doc)]
+use crate::virtqueue::Chains;
 use crate::virtqueue::{PackedRing, Segment, SplitRing, Virtqueue};
 
 use std::sync::Arc;
@@ -90,13 +97,17 @@ impl Drop for QueueCore {
     /// into a buffer must never see it reused.
     fn drop(&mut self) {
         if self.device.as_ref().is_none_or(|device| device.quiesce()) {
-            with_ring!(&mut self.ring, r => r.drain(drop));
+            // SAFETY: the device was just stopped (or, without a handle to it, the queue's
+            // creator stopped it before dropping the queue: `RxQueue::new`, `TxQueue::new`).
+            with_ring!(&mut self.ring, r => unsafe { r.drain(drop) });
         } else {
             let mut leaked = 0usize;
-            with_ring!(&mut self.ring, r => r.drain(|mbuf| {
+            // SAFETY: the device may still write the buffers, so none of them is handed back:
+            // every token is forgotten and its buffer never returns to its pool.
+            with_ring!(&mut self.ring, r => unsafe { r.drain(|mbuf| {
                 std::mem::forget(mbuf);
                 leaked += 1;
-            }));
+            }) });
             if leaked > 0 {
                 tracing::error!("the device could not be stopped: leaking its {leaked} in-flight buffers");
             }
@@ -120,6 +131,9 @@ pub struct RxQueue {
     post_len: u32,
     /// Buffers on their way from the pool into the ring (capacity: the ring size).
     staging: Vec<Mbuf>,
+    /// The device asked to be notified of the buffers posted at set-up, which must wait for
+    /// [`RxQueue::start`] (no notification before DRIVER_OK).
+    kick_at_start: bool,
 }
 
 /// A transmit queue: takes frames, reclaims their mbufs once the device is done.
@@ -166,10 +180,12 @@ queue_accessors!(RxQueue);
 queue_accessors!(TxQueue);
 
 impl RxQueue {
-    /// A receive queue for `port` over `ring`, filled from `pool`. The ring is filled now; the
-    /// device must be told about it (and started) by the caller. Dropping returns the posted
-    /// buffers to the pool, after stopping the device given to [`RxQueue::with_quiesce`] (without
-    /// one, the caller must have stopped the device).
+    /// A receive queue for `port` over `ring`, filled from `pool`. The ring is filled and its
+    /// buffers made available now, without notifying the device ("Device Initialization",
+    /// 3.1.1: no notification before DRIVER_OK): call [`RxQueue::start`] once the device runs.
+    /// The device must be told about the ring by the caller, and must reach `pool`'s region.
+    /// Dropping returns the posted buffers to the pool, after stopping the device given to
+    /// [`RxQueue::with_quiesce`] (without one, the caller must have stopped the device).
     pub(crate) fn new(ring: Ring, pool: Mempool, notify: Box<dyn Notify>, port: u16) -> RxQueue {
         let refill_threshold = (ring.size() / 8).clamp(4, 64);
         let mut queue = RxQueue {
@@ -181,9 +197,22 @@ impl RxQueue {
             pool,
             port,
             refill_threshold,
+            kick_at_start: false,
         };
-        queue.refill();
+        if let Some(kick) = queue.post() {
+            queue.kick_at_start = kick;
+            queue.core.counters.add_publish(false);
+        }
         queue
+    }
+
+    /// Sends the notification the buffers posted at set-up are owed, if the device asked for
+    /// one when they were published: once, after DRIVER_OK.
+    pub(crate) fn start(&mut self) {
+        if std::mem::take(&mut self.kick_at_start) {
+            self.core.notify.notify();
+            self.core.counters.add_kick();
+        }
     }
 
     /// Receives up to `out`'s spare capacity of frames, appending them to `out`; returns how
@@ -238,18 +267,29 @@ impl RxQueue {
         received
     }
 
-    /// Posts empty buffers in bulk once enough descriptors are free.
+    /// Posts empty buffers in bulk once enough descriptors are free, and notifies the device
+    /// if it asks for that.
     #[inline]
     fn refill(&mut self) {
+        if let Some(kick) = self.post() {
+            self.core.published(kick);
+        }
+    }
+
+    /// Posts empty buffers in bulk once enough descriptors are free, and publishes them;
+    /// returns whether the device asked to be notified (`None`: nothing posted).
+    #[inline(always)]
+    fn post(&mut self) -> Option<bool> {
         // Whole groups of four descriptors (one 64-byte cache line of a packed ring), so that a
         // backend's batched path applies (DPDK's vhost processes aligned batches of four).
         let free = with_ring!(&self.core.ring, r => r.free_descriptors()) & !3;
-        if free < self.refill_threshold {
-            return;
+        // A broken ring takes nothing more: checked before the pool is asked for buffers.
+        if free < self.refill_threshold || self.core.is_broken() {
+            return None;
         }
         if !self.pool.alloc_bulk_unreset(&mut self.staging, free as usize) {
             self.core.counters.add_alloc_failure();
-            return;
+            return None;
         }
         let (offset, len) = (self.post_offset, self.post_len);
         let buffers = self.staging.drain(..).map(move |mbuf| {
@@ -258,24 +298,24 @@ impl RxQueue {
         });
         // All are taken: `free` descriptors are free and each buffer takes one.
         let kick = with_ring!(&mut self.core.ring, ring => {
-            ring.add_each(buffers);
+            // SAFETY: each buffer is an mbuf this queue owns, moved into the ring as the token
+            // of its chain until the ring gives it back; the posted window (from the header
+            // room before the pool's data offset to the end of the data room) lies inside the
+            // mbuf's buffer, in the pool's region, which the device reaches (see `new`).
+            unsafe { ring.add_each(buffers) };
             ring.publish()
         });
-        self.core.published(kick);
+        Some(kick)
     }
 }
 
 impl TxQueue {
-    /// A transmit queue over `ring`. Dropping returns the mbufs still in flight to their pools,
+    /// A transmit queue over `ring`, best built with [`Chains::OneDescriptorNoLengths`]
+    /// (transmit completions need no length). Dropping returns the mbufs still in flight to their pools,
     /// after stopping the device given to [`TxQueue::with_quiesce`] (without one, the caller
     /// must have stopped the device).
     pub(crate) fn new(ring: Ring, notify: Box<dyn Notify>) -> TxQueue {
         let reclaim_threshold = (ring.size() / 4).clamp(1, 32);
-        // Transmit completions need no length: a split ring then leaves its used entries unread.
-        let ring = match ring {
-            Ring::Split(split) => Ring::Split(split.without_used_lengths()),
-            packed => packed,
-        };
         TxQueue { core: QueueCore::new(ring, notify), reclaim_threshold }
     }
 
@@ -322,7 +362,11 @@ impl TxQueue {
             Some((Segment { addr, len, writable: false }, mbuf))
         });
         // All are taken: `count` descriptors are free and each packet takes one.
-        let added = ring.add_each(frames);
+        // SAFETY: each frame is an mbuf this queue now owns, moved into the ring as the token of
+        // its chain until the ring gives it back; the segment (header and frame) lies inside the
+        // mbuf's buffer, and the device only reads it. (An mbuf of a pool the device cannot
+        // reach fails there, as a DMA error of the device, not in this process.)
+        let added = unsafe { ring.add_each(frames) };
         if count > 0 {
             counters.add_traffic(added as u64, bytes, drops);
             counters.set_errors(&ring.errors());

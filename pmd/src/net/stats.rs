@@ -85,6 +85,12 @@ impl QueueCounters {
         }
     }
 
+    /// A notification sent outside a burst (the one owed at start, after DRIVER_OK).
+    #[inline]
+    pub fn add_kick(&self) {
+        bump(&self.kicks, 1);
+    }
+
     pub fn snapshot(&self) -> QueueStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         QueueStats {

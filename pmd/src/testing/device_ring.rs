@@ -5,13 +5,13 @@
 //! and reports a malformed ring as an error rather than touching memory it does not know.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::mem::DmaRegion;
 use crate::spec::packed::{
-    EventSuppress, PackedDesc, DESC_F_AVAIL, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE, EVENT_FLAGS_DESC,
-    EVENT_FLAGS_DISABLE, EVENT_FLAGS_ENABLE,
+    PackedDesc, DESC_F_AVAIL, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE, EVENT_FLAGS_DESC, EVENT_FLAGS_DISABLE,
+    EVENT_FLAGS_ENABLE,
 };
 use crate::spec::split::{self, avail, used, SplitDesc, UsedElem, USED_F_NO_NOTIFY};
 use crate::spec::{Le16, Le32};
@@ -104,6 +104,12 @@ impl AddressSpace {
         Self { regions }
     }
 
+    /// The regions, in the order given to [`AddressSpace::new`] (for a test's hostile device:
+    /// everything a device can reach).
+    pub fn regions(&self) -> &[Arc<DmaRegion>] {
+        &self.regions
+    }
+
     /// The pointer for `[iova, iova+len)`, if it lies inside one region.
     pub fn translate(&self, iova: u64, len: u64) -> Result<*mut u8, RingFault> {
         self.regions
@@ -135,7 +141,14 @@ impl DeviceRing {
         Ok(match format {
             RingFormat::Packed => DeviceRing::Packed(PackedDevice {
                 desc: space.translate(addresses.desc, 16 * size as u64)?.cast(),
-                device_event: space.translate(addresses.device, 4)?.cast(),
+                device_event: {
+                    // Written as one atomic word, as the driver reads it: 4-byte aligned.
+                    let at = space.translate(addresses.device, 4)?;
+                    if at.align_offset(4) != 0 {
+                        return Err(RingFault::BadAddress(addresses.device));
+                    }
+                    at.cast()
+                },
                 size,
                 avail: RingPos::START,
                 used: RingPos::START,
@@ -189,7 +202,8 @@ impl DeviceRing {
 /// Packed ring, device side.
 pub struct PackedDevice {
     desc: *mut PackedDesc,
-    device_event: *mut EventSuppress,
+    /// The device event suppression structure (4 bytes, 4-byte aligned: checked in `new`).
+    device_event: *mut u32,
     size: u16,
     avail: RingPos,
     used: RingPos,
@@ -261,10 +275,13 @@ impl PackedDevice {
                 (EVENT_FLAGS_DESC, at.off_wrap())
             }
         };
-        // SAFETY: translated for 4 bytes at set-up.
-        unsafe {
-            self.device_event.write_volatile(EventSuppress { desc: Le16::new(off_wrap), flags: Le16::new(flags) })
-        };
+        // The structure as one little-endian word, `desc` (off_wrap) then `flags` ("Event
+        // Suppression Structure Format", 2.8.10): one atomic store, as the driver loads it with
+        // one atomic load while this thread writes.
+        let word = (u32::from(off_wrap) | u32::from(flags) << 16).to_le();
+        // SAFETY: translated for 4 bytes and checked 4-byte aligned at set-up; the region lives
+        // as long as the device's address space; accessed atomically by both sides.
+        unsafe { AtomicU32::from_ptr(self.device_event) }.store(word, Ordering::SeqCst);
         // The driver reads this after its own full fence; pair with one here.
         fence(Ordering::SeqCst);
     }

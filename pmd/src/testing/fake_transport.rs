@@ -1,9 +1,12 @@
 //! A [`Transport`] backed by the software device: it keeps a virtio status register and
 //! feature words as a PCI device would, validates FEATURES_OK like QEMU does, and starts the
-//! software device in loopback on queue pair 0 at DRIVER_OK. For tests of the port layer.
+//! software device in loopback on queue pair 0 at DRIVER_OK. For tests of the port layer: it
+//! logs what the driver did, in order ([`FakeEvent`]), can refuse DRIVER_OK, and runs a test's
+//! hook at every reset.
+#![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{AddressSpace, CountingNotify, DeviceConfig, DeviceCore, Mode, NotifyMode, QueueSpec, SoftDevice};
 use crate::error::{Error, Result};
@@ -30,6 +33,40 @@ pub struct FakeDeviceConfig {
     pub notify: NotifyMode,
     /// The transport puts the device behind an IOMMU (like VFIO): ACCESS_PLATFORM is required.
     pub behind_iommu: bool,
+    /// The device refuses DRIVER_OK: the bit does not stick and the device does not start.
+    pub refuse_driver_ok: bool,
+}
+
+/// What the driver did to the fake device, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FakeEvent {
+    /// A status write, with the value written.
+    Status(u8),
+    /// A reset.
+    Reset,
+    /// An available-buffer notification on this queue.
+    Notify(u16),
+}
+
+/// The log of [`FakeEvent`]s, shared with the test and the queues' notifiers.
+pub type FakeEvents = Arc<Mutex<Vec<FakeEvent>>>;
+
+fn log(events: &FakeEvents, event: FakeEvent) {
+    events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+}
+
+/// A queue's notifier: counts, and logs.
+struct FakeNotify {
+    queue: u16,
+    kicks: CountingNotify,
+    events: FakeEvents,
+}
+
+impl Notify for FakeNotify {
+    fn notify(&self) {
+        self.kicks.notify();
+        log(&self.events, FakeEvent::Notify(self.queue));
+    }
 }
 
 /// The fake transport. Shares a "needs reset" switch with the test, to raise
@@ -45,6 +82,10 @@ pub struct FakeTransport {
     pub needs_reset: Arc<AtomicBool>,
     /// Notifications sent, over all queues.
     pub kicks: CountingNotify,
+    /// What the driver did, in order.
+    pub events: FakeEvents,
+    /// Called at every reset, before the device stops (a test's probe of what the reset saw).
+    pub on_reset: Option<Box<dyn FnMut() + Send>>,
 }
 
 impl FakeTransport {
@@ -59,6 +100,8 @@ impl FakeTransport {
             device: None,
             needs_reset: Arc::default(),
             kicks: CountingNotify::default(),
+            events: FakeEvents::default(),
+            on_reset: None,
         }
     }
 
@@ -92,6 +135,10 @@ impl Transport for FakeTransport {
     }
 
     fn reset(&mut self) -> Result<()> {
+        log(&self.events, FakeEvent::Reset);
+        if let Some(probe) = self.on_reset.as_mut() {
+            probe();
+        }
         if let Some(device) = self.device.take() {
             device.stop().map_err(|e| Error::Transport(format!("fake device found a malformed ring: {e:?}")))?;
         }
@@ -108,7 +155,11 @@ impl Transport for FakeTransport {
     }
 
     fn set_status(&mut self, new: u8) -> Result<()> {
+        log(&self.events, FakeEvent::Status(new));
         let mut new = new;
+        if self.config.refuse_driver_ok {
+            new &= !status::DRIVER_OK;
+        }
         if new & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0 {
             // Like QEMU: FEATURES_OK stays clear for features not offered, without VERSION_1,
             // or without ACCESS_PLATFORM when the device needs it.
@@ -162,7 +213,7 @@ impl Transport for FakeTransport {
         Ok(())
     }
 
-    fn setup_queue(
+    unsafe fn setup_queue(
         &mut self,
         queue: u16,
         size: u16,
@@ -175,7 +226,7 @@ impl Transport for FakeTransport {
         let slot =
             self.queues.get_mut(queue as usize).ok_or_else(|| Error::Transport(format!("fake: no queue {queue}")))?;
         *slot = Some(QueueSpec { format, size, addresses });
-        Ok(Box::new(self.kicks.clone()))
+        Ok(Box::new(FakeNotify { queue, kicks: self.kicks.clone(), events: self.events.clone() }))
     }
 }
 

@@ -50,7 +50,7 @@ use crate::spec::status;
 use crate::transport::pci::{caps, CapList, ConfigSpace, Mmio, VirtioCap, VirtioLayout, VirtioPci};
 use crate::transport::vhost_user::{VhostUserConfig, VhostUserTransport};
 use crate::transport::{Notify, QueueAddresses, RingFormat, Transport};
-use crate::virtqueue::{PackedRing, RingErrors, Segment, SplitRing, UsedLen, Virtqueue};
+use crate::virtqueue::{Chains, PackedRing, RingErrors, Segment, SplitRing, UsedLen, Virtqueue};
 
 /// The fuzzer's bytes, read front to back; past the end every read is 0.
 struct Input<'a>(&'a [u8]);
@@ -226,7 +226,10 @@ impl<R: Virtqueue<u32>> RingRun<R> {
             (0..count).map(|i| self.segment(token, u32::from(input.u8() % 65), writable >> i & 1 != 0)).collect();
         let writable_len = chain.iter().filter(|s| s.writable).map(|s| s.len).sum();
         let free = self.ring.free_descriptors();
-        match self.ring.add(&chain, token) {
+        // SAFETY: the segments lie in this run's own data region, which nothing else uses; the
+        // device side (the harness's DeviceRing) only translates their addresses, never touches
+        // the bytes.
+        match unsafe { self.ring.add(&chain, token) } {
             Ok(()) => {
                 self.posted.insert(token, Posted { writable_len, descs: u16::from(count) });
                 self.next_token += 1;
@@ -250,7 +253,8 @@ impl<R: Virtqueue<u32>> RingRun<R> {
         let mut yielded = 0;
         let chains: Vec<(Segment, u32)> =
             (first..first + wanted).map(|token| (self.segment(token, len, writable), token)).collect();
-        let added = self.ring.add_each(chains.into_iter().inspect(|_| yielded += 1));
+        // SAFETY: as in `add`: the data region is this run's, and the device never touches it.
+        let added = unsafe { self.ring.add_each(chains.into_iter().inspect(|_| yielded += 1)) };
         assert_eq!(added, yielded, "add_each took tokens it did not add");
         let fits = if self.ring.is_broken() { 0 } else { wanted.min(u32::from(free)) as usize };
         assert_eq!(added, fits, "add_each added {added} of {wanted} with {free} descriptors free");
@@ -487,9 +491,13 @@ impl<R: Virtqueue<u32>> RingRun<R> {
 
     fn finish(mut self) {
         let mut posted = std::mem::take(&mut self.posted);
-        self.ring.drain(|token| {
-            posted.remove(&token).expect("drain handed out a token twice, or one never added");
-        });
+        // SAFETY: the device is the harness itself, which stopped with the input; the tokens are
+        // plain numbers.
+        unsafe {
+            self.ring.drain(|token| {
+                posted.remove(&token).expect("drain handed out a token twice, or one never added");
+            })
+        };
         assert!(posted.is_empty(), "tokens lost: {:?}", posted.keys().collect::<Vec<_>>());
     }
 }
@@ -515,8 +523,8 @@ fn packed_run(input: &mut Input<'_>, device: Device) {
     let spec = RingSpec { format: RingFormat::Packed, size, in_order, event_idx: false };
     let (memory, region) = ring_memory(spec).expect("ring memory");
     let addresses = memory.addresses();
-    let ring = PackedRing::<u32>::new(memory, in_order).expect("packed ring");
-    let ring = if one_descriptor { ring.one_descriptor_chains() } else { ring };
+    let chains = if one_descriptor { Chains::OneDescriptor } else { Chains::Any };
+    let ring = PackedRing::<u32>::new(memory, in_order, chains).expect("packed ring");
     let data = data_region();
     let space = AddressSpace::new(vec![region.clone(), data.clone()]);
     let run = RingRun {
@@ -550,9 +558,12 @@ fn split_run(input: &mut Input<'_>, device: Device) {
     let spec = RingSpec { format: RingFormat::Split, size, in_order, event_idx };
     let (memory, region) = ring_memory(spec).expect("ring memory");
     let addresses = memory.addresses();
-    let ring = SplitRing::<u32>::new(memory, event_idx, in_order).expect("split ring");
-    let ring = if one_descriptor { ring.one_descriptor_chains() } else { ring };
-    let ring = if unread { ring.without_used_lengths() } else { ring };
+    let chains = match (one_descriptor, unread) {
+        (true, true) => Chains::OneDescriptorNoLengths,
+        (true, false) => Chains::OneDescriptor,
+        (false, _) => Chains::Any,
+    };
+    let ring = SplitRing::<u32>::new(memory, event_idx, in_order, chains).expect("split ring");
     let data = data_region();
     let space = AddressSpace::new(vec![region.clone(), data.clone()]);
     let run = RingRun {
@@ -851,7 +862,7 @@ impl Transport for PciTransport {
         Ok(())
     }
 
-    fn setup_queue(
+    unsafe fn setup_queue(
         &mut self,
         queue: u16,
         size: u16,
@@ -859,7 +870,9 @@ impl Transport for PciTransport {
         addresses: QueueAddresses,
     ) -> Result<Box<dyn Notify>> {
         self.model.show_queue(queue);
-        Ok(Box::new(self.pci.setup_queue(queue, size, format, addresses)?))
+        // SAFETY: the "device" is BARs of plain memory: nothing ever reads or writes the
+        // addresses given, so any will do.
+        Ok(Box::new(unsafe { self.pci.setup_queue(queue, size, format, addresses) }?))
     }
 }
 
@@ -982,7 +995,8 @@ pub fn pci_device(data: &[u8]) {
         && (format == RingFormat::Packed || size.is_power_of_two())
         && doorbell + 2 <= window_len(&notify_bar, &layout.notify) as u64
         && (u64::from(layout.notify.offset) + doorbell) % 2 == 0;
-    match pci.setup_queue(queue, size, format, addresses) {
+    // SAFETY: as in `PciTransport::setup_queue`: plain-memory BARs never use the addresses.
+    match unsafe { pci.setup_queue(queue, size, format, addresses) } {
         Ok(notifier) => {
             assert!(allowed, "queue {queue} of {size} set up (maximum {max}, doorbell at {doorbell})");
             notifier.notify();

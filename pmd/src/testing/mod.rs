@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use device_ring::{AddressSpace, NotifyMode, RingFault};
-pub use fake_transport::{FakeDeviceConfig, FakeTransport};
+pub use fake_transport::{FakeDeviceConfig, FakeEvent, FakeEvents, FakeTransport};
 pub use hostile_backend::{AfterAttack, AttackEnd, HostileBackend, HostileConfig, HostileReport, Target};
 pub use rng::Rng;
 pub use soft_device::{
@@ -27,7 +27,7 @@ use crate::mbuf::{Mbuf, Mempool};
 use crate::mem::{DmaRegion, HugePages, IovaAllocator};
 use crate::net::{Ring, RxQueue, TxQueue};
 use crate::transport::{Notify, RingFormat};
-use crate::virtqueue::{ring_bytes, PackedRing, RingMemory, SplitRing};
+use crate::virtqueue::{ring_bytes, Chains, PackedRing, RingMemory, SplitRing};
 
 /// A notifier that counts the notifications it is asked to send.
 #[derive(Clone, Debug, Default)]
@@ -82,14 +82,12 @@ pub fn ring_memory(spec: RingSpec) -> Result<(RingMemory, Arc<DmaRegion>)> {
     Ok((RingMemory::new(region.clone(), 0, spec.format, spec.size)?, region))
 }
 
-/// A ring of `spec` carrying mbufs.
-pub fn mbuf_ring(spec: RingSpec) -> Result<(Ring, Arc<DmaRegion>)> {
+/// A ring of `spec` carrying mbufs in `chains`.
+pub fn mbuf_ring(spec: RingSpec, chains: Chains) -> Result<(Ring, Arc<DmaRegion>)> {
     let (memory, region) = ring_memory(spec)?;
     let ring = match spec.format {
-        RingFormat::Packed => Ring::Packed(PackedRing::<Mbuf>::new(memory, spec.in_order)?.one_descriptor_chains()),
-        RingFormat::Split => {
-            Ring::Split(SplitRing::<Mbuf>::new(memory, spec.event_idx, spec.in_order)?.one_descriptor_chains())
-        }
+        RingFormat::Packed => Ring::Packed(PackedRing::<Mbuf>::new(memory, spec.in_order, chains)?),
+        RingFormat::Split => Ring::Split(SplitRing::<Mbuf>::new(memory, spec.event_idx, spec.in_order, chains)?),
     };
     Ok((ring, region))
 }
@@ -97,14 +95,17 @@ pub fn mbuf_ring(spec: RingSpec) -> Result<(Ring, Arc<DmaRegion>)> {
 /// Builds a receive and a transmit queue for `port` of `spec`, the receive side filled from
 /// `pool`.
 pub fn queue_pair(spec: RingSpec, pool: &Mempool, port: u16) -> Result<QueuePair> {
-    let (rx_ring, rx_region) = mbuf_ring(spec)?;
-    let (tx_ring, tx_region) = mbuf_ring(spec)?;
+    let (rx_ring, rx_region) = mbuf_ring(spec, Chains::OneDescriptor)?;
+    let (tx_ring, tx_region) = mbuf_ring(spec, Chains::OneDescriptorNoLengths)?;
     let rx_kicks = CountingNotify::default();
     let tx_kicks = CountingNotify::default();
     let rx_spec = QueueSpec { format: spec.format, size: spec.size, addresses: rx_ring.addresses() };
     let tx_spec = QueueSpec { format: spec.format, size: spec.size, addresses: tx_ring.addresses() };
+    let mut rx = RxQueue::new(rx_ring, pool.clone(), Box::new(rx_kicks.clone()), port);
+    // No DRIVER_OK to wait for here: the notification owed for the posted buffers goes now.
+    rx.start();
     Ok(QueuePair {
-        rx: RxQueue::new(rx_ring, pool.clone(), Box::new(rx_kicks.clone()), port),
+        rx,
         tx: TxQueue::new(tx_ring, Box::new(tx_kicks.clone())),
         rx_kicks,
         tx_kicks,

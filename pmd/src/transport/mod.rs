@@ -4,6 +4,11 @@
 //! Only the transport knows which one it is. The net device, the rings and the mempool see
 //! features, status, device configuration, queue set-up, a [`Notify`] per queue, and DMA regions
 //! the device can reach at their IOVA.
+//!
+//! Aiming the device at memory is `unsafe`: [`Transport::setup_queue`] (and the PCI
+//! `CommonConfig` address setters below it) take raw device addresses whose memory the caller
+//! vouches for. The safe surface is the port and its queues (`crate::net`).
+#![allow(unsafe_code)]
 
 pub mod pci;
 pub mod vfio;
@@ -45,6 +50,22 @@ pub trait Notify: Send {
 }
 
 /// The operations the virtio-net device needs from a transport.
+///
+/// Telling a device where its rings are takes `unsafe`, as do the PCI address setters below it:
+///
+/// ```compile_fail,E0133
+/// use virtio_pmd::transport::{QueueAddresses, RingFormat, Transport};
+/// fn aim(t: &mut dyn Transport) {
+///     let _ = t.setup_queue(0, 256, RingFormat::Split, QueueAddresses { desc: 0, driver: 0, device: 0 });
+/// }
+/// ```
+///
+/// ```compile_fail,E0133
+/// use virtio_pmd::transport::vfio::VfioPciTransport;
+/// fn aim(t: &VfioPciTransport) {
+///     t.pci().common().set_queue_desc(0xdead_0000);
+/// }
+/// ```
 ///
 /// Order of use follows "Device Initialization" (3.1.1): `reset`, status ACKNOWLEDGE | DRIVER,
 /// `device_features` / `set_driver_features`, FEATURES_OK (read back), `map_dma` for every region
@@ -95,7 +116,14 @@ pub trait Transport: Send {
 
     /// Configures and enables `queue` with `size` entries of `format` at `addresses`, and returns
     /// its notifier.
-    fn setup_queue(
+    ///
+    /// # Safety
+    /// Once the queue is enabled (here, or at DRIVER_OK), the device reads and writes the three
+    /// areas at `addresses` (device addresses). They must be the areas of a `size`-entry
+    /// `format` ring that the caller owns, in a region mapped for this device
+    /// ([`map_dma`](Self::map_dma)), that nothing but the driver side of that ring (and the
+    /// device) uses, and that stays so until the device is reset ([`reset`](Self::reset)).
+    unsafe fn setup_queue(
         &mut self,
         queue: u16,
         size: u16,

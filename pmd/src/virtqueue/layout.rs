@@ -46,7 +46,11 @@ pub struct RingMemory {
 
 impl RingMemory {
     /// Claims `ring_bytes(format, size)` bytes at `offset` of `region` and zeroes them.
-    pub fn new(region: Arc<DmaRegion>, offset: usize, format: RingFormat, size: u16) -> Result<RingMemory> {
+    ///
+    /// Crate-private: the caller claims bytes that nothing else uses (no buffer, no other ring)
+    /// and that no device uses yet, i.e. a slice of a region made for rings alone. The port
+    /// lays its rings in a region of their own; `testing::ring_memory` makes one per ring.
+    pub(crate) fn new(region: Arc<DmaRegion>, offset: usize, format: RingFormat, size: u16) -> Result<RingMemory> {
         let bytes = ring_bytes(format, size);
         if offset % RING_ALIGN != 0 || offset.checked_add(bytes).is_none_or(|end| end > region.len()) {
             return Err(Error::InvalidConfig(format!(
@@ -56,8 +60,9 @@ impl RingMemory {
         }
         let memory = RingMemory { region, offset, format, size };
         for i in 0..bytes {
-            // SAFETY: in bounds per the check above; the device does not use the ring before
-            // the transport is told its addresses, which happens after this.
+            // SAFETY: in bounds per the check above; nothing else uses these bytes (the caller's
+            // claim, see above) and the device does not use the ring before the transport is
+            // told its addresses, which happens after this.
             unsafe { memory.area(0).add(i).write_volatile(0) };
         }
         Ok(memory)

@@ -4,12 +4,15 @@
 //! descriptor carrying id `x` also completes every older chain ("In-order use of descriptors",
 //! 2.8.8); without it they come from a queue of free ids. Either way the shadow knows each
 //! in-flight id's descriptor count, which is how far the used position skips. The receive and
-//! transmit queues' rings take one descriptor per chain ([`PackedRing::one_descriptor_chains`]):
+//! transmit queues' rings take one descriptor per chain ([`Chains::OneDescriptor`]):
 //! in order, an id is then its slot, and completions are followed slot by slot.
 //!
 //! The hot loops ([`Virtqueue::add_each`], [`Virtqueue::pop_used`]) keep the ring's positions in
 //! locals and write them back once: after an acquire load the compiler would otherwise reload
-//! every field from memory per descriptor.
+//! every field from memory per descriptor. The locals are the fields of a guard ([`Adding`],
+//! [`Completing`], [`CompletingChains`]) whose `Drop` writes them back, so that a caller's iterator or sink that panics
+//! inside a loop leaves the ring exactly as far as the loop got: every chain written is counted
+//! in flight, every chain handed to the sink is complete.
 //!
 //! Publishing: descriptors are written fully as they are added, except the flags of the first
 //! head since the last publish; [`Virtqueue::publish`] stores those flags last, with release
@@ -23,7 +26,7 @@ use super::event::packed_need_event;
 use super::layout::RingMemory;
 use super::position::RingPos;
 use super::shadow::Shadow;
-use super::{RingErrors, Segment, UsedLen, Virtqueue};
+use super::{Chains, RingErrors, Segment, UsedLen, Virtqueue};
 use crate::error::{Error, Result};
 use crate::spec::packed::{
     EventSuppress, PackedDesc, DESC_F_AVAIL, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE, EVENT_FLAGS_DESC,
@@ -50,7 +53,7 @@ pub struct PackedRing<T> {
     chains: u16,
     /// IN_ORDER was negotiated: ids are sequential and completions may come in batches.
     in_order: bool,
-    /// IN_ORDER, and every chain is one descriptor ([`PackedRing::one_descriptor_chains`]): a
+    /// IN_ORDER, and every chain is one descriptor ([`Chains::OneDescriptor`]): a
     /// chain's id is its slot, so completions are followed slot by slot from the used position.
     single: bool,
     /// IN_ORDER: the id of the next chain added.
@@ -73,30 +76,103 @@ pub struct PackedRing<T> {
 // is used from one thread at a time and tokens are `Send`.
 unsafe impl<T: Send> Send for PackedRing<T> {}
 
-/// The AVAIL/USED bits of a descriptor the device used in wrap lap `wrap`: both equal to the
-/// wrap counter (2.8.1).
-#[inline(always)]
-const fn used_bits(wrap: bool) -> u16 {
-    if wrap {
-        DESC_F_AVAIL | DESC_F_USED
-    } else {
-        0
+/// The state [`Virtqueue::add_each`] keeps in locals, written back into the ring when the loop
+/// ends, however it ends. It holds positions only (how many chains were added is how far
+/// `avail` got past `start`), so that as few values as possible stay live across the calls a
+/// caller's iterator makes.
+///
+/// Invariant: the one-descriptor chains from `start` to `avail` are written and recorded in
+/// the shadow; `avail` is where the next descriptor goes.
+struct Adding<'a, T: Send> {
+    ring: &'a mut PackedRing<T>,
+    start: RingPos,
+    avail: RingPos,
+}
+
+impl<T: Send> Adding<'_, T> {
+    /// Chains added so far.
+    #[inline(always)]
+    fn added(&self) -> u16 {
+        self.avail.since(self.start, self.ring.size)
     }
 }
 
-/// The AVAIL/USED bits that mark a descriptor available in wrap lap `wrap` (2.8.1).
-#[inline(always)]
-const fn avail_bits(wrap: bool) -> u16 {
-    if wrap {
-        DESC_F_AVAIL
-    } else {
-        DESC_F_USED
+impl<T: Send> Drop for Adding<'_, T> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let added = self.added();
+        let ring = &mut *self.ring;
+        ring.avail = self.avail;
+        ring.free -= added;
+        ring.chains += added;
+        if ring.single {
+            // In order with one descriptor per chain, the next id is the next slot.
+            ring.next_id = self.avail.idx();
+        }
+    }
+}
+
+/// The state the one-descriptor completion loop keeps in locals, written back into the ring
+/// when the loop ends, however it ends: positions only, like [`Adding`]. (Its in-order batch
+/// state stays in the ring, written as it changes: it is rarely touched, and a register is
+/// worth more here.)
+///
+/// Invariant: the one-descriptor chains from `start` to `used` are taken from the shadow, their
+/// tokens handed out or being handed out.
+struct Completing<'a, T: Send> {
+    ring: &'a mut PackedRing<T>,
+    start: RingPos,
+    used: RingPos,
+}
+
+impl<T: Send> Completing<'_, T> {
+    /// Chains completed so far.
+    #[inline(always)]
+    fn done(&self) -> u16 {
+        self.used.since(self.start, self.ring.size)
+    }
+}
+
+impl<T: Send> Drop for Completing<'_, T> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let done = self.done();
+        let ring = &mut *self.ring;
+        ring.used = self.used;
+        ring.free += done;
+        ring.chains -= done;
+    }
+}
+
+/// The state the completion loop for chains of any length keeps in locals, written back into
+/// the ring when the loop ends, however it ends.
+///
+/// Invariant: the chains before `used` (`freed` descriptors) are taken from the shadow, their
+/// tokens handed out or being handed out, and no longer counted in `ring.chains`; `oldest`,
+/// `left` and `batch_len` are the ring's in-order state after them.
+struct CompletingChains<'a, T: Send> {
+    ring: &'a mut PackedRing<T>,
+    used: RingPos,
+    oldest: u16,
+    left: u16,
+    batch_len: u32,
+    freed: u16,
+}
+
+impl<T: Send> Drop for CompletingChains<'_, T> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let ring = &mut *self.ring;
+        (ring.used, ring.oldest_id, ring.batch_left, ring.batch_len) =
+            (self.used, self.oldest, self.left, self.batch_len);
+        ring.free += self.freed;
     }
 }
 
 impl<T: Send> PackedRing<T> {
-    /// A fresh ring in `memory`. Used-buffer notifications are disabled (poll mode).
-    pub fn new(memory: RingMemory, in_order: bool) -> Result<Self> {
+    /// A fresh ring in `memory`, carrying `chains`. Used-buffer notifications are disabled
+    /// (poll mode).
+    pub fn new(memory: RingMemory, in_order: bool, chains: Chains) -> Result<Self> {
         let size = memory.size();
         if memory.format() != RingFormat::Packed || size == 0 || size > MAX_QUEUE_SIZE {
             return Err(Error::InvalidConfig(format!("packed ring size {size} must be 1..={MAX_QUEUE_SIZE}")));
@@ -112,7 +188,7 @@ impl<T: Send> PackedRing<T> {
             free: size,
             chains: 0,
             in_order,
-            single: false,
+            single: in_order && chains != Chains::Any,
             next_id: 0,
             oldest_id: 0,
             batch_left: 0,
@@ -134,67 +210,53 @@ impl<T: Send> PackedRing<T> {
         Ok(ring)
     }
 
-    /// Limits the ring to one-descriptor chains (`add` refuses longer ones), which, in order,
-    /// lets completions be followed by slot alone: the receive and transmit queues' rings.
-    /// Only for a fresh ring.
-    pub fn one_descriptor_chains(mut self) -> Self {
-        debug_assert_eq!(self.free, self.size, "only for a fresh ring");
-        self.single = self.in_order;
-        self
-    }
-
     /// In order with one descriptor per chain: a chain's id is its slot, chains complete slot
     /// by slot from the used position, and a used descriptor with id `x` completes every slot
     /// up to `x` ("In-order use of descriptors", 2.8.8).
     #[inline(always)]
     fn pop_used_single(&mut self, max: usize, mut sink: impl FnMut(T, UsedLen)) -> usize {
         let (size, desc) = (self.size, self.desc);
-        let limit = max.min(self.chains as usize) as u16;
-        let (mut slot, mut expect) = (self.used.idx(), used_bits(self.used.wrap()));
-        let mut slots = self.shadow.slots();
-        let mut done = 0u16;
-        while done < limit {
-            let len = if self.batch_left > 0 {
+        let mut remaining = max.min(self.chains as usize) as u16;
+        let mut state = Completing { start: self.used, used: self.used, ring: self };
+        let ring = &mut *state.ring;
+        let mut slots = ring.shadow.slots();
+        while remaining > 0 {
+            let slot = state.used.idx();
+            let len = if ring.batch_left > 0 {
                 // Inside a batch: the last chain carries the used descriptor's length.
-                self.batch_left -= 1;
-                (self.batch_left == 0).then_some(self.batch_len)
+                ring.batch_left -= 1;
+                (ring.batch_left == 0).then_some(ring.batch_len)
             } else {
-                // SAFETY: `slot < size`: the descriptor is inside the ring memory.
+                // SAFETY: `slot < size` (RingPos invariant): the descriptor is inside the ring memory.
                 let (flags, id, len) = unsafe { Self::read_used_desc(desc.add(slot as usize)) };
-                if flags & (DESC_F_AVAIL | DESC_F_USED) != expect {
+                if flags & (DESC_F_AVAIL | DESC_F_USED) != state.used.used_flags() {
                     break;
                 }
                 if id == slot {
                     // The common case: the descriptor completes just this chain.
                     Some(len)
                 } else {
-                    // The chains after this one that the descriptor completes too.
+                    // The chains after this one that the descriptor completes too, within the
+                    // chains still in flight (the slot's own chain and those after it).
                     let batch = if id >= slot { id - slot } else { id.wrapping_add(size - slot) };
-                    if id >= size || batch >= self.chains - done {
-                        self.errors.bad_id += 1;
-                        self.broken = true;
+                    if id >= size || batch >= ring.chains - state.used.since(state.start, size) {
+                        ring.errors.bad_id += 1;
+                        ring.broken = true;
                         break;
                     }
-                    (self.batch_left, self.batch_len) = (batch, len);
+                    (ring.batch_left, ring.batch_len) = (batch, len);
                     None
                 }
             };
             // In flight: every slot from the used position on, `chains` of them.
             let Some(chain) = slots.take(slot) else { break };
-            let used_len = chain.used_len(len, &mut self.errors);
-            slot += 1;
-            if slot == size {
-                // The end of the ring: the device's wrap counter flipped.
-                slot = 0;
-                expect ^= DESC_F_AVAIL | DESC_F_USED;
-            }
+            let used_len = chain.used_len(len, &mut ring.errors);
+            // Past the chain before the sink runs: if it panics, the chain stays complete.
+            state.used.step(size);
+            remaining -= 1;
             sink(chain.token, used_len);
-            done += 1;
         }
-        self.used = RingPos::new(slot, expect != 0);
-        self.free += done;
-        self.chains -= done;
-        done as usize
+        state.done() as usize
     }
 
     /// The flags word of slot `slot`, as an atomic.
@@ -276,7 +338,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
     ring_state_methods!();
 
     #[inline(always)]
-    fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
+    unsafe fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
         let count = segments.len();
         if count == 0 || count > self.free as usize || self.broken || (self.single && count > 1) {
             return Err(token);
@@ -287,7 +349,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
         let mut writable_len = 0u32;
         for (i, segment) in segments.iter().enumerate() {
             let slot = self.avail.idx();
-            let mut flags = avail_bits(self.avail.wrap());
+            let mut flags = self.avail.avail_flags();
             if segment.writable {
                 flags |= DESC_F_WRITE;
                 writable_len = writable_len.saturating_add(segment.len);
@@ -319,7 +381,7 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
                     })
                 };
             }
-            self.avail.advance(1, self.size);
+            self.avail.step(self.size);
         }
         self.free -= count as u16;
         self.chains += 1;
@@ -328,21 +390,22 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
     }
 
     #[inline(always)]
-    fn add_each(&mut self, chains: impl Iterator<Item = (Segment, T)>) -> usize {
+    unsafe fn add_each(&mut self, chains: impl Iterator<Item = (Segment, T)>) -> usize {
         if self.broken || self.free == 0 {
             return 0;
         }
         let (size, desc) = (self.size, self.desc);
         let mut chains = chains.take(self.free as usize);
-        let (mut avail, mut added) = (self.avail, 0u16);
+        let mut state = Adding { start: self.avail, avail: self.avail, ring: self };
+        let ring = &mut *state.ring;
         // The batch's first head: everything but its flags now, the flags in `publish`.
-        if self.pending_head.is_none() {
+        if ring.pending_head.is_none() {
             let Some((segment, token)) = chains.next() else { return 0 };
             // With one descriptor per chain there is an id for every free descriptor.
-            let slot = avail.idx();
-            let Some(id) = self.alloc_id() else { return 0 };
-            debug_assert!(!self.single || id == slot, "in order with one descriptor per chain, ids follow slots");
-            let flags = avail_bits(avail.wrap()) | if segment.writable { DESC_F_WRITE } else { 0 };
+            let slot = state.avail.idx();
+            let Some(id) = ring.alloc_id() else { return 0 };
+            debug_assert!(!ring.single || id == slot, "in order with one descriptor per chain, ids follow slots");
+            let flags = state.avail.avail_flags() | if segment.writable { DESC_F_WRITE } else { 0 };
             // SAFETY: `slot < size` (RingPos invariant), so the descriptor is inside the ring
             // memory; it is free, so the device does not read it now. It may be polling this
             // slot's flags, which are left alone.
@@ -352,44 +415,32 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
                 std::ptr::addr_of_mut!((*head).len).write_volatile(Le32::new(segment.len));
                 std::ptr::addr_of_mut!((*head).id).write_volatile(Le16::new(id));
             }
-            self.pending_head = Some((slot, flags));
-            self.shadow.insert(id, token, 1, if segment.writable { segment.len } else { 0 });
-            avail.advance(1, size);
-            added += 1;
+            ring.pending_head = Some((slot, flags));
+            ring.shadow.insert(id, token, 1, if segment.writable { segment.len } else { 0 });
+            state.avail.step(size);
         }
-        if self.single {
-            // In order, ids follow slots: the id is the slot. The wrap counter flips at the end
-            // of the ring.
-            let (mut slot, mut bits) = (avail.idx(), avail_bits(avail.wrap()));
-            let mut slots = self.shadow.slots();
+        if ring.single {
+            // In order, ids follow slots: the id is the slot.
+            let mut slots = ring.shadow.slots();
             for (segment, token) in chains.by_ref() {
-                let flags = bits | if segment.writable { DESC_F_WRITE } else { 0 };
-                // SAFETY: `slot < size`, so the descriptor is inside the ring memory.
+                let slot = state.avail.idx();
+                let flags = state.avail.avail_flags() | if segment.writable { DESC_F_WRITE } else { 0 };
+                // SAFETY: `slot < size` (RingPos invariant), so the descriptor is inside the ring memory.
                 Self::write_desc(unsafe { desc.add(slot as usize) }, segment.addr, segment.len, slot, flags);
                 slots.insert(slot, token, 1, if segment.writable { segment.len } else { 0 });
-                slot += 1;
-                if slot == size {
-                    slot = 0;
-                    bits ^= DESC_F_AVAIL | DESC_F_USED;
-                }
-                added += 1;
+                state.avail.step(size);
             }
-            avail = RingPos::new(slot, bits == DESC_F_AVAIL);
-            self.next_id = slot;
         }
         for (segment, token) in chains {
-            let Some(id) = self.alloc_id() else { break };
-            let flags = avail_bits(avail.wrap()) | if segment.writable { DESC_F_WRITE } else { 0 };
-            // SAFETY: `avail.idx() < size`, so the descriptor is inside the ring memory.
-            Self::write_desc(unsafe { desc.add(avail.idx() as usize) }, segment.addr, segment.len, id, flags);
-            self.shadow.insert(id, token, 1, if segment.writable { segment.len } else { 0 });
-            avail.advance(1, size);
-            added += 1;
+            let Some(id) = ring.alloc_id() else { break };
+            let flags = state.avail.avail_flags() | if segment.writable { DESC_F_WRITE } else { 0 };
+            let slot = state.avail.idx();
+            // SAFETY: `slot < size` (RingPos invariant), so the descriptor is inside the ring memory.
+            Self::write_desc(unsafe { desc.add(slot as usize) }, segment.addr, segment.len, id, flags);
+            ring.shadow.insert(id, token, 1, if segment.writable { segment.len } else { 0 });
+            state.avail.step(size);
         }
-        self.avail = avail;
-        self.free -= added;
-        self.chains += added;
-        added as usize
+        state.added() as usize
     }
 
     #[inline]
@@ -422,65 +473,66 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
             return self.pop_used_single(max, sink);
         }
         // The ring's state lives in locals for the loop (the acquire loads would otherwise make
-        // every field be read again from memory per descriptor) and is written back at the end.
+        // every field be read again from memory per descriptor), written back by the guard.
         let (size, desc, in_order) = (self.size, self.desc, self.in_order);
-        let (mut used, mut oldest) = (self.used, self.oldest_id);
-        let (mut left, mut batch_len) = (self.batch_left, self.batch_len);
-        let (mut freed, mut done) = (0u16, 0usize);
+        let (used, oldest, left, batch_len) = (self.used, self.oldest_id, self.batch_left, self.batch_len);
+        let mut state = CompletingChains { used, oldest, left, batch_len, freed: 0, ring: self };
+        let ring = &mut *state.ring;
+        let mut done = 0usize;
         while done < max {
-            let (id, len) = if left > 0 {
+            let (id, len) = if state.left > 0 {
                 // An in-order batch being handed out: the oldest chain; the last one carries
                 // the length.
-                left -= 1;
-                (oldest, (left == 0).then_some(batch_len))
+                state.left -= 1;
+                (state.oldest, (state.left == 0).then_some(state.batch_len))
             } else {
-                if self.chains == 0 {
+                if ring.chains == 0 {
                     break;
                 }
-                let slot = used.idx();
+                let slot = state.used.idx();
                 // SAFETY: `slot < size` (RingPos invariant): the descriptor is inside the ring memory.
                 let (flags, id, len) = unsafe { Self::read_used_desc(desc.add(slot as usize)) };
-                if flags & (DESC_F_AVAIL | DESC_F_USED) != used_bits(used.wrap()) {
+                if flags & (DESC_F_AVAIL | DESC_F_USED) != state.used.used_flags() {
                     break;
                 }
                 if !in_order {
                     (id, Some(len))
                 } else {
                     // Every chain from the oldest up to `id` is complete; `id` must be in flight.
+                    let oldest = state.oldest;
                     let batch = if id >= oldest { id - oldest } else { id.wrapping_add(size - oldest) };
-                    if id >= size || batch >= self.chains {
-                        self.errors.bad_id += 1;
-                        self.broken = true;
+                    if id >= size || batch >= ring.chains {
+                        ring.errors.bad_id += 1;
+                        ring.broken = true;
                         break;
                     }
                     if batch == 0 {
                         (id, Some(len))
                     } else {
-                        (left, batch_len) = (batch, len);
+                        (state.left, state.batch_len) = (batch, len);
                         (oldest, None)
                     }
                 }
             };
-            let Some(chain) = self.shadow.take(id) else {
+            let Some(chain) = ring.shadow.take(id) else {
                 // Out of order, an id not in flight (in order, checked above).
-                self.errors.bad_id += 1;
-                self.broken = true;
+                ring.errors.bad_id += 1;
+                ring.broken = true;
                 break;
             };
-            self.chains -= 1;
-            let used_len = chain.used_len(len, &mut self.errors);
-            used.advance(chain.descs, size);
-            freed += chain.descs;
+            ring.chains -= 1;
+            let used_len = chain.used_len(len, &mut ring.errors);
+            // Accounted before the sink runs: if it panics, the chain stays complete.
+            state.used.advance(chain.descs, size);
+            state.freed += chain.descs;
             if in_order {
-                oldest = if id + 1 == size { 0 } else { id + 1 };
+                state.oldest = if id + 1 == size { 0 } else { id + 1 };
             } else {
-                self.free_ids.push_back(id);
+                ring.free_ids.push_back(id);
             }
             sink(chain.token, used_len);
             done += 1;
         }
-        (self.used, self.oldest_id, self.batch_left, self.batch_len) = (used, oldest, left, batch_len);
-        self.free += freed;
         done
     }
 }

@@ -10,7 +10,11 @@
 //! entry is skipped and the queue stays usable (the chain the device meant stays in flight until
 //! [`Virtqueue::drain`]); with IN_ORDER nothing after it can be followed, so the ring stops.
 //! A transmit ring in order, with one descriptor per chain, reads no used entry at all
-//! ([`SplitRing::without_used_lengths`]): `used.idx` alone counts its completions.
+//! ([`Chains::OneDescriptorNoLengths`]): `used.idx` alone counts its completions.
+//!
+//! The one-descriptor bulk loops keep the ring's indices in locals, the fields of a guard
+//! ([`Adding`], [`Completing`]) whose `Drop` writes them back, so that a caller's iterator or
+//! sink that panics inside a loop leaves the ring exactly as far as the loop got.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use super::event::split_need_event;
 use super::layout::RingMemory;
 use super::shadow::Shadow;
-use super::{RingErrors, Segment, UsedLen, Virtqueue};
+use super::{Chains, RingErrors, Segment, UsedLen, Virtqueue};
 use crate::error::{Error, Result};
 use crate::spec::split::{
     avail, used, SplitDesc, UsedElem, AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY,
@@ -35,11 +39,11 @@ pub struct SplitRing<T> {
     mask: u16,
     event_idx: bool,
     in_order: bool,
-    /// IN_ORDER, and every chain is one descriptor ([`SplitRing::one_descriptor_chains`]): the
+    /// IN_ORDER, and every chain is one descriptor ([`Chains::OneDescriptor`]): the
     /// chain added `n`-th sits in descriptor `n mod size`, named by available ring entry
     /// `n mod size`, so the oldest chain in flight is at `last_used mod size`.
     single: bool,
-    /// `single`, and the caller needs no used lengths ([`SplitRing::without_used_lengths`]):
+    /// `single`, and the caller needs no used lengths ([`Chains::OneDescriptorNoLengths`]):
     /// completions are counted from `used.idx`, the used ring's entries are never read.
     count_only: bool,
     /// Our `avail.idx`, free-running.
@@ -76,10 +80,81 @@ pub struct SplitRing<T> {
 // is used from one thread at a time and tokens are `Send`.
 unsafe impl<T: Send> Send for SplitRing<T> {}
 
+/// The state [`Virtqueue::add_each`] keeps in locals, written back into the ring when the loop
+/// ends, however it ends. It holds indices only (how many chains were added is how far the
+/// available index got past `start`), so that as few values as possible stay live across the
+/// calls a caller's iterator makes.
+///
+/// Invariant: the one-descriptor chains from `start` to the available index (free-running) are
+/// written, named by their available ring entries and recorded in the shadow. The available
+/// index is `idx` on one-descriptor in-order rings (`single`); the other loop moves the ring's
+/// own `avail_idx`.
+struct Adding<'a, T: Send> {
+    ring: &'a mut SplitRing<T>,
+    start: u16,
+    idx: u16,
+}
+
+impl<T: Send> Drop for Adding<'_, T> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let ring = &mut *self.ring;
+        if ring.single {
+            ring.avail_idx = self.idx;
+            ring.next_desc = self.idx & ring.mask;
+        }
+        let added = ring.avail_idx.wrapping_sub(self.start);
+        ring.free -= added;
+        ring.chains += added;
+    }
+}
+
+/// The state the one-descriptor completion loops keep in locals, written back into the ring
+/// when the loop ends, however it ends.
+///
+/// Invariant: the chains from used position `start` to `last` (free-running) are taken from the
+/// shadow, their tokens handed out or being handed out; `left` and `batch_len` are the ring's
+/// in-order batch state after them.
+struct Completing<'a, T: Send> {
+    ring: &'a mut SplitRing<T>,
+    start: u16,
+    last: u16,
+    left: u16,
+    batch_len: u32,
+}
+
+impl<'a, T: Send> Completing<'a, T> {
+    #[inline(always)]
+    fn new(ring: &'a mut SplitRing<T>) -> Self {
+        let (start, left, batch_len) = (ring.last_used, ring.batch_left, ring.batch_len);
+        Completing { ring, start, last: start, left, batch_len }
+    }
+
+    /// Chains completed so far.
+    #[inline(always)]
+    fn done(&self) -> u16 {
+        self.last.wrapping_sub(self.start)
+    }
+}
+
+impl<T: Send> Drop for Completing<'_, T> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let done = self.done();
+        let ring = &mut *self.ring;
+        (ring.batch_left, ring.batch_len) = (self.left, self.batch_len);
+        ring.last_used = self.last;
+        ring.oldest_head = self.last & ring.mask;
+        ring.free += done;
+        ring.chains -= done;
+    }
+}
+
 impl<T: Send> SplitRing<T> {
-    /// A fresh ring in `memory`. Used-buffer notifications are suppressed (poll mode): with
-    /// `event_idx` through `used_event`, otherwise with VIRTQ_AVAIL_F_NO_INTERRUPT.
-    pub fn new(memory: RingMemory, event_idx: bool, in_order: bool) -> Result<Self> {
+    /// A fresh ring in `memory`, carrying `chains`. Used-buffer notifications are suppressed
+    /// (poll mode): with `event_idx` through `used_event`, otherwise with
+    /// VIRTQ_AVAIL_F_NO_INTERRUPT.
+    pub fn new(memory: RingMemory, event_idx: bool, in_order: bool, chains: Chains) -> Result<Self> {
         let size = memory.size();
         if memory.format() != RingFormat::Split || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
             return Err(Error::InvalidConfig(format!(
@@ -94,8 +169,8 @@ impl<T: Send> SplitRing<T> {
             mask: size - 1,
             event_idx,
             in_order,
-            single: false,
-            count_only: false,
+            single: in_order && chains != Chains::Any,
+            count_only: in_order && chains == Chains::OneDescriptorNoLengths,
             avail_idx: 0,
             published_idx: 0,
             last_used: 0,
@@ -127,29 +202,6 @@ impl<T: Send> SplitRing<T> {
         Ok(ring)
     }
 
-    /// Limits the ring to one-descriptor chains (`add` refuses longer ones), which, in order,
-    /// lets completions be followed by position alone: the receive and transmit queues' rings.
-    /// Only for a fresh ring.
-    pub fn one_descriptor_chains(mut self) -> Self {
-        debug_assert_eq!(self.free, self.size, "only for a fresh ring");
-        self.single = self.in_order;
-        self
-    }
-
-    /// For a caller that ignores used lengths (a transmit ring), after
-    /// [`one_descriptor_chains`](Self::one_descriptor_chains): in order, `used.idx` alone says
-    /// which chains completed, every one up to it (a device may even write a single used entry
-    /// for a batch and skip the rest: "In-order use of descriptors", 2.7.9), so the ring reads
-    /// no used entry. Completions carry no length, and ids go unread: a wrong one cannot lose a
-    /// chain here, while a `used.idx` beyond the chains in flight still stops the ring. The
-    /// device finds the used ring's lines still in its own cache when it writes them again, one
-    /// ring later. Only for a fresh ring; without IN_ORDER it changes nothing.
-    pub fn without_used_lengths(mut self) -> Self {
-        debug_assert_eq!(self.free, self.size, "only for a fresh ring");
-        self.count_only = self.single;
-        self
-    }
-
     /// In order with one descriptor per chain, lengths unneeded: completes the oldest
     /// `used.idx - last_used` chains, up to `max`, without reading a used entry.
     #[inline(always)]
@@ -157,16 +209,17 @@ impl<T: Send> SplitRing<T> {
         let Some(used_idx) = self.load_used_idx() else { return 0 };
         let pending = used_idx.wrapping_sub(self.last_used);
         let (mask, limit) = (self.mask, max.min(pending as usize) as u16);
-        let mut last = self.last_used;
-        let mut done = 0u16;
-        while done < limit {
+        let mut state = Completing::new(self);
+        let end = state.start.wrapping_add(limit);
+        let ring = &mut *state.ring;
+        while state.last != end {
             // In flight: `pending` chains from the oldest on.
-            let Some(chain) = self.shadow.take(last & mask) else { break };
-            last = last.wrapping_add(1);
+            let Some(chain) = ring.shadow.take(state.last & mask) else { break };
+            // Past the chain before the sink runs: if it panics, the chain stays complete.
+            state.last = state.last.wrapping_add(1);
             sink(chain.token, None);
-            done += 1;
         }
-        self.completed_single(last, done)
+        state.done() as usize
     }
 
     /// In order with one descriptor per chain: the oldest chain in flight sits in descriptor
@@ -178,14 +231,15 @@ impl<T: Send> SplitRing<T> {
         let pending = used_idx.wrapping_sub(self.last_used);
         let (size, mask, used_ring) = (self.size, self.mask, self.used);
         let limit = max.min(pending as usize) as u16;
-        let (mut last, mut left, mut batch_len) = (self.last_used, self.batch_left, self.batch_len);
-        let mut done = 0u16;
-        while done < limit {
-            let slot = last & mask;
-            let len = if left > 0 {
+        let mut state = Completing::new(self);
+        let end = state.start.wrapping_add(limit);
+        let ring = &mut *state.ring;
+        while state.last != end {
+            let slot = state.last & mask;
+            let len = if state.left > 0 {
                 // Inside a batch: the last chain carries the used entry's length.
-                left -= 1;
-                (left == 0).then_some(batch_len)
+                state.left -= 1;
+                (state.left == 0).then_some(state.batch_len)
             } else {
                 // SAFETY: the entry is inside the used ring (`slot < size`), 8-byte aligned;
                 // the acquire load of `used.idx` ordered this read after the device's write.
@@ -198,24 +252,23 @@ impl<T: Send> SplitRing<T> {
                     // The chains after this one that the entry completes too (`used.idx` moved
                     // by as many more).
                     let batch = (id as u16).wrapping_sub(slot) & mask;
-                    if id >= size as u32 || batch >= pending - done {
-                        self.errors.bad_id += 1;
-                        self.broken = true;
+                    if id >= size as u32 || batch >= pending - state.last.wrapping_sub(state.start) {
+                        ring.errors.bad_id += 1;
+                        ring.broken = true;
                         break;
                     }
-                    (left, batch_len) = (batch, len);
+                    (state.left, state.batch_len) = (batch, len);
                     None
                 }
             };
             // In flight: `pending` chains from the oldest on.
-            let Some(chain) = self.shadow.take(slot) else { break };
-            let used_len = chain.used_len(len, &mut self.errors);
-            last = last.wrapping_add(1);
+            let Some(chain) = ring.shadow.take(slot) else { break };
+            let used_len = chain.used_len(len, &mut ring.errors);
+            // Past the chain before the sink runs: if it panics, the chain stays complete.
+            state.last = state.last.wrapping_add(1);
             sink(chain.token, used_len);
-            done += 1;
         }
-        (self.batch_left, self.batch_len) = (left, batch_len);
-        self.completed_single(last, done)
+        state.done() as usize
     }
 
     /// The device's `used.idx`, or `None` when it claims more completions than chains in
@@ -231,17 +284,6 @@ impl<T: Send> SplitRing<T> {
             return None;
         }
         Some(used_idx)
-    }
-
-    /// One-descriptor chains up to used position `last` (free-running) completed, `done` of
-    /// them in this call; returns `done`.
-    #[inline(always)]
-    fn completed_single(&mut self, last: u16, done: u16) -> usize {
-        self.last_used = last;
-        self.oldest_head = last & self.mask;
-        self.free += done;
-        self.chains -= done;
-        done as usize
     }
 
     /// A 16-bit field of the available ring, at byte `offset` (from `spec::split::avail`).
@@ -374,7 +416,7 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
     ring_state_methods!();
 
     #[inline(always)]
-    fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
+    unsafe fn add(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
         let count = segments.len();
         if count == 0 || count > self.free as usize || self.broken || (self.single && count > 1) {
             return Err(token);
@@ -408,44 +450,37 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
     }
 
     #[inline(always)]
-    fn add_each(&mut self, chains: impl Iterator<Item = (Segment, T)>) -> usize {
+    unsafe fn add_each(&mut self, chains: impl Iterator<Item = (Segment, T)>) -> usize {
         if self.broken {
             return 0;
         }
-        let mut added = 0u16;
-        if self.single {
+        let chains = chains.take(self.free as usize);
+        let mut state = Adding { start: self.avail_idx, idx: self.avail_idx, ring: self };
+        let ring = &mut *state.ring;
+        if ring.single {
             // The chain goes into descriptor `avail_idx mod size`, which the available ring
             // entry of that position already names (see `new`).
-            let mut idx = self.avail_idx;
-            for (segment, token) in chains.take(self.free as usize) {
-                let slot = idx & self.mask;
-                self.write_desc(slot, &segment, if segment.writable { DESC_F_WRITE } else { 0 }, 0);
-                self.shadow.insert(slot, token, 1, if segment.writable { segment.len } else { 0 });
-                idx = idx.wrapping_add(1);
-                added += 1;
+            for (segment, token) in chains {
+                let slot = state.idx & ring.mask;
+                ring.write_desc(slot, &segment, if segment.writable { DESC_F_WRITE } else { 0 }, 0);
+                ring.shadow.insert(slot, token, 1, if segment.writable { segment.len } else { 0 });
+                state.idx = state.idx.wrapping_add(1);
             }
-            self.avail_idx = idx;
-            self.next_desc = idx & self.mask;
-            self.free -= added;
-            self.chains += added;
-            return added as usize;
+            return state.idx.wrapping_sub(state.start) as usize;
         }
-        for (segment, token) in chains.take(self.free as usize) {
-            let head = if self.in_order { self.next_desc } else { self.free_head };
-            let next = if self.in_order { (head + 1) & self.mask } else { self.next[head as usize] };
-            self.write_desc(head, &segment, if segment.writable { DESC_F_WRITE } else { 0 }, 0);
-            if self.in_order {
-                self.next_desc = next;
+        for (segment, token) in chains {
+            let head = if ring.in_order { ring.next_desc } else { ring.free_head };
+            let next = if ring.in_order { (head + 1) & ring.mask } else { ring.next[head as usize] };
+            ring.write_desc(head, &segment, if segment.writable { DESC_F_WRITE } else { 0 }, 0);
+            if ring.in_order {
+                ring.next_desc = next;
             } else {
-                self.free_head = next;
+                ring.free_head = next;
             }
-            self.shadow.insert(head, token, 1, if segment.writable { segment.len } else { 0 });
-            self.push_avail(head);
-            added += 1;
+            ring.shadow.insert(head, token, 1, if segment.writable { segment.len } else { 0 });
+            ring.push_avail(head);
         }
-        self.free -= added;
-        self.chains += added;
-        added as usize
+        ring.avail_idx.wrapping_sub(state.start) as usize
     }
 
     #[inline]

@@ -170,7 +170,11 @@ impl CommonConfig {
         self.r64(off!(queue_desc))
     }
     /// Writes `queue_desc`.
-    pub fn set_queue_desc(&self, addr: u64) {
+    ///
+    /// # Safety
+    /// The device accesses the selected queue's descriptor area at `addr` once the queue is
+    /// enabled: see [`VirtioPci::setup_queue`] for what the three areas must be.
+    pub unsafe fn set_queue_desc(&self, addr: u64) {
         self.w64(off!(queue_desc), addr)
     }
     /// `queue_driver`.
@@ -178,7 +182,10 @@ impl CommonConfig {
         self.r64(off!(queue_driver))
     }
     /// Writes `queue_driver`.
-    pub fn set_queue_driver(&self, addr: u64) {
+    ///
+    /// # Safety
+    /// As [`set_queue_desc`](Self::set_queue_desc), for the driver area.
+    pub unsafe fn set_queue_driver(&self, addr: u64) {
         self.w64(off!(queue_driver), addr)
     }
     /// `queue_device`.
@@ -186,7 +193,10 @@ impl CommonConfig {
         self.r64(off!(queue_device))
     }
     /// Writes `queue_device`.
-    pub fn set_queue_device(&self, addr: u64) {
+    ///
+    /// # Safety
+    /// As [`set_queue_desc`](Self::set_queue_desc), for the device area.
+    pub unsafe fn set_queue_device(&self, addr: u64) {
         self.w64(off!(queue_device), addr)
     }
 
@@ -503,7 +513,13 @@ impl VirtioPci {
     /// Configures and enables `queue` ("Virtqueue Configuration", 4.1.5.1.3): select it, check
     /// `size` against the maximum, write size and the three area addresses, read them back,
     /// compute and check the notify address, then write `queue_enable` = 1 and read it back.
-    pub fn setup_queue(
+    ///
+    /// # Safety
+    /// From then on the device reads and writes the three areas at `addresses` (device
+    /// addresses): they must be the areas of a `size`-entry `format` ring that the caller owns,
+    /// in memory mapped for this device, that nothing but the driver side of that ring (and the
+    /// device) uses, and that stays so until the device is reset.
+    pub unsafe fn setup_queue(
         &self,
         queue: u16,
         size: u16,
@@ -533,9 +549,12 @@ impl VirtioPci {
             )));
         }
         common.set_queue_size(size);
-        common.set_queue_desc(addresses.desc);
-        common.set_queue_driver(addresses.driver);
-        common.set_queue_device(addresses.device);
+        // SAFETY: the caller vouches for the three areas (this function's contract).
+        unsafe {
+            common.set_queue_desc(addresses.desc);
+            common.set_queue_driver(addresses.driver);
+            common.set_queue_device(addresses.device);
+        }
         let read_size = common.queue_size();
         if read_size != size {
             return Err(refused("; the device did not keep the size written to queue_size"));
@@ -610,7 +629,8 @@ mod tests {
         // SAFETY: in bounds.
         unsafe { bar4.write_u16(0x12, 3) };
         assert_eq!(pci.num_queues(), 3);
-        pci.common().set_queue_desc(0x1122_3344_5566_7788);
+        // SAFETY: a synthetic device in memory: nothing uses the address.
+        unsafe { pci.common().set_queue_desc(0x1122_3344_5566_7788) };
         assert_eq!((bar4.get_u32(0x20), bar4.get_u32(0x24)), (Some(0x5566_7788), Some(0x1122_3344)));
         assert!(pci.isr().is_some());
     }
@@ -648,22 +668,26 @@ mod tests {
         // SAFETY: in bounds.
         unsafe { bar4.write_u16(off!(queue_notify_off), 1) };
         let addrs = QueueAddresses { desc: 0x7f00_0000_0000, driver: 0x7f00_0000_1000, device: 0x7f00_0000_2000 };
-        let err = pci.setup_queue(1, 512, RingFormat::Packed, addrs).unwrap_err();
+        let setup_queue = |queue, size, format| {
+            // SAFETY: a synthetic device in memory: nothing does DMA.
+            unsafe { pci.setup_queue(queue, size, format, addrs) }
+        };
+        let err = setup_queue(1, 512, RingFormat::Packed).unwrap_err();
         assert!(matches!(err, Error::QueueSizeRefused { queue: 1, requested: 512, max: 256, .. }), "{err}");
         assert!(err.to_string().contains("rx_queue_size"));
-        let err = pci.setup_queue(1, 200, RingFormat::Split, addrs).unwrap_err();
+        let err = setup_queue(1, 200, RingFormat::Split).unwrap_err();
         assert!(err.to_string().contains("power of two"), "{err}");
-        let notifier = pci.setup_queue(1, 128, RingFormat::Split, addrs).unwrap();
+        let notifier = setup_queue(1, 128, RingFormat::Split).unwrap();
         assert_eq!(bar4.get_u16(off!(queue_size)), Some(128));
         assert_eq!(bar4.get_u16(off!(queue_enable)), Some(1));
         assert_eq!(pci.common().queue_driver(), 0x7f00_0000_1000);
         notifier.notify();
         assert_eq!(bar4.get_u16(0x3000 + 4), Some(1), "the queue index lands at notify + 1 * 4");
         // Already enabled: refused.
-        assert!(pci.setup_queue(1, 128, RingFormat::Split, addrs).is_err());
+        assert!(setup_queue(1, 128, RingFormat::Split).is_err());
         // A queue whose maximum is 0 does not exist.
         set_queue_max(&bar4, 2, 0);
-        let err = pci.setup_queue(2, 64, RingFormat::Packed, addrs).unwrap_err();
+        let err = setup_queue(2, 64, RingFormat::Packed).unwrap_err();
         assert!(err.to_string().contains("no such queue"), "{err}");
     }
 
@@ -682,7 +706,8 @@ mod tests {
         // SAFETY: in bounds.
         unsafe { bar4.write_u16(off!(queue_notify_off), 0x400) };
         let addrs = QueueAddresses { desc: 0x1000, driver: 0x2000, device: 0x3000 };
-        let err = pci.setup_queue(0, 256, RingFormat::Packed, addrs).unwrap_err();
+        // SAFETY: a synthetic device in memory: nothing does DMA.
+        let err = unsafe { pci.setup_queue(0, 256, RingFormat::Packed, addrs) }.unwrap_err();
         assert!(err.to_string().contains("outside the notification structure"), "{err}");
         assert_eq!(bar4.get_u16(off!(queue_enable)), Some(0), "not enabled after a failed set-up");
     }

@@ -19,6 +19,7 @@
 //! given to `vfio-ioctls` is a private directory named after the BDF holding only an
 //! `iommu_group` link (`$TMPDIR/virtio-pmd-<pid>-<n>/<bdf>/iommu_group`), which stays valid until
 //! the device has dropped, and is removed after it.
+#![allow(unsafe_code)]
 
 use std::any::Any;
 use std::fs;
@@ -415,14 +416,16 @@ impl Transport for VfioPciTransport {
         self.container.map_dma(region)
     }
 
-    fn setup_queue(
+    unsafe fn setup_queue(
         &mut self,
         queue: u16,
         size: u16,
         format: RingFormat,
         addresses: QueueAddresses,
     ) -> Result<Box<dyn Notify>> {
-        Ok(Box::new(self.pci.setup_queue(queue, size, format, addresses)?))
+        // SAFETY: the caller vouches for the areas (`Transport::setup_queue`'s contract, the same
+        // as `VirtioPci::setup_queue`'s).
+        Ok(Box::new(unsafe { self.pci.setup_queue(queue, size, format, addresses) }?))
     }
 }
 

@@ -52,6 +52,7 @@
 //! let port = Port::open(Box::new(transport), &pool, &PortConfig::default(), &iova)?;
 //! # Ok(()) }
 //! ```
+#![allow(unsafe_code)]
 
 mod socket;
 mod watchdog;
@@ -631,7 +632,7 @@ impl Transport for VhostUserTransport {
         Ok(())
     }
 
-    fn setup_queue(
+    unsafe fn setup_queue(
         &mut self,
         queue: u16,
         size: u16,
