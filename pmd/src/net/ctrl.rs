@@ -323,3 +323,57 @@ impl Drop for CtrlQueue {
         }
     }
 }
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::spec::features::{self, Features};
+    use crate::spec::net as net_spec;
+    use crate::testing::{FakeDeviceConfig, FakeTransport, NotifyMode};
+
+    /// A device that can, or cannot, be confirmed stopped.
+    struct Stop(bool);
+
+    impl Quiesce for Stop {
+        fn quiesce(&self) -> bool {
+            self.0
+        }
+    }
+
+    /// The control queue's region after a command that never completed and the queue's drop,
+    /// with a device that stops or not.
+    fn region_after_a_stuck_command(stops: bool) -> std::sync::Weak<DmaRegion> {
+        let offered = Features::from_bits(&[features::VERSION_1, net_spec::F_CTRL_VQ]);
+        let mut transport = FakeTransport::new(FakeDeviceConfig {
+            offered,
+            max_queue_size: 256,
+            num_queues: 3,
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+            notify: NotifyMode::Never,
+            behind_iommu: false,
+            refuse_driver_ok: false,
+        });
+        transport.set_driver_features(offered).unwrap();
+        let spec = CtrlRingSpec { format: RingFormat::Split, in_order: false, event_idx: false };
+        let device: Arc<dyn Quiesce> = Arc::new(Stop(stops));
+        let timeout = Duration::from_millis(10);
+        let identity = IovaAllocator::identity();
+        let mut queue = CtrlQueue::new(&mut transport, 2, spec, timeout, HugePages::Never, &identity, device).unwrap();
+        // Without DRIVER_OK the fake device serves nothing: the command stays in flight.
+        let err = queue.command(CtrlCommand::AnnounceAck, &[]).unwrap_err();
+        assert!(matches!(err, Error::CtrlTimeout { command: CtrlCommand::AnnounceAck, .. }), "{err:?}");
+        assert!(matches!(queue.command(CtrlCommand::VlanAdd, &[1, 0]), Err(Error::CtrlQueueUnusable { .. })));
+        // The transport lets go of the region; only the queue holds it now.
+        drop(transport);
+        let region = Arc::downgrade(&queue.region);
+        drop(queue);
+        region
+    }
+
+    #[test]
+    fn the_region_is_freed_only_once_the_device_stopped() {
+        assert!(region_after_a_stuck_command(true).upgrade().is_none(), "freed after the device stopped");
+        assert!(region_after_a_stuck_command(false).upgrade().is_some(), "leaked: the device may still write it");
+    }
+}
