@@ -1,6 +1,9 @@
 //! The driver's error type: one variant per failing step, each message saying what to do.
 
 use std::io;
+use std::time::Duration;
+
+use crate::net::{CtrlCommand, CtrlUnavailable};
 
 /// Errors from setting up or running a port. The fast path (rx/tx burst) never returns these:
 /// it counts problems in the queue statistics instead.
@@ -242,6 +245,78 @@ pub enum Error {
         count: usize,
         /// The limit.
         max: usize,
+    },
+    /// A control-queue command is not available on this port (no control queue, or the
+    /// feature the command needs was not negotiated).
+    #[error("{device}: cannot send {command}: {why}")]
+    NoControlQueue {
+        /// The device.
+        device: String,
+        /// The command asked for.
+        command: CtrlCommand,
+        /// What is missing, and what to do.
+        why: CtrlUnavailable,
+    },
+    /// The device answered a control-queue command with an ack other than VIRTIO_NET_OK.
+    #[error(
+        "{device}: the device refused {command} (ack {ack:#x}, VIRTIO_NET_OK is 0): check the device's \
+         log (QEMU prints why) and the values sent"
+    )]
+    CtrlCommandFailed {
+        /// The device.
+        device: String,
+        /// The command refused.
+        command: CtrlCommand,
+        /// The ack byte the device wrote (0xff: none written).
+        ack: u8,
+    },
+    /// The device did not complete a control-queue command in time; the control queue is
+    /// unusable from then on.
+    #[error(
+        "{device}: the device did not complete {command} within {timeout:?}: the control queue is now \
+         unusable (its buffers stay the device's until it is reset); restart the port"
+    )]
+    CtrlTimeout {
+        /// The device.
+        device: String,
+        /// The command that did not complete.
+        command: CtrlCommand,
+        /// How long the driver waited ([`PortConfig::control_timeout`](crate::net::PortConfig)).
+        timeout: Duration,
+    },
+    /// The control queue stopped being usable (an earlier command never completed, or the
+    /// device broke the ring protocol).
+    #[error(
+        "{device}: cannot send {command}: the control queue is unusable after an earlier failure; restart the port"
+    )]
+    CtrlQueueUnusable {
+        /// The device.
+        device: String,
+        /// The command asked for.
+        command: CtrlCommand,
+    },
+    /// A control-queue command's argument is out of range; nothing was sent.
+    #[error("{device}: cannot send {command}: {problem}")]
+    CtrlBadArgument {
+        /// The device.
+        device: String,
+        /// The command asked for.
+        command: CtrlCommand,
+        /// What is wrong with the argument.
+        problem: String,
+    },
+    /// More queue pairs asked for than the device supports (`max_virtqueue_pairs`) or than the
+    /// port set up.
+    #[error("{device}: {requested} queue pairs asked for, but {limit}: ask for at most {max} (and at least 1)")]
+    TooManyQueuePairs {
+        /// The device.
+        device: String,
+        /// Pairs asked for.
+        requested: u16,
+        /// The most that can be had.
+        max: u16,
+        /// Where the limit comes from.
+        limit: &'static str,
     },
 }
 

@@ -343,7 +343,7 @@ fn no_listener_is_a_clear_error() {
 // ---- Traffic through the port layer (pmd/src/net) over this transport ----
 
 use virtio_pmd::mbuf::{Mbuf, Mempool, MempoolConfig};
-use virtio_pmd::net::{Port, PortConfig, RingChoice};
+use virtio_pmd::net::{CtrlUnavailable, Port, PortConfig, RingChoice};
 
 const POOL_SIZE: u32 = 4096;
 
@@ -360,9 +360,15 @@ fn pool() -> Mempool {
 fn open_port(testpmd: &VhostTestpmd, pool: &Mempool, ring: RingChoice) -> Port {
     let transport = VhostUserTransport::connect(config(testpmd)).unwrap();
     let config = PortConfig { ring, ring_size: Some(RING), huge_pages: HugePages::Required, ..PortConfig::default() };
-    let port = Port::open(Box::new(transport), pool, &config, &IovaAllocator::identity()).unwrap();
+    let mut port = Port::open(Box::new(transport), pool, &config, &IovaAllocator::identity()).unwrap();
     assert_eq!(port.mac(), Some([0x02, 0, 0, 0, 0, 1]), "MAC from the synthesised config");
     assert!(port.link_up().unwrap());
+    // DPDK's vhost offers VIRTIO_NET_F_CTRL_VQ, but serves no control queue: never negotiated,
+    // and control commands say so.
+    assert!(!port.has_control_queue() && !port.features().has(net::F_CTRL_VQ));
+    let err = port.set_promiscuous(true).unwrap_err();
+    assert!(matches!(err, Error::NoControlQueue { why: CtrlUnavailable::Transport, .. }), "{err:?}");
+    assert!(err.to_string().contains("vhost-user"), "{err}");
     port
 }
 

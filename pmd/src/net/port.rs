@@ -8,6 +8,14 @@
 //! virtqueue `2i` (receive) and `2i + 1` (transmit) ("Device Types / Network Device /
 //! Virtqueues", 5.1.2).
 //!
+//! The control queue (VIRTIO_NET_F_CTRL_VQ, "Control Virtqueue", 5.1.6.5) is negotiated when the
+//! device offers it, the transport can give it and [`PortConfig::control_queue`] asks for it,
+//! with every VIRTIO_NET_F_CTRL_* feature, GUEST_ANNOUNCE and MQ the device offers (each
+//! requires CTRL_VQ, "Feature bit requirements", 5.1.3.1). It is virtqueue
+//! `2 * max_virtqueue_pairs` with MQ, 2 without, set up with the data queues before DRIVER_OK;
+//! commands go only after DRIVER_OK. With MQ, more than one pair is activated with
+//! VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET right after DRIVER_OK ("Device operation in multiqueue mode").
+//!
 //! Invariant: a queue hands its in-flight buffers back to their pools only after the device was
 //! reset: every queue holds the shared device from the moment it is made, so dropping any queue
 //! (or the port), on a failed initialisation too, resets the device first, and a device can
@@ -25,7 +33,9 @@
 #![allow(unsafe_code)]
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use super::ctrl::{CtrlCommand, CtrlQueue, CtrlRingSpec, CtrlUnavailable, RxFilter, MAX_DATA};
 use super::queue::{Quiesce, Ring, RxQueue, TxQueue};
 use super::stats::QueueCounters;
 use super::QueueStats;
@@ -69,6 +79,13 @@ pub struct PortConfig {
     pub event_idx: bool,
     /// Huge page policy for the rings' memory.
     pub huge_pages: HugePages,
+    /// Use the control queue (VIRTIO_NET_F_CTRL_VQ) when the device offers it and the transport
+    /// can give it. On by default; without it, the port's control commands return
+    /// [`Error::NoControlQueue`] and a PCI device runs one queue pair.
+    pub control_queue: bool,
+    /// How long a control-queue command may take before the port gives up on the control queue
+    /// ([`Error::CtrlTimeout`]).
+    pub control_timeout: Duration,
 }
 
 impl Default for PortConfig {
@@ -81,6 +98,8 @@ impl Default for PortConfig {
             in_order: true,
             event_idx: false,
             huge_pages: HugePages::Preferred,
+            control_queue: true,
+            control_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -140,6 +159,8 @@ struct Negotiated {
     mac: Option<[u8; 6]>,
     mtu: Option<u16>,
     rings: Arc<DmaRegion>,
+    ctrl_missing: CtrlUnavailable,
+    max_pairs: u16,
 }
 
 /// Ethernet header bytes a frame carries besides its MTU ("Device configuration layout": "plus
@@ -148,6 +169,17 @@ const ETH_HEADER_LEN: u32 = 14;
 
 /// The MTU when the device reports none (VIRTIO_NET_F_MTU not negotiated).
 const DEFAULT_MTU: u16 = 1500;
+
+/// The control-queue features negotiated whenever offered with VIRTIO_NET_F_CTRL_VQ.
+const CTRL_FEATURES: [u32; 7] = [
+    net_spec::F_CTRL_RX,
+    net_spec::F_CTRL_RX_EXTRA,
+    net_spec::F_CTRL_VLAN,
+    net_spec::F_GUEST_ANNOUNCE,
+    net_spec::F_MQ,
+    net_spec::F_CTRL_MAC_ADDR,
+    net_spec::F_CTRL_GUEST_OFFLOADS,
+];
 
 /// A virtio-net device, initialised and running, with its queues.
 pub struct Port {
@@ -159,6 +191,12 @@ pub struct Port {
     mtu: Option<u16>,
     queues: Vec<Option<(RxQueue, TxQueue)>>,
     counters: Vec<(Arc<QueueCounters>, Arc<QueueCounters>)>,
+    /// The control queue, when negotiated; dropped after the queues' device reset.
+    ctrl: Option<CtrlQueue>,
+    /// Why there is no control queue, when there is none.
+    ctrl_missing: CtrlUnavailable,
+    /// `max_virtqueue_pairs` with VIRTIO_NET_F_MQ, 1 without.
+    max_pairs: u16,
     _rings: Arc<DmaRegion>,
 }
 
@@ -179,7 +217,8 @@ impl Port {
         // Filled by `init`, and owned here: if `init` fails after making queues, they drop below,
         // with the transport's lock released, and reset the device before their buffers return.
         let mut queues = Vec::with_capacity(config.queue_pairs as usize);
-        match Self::init(&device, pool, config, iova, &mut queues) {
+        let mut ctrl = None;
+        match Self::init(&device, pool, config, iova, &mut queues, &mut ctrl) {
             Ok(found) => {
                 let mut port = Port {
                     device,
@@ -190,6 +229,9 @@ impl Port {
                     mtu: found.mtu,
                     queues: Vec::with_capacity(queues.len()),
                     counters: Vec::with_capacity(queues.len()),
+                    ctrl,
+                    ctrl_missing: found.ctrl_missing,
+                    max_pairs: found.max_pairs,
                     _rings: found.rings,
                 };
                 for (rx, tx) in queues {
@@ -201,6 +243,7 @@ impl Port {
             Err(err) => {
                 // The queues reset the device (their `Quiesce`) before their buffers go back.
                 drop(queues);
+                drop(ctrl);
                 // Leave the device reset and tell it the driver gave up (best effort).
                 let mut transport = device.transport();
                 let _ = transport.reset();
@@ -212,7 +255,13 @@ impl Port {
     }
 
     /// The features this driver asks for, given what the device offers.
-    fn choose_features(name: &str, offered: Features, config: &PortConfig) -> Result<(Features, RingFormat)> {
+    /// Besides the features, says why there will be no control queue (when there will be none).
+    fn choose_features(
+        name: &str,
+        offered: Features,
+        config: &PortConfig,
+        transport_ctrl: bool,
+    ) -> Result<(Features, RingFormat, CtrlUnavailable)> {
         if config.queue_pairs == 0 {
             return Err(Error::InvalidConfig(format!("{name}: at least one queue pair is needed")));
         }
@@ -249,7 +298,23 @@ impl Port {
         if config.event_idx && offered.has(features::EVENT_IDX) {
             wanted = wanted.with(features::EVENT_IDX);
         }
-        Ok((wanted, format))
+        let ctrl_missing = if !transport_ctrl {
+            CtrlUnavailable::Transport
+        } else if !offered.has(net_spec::F_CTRL_VQ) {
+            CtrlUnavailable::NotOffered
+        } else if !config.control_queue {
+            CtrlUnavailable::Disabled
+        } else {
+            wanted = wanted.with(net_spec::F_CTRL_VQ);
+            for optional in CTRL_FEATURES {
+                if offered.has(optional) {
+                    wanted = wanted.with(optional);
+                }
+            }
+            // Never read: the control queue exists.
+            CtrlUnavailable::NotOffered
+        };
+        Ok((wanted, format, ctrl_missing))
     }
 
     /// The steps of [`Port::open`]; the queues it makes go into `queues`, each holding the
@@ -260,17 +325,11 @@ impl Port {
         config: &PortConfig,
         iova: &IovaAllocator,
         queues: &mut Vec<(RxQueue, TxQueue)>,
+        ctrl: &mut Option<CtrlQueue>,
     ) -> Result<Negotiated> {
         let name = device.name.as_str();
         let mut transport = device.transport();
         let transport = &mut **transport;
-        if config.queue_pairs > 1 && !transport.queue_pairs_without_control_queue() {
-            return Err(Error::InvalidConfig(format!(
-                "{name}: {} queue pairs asked for, but over this transport the device activates more than one \
-                 pair only through the control queue, which this driver does not drive yet: use one queue pair",
-                config.queue_pairs
-            )));
-        }
         transport.reset()?;
         transport.set_status(status::ACKNOWLEDGE)?;
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER)?;
@@ -281,7 +340,20 @@ impl Port {
                  take the driver's IOVAs for physical addresses: give it one (QEMU: iommu_platform=on)"
             )));
         }
-        let (wanted, format) = Self::choose_features(name, offered, config)?;
+        let (wanted, format, ctrl_missing) = Self::choose_features(name, offered, config, transport.control_queue())?;
+        let multiqueue = wanted.has(net_spec::F_MQ);
+        if config.queue_pairs > 1 && !transport.queue_pairs_without_control_queue() && !multiqueue {
+            let why = if wanted.has(net_spec::F_CTRL_VQ) {
+                "the device does not offer VIRTIO_NET_F_MQ (QEMU: mq=on)".to_owned()
+            } else {
+                ctrl_missing.to_string()
+            };
+            return Err(Error::InvalidConfig(format!(
+                "{name}: {} queue pairs asked for, but over this transport the device activates more than one \
+                 pair only through the control queue with VIRTIO_NET_F_MQ, and {why}; or use one queue pair",
+                config.queue_pairs
+            )));
+        }
         transport.set_driver_features(wanted)?;
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;
         let now = transport.status()?;
@@ -293,6 +365,27 @@ impl Port {
         }
 
         let (mac, mtu) = Self::read_config(transport, wanted)?;
+        let max_pairs = if multiqueue {
+            let mut bytes = [0u8; 2];
+            transport.read_device_config(net_config::MAX_VIRTQUEUE_PAIRS, &mut bytes)?;
+            let max = u16::from_le_bytes(bytes);
+            if !(net_spec::ctrl::MQ_VQ_PAIRS_MIN..=net_spec::ctrl::MQ_VQ_PAIRS_MAX).contains(&max) {
+                return Err(Error::Transport(format!(
+                    "{name}: the device reports max_virtqueue_pairs = {max}, outside the spec's 1..=0x8000"
+                )));
+            }
+            max
+        } else {
+            1
+        };
+        if multiqueue && config.queue_pairs > max_pairs {
+            return Err(Error::TooManyQueuePairs {
+                device: name.to_owned(),
+                requested: config.queue_pairs,
+                max: max_pairs,
+                limit: "the device's max_virtqueue_pairs is lower",
+            });
+        }
         // "Device configuration layout" (5.1.4): with VIRTIO_NET_F_MTU the driver must supply
         // receive buffers for a packet of `mtu` plus the Ethernet header; without it "Setting Up
         // Receive Buffers" (5.1.6.3) sizes them for 1514-byte packets.
@@ -309,8 +402,10 @@ impl Port {
         }
 
         let queues_needed = 2 * config.queue_pairs;
+        // "Virtqueues" (5.1.2): the control queue follows the most data queues the device has.
+        let ctrl_index = wanted.has(net_spec::F_CTRL_VQ).then_some(2 * max_pairs);
         let available = transport.num_queues()?;
-        if available < queues_needed {
+        if available < queues_needed || ctrl_index.is_some_and(|index| available <= index) {
             return Err(Error::InvalidConfig(format!(
                 "{name}: {} queue pairs need {queues_needed} virtqueues, the device has {available}",
                 config.queue_pairs
@@ -379,6 +474,18 @@ impl Port {
             let rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id).with_quiesce(quiesce.clone());
             queues.push((rx, TxQueue::new(tx_ring, tx_notify).with_quiesce(quiesce.clone())));
         }
+        if let Some(index) = ctrl_index {
+            let spec = CtrlRingSpec { format, in_order, event_idx };
+            *ctrl = Some(CtrlQueue::new(
+                transport,
+                index,
+                spec,
+                config.control_timeout,
+                config.huge_pages,
+                iova,
+                quiesce.clone(),
+            )?);
+        }
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK)?;
         let now = transport.status()?;
         if now & status::DEVICE_NEEDS_RESET != 0 || now & status::DRIVER_OK == 0 {
@@ -388,7 +495,12 @@ impl Port {
         for (rx, _) in queues.iter_mut() {
             rx.start();
         }
-        Ok(Negotiated { features: wanted, format, ring_size: size, mac, mtu, rings })
+        if config.queue_pairs > 1 && multiqueue {
+            if let Some(ctrl) = ctrl.as_mut() {
+                ctrl.command(CtrlCommand::MqVqPairsSet, &config.queue_pairs.to_le_bytes())?;
+            }
+        }
+        Ok(Negotiated { features: wanted, format, ring_size: size, mac, mtu, rings, ctrl_missing, max_pairs })
     }
 
     /// The MAC and MTU the device reports, when negotiated (readable once FEATURES_OK is set).
@@ -477,6 +589,165 @@ impl Port {
             return Err(Error::Transport(format!("{}: the device is not running (status {now:#x})", self.device.name)));
         }
         Ok(())
+    }
+
+    /// Whether the control queue is set up (VIRTIO_NET_F_CTRL_VQ negotiated).
+    pub fn has_control_queue(&self) -> bool {
+        self.ctrl.is_some()
+    }
+
+    /// The control queue, for `command`, which needs `feature` (named) to be negotiated.
+    fn ctrl(&mut self, command: CtrlCommand, feature: Option<(u32, &'static str)>) -> Result<&mut CtrlQueue> {
+        let device = || self.device.name.clone();
+        let Some(ctrl) = self.ctrl.as_mut() else {
+            return Err(Error::NoControlQueue { device: device(), command, why: self.ctrl_missing });
+        };
+        if let Some((bit, feature)) = feature {
+            if !self.features.has(bit) {
+                return Err(Error::NoControlQueue {
+                    device: device(),
+                    command,
+                    why: CtrlUnavailable::FeatureNotOffered(feature),
+                });
+            }
+        }
+        Ok(ctrl)
+    }
+
+    /// Turns a receive filter on or off (VIRTIO_NET_CTRL_RX, "Packet Receive Filtering"):
+    /// promiscuous and all-multicast need VIRTIO_NET_F_CTRL_RX, the others
+    /// VIRTIO_NET_F_CTRL_RX_EXTRA.
+    pub fn set_rx_filter(&mut self, filter: RxFilter, on: bool) -> Result<()> {
+        let feature = match filter {
+            RxFilter::Promiscuous | RxFilter::AllMulticast => (net_spec::F_CTRL_RX, "VIRTIO_NET_F_CTRL_RX"),
+            _ => (net_spec::F_CTRL_RX_EXTRA, "VIRTIO_NET_F_CTRL_RX_EXTRA"),
+        };
+        let command = CtrlCommand::Rx(filter);
+        self.ctrl(command, Some(feature))?.command(command, &[u8::from(on)])
+    }
+
+    /// Promiscuous mode on or off (VIRTIO_NET_CTRL_RX_PROMISC).
+    pub fn set_promiscuous(&mut self, on: bool) -> Result<()> {
+        self.set_rx_filter(RxFilter::Promiscuous, on)
+    }
+
+    /// All-multicast mode on or off (VIRTIO_NET_CTRL_RX_ALLMULTI).
+    pub fn set_all_multicast(&mut self, on: bool) -> Result<()> {
+        self.set_rx_filter(RxFilter::AllMulticast, on)
+    }
+
+    /// Sets the device's MAC address (VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_F_CTRL_MAC_ADDR);
+    /// [`mac`](Self::mac) reports it from then on.
+    pub fn set_mac_address(&mut self, mac: [u8; 6]) -> Result<()> {
+        let command = CtrlCommand::MacAddrSet;
+        self.ctrl(command, Some((net_spec::F_CTRL_MAC_ADDR, "VIRTIO_NET_F_CTRL_MAC_ADDR")))?.command(command, &mac)?;
+        self.mac = Some(mac);
+        Ok(())
+    }
+
+    /// Replaces the MAC filtering table (VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_F_CTRL_RX):
+    /// `unicast` and `multicast` addresses, each table a le32 count then the addresses ("Setting
+    /// MAC Address Filtering").
+    pub fn set_mac_table(&mut self, unicast: &[[u8; 6]], multicast: &[[u8; 6]]) -> Result<()> {
+        let command = CtrlCommand::MacTableSet;
+        let ctrl = self.ctrl(command, Some((net_spec::F_CTRL_RX, "VIRTIO_NET_F_CTRL_RX")))?;
+        let bytes = 8 + 6 * (unicast.len() + multicast.len());
+        if bytes > MAX_DATA {
+            return Err(Error::CtrlBadArgument {
+                device: self.device.name.clone(),
+                command,
+                problem: format!(
+                    "{} + {} addresses take {bytes} bytes, at most {MAX_DATA} fit: use fewer (or promiscuous mode)",
+                    unicast.len(),
+                    multicast.len()
+                ),
+            });
+        }
+        let mut data = Vec::with_capacity(bytes);
+        for table in [unicast, multicast] {
+            data.extend_from_slice(&(table.len() as u32).to_le_bytes());
+            table.iter().for_each(|mac| data.extend_from_slice(mac));
+        }
+        ctrl.command(command, &data)
+    }
+
+    /// Adds `vid` to the VLAN filter table, or removes it (VIRTIO_NET_CTRL_VLAN_ADD / _DEL,
+    /// VIRTIO_NET_F_CTRL_VLAN).
+    pub fn vlan_filter(&mut self, vid: u16, add: bool) -> Result<()> {
+        let command = if add { CtrlCommand::VlanAdd } else { CtrlCommand::VlanDel };
+        let ctrl = self.ctrl(command, Some((net_spec::F_CTRL_VLAN, "VIRTIO_NET_F_CTRL_VLAN")))?;
+        if vid > 4095 {
+            return Err(Error::CtrlBadArgument {
+                device: self.device.name.clone(),
+                command,
+                problem: format!("VLAN id {vid} is not a 12-bit VLAN id (0..=4095)"),
+            });
+        }
+        ctrl.command(command, &vid.to_le_bytes())
+    }
+
+    /// Whether the device asks for an announcement (VIRTIO_NET_S_ANNOUNCE in the config
+    /// `status`, with VIRTIO_NET_F_GUEST_ANNOUNCE): the application should then send its
+    /// gratuitous packets and call [`announce_ack`](Self::announce_ack) ("Gratuitous Packet
+    /// Sending").
+    pub fn announce_pending(&mut self) -> Result<bool> {
+        self.ctrl(CtrlCommand::AnnounceAck, Some((net_spec::F_GUEST_ANNOUNCE, "VIRTIO_NET_F_GUEST_ANNOUNCE")))?;
+        if !self.features.has(net_spec::F_STATUS) {
+            return Ok(false);
+        }
+        let mut status = [0u8; 2];
+        self.device.transport().read_device_config(net_config::STATUS, &mut status)?;
+        Ok(u16::from_le_bytes(status) & net_spec::S_ANNOUNCE != 0)
+    }
+
+    /// Acknowledges an announcement request (VIRTIO_NET_CTRL_ANNOUNCE_ACK,
+    /// VIRTIO_NET_F_GUEST_ANNOUNCE): the device clears VIRTIO_NET_S_ANNOUNCE.
+    pub fn announce_ack(&mut self) -> Result<()> {
+        let command = CtrlCommand::AnnounceAck;
+        self.ctrl(command, Some((net_spec::F_GUEST_ANNOUNCE, "VIRTIO_NET_F_GUEST_ANNOUNCE")))?.command(command, &[])
+    }
+
+    /// Sets the guest offloads the device may apply to received packets
+    /// (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, VIRTIO_NET_F_CTRL_GUEST_OFFLOADS): a mask of
+    /// VIRTIO_NET_F_GUEST_* feature bits, each of which must have been negotiated.
+    pub fn set_guest_offloads(&mut self, offloads: u64) -> Result<()> {
+        let command = CtrlCommand::GuestOffloadsSet;
+        let negotiated = self.features.0;
+        let ctrl = self.ctrl(command, Some((net_spec::F_CTRL_GUEST_OFFLOADS, "VIRTIO_NET_F_CTRL_GUEST_OFFLOADS")))?;
+        if offloads & !negotiated != 0 {
+            return Err(Error::CtrlBadArgument {
+                device: self.device.name.clone(),
+                command,
+                problem: format!(
+                    "offload bits {:#x} were not negotiated (negotiated features {negotiated:#x})",
+                    offloads & !negotiated
+                ),
+            });
+        }
+        ctrl.command(command, &offloads.to_le_bytes())
+    }
+
+    /// Tells the device to use `pairs` queue pairs (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+    /// VIRTIO_NET_F_MQ): at least 1, at most the pairs this port set up (and so at most
+    /// `max_virtqueue_pairs`).
+    pub fn set_queue_pairs(&mut self, pairs: u16) -> Result<()> {
+        let command = CtrlCommand::MqVqPairsSet;
+        let set_up = self.queues.len() as u16;
+        let max_pairs = self.max_pairs;
+        let ctrl = self.ctrl(command, Some((net_spec::F_MQ, "VIRTIO_NET_F_MQ")))?;
+        if pairs == 0 || pairs > set_up {
+            return Err(Error::TooManyQueuePairs {
+                device: self.device.name.clone(),
+                requested: pairs,
+                max: set_up,
+                limit: if set_up == max_pairs {
+                    "the device's max_virtqueue_pairs is lower"
+                } else {
+                    "the port set up fewer (PortConfig::queue_pairs)"
+                },
+            });
+        }
+        ctrl.command(command, &pairs.to_le_bytes())
     }
 
     /// Counters of every queue, wherever the queues are now, and their sums.

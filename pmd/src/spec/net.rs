@@ -14,10 +14,23 @@ pub const F_MAC: u32 = 5;
 pub const F_MRG_RXBUF: u32 = 15;
 /// `VIRTIO_NET_F_STATUS` (16): `status` in the config is valid.
 pub const F_STATUS: u32 = 16;
-/// `VIRTIO_NET_F_CTRL_VQ` (17).
+/// `VIRTIO_NET_F_CTRL_GUEST_OFFLOADS` (2): control channel offloads reconfiguration.
+pub const F_CTRL_GUEST_OFFLOADS: u32 = 2;
+/// `VIRTIO_NET_F_CTRL_VQ` (17): the control virtqueue is available.
 pub const F_CTRL_VQ: u32 = 17;
-/// `VIRTIO_NET_F_MQ` (22).
+/// `VIRTIO_NET_F_CTRL_RX` (18): control channel RX mode (PROMISC, ALLMULTI).
+pub const F_CTRL_RX: u32 = 18;
+/// `VIRTIO_NET_F_CTRL_VLAN` (19): control channel VLAN filtering.
+pub const F_CTRL_VLAN: u32 = 19;
+/// `VIRTIO_NET_F_CTRL_RX_EXTRA` (20): control channel RX extra modes (ALLUNI, NOMULTI, NOUNI,
+/// NOBCAST).
+pub const F_CTRL_RX_EXTRA: u32 = 20;
+/// `VIRTIO_NET_F_GUEST_ANNOUNCE` (21): the driver can send gratuitous packets.
+pub const F_GUEST_ANNOUNCE: u32 = 21;
+/// `VIRTIO_NET_F_MQ` (22): multiqueue with automatic receive steering.
 pub const F_MQ: u32 = 22;
+/// `VIRTIO_NET_F_CTRL_MAC_ADDR` (23): set the MAC address through the control channel.
+pub const F_CTRL_MAC_ADDR: u32 = 23;
 
 /// `VIRTIO_NET_S_LINK_UP` in the config `status`.
 pub const S_LINK_UP: u16 = 1;
@@ -62,4 +75,64 @@ pub mod config {
     pub const MAX_VIRTQUEUE_PAIRS: usize = 8;
     /// `mtu` (le16).
     pub const MTU: usize = 10;
+}
+
+/// The control virtqueue ("Control Virtqueue", 5.1.6.5): `struct virtio_net_ctrl` is `class`,
+/// `command`, the command-specific data, then the `ack` byte the device writes.
+pub mod ctrl {
+    /// `VIRTIO_NET_OK`: the device applied the command.
+    pub const OK: u8 = 0;
+    /// `VIRTIO_NET_ERR`: the device refused the command.
+    pub const ERR: u8 = 1;
+
+    /// `VIRTIO_NET_CTRL_RX` ("Packet Receive Filtering"): data is one byte, 0 (off) or 1 (on).
+    pub const RX: u8 = 0;
+    /// `VIRTIO_NET_CTRL_RX_PROMISC`.
+    pub const RX_PROMISC: u8 = 0;
+    /// `VIRTIO_NET_CTRL_RX_ALLMULTI`.
+    pub const RX_ALLMULTI: u8 = 1;
+    /// `VIRTIO_NET_CTRL_RX_ALLUNI` (VIRTIO_NET_F_CTRL_RX_EXTRA).
+    pub const RX_ALLUNI: u8 = 2;
+    /// `VIRTIO_NET_CTRL_RX_NOMULTI` (VIRTIO_NET_F_CTRL_RX_EXTRA).
+    pub const RX_NOMULTI: u8 = 3;
+    /// `VIRTIO_NET_CTRL_RX_NOUNI` (VIRTIO_NET_F_CTRL_RX_EXTRA).
+    pub const RX_NOUNI: u8 = 4;
+    /// `VIRTIO_NET_CTRL_RX_NOBCAST` (VIRTIO_NET_F_CTRL_RX_EXTRA).
+    pub const RX_NOBCAST: u8 = 5;
+
+    /// `VIRTIO_NET_CTRL_MAC` ("Setting MAC Address Filtering").
+    pub const MAC: u8 = 1;
+    /// `VIRTIO_NET_CTRL_MAC_TABLE_SET`: two `struct virtio_net_ctrl_mac` (le32 `entries`, then
+    /// `entries` 6-byte addresses), unicast first, then multicast.
+    pub const MAC_TABLE_SET: u8 = 0;
+    /// `VIRTIO_NET_CTRL_MAC_ADDR_SET`: the 6-byte MAC address (VIRTIO_NET_F_CTRL_MAC_ADDR).
+    pub const MAC_ADDR_SET: u8 = 1;
+
+    /// `VIRTIO_NET_CTRL_VLAN` ("VLAN Filtering"): data is a le16 VLAN id.
+    pub const VLAN: u8 = 2;
+    /// `VIRTIO_NET_CTRL_VLAN_ADD`.
+    pub const VLAN_ADD: u8 = 0;
+    /// `VIRTIO_NET_CTRL_VLAN_DEL`.
+    pub const VLAN_DEL: u8 = 1;
+
+    /// `VIRTIO_NET_CTRL_ANNOUNCE` ("Gratuitous Packet Sending"): no data.
+    pub const ANNOUNCE: u8 = 3;
+    /// `VIRTIO_NET_CTRL_ANNOUNCE_ACK`.
+    pub const ANNOUNCE_ACK: u8 = 0;
+
+    /// `VIRTIO_NET_CTRL_MQ` ("Automatic receive steering in multiqueue mode"):
+    /// `struct virtio_net_ctrl_mq` is a le16 `virtqueue_pairs`.
+    pub const MQ: u8 = 4;
+    /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`.
+    pub const MQ_VQ_PAIRS_SET: u8 = 0;
+    /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN`.
+    pub const MQ_VQ_PAIRS_MIN: u16 = 1;
+    /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX`.
+    pub const MQ_VQ_PAIRS_MAX: u16 = 0x8000;
+
+    /// `VIRTIO_NET_CTRL_GUEST_OFFLOADS` ("Setting Offloads State"): data is a le64 bit mask of guest offload
+    /// feature bits (their feature-bit positions).
+    pub const GUEST_OFFLOADS: u8 = 5;
+    /// `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET`.
+    pub const GUEST_OFFLOADS_SET: u8 = 0;
 }

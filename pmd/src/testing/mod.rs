@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use device_ring::{AddressSpace, NotifyMode, RingFault};
-pub use fake_transport::{FakeDeviceConfig, FakeEvent, FakeEvents, FakeTransport};
+pub use fake_transport::{
+    CtrlAnswer, CtrlRecord, FakeCtrl, FakeCtrlState, FakeDeviceConfig, FakeEvent, FakeEvents, FakeTransport,
+};
 pub use hostile_backend::{AfterAttack, AttackEnd, HostileBackend, HostileConfig, HostileReport, Target};
 pub use rng::Rng;
 pub use soft_device::{

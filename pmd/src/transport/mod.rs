@@ -114,6 +114,13 @@ pub trait Transport: Send {
         false
     }
 
+    /// Whether the transport can give the virtio-net control queue (VIRTIO_NET_F_CTRL_VQ) when
+    /// the device offers it: true for PCI; false for vhost-user, where backends serve the data
+    /// queues only (DPDK's virtio-user emulates the control queue in the frontend instead).
+    fn control_queue(&self) -> bool {
+        true
+    }
+
     /// Configures and enables `queue` with `size` entries of `format` at `addresses`, and returns
     /// its notifier.
     ///

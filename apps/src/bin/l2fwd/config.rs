@@ -15,6 +15,7 @@
 //! cores = [1]               # one polling thread per core (empty: one thread, not pinned)
 //! huge_pages = "preferred"  # "preferred" | "required" | "never"
 //! idle_sleep_us = 0         # sleep this long when a thread's queues stay empty (0: pure polling)
+//! promiscuous = false       # turn promiscuous mode on at start (the device's control queue)
 //!
 //! [[ports]]
 //! pci = "0000:00:03.0"
@@ -80,6 +81,8 @@ pub struct FileConfig {
     pub huge_pages: Option<Huge>,
     /// Microseconds a polling thread sleeps once its queues stayed empty for a while (0: never).
     pub idle_sleep_us: Option<u64>,
+    /// Turn promiscuous mode on at start (VIRTIO_NET_CTRL_RX_PROMISC over the control queue).
+    pub promiscuous: Option<bool>,
 }
 
 impl FileConfig {
@@ -137,6 +140,8 @@ pub struct Settings {
     pub huge_pages: Huge,
     /// How long a polling thread sleeps when idle (`None`: it never sleeps).
     pub idle_sleep: Option<Duration>,
+    /// Turn promiscuous mode on at start.
+    pub promiscuous: bool,
     /// Where the file came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -213,6 +218,7 @@ impl Settings {
             cores,
             huge_pages: cli.huge_pages.or(file.huge_pages).unwrap_or(Huge::Preferred),
             idle_sleep: Some(idle_sleep_us).filter(|us| *us > 0).map(Duration::from_micros),
+            promiscuous: cli.promiscuous.or(file.promiscuous).unwrap_or(false),
             source,
         })
     }

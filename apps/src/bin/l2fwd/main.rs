@@ -93,6 +93,9 @@ struct Cli {
     /// (pure polling) [default: 0].
     #[arg(long, value_name = "US")]
     idle_sleep_us: Option<u64>,
+    /// Turn promiscuous mode on at start, through the device's control queue [default: off].
+    #[arg(long)]
+    promisc: bool,
     /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
@@ -164,6 +167,7 @@ fn settings(cli: &Cli) -> Result<Settings, String> {
             cores: cli.cores.clone(),
             huge_pages: cli.huge_pages,
             idle_sleep_us: cli.idle_sleep_us,
+            promiscuous: cli.promisc.then_some(true),
             ..FileConfig::with_ports(&cli_ports)
         },
     )
@@ -276,8 +280,13 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             huge_pages: s.huge_pages.into(),
             ..PortConfig::default()
         };
-        let port = Port::open(Box::new(transport), &pool, &config, &iova)
+        let mut port = Port::open(Box::new(transport), &pool, &config, &iova)
             .map_err(Failure::device(format!("port {id} ({})", s.ports[id].pci)))?;
+        if s.promiscuous {
+            port.set_promiscuous(true)
+                .map_err(Failure::device(format!("port {id} ({}): promiscuous mode", s.ports[id].pci)))?;
+            println!("l2fwd: port {id}: promiscuous mode on (VIRTIO_NET_CTRL_RX_PROMISC acknowledged)");
+        }
         ports.push(port);
     }
     let mut src_macs = Vec::with_capacity(ports.len());

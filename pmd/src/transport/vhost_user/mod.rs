@@ -510,6 +510,12 @@ impl Transport for VhostUserTransport {
         true
     }
 
+    /// A vhost-user backend serves no control queue: the port never negotiates
+    /// VIRTIO_NET_F_CTRL_VQ here, and its control commands say so.
+    fn control_queue(&self) -> bool {
+        false
+    }
+
     fn device_gone(&self) -> bool {
         self.dead == Some(Dead::Closed)
     }
