@@ -1,6 +1,6 @@
 //! virtio-pmd: a userspace, poll-mode virtio-net driver.
 //!
-//! Layers, bottom up (see `DESIGN.md`): [`spec`] (wire layouts), [`mem`] (DMA regions and IOVAs),
+//! Layers, bottom up (see `docs/ARCHITECTURE.md`): [`spec`] (wire layouts), [`mem`] (DMA regions and IOVAs),
 //! [`mbuf`] (zero-copy packet buffers and their pools), [`virtqueue`] (the driver side of packed and
 //! split rings), [`transport`] (how a device is reached: VFIO PCI or vhost-user), and the
 //! virtio-net port on top. The `testing` feature adds a software device that plays the device side
