@@ -2,7 +2,7 @@
 //!
 //! A pool has two parts. Its DMA region holds, per element, only `headroom` bytes (room for the
 //! 12-byte virtio-net header to be written in place, and for encapsulations) and the data
-//! room: the bytes a device may read or write. Every element's metadata ([`MbufHeader`]: where
+//! room: the bytes a device may read or write. Every element's metadata (`MbufHeader`: where
 //! its buffer is, its bounds, its data window, its pool) lives in a header table of CPU-private
 //! memory, which is never mapped for a device nor shared with a vhost-user backend. An `Mbuf`
 //! points to its header; it moves into a ring and back out, and goes back to its pool when
