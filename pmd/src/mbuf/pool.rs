@@ -334,14 +334,7 @@ impl Mempool {
     pub fn alloc(&self) -> Option<Mbuf> {
         let mut out = None;
         let headroom = self.shared.headroom;
-        self.shared.take_bulk(self.shared.raw(), 1, |elems| {
-            for elem in elems {
-                // SAFETY: taken from this thread's cache or the store, so owned by nobody else.
-                let mut mbuf = unsafe { Mbuf::from_raw(elem.0) };
-                mbuf.reset(headroom);
-                out = Some(mbuf);
-            }
-        });
+        self.shared.take_bulk(self.shared.raw(), 1, |mut elems| out = elems.next().map(|e| empty_mbuf(e, headroom)));
         out
     }
 
@@ -352,14 +345,7 @@ impl Mempool {
     pub fn alloc_bulk(&self, out: &mut Vec<Mbuf>, n: usize) -> bool {
         let headroom = self.shared.headroom;
         out.reserve(n);
-        self.shared.take_bulk(self.shared.raw(), n, |elems| {
-            out.extend(elems.map(|elem| {
-                // SAFETY: taken from this thread's cache or the store, so owned by nobody else.
-                let mut mbuf = unsafe { Mbuf::from_raw(elem.0) };
-                mbuf.reset(headroom);
-                mbuf
-            }))
-        })
+        self.shared.take_bulk(self.shared.raw(), n, |elems| out.extend(elems.map(|e| empty_mbuf(e, headroom))))
     }
 
     /// Appends `n` buffers to `out`, or none (counted as one allocation failure), without
@@ -373,6 +359,15 @@ impl Mempool {
             out.extend(elems.map(|elem| unsafe { Mbuf::from_raw(elem.0) }));
         })
     }
+}
+
+/// An element just taken from a cache or the store, as an empty mbuf with `headroom`.
+#[inline(always)]
+fn empty_mbuf(elem: Elem, headroom: u16) -> Mbuf {
+    // SAFETY: taken from this thread's cache or the store, so owned by nobody else.
+    let mut mbuf = unsafe { Mbuf::from_raw(elem.0) };
+    mbuf.reset(headroom);
+    mbuf
 }
 
 impl std::fmt::Debug for Mempool {
@@ -436,7 +431,7 @@ impl PoolShared {
             }
         }
         let taken = cache.objs.len() - before;
-        self.taken_from_store(cache.raw, taken);
+        self.taken_from_store(cache.pool.raw(), taken);
         taken
     }
 
@@ -449,7 +444,7 @@ impl PoolShared {
             self.push_store(elem);
         }
         // The cache holds a reference: the pool stays alive past this.
-        self.returned_to_store(cache.raw, drained);
+        self.returned_to_store(cache.pool.raw(), drained);
     }
 
     fn push_store(&self, elem: Elem) {
@@ -622,7 +617,7 @@ pub(crate) fn recycle<R>(mut f: impl FnMut(&mut Recycler<'_>) -> R) -> R {
 /// The index of this thread's cache for the pool at `raw` in `caches`, creating it on first use.
 #[inline]
 fn cache_index(caches: &mut Vec<LocalCache>, raw: NonNull<PoolShared>) -> usize {
-    match caches.iter().position(|c| c.raw == raw) {
+    match caches.iter().position(|c| c.pool.raw() == raw) {
         Some(index) => index,
         None => {
             caches.push(LocalCache::new(raw));
@@ -634,8 +629,6 @@ fn cache_index(caches: &mut Vec<LocalCache>, raw: NonNull<PoolShared>) -> usize 
 /// A thread's cache for one pool. It holds a reference to the pool.
 struct LocalCache {
     pool: PoolRef,
-    /// `pool.raw()`, kept beside it for the look-up.
-    raw: NonNull<PoolShared>,
     objs: Vec<Elem>,
     /// `objs.len()` as other threads see it, for [`PoolStats`].
     len: Arc<AtomicUsize>,
@@ -648,7 +641,7 @@ impl LocalCache {
         let pool = unsafe { PoolRef::acquire(raw) };
         let len = Arc::new(AtomicUsize::new(0));
         pool.cache_lens.lock().unwrap_or_else(|p| p.into_inner()).push(len.clone());
-        LocalCache { objs: Vec::with_capacity(3 * pool.cache_size + 64), pool, raw, len }
+        LocalCache { objs: Vec::with_capacity(3 * pool.cache_size + 64), pool, len }
     }
 
     #[inline(always)]
