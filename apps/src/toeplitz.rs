@@ -49,10 +49,12 @@ mod tests {
     use super::*;
     use virtio_pmd::net::DEFAULT_KEY;
 
-    /// Microsoft's "Verifying the RSS Hash Calculation" IPv4 vectors with the default key:
     /// (source, source port, destination, destination port, hash of the addresses only, hash
     /// with the ports).
-    const VECTORS: [([u8; 4], u16, [u8; 4], u16, u32, u32); 5] = [
+    type Vector = ([u8; 4], u16, [u8; 4], u16, u32, u32);
+
+    /// Microsoft's "Verifying the RSS Hash Calculation" IPv4 vectors with the default key.
+    const VECTORS: [Vector; 5] = [
         ([66, 9, 149, 187], 2794, [161, 142, 100, 80], 1766, 0x323e8fc2, 0x51ccc178),
         ([199, 92, 111, 2], 14230, [65, 69, 140, 83], 4739, 0xd718262a, 0xc626b0ea),
         ([24, 19, 198, 95], 12898, [12, 22, 207, 184], 38024, 0xd2d0a5de, 0x5c2b394a),

@@ -21,12 +21,8 @@ pub const DEFAULT_KEY: [u8; 40] = [
 
 /// The hash types asked for by default: addresses and TCP/UDP ports of IPv4 and IPv6 (no IPv6
 /// extension headers), as Linux's virtio-net driver does.
-pub const DEFAULT_HASH_TYPES: u32 = hash_type::IPV4
-    | hash_type::TCPV4
-    | hash_type::UDPV4
-    | hash_type::IPV6
-    | hash_type::TCPV6
-    | hash_type::UDPV6;
+pub const DEFAULT_HASH_TYPES: u32 =
+    hash_type::IPV4 | hash_type::TCPV4 | hash_type::UDPV4 | hash_type::IPV6 | hash_type::TCPV6 | hash_type::UDPV6;
 
 /// Entries of the default indirection table: the least every RSS device supports ("Device
 /// configuration layout": `rss_max_indirection_table_length` is at least 128).
@@ -95,10 +91,7 @@ impl RssConfig {
             ));
         }
         if self.unclassified >= pairs {
-            return Err(format!(
-                "the unclassified queue pair {} is not enabled (pairs 0..{pairs})",
-                self.unclassified
-            ));
+            return Err(format!("the unclassified queue pair {} is not enabled (pairs 0..{pairs})", self.unclassified));
         }
         if self.key.is_empty() || self.key.len() > usize::from(caps.max_key_size) {
             return Err(format!(

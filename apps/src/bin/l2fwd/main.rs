@@ -383,9 +383,9 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
     for (id, port_rx) in rx.into_iter().enumerate() {
         let peer = s.peer_of(id);
         for (q, r) in port_rx.into_iter().enumerate() {
-            let t = tx[peer][q]
-                .take()
-                .ok_or_else(|| Failure::Runtime(format!("internal error: transmit queue {q} of port {peer} is gone")))?;
+            let t = tx[peer][q].take().ok_or_else(|| {
+                Failure::Runtime(format!("internal error: transmit queue {q} of port {peer} is gone"))
+            })?;
             slots.push(Some(Lane::new((id, r), (peer, t), q as u16, s.ports[peer].dst_mac.0, src_macs[peer].0)));
         }
     }

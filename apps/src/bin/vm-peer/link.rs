@@ -62,8 +62,11 @@ impl Link {
             .parse()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("ifindex of {name}: {e}")))?;
         let protocol = ETH_P_ALL.to_be();
-        let socket =
-            Socket::new(Domain::from(libc::AF_PACKET), Type::from(libc::SOCK_RAW), Some(Protocol::from(libc::c_int::from(protocol))))?;
+        let socket = Socket::new(
+            Domain::from(libc::AF_PACKET),
+            Type::from(libc::SOCK_RAW),
+            Some(Protocol::from(libc::c_int::from(protocol))),
+        )?;
         socket.set_recv_buffer_size(SOCKET_BUFFER)?;
         socket.set_send_buffer_size(SOCKET_BUFFER)?;
         let one: libc::c_int = 1;
@@ -140,7 +143,12 @@ impl Link {
             }
         };
         match got {
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
                 Ok(Received::Nothing)
             }
             other => other,

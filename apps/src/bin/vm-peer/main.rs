@@ -301,7 +301,10 @@ fn run(args: &RunArgs) -> Result<ExitCode, PeerError> {
 }
 
 fn tap(name: &str) -> Result<Link, PeerError> {
-    Link::tap(name).map_err(|source| PeerError::Socket { what: "open an AF_PACKET socket on the tap (root, in the tap's namespace)", source })
+    Link::tap(name).map_err(|source| PeerError::Socket {
+        what: "open an AF_PACKET socket on the tap (root, in the tap's namespace)",
+        source,
+    })
 }
 
 /// The RSS plan of `--rss-queues`, `--rss-table` and `--rss-key`.

@@ -26,9 +26,9 @@ use hdrhistogram::Histogram;
 use virtio_pmd_apps::mac::Mac;
 
 use crate::frame::{self, flow_of, Defect, Expect, Flow, FrameId, Kind, MacExpect, SizePlan};
-use virtio_pmd_apps::toeplitz;
 use crate::link::{Link, Received};
 use crate::PeerError;
+use virtio_pmd_apps::toeplitz;
 
 /// Interval between probe frames while waiting for the forwarder.
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
@@ -421,8 +421,14 @@ fn send(
             }
         }
         for dir in (0..2).filter(|&d| cfg.dirs[d]) {
-            let id =
-                FrameId { kind: Kind::Data, dir: dir as u8, seq, ts_ns: now_ns(epoch), len: cfg.sizes.len_of(seq), flows: cfg.flows };
+            let id = FrameId {
+                kind: Kind::Data,
+                dir: dir as u8,
+                seq,
+                ts_ns: now_ns(epoch),
+                len: cfg.sizes.len_of(seq),
+                flows: cfg.flows,
+            };
             frame::build(&mut buf, cfg.tx_dst[dir], cfg.tx_src[dir], &id);
             if !send_frame(&links[dir], &buf, &live[dir].send_retries, stop)? {
                 return Ok(());
@@ -537,7 +543,14 @@ fn wait_ready(
         if now >= next_probe {
             for dir in (0..2).filter(|&d| !ready[d]) {
                 let len = frame::min_len(cfg.flows);
-                let id = FrameId { kind: Kind::Probe, dir: dir as u8, seq: probes, ts_ns: now_ns(epoch), len, flows: cfg.flows };
+                let id = FrameId {
+                    kind: Kind::Probe,
+                    dir: dir as u8,
+                    seq: probes,
+                    ts_ns: now_ns(epoch),
+                    len,
+                    flows: cfg.flows,
+                };
                 let mut f = Vec::with_capacity(len);
                 frame::build(&mut f, cfg.tx_dst[dir], cfg.tx_src[dir], &id);
                 send_frame(&ports[dir].link, &f, &never, &no_stop)?;
@@ -686,6 +699,28 @@ mod tests {
             h.join().unwrap();
         }
         report
+    }
+
+    #[test]
+    fn rss_predictions_count_every_frame_and_follow_the_table() {
+        let spread = |e: &[u16]| e.iter().copied().cycle().take(128).collect::<Vec<u16>>();
+        let key = virtio_pmd::net::DEFAULT_KEY.to_vec();
+        let default = RssPlan { key: key.clone(), tables: [spread(&[0, 1, 2, 3]), spread(&[0, 1, 2, 3])] };
+        let reversed = RssPlan { key, tables: [spread(&[0, 1, 2, 3]), spread(&[3, 2, 1, 0])] };
+        let probes = [vec![0, 1, 2], vec![0]];
+        let d = default.predict(256, [5000, 4000], &probes);
+        let r = reversed.predict(256, [5000, 4000], &probes);
+        assert_eq!(d[0].iter().sum::<u64>(), 5003);
+        assert_eq!(d[1].iter().sum::<u64>(), 4001);
+        assert!(d.iter().flatten().all(|n| *n > 500), "256 flows spread over 4 queues: {d:?}");
+        // Port 0 keeps its table; port 1's flows move from queue q to queue 3 - q.
+        assert_eq!(r[0], d[0]);
+        assert_eq!(r[1], d[1].iter().rev().copied().collect::<Vec<u64>>());
+        // One flow frame, by hand: its hash picks the queue.
+        let flow = flow_of(Kind::Data, 0, 7, 256);
+        let input = toeplitz::ipv4_ports_input(flow.src, flow.dst, flow.sport, flow.dport);
+        let hash = toeplitz::hash(&default.key, &input);
+        assert_eq!(default.queue_of(0, &flow), (hash % 4) as u16);
     }
 
     #[test]
