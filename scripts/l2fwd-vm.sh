@@ -66,6 +66,8 @@ usage: $0 [--ring packed|split] [--frames N] [--rate PPS] [--port-base P] [--no-
   --flows N             flows with --queues (default 256)
   --rss-check           with --queues: port 1 gets a reversed RSS table at run time, and the frames
                         of every receive queue must equal vm-peer's Toeplitz prediction exactly
+  --link-flap           after half the frames, take NIC1's link down and up with QEMU's monitor
+                        (set_link): l2fwd must report both changes, and the rest must pass
   --no-build            use the binaries already built (target/$TRIPLE/ci/l2fwd, target/ci/vm-peer)
   environment: VM_ACCEL=tcg|kvm|auto (run-vm.sh), L2FWD_VM_DIR (logs; default target/l2fwd-vm)
 USAGE
@@ -77,6 +79,7 @@ RATE=$DEFAULT_RATE
 PORT_BASE=43001
 BUILD=1
 L2FWD_ARGS=""
+LINK_FLAP=0
 QUEUES=""
 FLOWS=256
 RSS_CHECK=0
@@ -90,6 +93,7 @@ while [ $# -gt 0 ]; do
         --queues) QUEUES=${2:-}; shift ;;
         --flows) FLOWS=${2:-}; shift ;;
         --rss-check) RSS_CHECK=1 ;;
+        --link-flap) LINK_FLAP=1 ;;
         --no-build) BUILD=0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "l2fwd-vm: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
@@ -103,7 +107,12 @@ if [ -n "$QUEUES" ]; then
     [[ "$QUEUES" =~ ^[1-9][0-9]*$ ]] && [ "$QUEUES" -le 64 ] || { echo "l2fwd-vm: --queues must be 1..64" >&2; exit 2; }
     [[ "$FLOWS" =~ ^[1-9][0-9]*$ ]] || { echo "l2fwd-vm: --flows must be a positive number" >&2; exit 2; }
     [ "$(id -u)" -eq 0 ] || { echo "l2fwd-vm: --queues needs root (network namespace, taps, AF_PACKET)" >&2; exit 2; }
-elif [ "$RSS_CHECK" -eq 1 ]; then
+fi
+if [ "$LINK_FLAP" -eq 1 ] && [ "$RSS_CHECK" -eq 1 ]; then
+    echo "l2fwd-vm: --link-flap and --rss-check are separate runs (the prediction covers one vm-peer run)" >&2
+    exit 2
+fi
+if [ -z "$QUEUES" ] && [ "$RSS_CHECK" -eq 1 ]; then
     echo "l2fwd-vm: --rss-check needs --queues" >&2
     exit 2
 fi
@@ -146,11 +155,10 @@ for bin in "$L2FWD" "$VM_PEER"; do
     [ -x "$bin" ] || { echo "l2fwd-vm: missing $bin (run without --no-build)" >&2; exit 1; }
 done
 
-if [ -n "$QUEUES" ]; then
-    # shellcheck source=lib/need.sh
-    . "$HERE/lib/need.sh"
-    need_commands ip:iproute2
-fi
+# shellcheck source=lib/need.sh
+. "$HERE/lib/need.sh"
+[ -z "$QUEUES" ] || need_commands ip:iproute2
+[ "$LINK_FLAP" -eq 0 ] || need_commands python3:python3-minimal
 
 # --- 3: the guest image ------------------------------------------------------------------------
 INITRD=$OUT_DIR/l2fwd.cpio.gz
@@ -223,7 +231,7 @@ say "ring=$RING queues=${QUEUES:-1} frames=$FRAMES per direction rate=$RATE pps 
 # after its own set-up).
 rm -f "$LOG" "$PEER_OUT"
 t_boot=$SECONDS
-"${IN_NS[@]}" "$VM/run-vm.sh" --initrd "$INITRD" --ring "$RING" "${VM_NET[@]}" --ctl "$WORK/ctl" \
+"${IN_NS[@]}" "$VM/run-vm.sh" --initrd "$INITRD" --ring "$RING" "${VM_NET[@]}" --ctl "$WORK/ctl" --monitor "$WORK/monitor.sock" \
     --log "$LOG" --timeout "$TIMEOUT" --quiet --script "$WORK/guest.sh" \
     --file "$ROOT/config/l2fwd-vm.toml:/etc/l2fwd-vm.toml" >"$VM_OUT" 2>&1 &
 VMPID=$!
@@ -251,14 +259,43 @@ else
 fi
 
 # --- 5: traffic --------------------------------------------------------------------------------
-peer_rc=0
-t_traffic=$SECONDS
-if [ "${#FAIL[@]}" -eq 0 ]; then
-    "${IN_NS[@]}" "$VM_PEER" run "${PEER_NET[@]}" --frames "$FRAMES" --rate "$RATE" --ready-timeout 60 \
+# One vm-peer run of $1 frames per direction, its output appended to $PEER_OUT.
+run_peer() {
+    local rc=0
+    "${IN_NS[@]}" "$VM_PEER" run "${PEER_NET[@]}" --frames "$1" --rate "$RATE" --ready-timeout 60 \
         --expect-dst-mac-0to1 02:00:00:00:00:01 --expect-src-mac-0to1 52:54:00:00:00:02 \
         --expect-dst-mac-1to0 02:00:00:00:00:00 --expect-src-mac-1to0 52:54:00:00:00:01 \
-        2> >(sed -u 's/^/  peer | /' >&2) | tee "$PEER_OUT" | sed -u 's/^/  peer | /' || peer_rc=${PIPESTATUS[0]}
-    [ "$peer_rc" -eq 0 ] || FAIL+=("vm-peer exit $peer_rc (1: loss or corruption; 2: no run)")
+        2> >(sed -u 's/^/  peer | /' >&2) | tee -a "$PEER_OUT" | sed -u 's/^/  peer | /' || rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || FAIL+=("vm-peer exit $rc (1: loss or corruption; 2: no run)")
+}
+# Takes NIC1's link down and up again through QEMU's monitor (set_link), each time waiting for
+# l2fwd's message about it.
+flap_link() {
+    local state
+    for state in down up; do
+        local cmd=on
+        [ "$state" = down ] && cmd=off
+        t=$SECONDS
+        python3 "$VM/monitor.py" "$WORK/monitor.sock" "set_link n1 $cmd" | sed 's/^/  /' ||
+            { FAIL+=("QEMU's monitor refused set_link n1 $cmd"); return; }
+        if "$VM/wait-for.sh" "$LOG" "^L2FWD-LINK port=1 state=$state t=" 30; then
+            say "link down/up: l2fwd reported port 1 $state $((SECONDS - t)) s after set_link n1 $cmd"
+        else
+            FAIL+=("l2fwd did not report port 1's link $state within 30 s of set_link n1 $cmd")
+            return
+        fi
+    done
+}
+t_traffic=$SECONDS
+if [ "${#FAIL[@]}" -eq 0 ]; then
+    if [ "$LINK_FLAP" -eq 1 ]; then
+        # Half the frames, the link down and up, then the rest: traffic must resume, lossless.
+        run_peer $((FRAMES / 2))
+        [ "${#FAIL[@]}" -eq 0 ] && flap_link
+        [ "${#FAIL[@]}" -eq 0 ] && run_peer $((FRAMES - FRAMES / 2))
+    else
+        run_peer "$FRAMES"
+    fi
 fi
 t_traffic=$((SECONDS - t_traffic))
 
@@ -311,7 +348,7 @@ fi
 # --- 7: summary --------------------------------------------------------------------------------
 echo
 say "summary (ring=$RING, $FRAMES frames per direction at $RATE pps; traffic ${t_traffic} s, total $((SECONDS - started)) s)"
-grep -E '^(L2FWD-PORT|L2FWD-RSS|L2FWD-SUMMARY|L2FWD-RXQ|L2FWD-POOL|L2FWD-DONE|L2FWD-EXIT|l2fwd: error)' "$CONSOLE" | sed 's/^/  /' || true
+grep -E '^(L2FWD-PORT|L2FWD-LINK|L2FWD-RSS|L2FWD-SUMMARY|L2FWD-RXQ|L2FWD-POOL|L2FWD-DONE|L2FWD-EXIT|l2fwd: error)' "$CONSOLE" | sed 's/^/  /' || true
 grep -E '^(dir=|elapsed_s=)' "$PEER_OUT" 2>/dev/null | sed 's/^/  /' || true
 tail -n 2 "$VM_OUT" | sed 's/^/  /'
 if [ -s "$RSS_TABLE" ]; then
@@ -320,7 +357,16 @@ if [ -s "$RSS_TABLE" ]; then
         ($3 == $4 ? "ok" : "MISMATCH"), ($1 == 1 ? " (table changed at run time: " t1 ")" : "") }' "$RSS_TABLE"
 fi
 say "logs: $OUT_DIR"
-result=$(grep '^RESULT ' "$PEER_OUT" 2>/dev/null | tail -n 1 || true)
+# The runs' counters summed, their latencies the larger of theirs.
+result=$(awk '/^RESULT / {
+        n++
+        for (i = 2; i <= NF; i++) {
+            split($i, kv, "=")
+            if (kv[1] ~ /_us$/) { if (kv[2] + 0 > v[kv[1]] + 0) v[kv[1]] = kv[2] } else v[kv[1]] += kv[2]
+        }
+    }
+    END { if (n) printf "RESULT sent=%d received=%d lost=%d corrupted=%d p50_us=%s p99_us=%s\n",
+        v["sent"], v["received"], v["lost"], v["corrupted"], v["p50_us"], v["p99_us"] }' "$PEER_OUT" 2>/dev/null || true)
 if [ -z "$result" ]; then
     FAIL+=("vm-peer printed no RESULT")
     result="RESULT sent=0 received=0 lost=0 corrupted=0 p50_us=0 p99_us=0"

@@ -9,7 +9,8 @@
 # DPDK interop tests (cargo, `ci` profile: optimised, with debug assertions); the benches
 # compiled and run once as tests; then the VM stage: l2fwd over VFIO in the QEMU guest, packed
 # and split rings, 100000 frames each way from the host (scripts/l2fwd-vm.sh), 4 queue pairs with
-# RSS over multi-queue taps (--queues 4 --rss-check), and l2fwd's error
+# RSS over multi-queue taps (--queues 4 --rss-check), a link taken down and up (--link-flap), and
+# l2fwd's error
 # paths on real devices (scripts/vm/l2fwd-errors.sh). Fails loudly on the first error; never
 # skips silently.
 set -euo pipefail
@@ -82,6 +83,11 @@ else
     t=$SECONDS
     scripts/l2fwd-vm.sh --queues 4 --rss-check --frames 20000 --no-build
     echo "VM multi-queue: $((SECONDS - t)) s"
+    # NIC1's link down and up through QEMU's monitor mid-run: l2fwd reports both, traffic resumes.
+    step "VM: l2fwd, link down and up mid-run (scripts/l2fwd-vm.sh --link-flap)"
+    t=$SECONDS
+    scripts/l2fwd-vm.sh --link-flap --frames 10000 --no-build
+    echo "VM link flap: $((SECONDS - t)) s"
     step "VM: l2fwd error paths (scripts/vm/l2fwd-errors.sh)"
     t=$SECONDS
     scripts/vm/l2fwd-errors.sh --no-build

@@ -51,6 +51,8 @@ usage: $0 [options]
     --log FILE             console log (default $VM_DIR/console.log)
     --quiet                do not stream the console to stdout
     --interactive          keep stdin on the console (e.g. --cmd sh to get a shell)
+    --monitor SOCK         QEMU's human monitor on the unix socket SOCK (e.g. for \`set_link n1 off\`;
+                           NIC i's netdev is n<i>); scripts/vm/monitor.py sends commands to it
     --ctl BASE             a host-to-guest control line: creates FIFOs BASE.in/BASE.out wired to
                            the guest's /dev/ttyS1; the guest waits with \`vm-wait-host [SECS]\`
                            (prints the line), the host writes one with
@@ -85,6 +87,7 @@ CTL=""
 SOCK_BUF=0
 TAPS=""
 QUEUES=1
+MONITOR=none
 while [ $# -gt 0 ]; do
     case "$1" in
         --cmd) CMD=${2?--cmd needs shell text}; shift ;;
@@ -96,6 +99,7 @@ while [ $# -gt 0 ]; do
         --port-base) PORT_BASE=${2:?--port-base needs a port}; shift ;;
         --ports) PORTS=${2:?--ports needs Q0:P0,Q1:P1}; shift ;;
         --mem) MEM=${2:?--mem needs a size}; shift ;;
+        --monitor) MONITOR="unix:${2:?--monitor needs a socket path},server=on,wait=off"; shift ;;
         --taps) TAPS=${2:?--taps needs tap names}; shift ;;
         --queues) QUEUES=${2:?--queues needs a number}; shift ;;
         --sock-buf) SOCK_BUF=${2:?--sock-buf needs a number of bytes}; shift ;;
@@ -298,10 +302,10 @@ mkdir -p "$(dirname "$LOG")"
 START=$(date +%s.%N)
 RC=0
 if [ "$INTERACTIVE" -eq 1 ]; then
-    timeout -k 5 "$TIMEOUT" "${QEMU_CMD[@]}" "${ARGS[@]}" -display none -monitor none 2>&1 | tee "$LOG" || RC=$?
+    timeout -k 5 "$TIMEOUT" "${QEMU_CMD[@]}" "${ARGS[@]}" -display none -monitor "$MONITOR" 2>&1 | tee "$LOG" || RC=$?
     [ "$RC" -eq 124 ] || RC=0
 else
-    "${QEMU_CMD[@]}" "${ARGS[@]}" -display none -monitor none </dev/null >"$LOG" 2>&1 &
+    "${QEMU_CMD[@]}" "${ARGS[@]}" -display none -monitor "$MONITOR" </dev/null >"$LOG" 2>&1 &
     QPID=$!
     if [ "$QUIET" -eq 0 ]; then
         tail -n +1 -s 0.1 -f --pid="$QPID" "$LOG" &

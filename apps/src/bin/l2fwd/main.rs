@@ -9,11 +9,16 @@
 //! l2fwd --config config/l2fwd-vm.toml         # or from a TOML file (see config.rs)
 //! ```
 //!
-//! Start-up: one VFIO container for every port, one mempool, each port initialised with one
-//! queue pair; the lanes (receive queue -> peer's transmit queue) are spread over one polling
-//! thread per listed core, pinned (no cores: one unpinned thread polls every lane). Once every
-//! thread polls it prints `L2FWD-READY ports=<n> threads=<t>`; then `L2FWD-STATS` lines (per port:
-//! rx, tx, dropped, Mpps) every `stats_interval` seconds.
+//! Start-up: one VFIO container for every port, one mempool, each port initialised with
+//! `queues` queue pairs (more than one: set through the control queue, with the device's default
+//! RSS configuration, or the `--rss-table` given); l2fwd waits up to 9 s for every link to come
+//! up (`L2FWD-LINK port=<p> state=up|down`); the lanes (receive queue q -> the peer's transmit
+//! queue q) are spread over one polling thread per listed core, pinned (no cores: one unpinned
+//! thread polls every lane). Once every thread polls it prints `L2FWD-READY ports=<n>
+//! threads=<t>`; then `L2FWD-STATS` lines (per port: rx, tx, dropped, Mpps) every
+//! `stats_interval` seconds, and an `L2FWD-LINK port=<p> state=<s> t=<secs>` line for every change
+//! of link state, polled once per statistics period. The summary has an `L2FWD-RXQ` line per
+//! queue pair.
 //!
 //! SIGINT/SIGTERM (or `--duration`) stop it: the threads stop polling and hand their queues back,
 //! the queues and ports drop (each device is reset before its buffers are released), the final
@@ -353,6 +358,7 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         );
         src_macs.push(mac);
     }
+    let mut links = wait_for_links(&ports);
     let plan = fwd::plan(ports.len() * usize::from(s.queues), &s.cores);
     let needed = ports.iter().map(|p| 2 * u32::from(p.ring_size()) * u32::from(p.queue_pairs())).sum::<u32>()
         + plan.len() as u32 * (s.burst as u32 + 3 * s.pool_cache);
@@ -458,18 +464,21 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             failure = Some(Failure::Runtime(format!("polling {what} stopped unexpectedly")));
             break;
         }
-        if let Some(interval) = s.stats_interval {
-            let now = Instant::now();
-            if now - last.0 >= interval {
-                let snaps = monitor.snapshots();
+        // Once per statistics period (every second without statistics lines): the counters,
+        // the devices' health, and every change of link state.
+        let now = Instant::now();
+        if now - last.0 >= s.stats_interval.unwrap_or(LINK_POLL) {
+            let snaps = monitor.snapshots();
+            if s.stats_interval.is_some() {
                 print_stats(begin, now - last.0, &last.1, &snaps);
-                last = (now, snaps);
-                for (id, port) in ports.iter().enumerate() {
-                    if let Err(e) = port.check() {
-                        failure = Some(Failure::Runtime(format!("port {id}: {}", describe(&e))));
-                    }
+            }
+            last = (now, snaps);
+            for (id, port) in ports.iter().enumerate() {
+                if let Err(e) = port.check() {
+                    failure = Some(Failure::Runtime(format!("port {id}: {}", describe(&e))));
                 }
             }
+            report_link_changes(&ports, &mut links, begin);
         }
     }
     let stopped_at = begin.elapsed();
@@ -521,6 +530,57 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
     }
     println!("L2FWD-DONE clean");
     Ok(())
+}
+
+/// How often link states are polled when no statistics lines are printed.
+const LINK_POLL: Duration = Duration::from_secs(1);
+/// How long l2fwd waits for every link to come up at start (DPDK's l2fwd: 9 s).
+const LINK_WAIT: Duration = Duration::from_secs(9);
+
+/// A port's link state: up, down, or unreadable (the error).
+fn link_state(port: &Port) -> Result<bool, String> {
+    port.link_up().map_err(|e| describe(&e))
+}
+
+/// Waits (at most [`LINK_WAIT`]) until every port's link is up, as DPDK's l2fwd does, and prints
+/// each port's state (`L2FWD-LINK port=<p> state=up|down`); returns the states seen.
+fn wait_for_links(ports: &[Port]) -> Vec<Result<bool, String>> {
+    let deadline = Instant::now() + LINK_WAIT;
+    print!("l2fwd: checking link status");
+    loop {
+        let states: Vec<_> = ports.iter().map(link_state).collect();
+        if states.iter().all(|s| *s != Ok(false)) || Instant::now() >= deadline || STOP.load(Ordering::SeqCst) {
+            println!(" done");
+            for (id, state) in states.iter().enumerate() {
+                println!("L2FWD-LINK port={id} state={}", link_name(state));
+            }
+            return states;
+        }
+        print!(".");
+        std::io::stdout().flush().ok();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn link_name(state: &Result<bool, String>) -> String {
+    match state {
+        Ok(true) => "up".into(),
+        Ok(false) => "down".into(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Prints `L2FWD-LINK port=<p> state=up|down t=<s>` for every port whose link state changed
+/// since `last`.
+fn report_link_changes(ports: &[Port], last: &mut [Result<bool, String>], begin: Instant) {
+    for (id, (port, was)) in ports.iter().zip(last.iter_mut()).enumerate() {
+        let now = link_state(port);
+        if now != *was {
+            println!("L2FWD-LINK port={id} state={} t={:.1}s", link_name(&now), begin.elapsed().as_secs_f64());
+            std::io::stdout().flush().ok();
+            *was = now;
+        }
+    }
 }
 
 /// Sets `port`'s RSS indirection table to `queues`, repeated to the table's length (the one in
