@@ -10,9 +10,8 @@
 # compiled and run once as tests; then the VM stage: l2fwd over VFIO in the QEMU guest, packed
 # and split rings, 100000 frames each way from the host (scripts/l2fwd-vm.sh), 4 queue pairs with
 # RSS over multi-queue taps (--queues 4 --rss-check), a link taken down and up (--link-flap), and
-# l2fwd's error
-# paths on real devices (scripts/vm/l2fwd-errors.sh). Fails loudly on the first error; never
-# skips silently.
+# l2fwd's error paths on real devices (scripts/vm/l2fwd-errors.sh). Fails loudly on the first
+# error; never skips silently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
