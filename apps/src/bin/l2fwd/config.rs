@@ -15,7 +15,8 @@
 //! cores = [1]               # one polling thread per core (empty: one thread, not pinned)
 //! huge_pages = "preferred"  # "preferred" | "required" | "never"
 //! idle_sleep_us = 0         # sleep this long when a thread's queues stay empty (0: pure polling)
-//! promiscuous = false       # turn promiscuous mode on at start (the device's control queue)
+//! promiscuous = true        # turn promiscuous mode on (true) or off (false) at start, through
+//!                           # the device's control queue (left out: as the device starts)
 //! queues = 1                # queue pairs per port (more than one: the device's control queue)
 //!
 //! # An RSS indirection table for a port (entries: its queue pairs, repeated to fill the table),
@@ -87,6 +88,87 @@ impl std::str::FromStr for RssTable {
         let queues = queues.split(',').map(|q| q.trim().parse()).collect::<Result<Vec<u16>, _>>().map_err(|_| bad())?;
         Ok(RssTable { port, queues })
     }
+}
+
+/// `PORT=V,V,..` on the command line: values for one port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortValues<T> {
+    /// The port.
+    pub port: usize,
+    /// Its values.
+    pub values: Vec<T>,
+}
+
+impl<T: std::str::FromStr> std::str::FromStr for PortValues<T>
+where
+    T::Err: std::fmt::Display,
+{
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (port, values) = s.split_once('=').ok_or_else(|| format!("'{s}' is not PORT=VALUE,VALUE,.."))?;
+        let port = port.trim().parse().map_err(|_| format!("'{s}': '{port}' is not a port number"))?;
+        let values = values
+            .split(',')
+            .map(|v| v.trim().parse::<T>().map_err(|e| format!("'{s}': '{v}': {e}")))
+            .collect::<Result<Vec<T>, String>>()?;
+        Ok(PortValues { port, values })
+    }
+}
+
+/// The receive filters of one port, set through its control queue at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortFilters {
+    /// The port.
+    pub port: usize,
+    /// The MAC filtering table: unicast and multicast addresses (by their I/G bit).
+    pub mac_table: Vec<Mac>,
+    /// All-multicast mode on.
+    pub allmulti: bool,
+    /// VLAN ids added to the VLAN filter.
+    pub vlans: Vec<u16>,
+}
+
+/// The per-port receive filters of `--mac-table`, `--allmulti` and `--vlan`, checked against
+/// `ports` ports.
+pub fn port_filters(
+    mac_tables: &[PortValues<Mac>],
+    allmulti: &[usize],
+    vlans: &[PortValues<u16>],
+    ports: usize,
+) -> Result<Vec<PortFilters>, String> {
+    fn slot<'a>(
+        filters: &'a mut Vec<PortFilters>,
+        port: usize,
+        ports: usize,
+        what: &str,
+    ) -> Result<&'a mut PortFilters, String> {
+        if port >= ports {
+            return Err(format!("{what} for port {port}: there are only {ports} ports"));
+        }
+        let i = match filters.iter().position(|f| f.port == port) {
+            Some(i) => i,
+            None => {
+                filters.push(PortFilters { port, ..PortFilters::default() });
+                filters.len() - 1
+            }
+        };
+        Ok(&mut filters[i])
+    }
+    let mut filters = Vec::new();
+    for t in mac_tables {
+        slot(&mut filters, t.port, ports, "--mac-table")?.mac_table.extend_from_slice(&t.values);
+    }
+    for p in allmulti {
+        slot(&mut filters, *p, ports, "--allmulti")?.allmulti = true;
+    }
+    for v in vlans {
+        if let Some(vid) = v.values.iter().find(|vid| **vid > 4095) {
+            return Err(format!("--vlan for port {}: {vid} is not a VLAN id (0..=4095)", v.port));
+        }
+        slot(&mut filters, v.port, ports, "--vlan")?.vlans.extend_from_slice(&v.values);
+    }
+    Ok(filters)
 }
 
 /// The file, as written: every key optional. The command line's settings come in the same
@@ -177,8 +259,11 @@ pub struct Settings {
     pub huge_pages: Huge,
     /// How long a polling thread sleeps when idle (`None`: it never sleeps).
     pub idle_sleep: Option<Duration>,
-    /// Turn promiscuous mode on at start.
-    pub promiscuous: bool,
+    /// Turn promiscuous mode on or off at start (`None`: leave it as the device starts).
+    pub promiscuous: Option<bool>,
+    /// Receive filters set at start, per port (command line only: `--mac-table`, `--allmulti`,
+    /// `--vlan`).
+    pub filters: Vec<PortFilters>,
     /// Queue pairs per port.
     pub queues: u16,
     /// RSS indirection tables set once the ports run, per port (checked: ports exist, entries
@@ -282,7 +367,8 @@ impl Settings {
             cores,
             huge_pages: cli.huge_pages.or(file.huge_pages).unwrap_or(Huge::Preferred),
             idle_sleep: Some(idle_sleep_us).filter(|us| *us > 0).map(Duration::from_micros),
-            promiscuous: cli.promiscuous.or(file.promiscuous).unwrap_or(false),
+            promiscuous: cli.promiscuous.or(file.promiscuous),
+            filters: Vec::new(),
             source,
         })
     }

@@ -98,9 +98,25 @@ struct Cli {
     /// (pure polling) [default: 0].
     #[arg(long, value_name = "US")]
     idle_sleep_us: Option<u64>,
-    /// Turn promiscuous mode on at start, through the device's control queue [default: off].
-    #[arg(long)]
+    /// Turn promiscuous mode on at start, through the device's control queue (DPDK's -P)
+    /// [default: as the device starts; QEMU's start promiscuous].
+    #[arg(long, conflicts_with = "no_promisc")]
     promisc: bool,
+    /// Turn promiscuous mode off at start: the device then drops frames to other unicast MACs
+    /// than its own and the MAC table's.
+    #[arg(long)]
+    no_promisc: bool,
+    /// Receive filter: a port's MAC table, unicast and multicast addresses, PORT=MAC,..
+    /// (VIRTIO_NET_CTRL_MAC_TABLE_SET; repeatable).
+    #[arg(long, value_name = "PORT=MAC,..")]
+    mac_table: Vec<config::PortValues<Mac>>,
+    /// Receive filter: all-multicast mode on for PORT (VIRTIO_NET_CTRL_RX_ALLMULTI; repeatable).
+    #[arg(long, value_name = "PORT")]
+    allmulti: Vec<usize>,
+    /// Receive filter: VLAN ids a port's VLAN filter lets through, PORT=VID,..
+    /// (VIRTIO_NET_CTRL_VLAN_ADD; repeatable).
+    #[arg(long, value_name = "PORT=VID,..")]
+    vlan: Vec<config::PortValues<u16>>,
     /// Queue pairs per port, each receive queue a lane of its own (more than one: set through
     /// the device's control queue; with RSS the device spreads flows over them) [default: 1].
     #[arg(long, value_name = "N")]
@@ -168,7 +184,7 @@ fn settings(cli: &Cli) -> Result<Settings, String> {
         None => None,
     };
     let cli_ports = if cli.port.is_empty() { cli.pci.clone() } else { cli.port.clone() };
-    Settings::resolve(
+    let mut settings = Settings::resolve(
         file,
         FileConfig {
             ring: cli.ring,
@@ -180,12 +196,14 @@ fn settings(cli: &Cli) -> Result<Settings, String> {
             cores: cli.cores.clone(),
             huge_pages: cli.huge_pages,
             idle_sleep_us: cli.idle_sleep_us,
-            promiscuous: cli.promisc.then_some(true),
+            promiscuous: if cli.promisc { Some(true) } else { cli.no_promisc.then_some(false) },
             queues: cli.queues,
             rss_tables: (!cli.rss_table.is_empty()).then(|| cli.rss_table.clone()),
             ..FileConfig::with_ports(&cli_ports)
         },
-    )
+    )?;
+    settings.filters = config::port_filters(&cli.mac_table, &cli.allmulti, &cli.vlan, settings.ports.len())?;
+    Ok(settings)
 }
 
 fn main() -> ExitCode {
@@ -298,9 +316,15 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         };
         let what = format!("port {id} ({})", s.ports[id].pci);
         let mut port = Port::open(Box::new(transport), &pool, &config, &iova).map_err(Failure::device(&what))?;
-        if s.promiscuous {
-            port.set_promiscuous(true).map_err(Failure::device(format!("{what}: promiscuous mode")))?;
-            println!("l2fwd: port {id}: promiscuous mode on (VIRTIO_NET_CTRL_RX_PROMISC acknowledged)");
+        if let Some(on) = s.promiscuous {
+            port.set_promiscuous(on).map_err(Failure::device(format!("{what}: promiscuous mode")))?;
+            println!(
+                "l2fwd: port {id}: promiscuous mode {} (VIRTIO_NET_CTRL_RX_PROMISC acknowledged)",
+                if on { "on" } else { "off" }
+            );
+        }
+        if let Some(f) = s.filters.iter().find(|f| f.port == id) {
+            set_filters(&mut port, f).map_err(Failure::device(format!("{what}: receive filters")))?;
         }
         if let Some(table) = s.rss_tables.iter().find(|t| t.port == id) {
             set_rss_table(&mut port, &table.queues).map_err(Failure::device(format!("{what}: RSS table")))?;
@@ -529,6 +553,30 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         return Err(Failure::Runtime(format!("{} mbufs did not come back to the pool", pool_stats.in_use)));
     }
     println!("L2FWD-DONE clean");
+    Ok(())
+}
+
+/// Sets a port's receive filters: its MAC table (unicast and multicast addresses sorted by
+/// their I/G bit), all-multicast mode, VLAN ids; prints `L2FWD-FILTER`.
+fn set_filters(port: &mut Port, f: &config::PortFilters) -> virtio_pmd::Result<()> {
+    if !f.mac_table.is_empty() {
+        let (multicast, unicast): (Vec<[u8; 6]>, Vec<[u8; 6]>) =
+            f.mac_table.iter().map(|m| m.0).partition(|m| m[0] & 1 != 0);
+        port.set_mac_table(&unicast, &multicast)?;
+    }
+    if f.allmulti {
+        port.set_all_multicast(true)?;
+    }
+    for vid in &f.vlans {
+        port.vlan_filter(*vid, true)?;
+    }
+    println!(
+        "L2FWD-FILTER port={} mac_table={} allmulti={} vlans={}",
+        f.port,
+        f.mac_table.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(","),
+        if f.allmulti { "on" } else { "off" },
+        f.vlans.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+    );
     Ok(())
 }
 
