@@ -9,6 +9,6 @@ mod stats;
 
 pub use ctrl::{CtrlCommand, CtrlUnavailable, RxFilter};
 pub use port::{Port, PortConfig, PortStats, RingChoice};
-pub use queue::{Ring, RxQueue, TxQueue};
+pub use queue::{Ring, RxPath, RxQueue, TxPath, TxQueue};
 pub use rss::{RssCapabilities, RssConfig, DEFAULT_HASH_TYPES, DEFAULT_KEY, DEFAULT_TABLE_LEN};
 pub use stats::QueueStats;
