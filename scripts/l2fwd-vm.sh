@@ -6,7 +6,8 @@
 # With --queues N the NICs are wired to multi-queue taps instead of UDP sockets: QEMU runs in a
 # network namespace this script creates (mq-l2fwd-<pid>, removed at the end), each NIC gets
 # `-netdev tap,queues=N,vhost=off` and `mq=on,rss=on,hash=on`, l2fwd opens N queue pairs per port
-# (VQ_PAIRS_SET and the default RSS configuration through the control queue), and vm-peer sends
+# (VQ_PAIRS_SET and the default RSS configuration through the control queue; per-queue ring sizes
+# 256, 128, 64, 256, ..), and vm-peer sends
 # IPv4/UDP frames of many flows into the taps with AF_PACKET. --rss-check also gives port 1 a
 # changed indirection table at run time (the queues in reverse order) and requires that every
 # receive queue of l2fwd got exactly the frames vm-peer predicts with its own Toeplitz hash from
@@ -203,7 +204,9 @@ if [ -n "$QUEUES" ]; then
     VM_NET=(--taps "${TAPS[0]},${TAPS[1]}" --queues "$QUEUES")
     PEER_NET=(--tap "${TAPS[0]},${TAPS[1]}" --flows "$FLOWS" --rss-queues "$QUEUES")
     # 2 ports x N pairs x 2 rings x 256 descriptors, plus the thread caches.
-    L2FWD_ARGS="--queues $QUEUES --pool-size $((2048 * QUEUES + 4096)) $L2FWD_ARGS"
+    # Per-queue ring sizes: pair i gets 256, 128, 64, 256, .. descriptors.
+    RING_SIZES=$(for ((i = 0; i < QUEUES; i++)); do echo $((256 >> (i % 3))); done | paste -sd,)
+    L2FWD_ARGS="--queues $QUEUES --ring-sizes $RING_SIZES --pool-size $((2048 * QUEUES + 4096)) $L2FWD_ARGS"
     if [ "$RSS_CHECK" -eq 1 ]; then
         RSS_TABLE1=$(seq $((QUEUES - 1)) -1 0 | paste -sd,)
         L2FWD_ARGS="$L2FWD_ARGS --rss-table 1=$RSS_TABLE1"

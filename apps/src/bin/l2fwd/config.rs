@@ -18,6 +18,7 @@
 //! promiscuous = true        # turn promiscuous mode on (true) or off (false) at start, through
 //!                           # the device's control queue (left out: as the device starts)
 //! queues = 1                # queue pairs per port (more than one: the device's control queue)
+//! ring_sizes = [256, 128]   # descriptors per ring of queue pairs 0, 1, .. (the rest: ring_size)
 //!
 //! # An RSS indirection table for a port (entries: its queue pairs, repeated to fill the table),
 //! # set through the control queue once the port runs (default: 0, 1, .., queues - 1, repeated)
@@ -200,6 +201,8 @@ pub struct FileConfig {
     pub promiscuous: Option<bool>,
     /// Queue pairs per port.
     pub queues: Option<u16>,
+    /// Descriptors per ring of queue pairs 0, 1, ...
+    pub ring_sizes: Option<Vec<u16>>,
     /// RSS indirection tables, per port.
     pub rss_tables: Option<Vec<RssTable>>,
 }
@@ -266,6 +269,8 @@ pub struct Settings {
     pub filters: Vec<PortFilters>,
     /// Queue pairs per port.
     pub queues: u16,
+    /// Descriptors per ring of queue pairs 0, 1, ... (the others: `ring_size`).
+    pub ring_sizes: Vec<u16>,
     /// RSS indirection tables set once the ports run, per port (checked: ports exist, entries
     /// name queue pairs that exist).
     pub rss_tables: Vec<RssTable>,
@@ -338,6 +343,12 @@ impl Settings {
         if !(1..=MAX_QUEUES).contains(&queues) {
             return Err(format!("queues {queues} is out of range{from}: use 1..={MAX_QUEUES} queue pairs per port"));
         }
+        let ring_sizes = cli.ring_sizes.or(file.ring_sizes).unwrap_or_default();
+        if ring_sizes.len() > usize::from(queues) || ring_sizes.contains(&0) {
+            return Err(format!(
+                "ring_sizes {ring_sizes:?}{from}: give at most one non-zero size per queue pair (queues = {queues})"
+            ));
+        }
         let rss_tables = cli.rss_tables.or(file.rss_tables).unwrap_or_default();
         for (i, t) in rss_tables.iter().enumerate() {
             if t.port >= ports.len() {
@@ -357,6 +368,7 @@ impl Settings {
         Ok(Settings {
             ports,
             queues,
+            ring_sizes,
             rss_tables,
             ring: cli.ring.or(file.ring).unwrap_or(Ring::Auto),
             ring_size,

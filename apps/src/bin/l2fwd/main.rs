@@ -121,6 +121,10 @@ struct Cli {
     /// the device's control queue; with RSS the device spreads flows over them) [default: 1].
     #[arg(long, value_name = "N")]
     queues: Option<u16>,
+    /// Descriptors per ring of queue pairs 0, 1, .. of every port (per-queue ring sizes; the
+    /// others get --ring-size), e.g. 256,128,64,256.
+    #[arg(long, value_delimiter = ',', value_name = "N,N,..")]
+    ring_sizes: Option<Vec<u16>>,
     /// RSS indirection table of a port, set once it runs: PORT=Q,Q,.. (queue pairs, repeated to
     /// fill the table; repeatable) [default: 0..queues round robin].
     #[arg(long, value_name = "PORT=Q,..")]
@@ -198,6 +202,7 @@ fn settings(cli: &Cli) -> Result<Settings, String> {
             idle_sleep_us: cli.idle_sleep_us,
             promiscuous: if cli.promisc { Some(true) } else { cli.no_promisc.then_some(false) },
             queues: cli.queues,
+            ring_sizes: cli.ring_sizes.clone(),
             rss_tables: (!cli.rss_table.is_empty()).then(|| cli.rss_table.clone()),
             ..FileConfig::with_ports(&cli_ports)
         },
@@ -310,6 +315,7 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             port_id: id as u16,
             queue_pairs: s.queues,
             ring_size: s.ring_size,
+            pair_ring_sizes: s.ring_sizes.clone(),
             ring: s.ring.into(),
             huge_pages: s.huge_pages.into(),
             ..PortConfig::default()
@@ -384,7 +390,10 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
     }
     let mut links = wait_for_links(&ports);
     let plan = fwd::plan(ports.len() * usize::from(s.queues), &s.cores);
-    let needed = ports.iter().map(|p| 2 * u32::from(p.ring_size()) * u32::from(p.queue_pairs())).sum::<u32>()
+    let needed = ports
+        .iter()
+        .flat_map(|p| (0..p.queue_pairs()).map(|q| 2 * u32::from(p.pair_ring_size(q).unwrap_or(0))))
+        .sum::<u32>()
         + plan.len() as u32 * (s.burst as u32 + 3 * s.pool_cache);
     if needed > s.pool_size {
         println!(
@@ -691,7 +700,13 @@ fn print_summary(s: &Settings, ports: &[Port], end: &[Snapshot], over: Duration)
         total.errors += n.errors;
         let stats = port.stats();
         for (q, (r, t)) in stats.rx_queues.iter().zip(&stats.tx_queues).enumerate() {
-            println!("L2FWD-RXQ port={id} queue={q} rx={} tx={} kicks={}", r.packets, t.packets, r.kicks + t.kicks);
+            println!(
+                "L2FWD-RXQ port={id} queue={q} rx={} tx={} kicks={} ring_size={}",
+                r.packets,
+                t.packets,
+                r.kicks + t.kicks,
+                port.pair_ring_size(q as u16).unwrap_or(0)
+            );
         }
     }
     println!(
