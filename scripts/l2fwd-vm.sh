@@ -9,7 +9,7 @@
 # (VQ_PAIRS_SET and the default RSS configuration through the control queue; per-queue ring sizes
 # 256, 128, 64, 256, ..), and vm-peer sends
 # IPv4/UDP frames of many flows into the taps with AF_PACKET. --rss-check also gives port 1 a
-# changed indirection table at run time (the queues in reverse order) and requires that every
+# changed indirection table (the queues in reverse order) and key at run time, and requires that every
 # receive queue of l2fwd got exactly the frames vm-peer predicts with its own Toeplitz hash from
 # the key and each port's table.
 #
@@ -209,8 +209,10 @@ if [ -n "$QUEUES" ]; then
     L2FWD_ARGS="--queues $QUEUES --ring-sizes $RING_SIZES --pool-size $((2048 * QUEUES + 4096)) $L2FWD_ARGS"
     if [ "$RSS_CHECK" -eq 1 ]; then
         RSS_TABLE1=$(seq $((QUEUES - 1)) -1 0 | paste -sd,)
-        L2FWD_ARGS="$L2FWD_ARGS --rss-table 1=$RSS_TABLE1"
-        PEER_NET+=(--rss-table "1=$RSS_TABLE1")
+        # And another key: the 40-byte "symmetric" key (0x6d5a repeated), known from RSS papers.
+        RSS_KEY1=$(printf '6d5a%.0s' $(seq 20))
+        L2FWD_ARGS="$L2FWD_ARGS --rss-table 1=$RSS_TABLE1 --rss-key 1=$RSS_KEY1"
+        PEER_NET+=(--rss-table "1=$RSS_TABLE1" --rss-key "1=$RSS_KEY1")
     fi
 fi
 
@@ -384,7 +386,7 @@ tail -n 2 "$VM_OUT" | sed 's/^/  /'
 if [ -s "$RSS_TABLE" ]; then
     say "RSS: frames per receive queue, predicted by vm-peer's Toeplitz hash (key, table) vs. l2fwd's counters"
     awk -v t1="$RSS_TABLE1" '{ printf "  port %s rxq %s: predicted %s seen %s %s%s\n", $1, $2, $3, $4,
-        ($3 == $4 ? "ok" : "MISMATCH"), ($1 == 1 ? " (table changed at run time: " t1 ")" : "") }' "$RSS_TABLE"
+        ($3 == $4 ? "ok" : "MISMATCH"), ($1 == 1 ? " (table " t1 " and key changed at run time)" : " (default key and table)") }' "$RSS_TABLE"
 fi
 say "logs: $OUT_DIR"
 # The runs' counters summed, their latencies the larger of theirs.

@@ -91,6 +91,25 @@ impl std::str::FromStr for RssTable {
     }
 }
 
+/// `PORT=HEX` on the command line: a port's RSS key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RssKey {
+    /// The port.
+    pub port: usize,
+    /// The key.
+    pub key: Vec<u8>,
+}
+
+impl std::str::FromStr for RssKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (port, hex) = s.split_once('=').ok_or_else(|| format!("'{s}' is not PORT=HEX"))?;
+        let port = port.trim().parse().map_err(|_| format!("'{s}': '{port}' is not a port number"))?;
+        Ok(RssKey { port, key: virtio_pmd_apps::toeplitz::parse_key(hex.trim())? })
+    }
+}
+
 /// `PORT=V,V,..` on the command line: values for one port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortValues<T> {
@@ -267,6 +286,8 @@ pub struct Settings {
     /// Receive filters set at start, per port (command line only: `--mac-table`, `--allmulti`,
     /// `--vlan`).
     pub filters: Vec<PortFilters>,
+    /// RSS keys set once the ports run, per port (command line only: `--rss-key`).
+    pub rss_keys: Vec<RssKey>,
     /// Queue pairs per port.
     pub queues: u16,
     /// Descriptors per ring of queue pairs 0, 1, ... (the others: `ring_size`).
@@ -381,6 +402,7 @@ impl Settings {
             idle_sleep: Some(idle_sleep_us).filter(|us| *us > 0).map(Duration::from_micros),
             promiscuous: cli.promiscuous.or(file.promiscuous),
             filters: Vec::new(),
+            rss_keys: Vec::new(),
             source,
         })
     }

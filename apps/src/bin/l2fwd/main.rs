@@ -121,6 +121,10 @@ struct Cli {
     /// the device's control queue; with RSS the device spreads flows over them) [default: 1].
     #[arg(long, value_name = "N")]
     queues: Option<u16>,
+    /// RSS key of a port, set once it runs: PORT=HEX (40 bytes for the default hash types;
+    /// repeatable) [default: the Microsoft key].
+    #[arg(long, value_name = "PORT=HEX")]
+    rss_key: Vec<config::RssKey>,
     /// Descriptors per ring of queue pairs 0, 1, .. of every port (per-queue ring sizes; the
     /// others get --ring-size), e.g. 256,128,64,256.
     #[arg(long, value_delimiter = ',', value_name = "N,N,..")]
@@ -208,6 +212,10 @@ fn settings(cli: &Cli) -> Result<Settings, String> {
         },
     )?;
     settings.filters = config::port_filters(&cli.mac_table, &cli.allmulti, &cli.vlan, settings.ports.len())?;
+    if let Some(k) = cli.rss_key.iter().find(|k| k.port >= settings.ports.len()) {
+        return Err(format!("--rss-key for port {}: there are only {} ports", k.port, settings.ports.len()));
+    }
+    settings.rss_keys = cli.rss_key.clone();
     Ok(settings)
 }
 
@@ -332,8 +340,10 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         if let Some(f) = s.filters.iter().find(|f| f.port == id) {
             set_filters(&mut port, f).map_err(Failure::device(format!("{what}: receive filters")))?;
         }
-        if let Some(table) = s.rss_tables.iter().find(|t| t.port == id) {
-            set_rss_table(&mut port, &table.queues).map_err(Failure::device(format!("{what}: RSS table")))?;
+        let table = s.rss_tables.iter().find(|t| t.port == id).map(|t| t.queues.as_slice());
+        let key = s.rss_keys.iter().find(|k| k.port == id).map(|k| k.key.as_slice());
+        if table.is_some() || key.is_some() {
+            change_rss(&mut port, table, key).map_err(Failure::device(format!("{what}: RSS table and key")))?;
         }
         if let Some(rss) = port.rss_config() {
             println!(
@@ -640,18 +650,23 @@ fn report_link_changes(ports: &[Port], last: &mut [Result<bool, String>], begin:
     }
 }
 
-/// Sets `port`'s RSS indirection table to `queues`, repeated to the table's length (the one in
-/// use, the default's without one), keeping its key and hash types: a run-time change through
-/// the control queue.
-fn set_rss_table(port: &mut Port, queues: &[u16]) -> virtio_pmd::Result<()> {
+/// Changes `port`'s RSS configuration at run time, through the control queue: the indirection
+/// table to `queues` (repeated to the table's length: the one in use, the default's without
+/// one) and the key to `key`, each when given, keeping the rest.
+fn change_rss(port: &mut Port, queues: Option<&[u16]>, key: Option<&[u8]>) -> virtio_pmd::Result<()> {
     let mut rss = port.rss_config().cloned().ok_or_else(|| {
         virtio_pmd::Error::InvalidConfig(format!(
-            "{}: an RSS table was given, but the device does not do RSS (no VIRTIO_NET_F_RSS; QEMU: rss=on)",
+            "{}: an RSS table or key was given, but the device does not do RSS (no VIRTIO_NET_F_RSS; QEMU: rss=on)",
             port.name()
         ))
     })?;
-    let len = rss.table.len().max(virtio_pmd::net::DEFAULT_TABLE_LEN);
-    rss.table = queues.iter().copied().cycle().take(len).collect();
+    if let Some(queues) = queues {
+        let len = rss.table.len().max(virtio_pmd::net::DEFAULT_TABLE_LEN);
+        rss.table = queues.iter().copied().cycle().take(len).collect();
+    }
+    if let Some(key) = key {
+        rss.key = key.to_vec();
+    }
     port.set_rss(&rss)
 }
 

@@ -31,6 +31,7 @@ use link::Link;
 use peer::{FrameClass, PeerConfig, PeerPort, RssPlan};
 use reflect::ReflectConfig;
 use virtio_pmd_apps::mac::Mac;
+use virtio_pmd_apps::toeplitz;
 
 /// Everything that can stop a run before it produces a result.
 #[derive(Debug, thiserror::Error)]
@@ -192,9 +193,9 @@ struct RunArgs {
     /// Prints FILTER lines. Default: every frame to the port's MAC, untagged, passing.
     #[arg(long = "class", value_name = "PORT,NAME,MAC,VLAN,pass|drop")]
     classes: Vec<String>,
-    /// The RSS key, hex [default: the Microsoft key, the driver's default].
-    #[arg(long, value_name = "HEX")]
-    rss_key: Option<String>,
+    /// A port's RSS key, PORT=HEX (repeatable) [default: the Microsoft key, the driver's default].
+    #[arg(long, value_name = "PORT=HEX")]
+    rss_key: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -345,7 +346,7 @@ fn tap(name: &str) -> Result<Link, PeerError> {
 /// The RSS plan of `--rss-queues`, `--rss-table` and `--rss-key`.
 fn rss_plan(args: &RunArgs) -> Result<Option<RssPlan>, String> {
     let Some(queues) = args.rss_queues else {
-        return if args.rss_table.is_empty() && args.rss_key.is_none() {
+        return if args.rss_table.is_empty() && args.rss_key.is_empty() {
             Ok(None)
         } else {
             Err("--rss-table and --rss-key need --rss-queues".into())
@@ -372,16 +373,14 @@ fn rss_plan(args: &RunArgs) -> Result<Option<RssPlan>, String> {
         }
         tables[port] = spread(&entries);
     }
-    let key = match &args.rss_key {
-        None => virtio_pmd::net::DEFAULT_KEY.to_vec(),
-        Some(hex) => (0..hex.len())
-            .step_by(2)
-            .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-            .collect::<Option<Vec<u8>>>()
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| format!("--rss-key '{hex}' is not an even number of hex digits"))?,
-    };
-    Ok(Some(RssPlan { key, tables }))
+    let mut keys = [virtio_pmd::net::DEFAULT_KEY.to_vec(), virtio_pmd::net::DEFAULT_KEY.to_vec()];
+    for k in &args.rss_key {
+        let bad = |why: String| format!("--rss-key '{k}': {why} (expected PORT=HEX with PORT 0 or 1)");
+        let (port, hex) = k.split_once('=').ok_or_else(|| bad("no '='".into()))?;
+        let port: usize = port.trim().parse().ok().filter(|p| *p < 2).ok_or_else(|| bad("bad port".into()))?;
+        keys[port] = toeplitz::parse_key(hex.trim()).map_err(bad)?;
+    }
+    Ok(Some(RssPlan { keys, tables }))
 }
 
 fn reflect(args: &ReflectArgs) -> Result<ExitCode, PeerError> {

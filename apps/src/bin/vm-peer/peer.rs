@@ -115,11 +115,11 @@ impl PeerConfig {
     }
 }
 
-/// The RSS steering of the device: its key, and the indirection table of each port.
+/// The RSS steering of the devices: each port's key and indirection table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RssPlan {
-    /// The Toeplitz key.
-    pub key: Vec<u8>,
+    /// Port p's Toeplitz key.
+    pub keys: [Vec<u8>; 2],
     /// Port p's indirection table (queue pairs; a power-of-two length).
     pub tables: [Vec<u16>; 2],
 }
@@ -128,7 +128,7 @@ impl RssPlan {
     /// The receive queue of port `port` that RSS puts `flow` on (UDPv4: addresses and ports).
     pub fn queue_of(&self, port: usize, flow: &Flow) -> u16 {
         let input = toeplitz::ipv4_ports_input(flow.src, flow.dst, flow.sport, flow.dport);
-        toeplitz::queue_of(toeplitz::hash(&self.key, &input), &self.tables[port])
+        toeplitz::queue_of(toeplitz::hash(&self.keys[port], &input), &self.tables[port])
     }
 
     /// Frames per receive queue of each port for the frames sent into it: the data frames
@@ -871,8 +871,10 @@ mod tests {
     fn rss_predictions_count_every_frame_and_follow_the_table() {
         let spread = |e: &[u16]| e.iter().copied().cycle().take(128).collect::<Vec<u16>>();
         let key = virtio_pmd::net::DEFAULT_KEY.to_vec();
-        let default = RssPlan { key: key.clone(), tables: [spread(&[0, 1, 2, 3]), spread(&[0, 1, 2, 3])] };
-        let reversed = RssPlan { key, tables: [spread(&[0, 1, 2, 3]), spread(&[3, 2, 1, 0])] };
+        let default =
+            RssPlan { keys: [key.clone(), key.clone()], tables: [spread(&[0, 1, 2, 3]), spread(&[0, 1, 2, 3])] };
+        let reversed =
+            RssPlan { keys: [key.clone(), key.clone()], tables: [spread(&[0, 1, 2, 3]), spread(&[3, 2, 1, 0])] };
         let probes = [vec![0, 1, 2], vec![0]];
         let d = default.predict(256, [5000, 4000], &probes);
         let r = reversed.predict(256, [5000, 4000], &probes);
@@ -885,8 +887,12 @@ mod tests {
         // One flow frame, by hand: its hash picks the queue.
         let flow = flow_of(Kind::Data, 0, 7, 256);
         let input = toeplitz::ipv4_ports_input(flow.src, flow.dst, flow.sport, flow.dport);
-        let hash = toeplitz::hash(&default.key, &input);
+        let hash = toeplitz::hash(&key, &input);
         assert_eq!(default.queue_of(0, &flow), (hash % 4) as u16);
+        // Another key moves flows too.
+        let rekeyed = RssPlan { keys: [key, vec![0x5a; 40]], ..default.clone() };
+        assert_eq!(rekeyed.predict(256, [5000, 4000], &probes)[0], d[0]);
+        assert_ne!(rekeyed.predict(256, [5000, 4000], &probes)[1], d[1]);
     }
 
     #[test]
