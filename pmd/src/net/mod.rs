@@ -2,11 +2,13 @@
 //! and its control queue ("Control Virtqueue", 5.1.6.5).
 
 mod ctrl;
+mod mac;
 mod port;
 mod queue;
 mod stats;
 
 pub use ctrl::{CtrlCommand, CtrlUnavailable, RxFilter};
+pub use mac::{MacAddr, MacError};
 pub use port::{Port, PortConfig, PortStats, RingChoice};
 pub use queue::{Ring, RxQueue, TxQueue};
 pub use stats::QueueStats;

@@ -266,10 +266,11 @@ impl Port {
             return Err(Error::InvalidConfig(format!("{name}: at least one queue pair is needed")));
         }
         if !offered.has(features::VERSION_1) {
-            return Err(Error::Transport(format!(
-                "{name}: the device does not offer VIRTIO_F_VERSION_1: legacy-only devices are not supported; \
-                 use a modern device (QEMU: disable-legacy=on)"
-            )));
+            return Err(Error::FeatureNotOffered {
+                device: name.to_owned(),
+                feature: "VIRTIO_F_VERSION_1",
+                why: "legacy-only devices are not supported; use a modern device (QEMU: disable-legacy=on)",
+            });
         }
         let mut wanted = Features::from_bits(&[features::VERSION_1]);
         for optional in [features::ACCESS_PLATFORM, net_spec::F_MAC, net_spec::F_STATUS, net_spec::F_MTU] {
@@ -283,10 +284,11 @@ impl Port {
             RingChoice::Auto => RingFormat::Packed,
             RingChoice::Packed if offered.has(features::RING_PACKED) => RingFormat::Packed,
             RingChoice::Packed => {
-                return Err(Error::Transport(format!(
-                    "{name}: packed rings were asked for, but the device does not offer VIRTIO_F_RING_PACKED: \
-                     use ring = \"split\" or \"auto\" (QEMU: packed=on)"
-                )))
+                return Err(Error::FeatureNotOffered {
+                    device: name.to_owned(),
+                    feature: "VIRTIO_F_RING_PACKED",
+                    why: "packed rings were asked for: use ring = \"split\" or \"auto\" (QEMU: packed=on)",
+                })
             }
         };
         if format == RingFormat::Packed {
@@ -335,10 +337,12 @@ impl Port {
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER)?;
         let offered = transport.device_features()?;
         if transport.requires_access_platform() && !offered.has(features::ACCESS_PLATFORM) {
-            return Err(Error::Transport(format!(
-                "{name}: the device does not offer VIRTIO_F_ACCESS_PLATFORM, so it would bypass the IOMMU and \
-                 take the driver's IOVAs for physical addresses: give it one (QEMU: iommu_platform=on)"
-            )));
+            return Err(Error::FeatureNotOffered {
+                device: name.to_owned(),
+                feature: "VIRTIO_F_ACCESS_PLATFORM",
+                why: "without it the device would bypass the IOMMU and take the driver's IOVAs for physical \
+                      addresses: give it one (QEMU: iommu_platform=on)",
+            });
         }
         let (wanted, format, ctrl_missing) = Self::choose_features(name, offered, config, transport.control_queue())?;
         let multiqueue = wanted.has(net_spec::F_MQ);
@@ -358,10 +362,7 @@ impl Port {
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;
         let now = transport.status()?;
         if now & status::FEATURES_OK == 0 {
-            return Err(Error::Transport(format!(
-                "{name}: the device refused the features {wanted:?} (offered {offered:?}; status read back {now:#x}): \
-                 it needs a feature this driver does not support"
-            )));
+            return Err(Error::FeaturesRefused { device: name.to_owned(), wanted, offered, status: now });
         }
 
         let (mac, mtu) = Self::read_config(transport, wanted)?;
