@@ -6,9 +6,11 @@ mod mac;
 mod port;
 mod queue;
 mod stats;
+mod xstats;
 
 pub use ctrl::{CtrlCommand, CtrlUnavailable, RxFilter};
 pub use mac::{MacAddr, MacError};
 pub use port::{Port, PortConfig, PortStats, RingChoice};
 pub use queue::{Ring, RxQueue, TxQueue};
-pub use stats::QueueStats;
+pub use stats::{PacketClasses, QueueStats, SIZE_BINS};
+pub use xstats::{rates, Xstat};

@@ -86,6 +86,10 @@ pub struct PortConfig {
     /// How long a control-queue command may take before the port gives up on the control queue
     /// ([`Error::CtrlTimeout`]).
     pub control_timeout: Duration,
+    /// Count packet classes per queue (size bins, multicast, broadcast: the `rx_size_64_packets`
+    /// family of [`PortStats::xstats`]). Off by default: it reads every frame's length and
+    /// destination MAC, a cache line the forwarding may not otherwise touch.
+    pub packet_classes: bool,
 }
 
 impl Default for PortConfig {
@@ -100,6 +104,7 @@ impl Default for PortConfig {
             huge_pages: HugePages::Preferred,
             control_queue: true,
             control_timeout: Duration::from_secs(1),
+            packet_classes: false,
         }
     }
 }
@@ -191,6 +196,8 @@ pub struct Port {
     mtu: Option<u16>,
     queues: Vec<Option<(RxQueue, TxQueue)>>,
     counters: Vec<(Arc<QueueCounters>, Arc<QueueCounters>)>,
+    /// The counters at the last [`Port::reset_stats`], by queue pair (empty: never reset).
+    stats_base: Vec<(QueueStats, QueueStats)>,
     /// The control queue, when negotiated; dropped after the queues' device reset.
     ctrl: Option<CtrlQueue>,
     /// Why there is no control queue, when there is none.
@@ -229,6 +236,7 @@ impl Port {
                     mtu: found.mtu,
                     queues: Vec::with_capacity(queues.len()),
                     counters: Vec::with_capacity(queues.len()),
+                    stats_base: Vec::new(),
                     ctrl,
                     ctrl_missing: found.ctrl_missing,
                     max_pairs: found.max_pairs,
@@ -238,6 +246,7 @@ impl Port {
                     port.counters.push((rx.counters(), tx.counters()));
                     port.queues.push(Some((rx, tx)));
                 }
+                port.log_data_path(config);
                 Ok(port)
             }
             Err(err) => {
@@ -472,8 +481,12 @@ impl Port {
             // SAFETY: as for the receive ring.
             let tx_notify = unsafe { transport.setup_queue(tx_index, size, format, tx_ring.addresses()) }?;
             // Buffers are posted (not notified) now; the queues hold the device from here on.
-            let rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id).with_quiesce(quiesce.clone());
-            queues.push((rx, TxQueue::new(tx_ring, tx_notify).with_quiesce(quiesce.clone())));
+            let mut rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id);
+            let mut tx = TxQueue::new(tx_ring, tx_notify);
+            if config.packet_classes {
+                (rx, tx) = (rx.with_packet_classes(), tx.with_packet_classes());
+            }
+            queues.push((rx.with_quiesce(quiesce.clone()), tx.with_quiesce(quiesce.clone())));
         }
         if let Some(index) = ctrl_index {
             let spec = CtrlRingSpec { format, in_order, event_idx };
@@ -519,6 +532,27 @@ impl Port {
             mtu = Some(u16::from_le_bytes(bytes));
         }
         Ok((mac, mtu))
+    }
+
+    /// The one line saying which data path the port runs, logged once when it opens.
+    fn log_data_path(&self, config: &PortConfig) {
+        tracing::info!(
+            "port {} ({}): {} ring of {} descriptors, {} queue pair(s), in_order {}, event_idx {}, control queue {}, \
+             packet classes {}, features {:?}",
+            config.port_id,
+            self.device.name,
+            match self.format {
+                RingFormat::Packed => "packed",
+                RingFormat::Split => "split",
+            },
+            self.ring_size,
+            self.queues.len(),
+            self.features.has(features::IN_ORDER),
+            self.features.has(features::EVENT_IDX),
+            self.ctrl.is_some(),
+            config.packet_classes,
+            self.features,
+        );
     }
 
     /// What the user calls the device (PCI address or socket path).
@@ -751,17 +785,34 @@ impl Port {
         ctrl.command(command, &pairs.to_le_bytes())
     }
 
-    /// Counters of every queue, wherever the queues are now, and their sums.
+    /// Counters of every queue, wherever the queues are now, and their sums (since the last
+    /// [`reset_stats`](Self::reset_stats)).
     pub fn stats(&self) -> PortStats {
         let mut stats = PortStats::default();
-        for (rx, tx) in &self.counters {
-            let (rx, tx) = (rx.snapshot(), tx.snapshot());
+        for (i, (rx, tx)) in self.counters.iter().enumerate() {
+            let (mut rx, mut tx) = (rx.snapshot(), tx.snapshot());
+            if let Some((rx0, tx0)) = self.stats_base.get(i) {
+                (rx, tx) = (rx.since(rx0), tx.since(tx0));
+            }
             stats.rx += rx;
             stats.tx += tx;
             stats.rx_queues.push(rx);
             stats.tx_queues.push(tx);
         }
         stats
+    }
+
+    /// Every counter by name ([`PortStats::xstats`]): DPDK's `rte_eth_xstats` names where they
+    /// exist.
+    pub fn xstats(&self) -> Vec<super::Xstat> {
+        self.stats().xstats()
+    }
+
+    /// Starts the counters from zero: [`stats`](Self::stats) counts from now on. The queues'
+    /// threads keep counting undisturbed (their counters have one writer each; the port keeps
+    /// the values at the reset and subtracts them).
+    pub fn reset_stats(&mut self) {
+        self.stats_base = self.counters.iter().map(|(rx, tx)| (rx.snapshot(), tx.snapshot())).collect();
     }
 }
 

@@ -12,7 +12,7 @@
 //!    vhost-user backend maps our memory by its virtual address);
 //! 4. one [`Mempool`] for every port, so a frame received on one port is sent on another
 //!    without a copy;
-//! 5. [`Port::open`] on each transport, and one log line per port saying the data path chosen.
+//! 5. [`Port::open`] on each transport (each logs the data path it chose, once).
 //!
 //! [`PortSet::close`] drops the ports (each device is reset before its buffers return), then the
 //! container, and checks that the pool has every mbuf back. Queues taken out of the ports
@@ -33,7 +33,7 @@ use crate::mem::IovaAllocator;
 use crate::net::{MacAddr, Port, PortConfig};
 use crate::transport::vfio::{Container, VfioPciTransport};
 use crate::transport::vhost_user::{VhostUserConfig, VhostUserTransport};
-use crate::transport::{RingFormat, Transport};
+use crate::transport::Transport;
 
 /// How to open a [`PortSet`].
 #[derive(Clone, Debug, Default)]
@@ -173,7 +173,6 @@ impl PortSet {
                 source,
             })?;
             let mac = source_mac(id, &port, spec);
-            log_data_path(id, &port, mac);
             ports.push(port);
             macs.push(mac);
         }
@@ -253,21 +252,4 @@ fn source_mac(id: usize, port: &Port, spec: &DeviceSpec) -> MacAddr {
             mac
         }
     }
-}
-
-/// The one line per port saying which data path it runs.
-fn log_data_path(id: usize, port: &Port, mac: MacAddr) {
-    tracing::info!(
-        "port {id} ({}): {} ring of {} descriptors, {} queue pair(s), in_order {}, event_idx {}, mac {mac}, features {:?}",
-        port.name(),
-        match port.ring_format() {
-            RingFormat::Packed => "packed",
-            RingFormat::Split => "split",
-        },
-        port.ring_size(),
-        port.queue_pairs(),
-        port.features().has(crate::spec::features::IN_ORDER),
-        port.features().has(crate::spec::features::EVENT_IDX),
-        port.features(),
-    );
 }

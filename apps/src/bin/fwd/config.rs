@@ -210,6 +210,14 @@ pub struct Options {
     /// Huge pages for the pool and the rings [default: preferred].
     #[arg(long, value_enum)]
     pub huge_pages: Option<Huge>,
+    /// Count packet classes per queue (size bins, multicast, broadcast) in the extended
+    /// statistics: a look at every frame [default: off].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub packet_classes: Option<bool>,
+    /// Also print statistics and summaries as JSON lines (one object per line, starting with
+    /// `{`) [default: off].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub json: Option<bool>,
 }
 
 /// Everything checked, defaults filled in.
@@ -259,6 +267,10 @@ pub struct Settings {
     pub mbuf_cache: u32,
     /// Huge pages.
     pub huge_pages: Huge,
+    /// Count packet classes.
+    pub packet_classes: bool,
+    /// Also print JSON lines.
+    pub json: bool,
 }
 
 /// Seconds as a duration; `what` names the option in errors.
@@ -377,6 +389,8 @@ impl Settings {
             mbufs,
             mbuf_cache,
             huge_pages: o.huge_pages.unwrap_or(Huge::Preferred),
+            packet_classes: o.packet_classes.unwrap_or(false),
+            json: o.json.unwrap_or(false),
         })
     }
 }

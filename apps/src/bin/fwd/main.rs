@@ -43,14 +43,14 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use virtio_pmd::lcore::{self, LcoreWork, STOP};
 use virtio_pmd::mbuf::MempoolConfig;
-use virtio_pmd::net::{MacAddr, Port, PortConfig};
+use virtio_pmd::net::{MacAddr, Port, PortConfig, Xstat};
 use virtio_pmd::setup::{DeviceSpec, PortSet, PortSetConfig, SetupError};
 use virtio_pmd::transport::RingFormat;
 
 use config::{peer_of, Cli, Mode, Settings};
 use engine::{Live, Params, Stream, Totals, Work};
 use frame::Template;
-use virtio_pmd_apps::report::{init_logging, mpps, Snapshot};
+use virtio_pmd_apps::report::{init_logging, mpps, JsonLine, Record, Snapshot};
 
 /// How often the main thread looks at the clock and the stop flag.
 const TICK: Duration = Duration::from_millis(20);
@@ -122,6 +122,7 @@ fn open_ports(s: &Settings) -> Result<PortSet, String> {
             ring: s.ring.into(),
             in_order: s.in_order,
             huge_pages: s.huge_pages.into(),
+            packet_classes: s.packet_classes,
             ..PortConfig::default()
         },
     };
@@ -189,16 +190,19 @@ fn build_lcores(s: &Settings, set: &mut PortSet) -> Result<Vec<LcoreWork<Work>>,
     Ok(lcores)
 }
 
-/// A port's counters at one moment.
+/// Frames the lcores dropped on port `p` (its transmit queues did not take them).
+fn app_drops(lives: &[Arc<Live>], p: usize) -> u64 {
+    lives.iter().map(|l| l.drops[p].load(Ordering::Relaxed)).sum()
+}
+
+/// The ports' counters at one moment.
 fn snapshots(ports: &[Port], lives: &[Arc<Live>]) -> Vec<Snapshot> {
-    ports
-        .iter()
-        .enumerate()
-        .map(|(p, port)| {
-            let drops = lives.iter().map(|l| l.drops[p].load(Ordering::Relaxed)).sum();
-            Snapshot::of(&port.stats(), drops)
-        })
-        .collect()
+    ports.iter().enumerate().map(|(p, port)| Snapshot::of(&port.stats(), app_drops(lives, p))).collect()
+}
+
+/// Every port's extended statistics.
+fn xstats(set: &PortSet) -> Vec<Vec<Xstat>> {
+    set.ports().iter().map(Port::xstats).collect()
 }
 
 fn print_stats(elapsed: Duration, over: Duration, before: &[Snapshot], now: &[Snapshot]) {
@@ -250,19 +254,24 @@ fn run(s: &Settings) -> Result<bool, String> {
     println!("FWD-READY ports={} threads={}", set.ports().len(), handles.len());
     let _ = std::io::stdout().flush();
 
-    let mut last = snapshots(set.ports(), &lives);
-    let mut last_at = Instant::now();
+    let mut last = (Instant::now(), snapshots(set.ports(), &lives), xstats(&set));
     while !STOP.load(Ordering::Relaxed) {
         std::thread::sleep(TICK);
         if s.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        if let Some(period) = s.stats_period {
-            if last_at.elapsed() >= period {
-                let now = snapshots(set.ports(), &lives);
-                print_stats(started.elapsed(), last_at.elapsed(), &last, &now);
-                (last, last_at) = (now, Instant::now());
+        if s.stats_period.is_some_and(|period| last.0.elapsed() >= period) {
+            let now = (Instant::now(), snapshots(set.ports(), &lives), xstats(&set));
+            print_stats(started.elapsed(), now.0 - last.0, &last.1, &now.1);
+            if s.json {
+                for (p, (before, after)) in last.2.iter().zip(&now.2).enumerate() {
+                    let line =
+                        JsonLine::new("fwd", "stats").num("t", started.elapsed().as_secs_f64()).int("port", p as u64);
+                    let line = line.int("app_dropped", app_drops(&lives, p));
+                    println!("{}", line.xstats("xstats", after).rates("rates", before, after, now.0 - last.0).finish());
+                }
             }
+            last = now;
         }
     }
     let mut totals: Option<Totals> = None;
@@ -303,6 +312,12 @@ fn run(s: &Settings) -> Result<bool, String> {
             stats.tx.kicks,
             stats.tx.publishes,
         );
+        if s.json {
+            let line =
+                JsonLine::new("fwd", "port_total").int("port", p as u64).text("port_spec", &s.ports[p].to_string());
+            let line = line.int("app_dropped", app_drops(&lives, p)).num("seconds", forwarding.as_secs_f64());
+            println!("{}", line.xstats("xstats", &stats.xstats()).finish());
+        }
     }
     drop(params);
     let pool_stats = match set.close() {
@@ -348,39 +363,40 @@ fn report(s: &Settings, format: Option<RingFormat>, t: &Totals, over: Duration, 
         Some(RingFormat::Split) => "split",
         None => "none",
     };
-    let mut line = format!(
-        "FWD-SUMMARY mode={} ring={ring} ports={} queues={} threads={} burst={} seconds={:.3} rx_pkts={} tx_pkts={} \
-         drops={} mpps={:.3} cycles_per_pkt={cycles_per_pkt:.2} busy_cycles={} avg_burst={avg_burst:.1} tsc_mhz={:.0} \
-         tx_inflight={} alloc_failures={} pool_in_use={in_use}",
-        s.mode.name(),
-        s.ports.len(),
-        s.port_queues.iter().map(|&q| q as u32).sum::<u32>(),
-        s.threads,
-        s.burst,
-        over.as_secs_f64(),
-        t.rx,
-        t.tx,
-        t.drops,
-        mpps(packets, over),
-        t.busy_cycles,
-        tsc_hz / 1e6,
-        t.tx_inflight,
-        t.alloc_failures,
-    );
+    let mut summary = Record::default()
+        .text("mode", s.mode.name())
+        .text("ring", ring)
+        .int("ports", s.ports.len() as u64)
+        .int("queues", s.port_queues.iter().map(|&q| u64::from(q)).sum())
+        .int("threads", s.threads as u64)
+        .int("burst", s.burst as u64)
+        .num("seconds", over.as_secs_f64(), 3)
+        .int("rx_pkts", t.rx)
+        .int("tx_pkts", t.tx)
+        .int("drops", t.drops)
+        .num("mpps", mpps(packets, over), 3)
+        .num("cycles_per_pkt", cycles_per_pkt, 2)
+        .int("busy_cycles", t.busy_cycles)
+        .num("avg_burst", avg_burst, 1)
+        .num("tsc_mhz", tsc_hz / 1e6, 0)
+        .int("tx_inflight", t.tx_inflight)
+        .int("alloc_failures", t.alloc_failures)
+        .int("pool_in_use", in_use.into());
     if s.verify.is_some() || s.mode == Mode::Echo {
-        line +=
-            &format!(" verified={} bad={} gaps={} reorders={} lost={}", t.verified, t.bad, t.gaps, t.reorders, t.lost);
+        summary = summary.int("verified", t.verified).int("bad", t.bad).int("gaps", t.gaps);
+        summary = summary.int("reorders", t.reorders).int("lost", t.lost);
     }
     if s.mode == Mode::Echo && !t.rtt.is_empty() && tsc_hz > 0.0 {
         let us = |cycles: u64| cycles as f64 / tsc_hz * 1e6;
-        line += &format!(
-            " rtt_p50_us={:.2} rtt_p99_us={:.2} rtt_p999_us={:.2} rtt_max_us={:.2}",
-            us(t.rtt.value_at_quantile(0.5)),
-            us(t.rtt.value_at_quantile(0.99)),
-            us(t.rtt.value_at_quantile(0.999)),
-            us(t.rtt.max()),
-        );
+        summary = summary
+            .num("rtt_p50_us", us(t.rtt.value_at_quantile(0.5)), 2)
+            .num("rtt_p99_us", us(t.rtt.value_at_quantile(0.99)), 2)
+            .num("rtt_p999_us", us(t.rtt.value_at_quantile(0.999)), 2)
+            .num("rtt_max_us", us(t.rtt.max()), 2);
     }
-    println!("{line}");
+    println!("FWD-SUMMARY {}", summary.key_values());
+    if s.json {
+        println!("{}", summary.json("fwd", "summary"));
+    }
     let _ = std::io::stdout().flush();
 }

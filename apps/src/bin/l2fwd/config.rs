@@ -16,6 +16,7 @@
 //! huge_pages = "preferred"  # "preferred" | "required" | "never"
 //! idle_sleep_us = 0         # sleep this long when a thread's queues stay empty (0: pure polling)
 //! promiscuous = false       # turn promiscuous mode on at start (the device's control queue)
+//! json = false              # also print JSON lines (statistics, summaries, the pool check)
 //!
 //! [[ports]]
 //! pci = "0000:00:03.0"
@@ -97,6 +98,10 @@ pub struct Options {
     /// Turn promiscuous mode on at start, through the device's control queue [default: off].
     #[arg(long = "promisc", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub promiscuous: Option<bool>,
+    /// Also print statistics, summaries and the pool check as JSON lines (one object per line,
+    /// starting with `{`) [default: off].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub json: Option<bool>,
 }
 
 /// One port, checked.
@@ -133,6 +138,8 @@ pub struct Settings {
     pub idle_sleep: Option<Duration>,
     /// Turn promiscuous mode on at start.
     pub promiscuous: bool,
+    /// Also print JSON lines.
+    pub json: bool,
     /// Where the file came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -209,6 +216,7 @@ impl Settings {
             huge_pages: o.huge_pages.unwrap_or(Huge::Preferred),
             idle_sleep: Some(idle_sleep_us).filter(|us| *us > 0).map(Duration::from_micros),
             promiscuous: o.promiscuous.unwrap_or(false),
+            json: o.json.unwrap_or(false),
             source,
         })
     }

@@ -42,7 +42,8 @@ use virtio_pmd::transport::RingFormat;
 
 use config::{FilePort, Options, Settings};
 use fwd::{Lane, LaneCounters};
-use virtio_pmd_apps::report::{init_logging, mpps, Snapshot};
+use virtio_pmd::net::Xstat;
+use virtio_pmd_apps::report::{init_logging, mpps, JsonLine, Snapshot};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -277,7 +278,7 @@ fn monitor(
     duration: Option<Duration>,
 ) -> (Option<Failure>, Duration) {
     let begin = Instant::now();
-    let mut last = (begin, counters.snapshots(set.ports()));
+    let mut last = (begin, counters.snapshots(set.ports()), xstats(set));
     let failure = loop {
         std::thread::sleep(Duration::from_millis(50));
         if STOP.load(Ordering::SeqCst) {
@@ -296,9 +297,18 @@ fn monitor(
             continue;
         }
         let now = Instant::now();
-        let snaps = counters.snapshots(set.ports());
+        let (snaps, x) = (counters.snapshots(set.ports()), xstats(set));
         print_stats(begin, now - last.0, &last.1, &snaps);
-        last = (now, snaps);
+        if s.json {
+            for (id, (before, after)) in last.2.iter().zip(&x).enumerate() {
+                let line =
+                    JsonLine::new("l2fwd", "stats").num("t", begin.elapsed().as_secs_f64()).int("port", id as u64);
+                let line =
+                    line.int("app_dropped", counters.dropped(id)).num("interval_s", (now - last.0).as_secs_f64());
+                println!("{}", line.xstats("xstats", after).rates("rates", before, after, now - last.0).finish());
+            }
+        }
+        last = (now, snaps, x);
         if let Some((id, e)) = set.ports().iter().enumerate().find_map(|(id, p)| p.check().err().map(|e| (id, e))) {
             break Some(Failure::Runtime(format!("port {id}: {}", describe(&e))));
         }
@@ -310,11 +320,19 @@ fn monitor(
 struct Counters(Vec<(usize, Arc<LaneCounters>)>);
 
 impl Counters {
-    fn snapshots(&self, ports: &[Port]) -> Vec<Snapshot> {
-        let drops =
-            |id| self.0.iter().filter(|(tx, _)| *tx == id).map(|(_, c)| c.dropped.load(Ordering::Relaxed)).sum();
-        ports.iter().enumerate().map(|(id, port)| Snapshot::of(&port.stats(), drops(id))).collect()
+    /// Frames the lanes transmitting on port `id` dropped.
+    fn dropped(&self, id: usize) -> u64 {
+        self.0.iter().filter(|(tx, _)| *tx == id).map(|(_, c)| c.dropped.load(Ordering::Relaxed)).sum()
     }
+
+    fn snapshots(&self, ports: &[Port]) -> Vec<Snapshot> {
+        ports.iter().enumerate().map(|(id, port)| Snapshot::of(&port.stats(), self.dropped(id))).collect()
+    }
+}
+
+/// Every port's extended statistics.
+fn xstats(set: &PortSet) -> Vec<Vec<Xstat>> {
+    set.ports().iter().map(Port::xstats).collect()
 }
 
 fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
@@ -351,6 +369,13 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         }
     }
     print_summary(&set, &counters.snapshots(set.ports()), stopped_at);
+    if s.json {
+        for (id, x) in xstats(&set).iter().enumerate() {
+            let line = JsonLine::new("l2fwd", "summary").int("port", id as u64).text("pci", set.ports()[id].name());
+            let line = line.int("app_dropped", counters.dropped(id)).num("seconds", stopped_at.as_secs_f64());
+            println!("{}", line.xstats("xstats", x).finish());
+        }
+    }
     let closed = set.close();
     let pool = match &closed {
         Ok(stats) | Err(SetupError::MbufsMissing { stats }) => *stats,
@@ -368,6 +393,10 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             format!("{} mbufs LEAKED", pool.in_use)
         }
     );
+    if s.json {
+        let line = JsonLine::new("l2fwd", "pool").int("size", pool.size.into()).int("available", pool.available.into());
+        println!("{}", line.int("in_use", pool.in_use.into()).int("alloc_failures", pool.alloc_failures).finish());
+    }
     if let Some(f) = failure {
         return Err(f);
     }
