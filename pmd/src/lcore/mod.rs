@@ -241,6 +241,12 @@ impl<R> Lcores<R> {
     /// order.
     pub fn join(self) -> Vec<std::result::Result<R, LcorePanicked>> {
         self.shared.stop.store(true, Ordering::SeqCst);
+        self.wait()
+    }
+
+    /// Waits for every lcore's body to return by itself (bodies that end on their own, e.g.
+    /// after a duration; the stop flag still ends them early), and returns what each returned.
+    pub fn wait(self) -> Vec<std::result::Result<R, LcorePanicked>> {
         self.threads
             .into_iter()
             .enumerate()
@@ -331,6 +337,19 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(lcores.join(), vec![Ok(None)]);
+    }
+
+    #[test]
+    fn waiting_lets_bodies_end_by_themselves() {
+        let stop = flag();
+        let work = (0..2).map(|i| LcoreWork { core: None, work: i }).collect();
+        let lcores = launch("w", work, stop, |_, i: u32| {
+            std::thread::sleep(Duration::from_millis(10));
+            i * 2
+        })
+        .unwrap();
+        assert_eq!(lcores.wait(), vec![Ok(0), Ok(2)]);
+        assert!(!stop.load(Ordering::SeqCst), "waiting does not ask for a stop");
     }
 
     #[test]

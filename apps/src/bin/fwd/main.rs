@@ -32,7 +32,6 @@
 mod config;
 mod engine;
 mod frame;
-mod tsc;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -51,6 +50,7 @@ use config::{peer_of, Cli, Mode, Settings};
 use engine::{Live, Params, Stream, Totals, Work};
 use frame::Template;
 use virtio_pmd_apps::report::{init_logging, mpps, JsonLine, Record, Snapshot};
+use virtio_pmd_apps::tsc;
 
 /// How often the main thread looks at the clock and the stop flag.
 const TICK: Duration = Duration::from_millis(20);
