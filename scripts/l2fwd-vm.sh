@@ -155,7 +155,7 @@ if [ "$BUILD" -eq 1 ]; then
     # --target keeps the static build in target/$TRIPLE, apart from the host build's cache.
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile ci \
         --target "$TRIPLE" -p virtio-pmd-apps --bin l2fwd)
-    (cd "$ROOT" && cargo build --quiet --profile ci -p virtio-pmd-apps --bin vm-peer)
+    (cd "$ROOT" && cargo build --quiet --profile ci -p vm-peer --bin vm-peer)
     say "built in $((SECONDS - t)) s"
 fi
 for bin in "$L2FWD" "$VM_PEER"; do
@@ -217,7 +217,7 @@ if [ -n "$QUEUES" ]; then
 fi
 
 if [ "$FILTERS" -eq 1 ]; then
-    L2FWD_ARGS="--no-promisc --mac-table 0=02:00:00:00:aa:01,01:00:5e:00:00:01 --mac-table 1=02:00:00:00:aa:02 \
+    L2FWD_ARGS="--promisc=false --mac-table 0=02:00:00:00:aa:01,01:00:5e:00:00:01 --mac-table 1=02:00:00:00:aa:02 \
 --allmulti 1 --vlan 0=100 $L2FWD_ARGS"
     # PORT,NAME,DST,VLAN,verdict: what the device must do with frames sent into each port.
     for class in \
