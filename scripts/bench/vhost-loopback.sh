@@ -226,7 +226,7 @@ done
 column_of() { awk -v side="$1" -v col="$2" '$1 == side { print $col }' "$results"; }
 # Side $1's ratio to side $2 in each round.
 paired() { awk -v a="$1" -v b="$2" '$1 == a { x[$2] = $3 } $1 == b { y[$2] = $3 }
-                                     END { for (r in x) if (y[r] > 0) printf "%.4f\n", x[r] / y[r] }' "$results"; }
+                                     END { for (r in x) if (y[r] > 0) printf "%.3f\n", x[r] / y[r] }' "$results"; }
 has() { [[ ",$sides," == *",$1,"* ]]; }
 div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }
 best() { awk -v side="$1" '$1 == side && $3 > m { m = $3; c = $4 } END { printf "%s %s\n", m, c }' "$results"; }
