@@ -2,11 +2,13 @@
 //! and its control queue ("Control Virtqueue", 5.1.6.5).
 
 mod ctrl;
+mod offload;
 mod port;
 mod queue;
 mod stats;
 
 pub use ctrl::{CtrlCommand, CtrlUnavailable, RxFilter};
+pub use offload::{OffloadConfig, Offloads};
 pub use port::{Port, PortConfig, PortStats, RingChoice};
 pub use queue::{Ring, RxPath, RxQueue, TxPath, TxQueue};
 pub use stats::QueueStats;
