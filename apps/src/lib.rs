@@ -6,6 +6,7 @@
 //!   TOML files, and their conversions into the library's [`RingChoice`](virtio_pmd::net::RingChoice)
 //!   and [`HugePages`](virtio_pmd::mem::HugePages).
 //! - [`signal`]: the SIGINT/SIGTERM handler and the stop flag it sets.
+//! - [`toeplitz`]: the RSS Toeplitz hash, to predict the receive queue of a packet.
 //! - [`report`]: the rate arithmetic behind the statistics lines, and the logging set-up.
 //! - [`tsc`]: the time-stamp counter (cycle counts, latency stamps) and a prefetch hint.
 #![deny(unsafe_code)]
@@ -14,4 +15,5 @@ pub mod mac;
 pub mod options;
 pub mod report;
 pub mod signal;
+pub mod toeplitz;
 pub mod tsc;

@@ -5,10 +5,12 @@ mod ctrl;
 mod offload;
 mod port;
 mod queue;
+mod rss;
 mod stats;
 
 pub use ctrl::{CtrlCommand, CtrlUnavailable, RxFilter};
 pub use offload::{OffloadConfig, Offloads};
 pub use port::{Port, PortConfig, PortStats, RingChoice};
 pub use queue::{Ring, RxPath, RxQueue, TxPath, TxQueue};
+pub use rss::{RssCapabilities, RssConfig, DEFAULT_HASH_TYPES, DEFAULT_KEY, DEFAULT_TABLE_LEN};
 pub use stats::QueueStats;

@@ -15,6 +15,10 @@
 //! `2 * max_virtqueue_pairs` with MQ, 2 without, set up with the data queues before DRIVER_OK;
 //! commands go only after DRIVER_OK. With MQ, more than one pair is activated with
 //! VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET right after DRIVER_OK ("Device operation in multiqueue mode").
+//! With VIRTIO_NET_F_RSS (negotiated whenever offered with the control queue) and more than one
+//! pair, the port then sends the default RSS configuration ([`RssConfig::spread`]), so that the
+//! receive queue of every packet follows from the key and table alone; [`Port::set_rss`]
+//! changes it at run time.
 //!
 //! Invariant: a queue hands its in-flight buffers back to their pools only after the device was
 //! reset: every queue holds the shared device from the moment it is made, so dropping any queue
@@ -38,6 +42,7 @@ use std::time::Duration;
 use super::ctrl::{CtrlCommand, CtrlQueue, CtrlRingSpec, CtrlUnavailable, RxFilter, MAX_DATA};
 use super::offload::{OffloadConfig, Offloads};
 use super::queue::{Quiesce, Ring, RxPath, RxQueue, TxPath, TxQueue};
+use super::rss::{RssCapabilities, RssConfig};
 use super::stats::QueueCounters;
 use super::QueueStats;
 use crate::error::{Error, Result};
@@ -178,6 +183,7 @@ struct Negotiated {
     max_pairs: u16,
     rx_path: RxPath,
     tx_path: TxPath,
+    rss: Option<(RssCapabilities, RssConfig)>,
 }
 
 /// Ethernet header bytes a frame carries besides its MTU ("Device configuration layout": "plus
@@ -192,7 +198,7 @@ const LRO_FRAME: u32 = 65562 - 12;
 const DEFAULT_MTU: u16 = 1500;
 
 /// The control-queue features negotiated whenever offered with VIRTIO_NET_F_CTRL_VQ.
-const CTRL_FEATURES: [u32; 7] = [
+const CTRL_FEATURES: [u32; 8] = [
     net_spec::F_CTRL_RX,
     net_spec::F_CTRL_RX_EXTRA,
     net_spec::F_CTRL_VLAN,
@@ -200,6 +206,7 @@ const CTRL_FEATURES: [u32; 7] = [
     net_spec::F_MQ,
     net_spec::F_CTRL_MAC_ADDR,
     net_spec::F_CTRL_GUEST_OFFLOADS,
+    net_spec::F_RSS,
 ];
 
 /// A virtio-net device, initialised and running, with its queues.
@@ -220,6 +227,10 @@ pub struct Port {
     max_pairs: u16,
     rx_path: RxPath,
     tx_path: TxPath,
+    /// With VIRTIO_NET_F_RSS: what the device supports, and the configuration it was last given
+    /// (none yet: the device steers as without RSS).
+    rss_caps: Option<RssCapabilities>,
+    rss: Option<RssConfig>,
     _rings: Arc<DmaRegion>,
 }
 
@@ -257,6 +268,8 @@ impl Port {
                     max_pairs: found.max_pairs,
                     rx_path: found.rx_path,
                     tx_path: found.tx_path,
+                    rss_caps: found.rss.as_ref().map(|(caps, _)| *caps),
+                    rss: found.rss.map(|(_, config)| config),
                     _rings: found.rings,
                 };
                 for (rx, tx) in queues {
@@ -372,7 +385,8 @@ impl Port {
             )));
         }
         let (wanted, format, ctrl_missing) = Self::choose_features(name, offered, config, transport.control_queue())?;
-        let multiqueue = wanted.has(net_spec::F_MQ);
+        // "Device configuration layout": `max_virtqueue_pairs` exists with MQ or RSS.
+        let multiqueue = wanted.has(net_spec::F_MQ) || wanted.has(net_spec::F_RSS);
         if config.queue_pairs > 1 && !transport.queue_pairs_without_control_queue() && !multiqueue {
             let why = if wanted.has(net_spec::F_CTRL_VQ) {
                 "the device does not offer VIRTIO_NET_F_MQ (QEMU: mq=on)".to_owned()
@@ -530,11 +544,26 @@ impl Port {
         for (rx, _) in queues.iter_mut() {
             rx.start();
         }
+        let rss_caps = if wanted.has(net_spec::F_RSS) { Some(Self::read_rss_caps(transport, name)?) } else { None };
+        let mut rss = None;
         if config.queue_pairs > 1 && multiqueue {
             if let Some(ctrl) = ctrl.as_mut() {
-                ctrl.command(CtrlCommand::MqVqPairsSet, &config.queue_pairs.to_le_bytes())?;
+                if wanted.has(net_spec::F_MQ) {
+                    ctrl.command(CtrlCommand::MqVqPairsSet, &config.queue_pairs.to_le_bytes())?;
+                }
+                if let Some(caps) = rss_caps {
+                    let spread = RssConfig::spread(config.queue_pairs, &caps);
+                    let data = spread.encode(config.queue_pairs, &caps).map_err(|problem| Error::CtrlBadArgument {
+                        device: name.to_owned(),
+                        command: CtrlCommand::MqRssConfig,
+                        problem: format!("the default RSS configuration: {problem}"),
+                    })?;
+                    ctrl.command(CtrlCommand::MqRssConfig, &data)?;
+                    rss = Some((caps, spread));
+                }
             }
         }
+        let rss = rss.or_else(|| rss_caps.map(|caps| (caps, RssConfig::spread(1, &caps))));
         // Named once per port, as DPDK names the receive and transmit functions it picked.
         tracing::info!(
             "{name}: {format:?} ring{}, rx path: {rx_path}, tx path: {tx_path}",
@@ -551,6 +580,7 @@ impl Port {
             max_pairs,
             rx_path,
             tx_path,
+            rss,
         })
     }
 
@@ -595,6 +625,31 @@ impl Port {
                 ""
             },
         )))
+    }
+
+    /// The RSS limits the device reports (with VIRTIO_NET_F_RSS), checked against the spec's
+    /// minimums ("Device configuration layout": a key of at least 40 bytes, a table of at least
+    /// 128 entries).
+    fn read_rss_caps(transport: &mut dyn Transport, name: &str) -> Result<RssCapabilities> {
+        let mut key = [0u8; 1];
+        transport.read_device_config(net_config::RSS_MAX_KEY_SIZE, &mut key)?;
+        let mut table = [0u8; 2];
+        transport.read_device_config(net_config::RSS_MAX_INDIRECTION_TABLE_LENGTH, &mut table)?;
+        let mut types = [0u8; 4];
+        transport.read_device_config(net_config::SUPPORTED_HASH_TYPES, &mut types)?;
+        let caps = RssCapabilities {
+            max_key_size: key[0],
+            max_table_len: u16::from_le_bytes(table),
+            hash_types: u32::from_le_bytes(types),
+        };
+        if caps.max_key_size < 40 || caps.max_table_len < 128 {
+            return Err(Error::Transport(format!(
+                "{name}: the device offers VIRTIO_NET_F_RSS with rss_max_key_size {} and \
+                 rss_max_indirection_table_length {}, below the spec's minimums of 40 and 128",
+                caps.max_key_size, caps.max_table_len
+            )));
+        }
+        Ok(caps)
     }
 
     /// The MAC and MTU the device reports, when negotiated (readable once FEATURES_OK is set).
@@ -876,6 +931,40 @@ impl Port {
             });
         }
         ctrl.command(command, &pairs.to_le_bytes())
+    }
+
+    /// What the device supports for RSS, when VIRTIO_NET_F_RSS was negotiated.
+    pub fn rss_capabilities(&self) -> Option<RssCapabilities> {
+        self.rss_caps
+    }
+
+    /// The RSS configuration the device was last given (the default one at open when the port
+    /// has more than one queue pair), when VIRTIO_NET_F_RSS was negotiated.
+    pub fn rss_config(&self) -> Option<&RssConfig> {
+        self.rss.as_ref()
+    }
+
+    /// Sets the RSS hash types, key and indirection table (VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
+    /// VIRTIO_NET_F_RSS), at any time while the port runs: packets the device receives after
+    /// the command was acknowledged follow the new table. Table entries name queue pairs of this
+    /// port; `max_tx_vq` is the port's pair count. A configuration the device cannot take is a
+    /// [`Error::CtrlBadArgument`] saying why, before anything is sent.
+    pub fn set_rss(&mut self, config: &RssConfig) -> Result<()> {
+        let command = CtrlCommand::MqRssConfig;
+        let pairs = self.queues.len() as u16;
+        let caps = self.rss_caps;
+        let name = self.device.name.clone();
+        let ctrl = self.ctrl(command, Some((net_spec::F_RSS, "VIRTIO_NET_F_RSS")))?;
+        let caps = caps.ok_or_else(|| Error::NoControlQueue {
+            device: name.clone(),
+            command,
+            why: CtrlUnavailable::FeatureNotOffered("VIRTIO_NET_F_RSS"),
+        })?;
+        let data =
+            config.encode(pairs, &caps).map_err(|problem| Error::CtrlBadArgument { device: name, command, problem })?;
+        ctrl.command(command, &data)?;
+        self.rss = Some(config.clone());
+        Ok(())
     }
 
     /// Counters of every queue, wherever the queues are now, and their sums.

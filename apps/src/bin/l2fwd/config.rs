@@ -16,6 +16,13 @@
 //! huge_pages = "preferred"  # "preferred" | "required" | "never"
 //! idle_sleep_us = 0         # sleep this long when a thread's queues stay empty (0: pure polling)
 //! promiscuous = false       # turn promiscuous mode on at start (the device's control queue)
+//! queues = 1                # queue pairs per port (more than one: the device's control queue)
+//!
+//! # An RSS indirection table for a port (entries: its queue pairs, repeated to fill the table),
+//! # set through the control queue once the port runs (default: 0, 1, .., queues - 1, repeated)
+//! # [[rss_tables]]
+//! # port = 1
+//! # queues = [3, 2, 1, 0]
 //!
 //! [[ports]]
 //! pci = "0000:00:03.0"
@@ -56,6 +63,32 @@ pub struct FilePort {
     pub mac: Option<Mac>,
 }
 
+/// Most queue pairs per port l2fwd asks for.
+pub const MAX_QUEUES: u16 = 64;
+
+/// An RSS indirection table for one port: its entries, repeated to fill the table.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RssTable {
+    /// The port.
+    pub port: usize,
+    /// Queue pairs of the port, in table order (repeated to the table's length).
+    pub queues: Vec<u16>,
+}
+
+impl std::str::FromStr for RssTable {
+    type Err = String;
+
+    /// `PORT=Q,Q,..` (e.g. `1=3,2,1,0`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("'{s}' is not PORT=QUEUE,QUEUE,.. (e.g. 1=3,2,1,0)");
+        let (port, queues) = s.split_once('=').ok_or_else(bad)?;
+        let port = port.trim().parse().map_err(|_| bad())?;
+        let queues = queues.split(',').map(|q| q.trim().parse()).collect::<Result<Vec<u16>, _>>().map_err(|_| bad())?;
+        Ok(RssTable { port, queues })
+    }
+}
+
 /// The file, as written: every key optional. The command line's settings come in the same
 /// shape, and override the file's.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -83,6 +116,10 @@ pub struct FileConfig {
     pub idle_sleep_us: Option<u64>,
     /// Turn promiscuous mode on at start (VIRTIO_NET_CTRL_RX_PROMISC over the control queue).
     pub promiscuous: Option<bool>,
+    /// Queue pairs per port.
+    pub queues: Option<u16>,
+    /// RSS indirection tables, per port.
+    pub rss_tables: Option<Vec<RssTable>>,
 }
 
 impl FileConfig {
@@ -142,6 +179,11 @@ pub struct Settings {
     pub idle_sleep: Option<Duration>,
     /// Turn promiscuous mode on at start.
     pub promiscuous: bool,
+    /// Queue pairs per port.
+    pub queues: u16,
+    /// RSS indirection tables set once the ports run, per port (checked: ports exist, entries
+    /// name queue pairs that exist).
+    pub rss_tables: Vec<RssTable>,
     /// Where the file came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -207,8 +249,30 @@ impl Settings {
                 return Err(format!("core {c} is listed twice in cores{from}"));
             }
         }
+        let queues = cli.queues.or(file.queues).unwrap_or(1);
+        if !(1..=MAX_QUEUES).contains(&queues) {
+            return Err(format!("queues {queues} is out of range{from}: use 1..={MAX_QUEUES} queue pairs per port"));
+        }
+        let rss_tables = cli.rss_tables.or(file.rss_tables).unwrap_or_default();
+        for (i, t) in rss_tables.iter().enumerate() {
+            if t.port >= ports.len() {
+                return Err(format!("RSS table for port {}{from}: there are only {} ports", t.port, ports.len()));
+            }
+            if rss_tables[..i].iter().any(|o| o.port == t.port) {
+                return Err(format!("two RSS tables for port {}{from}: give one", t.port));
+            }
+            if t.queues.is_empty() || t.queues.iter().any(|q| *q >= queues) {
+                return Err(format!(
+                    "RSS table for port {}{from}: entries must be queue pairs 0..{queues} (queues = {queues}), and \
+                     at least one",
+                    t.port
+                ));
+            }
+        }
         Ok(Settings {
             ports,
+            queues,
+            rss_tables,
             ring: cli.ring.or(file.ring).unwrap_or(Ring::Auto),
             ring_size,
             burst,

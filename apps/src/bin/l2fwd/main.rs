@@ -9,11 +9,16 @@
 //! l2fwd --config config/l2fwd-vm.toml         # or from a TOML file (see config.rs)
 //! ```
 //!
-//! Start-up: one VFIO container for every port, one mempool, each port initialised with one
-//! queue pair; the lanes (receive queue -> peer's transmit queue) are spread over one polling
-//! thread per listed core, pinned (no cores: one unpinned thread polls every lane). Once every
-//! thread polls it prints `L2FWD-READY ports=<n> threads=<t>`; then `L2FWD-STATS` lines (per port:
-//! rx, tx, dropped, Mpps) every `stats_interval` seconds.
+//! Start-up: one VFIO container for every port, one mempool, each port initialised with
+//! `queues` queue pairs (more than one: set through the control queue, with the device's default
+//! RSS configuration, or the `--rss-table` given); l2fwd waits up to 9 s for every link to come
+//! up (`L2FWD-LINK port=<p> state=up|down`); the lanes (receive queue q -> the peer's transmit
+//! queue q) are spread over one polling thread per listed core, pinned (no cores: one unpinned
+//! thread polls every lane). Once every thread polls it prints `L2FWD-READY ports=<n>
+//! threads=<t>`; then `L2FWD-STATS` lines (per port: rx, tx, dropped, Mpps) every
+//! `stats_interval` seconds, and an `L2FWD-LINK port=<p> state=<s> t=<secs>` line for every change
+//! of link state, polled once per statistics period. The summary has an `L2FWD-RXQ` line per
+//! queue pair.
 //!
 //! SIGINT/SIGTERM (or `--duration`) stop it: the threads stop polling and hand their queues back,
 //! the queues and ports drop (each device is reset before its buffers are released), the final
@@ -96,6 +101,14 @@ struct Cli {
     /// Turn promiscuous mode on at start, through the device's control queue [default: off].
     #[arg(long)]
     promisc: bool,
+    /// Queue pairs per port, each receive queue a lane of its own (more than one: set through
+    /// the device's control queue; with RSS the device spreads flows over them) [default: 1].
+    #[arg(long, value_name = "N")]
+    queues: Option<u16>,
+    /// RSS indirection table of a port, set once it runs: PORT=Q,Q,.. (queue pairs, repeated to
+    /// fill the table; repeatable) [default: 0..queues round robin].
+    #[arg(long, value_name = "PORT=Q,..")]
+    rss_table: Vec<config::RssTable>,
     /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
@@ -168,6 +181,8 @@ fn settings(cli: &Cli) -> Result<Settings, String> {
             huge_pages: cli.huge_pages,
             idle_sleep_us: cli.idle_sleep_us,
             promiscuous: cli.promisc.then_some(true),
+            queues: cli.queues,
+            rss_tables: (!cli.rss_table.is_empty()).then(|| cli.rss_table.clone()),
             ..FileConfig::with_ports(&cli_ports)
         },
     )
@@ -209,10 +224,11 @@ fn main() -> ExitCode {
 fn print_settings(s: &Settings) {
     let ports: Vec<String> = s.ports.iter().map(|p| p.pci.clone()).collect();
     println!(
-        "l2fwd: ports {} (pairs {}), ring {}, ring size {}, burst {}, pool {} mbufs (cache {}), huge pages {}, \
+        "l2fwd: ports {} (pairs {}), {} queue pair(s) each, ring {}, ring size {}, burst {}, pool {} mbufs (cache {}), huge pages {}, \
          cores {}, idle {}, stats every {}{}",
         ports.join(" "),
         (0..s.ports.len()).map(|i| format!("{i}->{}", s.peer_of(i))).collect::<Vec<_>>().join(" "),
+        s.queues,
         s.ring.name(),
         s.ring_size.map_or("device max".into(), |n| n.to_string()),
         s.burst,
@@ -269,23 +285,34 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
     )
     .map_err(Failure::device("mbuf pool"))?;
 
-    // 3. The ports, each with one queue pair.
+    // 3. The ports, each with `queues` queue pairs.
     let mut ports = Vec::with_capacity(s.ports.len());
     for (id, transport) in transports.into_iter().enumerate() {
         let config = PortConfig {
             port_id: id as u16,
-            queue_pairs: 1,
+            queue_pairs: s.queues,
             ring_size: s.ring_size,
             ring: s.ring.into(),
             huge_pages: s.huge_pages.into(),
             ..PortConfig::default()
         };
-        let mut port = Port::open(Box::new(transport), &pool, &config, &iova)
-            .map_err(Failure::device(format!("port {id} ({})", s.ports[id].pci)))?;
+        let what = format!("port {id} ({})", s.ports[id].pci);
+        let mut port = Port::open(Box::new(transport), &pool, &config, &iova).map_err(Failure::device(&what))?;
         if s.promiscuous {
-            port.set_promiscuous(true)
-                .map_err(Failure::device(format!("port {id} ({}): promiscuous mode", s.ports[id].pci)))?;
+            port.set_promiscuous(true).map_err(Failure::device(format!("{what}: promiscuous mode")))?;
             println!("l2fwd: port {id}: promiscuous mode on (VIRTIO_NET_CTRL_RX_PROMISC acknowledged)");
+        }
+        if let Some(table) = s.rss_tables.iter().find(|t| t.port == id) {
+            set_rss_table(&mut port, &table.queues).map_err(Failure::device(format!("{what}: RSS table")))?;
+        }
+        if let Some(rss) = port.rss_config() {
+            println!(
+                "L2FWD-RSS port={id} hash_types={:#x} table_len={} table={} key={}",
+                rss.hash_types,
+                rss.table.len(),
+                rss.table.iter().map(|q| q.to_string()).collect::<Vec<_>>().join(","),
+                rss.key.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
         }
         ports.push(port);
     }
@@ -315,8 +342,8 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             Err(e) => format!("unknown ({})", describe(&e)),
         };
         println!(
-            "L2FWD-PORT {id} pci={} mac={mac} out_dst_mac={} peer={} ring={} ring_size={} mtu={} link={link} \
-             features={:?}",
+            "L2FWD-PORT {id} pci={} mac={mac} out_dst_mac={} peer={} ring={} ring_size={} queues={} mtu={} \
+             link={link} features={:?}",
             port.name(),
             s.ports[id].dst_mac,
             s.peer_of(id),
@@ -325,13 +352,15 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
                 RingFormat::Split => "split",
             },
             port.ring_size(),
+            port.queue_pairs(),
             port.mtu().map_or("-".into(), |m| m.to_string()),
             port.features(),
         );
         src_macs.push(mac);
     }
-    let plan = fwd::plan(ports.len(), &s.cores);
-    let needed = ports.iter().map(|p| 2 * u32::from(p.ring_size())).sum::<u32>()
+    let mut links = wait_for_links(&ports);
+    let plan = fwd::plan(ports.len() * usize::from(s.queues), &s.cores);
+    let needed = ports.iter().map(|p| 2 * u32::from(p.ring_size()) * u32::from(p.queue_pairs())).sum::<u32>()
         + plan.len() as u32 * (s.burst as u32 + 3 * s.pool_cache);
     if needed > s.pool_size {
         println!(
@@ -341,23 +370,29 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         );
     }
 
-    // 4. The lanes: port i's receive queue feeds its peer's transmit queue.
+    // 4. The lanes: receive queue q of port i feeds transmit queue q of its peer.
     let mut rx = Vec::with_capacity(ports.len());
-    let mut tx: Vec<Option<_>> = Vec::with_capacity(ports.len());
+    let mut tx: Vec<Vec<Option<_>>> = Vec::with_capacity(ports.len());
     for (id, port) in ports.iter_mut().enumerate() {
-        let (r, t) =
-            port.take_queues(0).ok_or_else(|| Failure::Runtime(format!("port {id}: the port has no queue pair 0")))?;
-        rx.push(Some(r));
-        tx.push(Some(t));
+        let (mut port_rx, mut port_tx) = (Vec::new(), Vec::new());
+        for q in 0..s.queues {
+            let (r, t) = port
+                .take_queues(q)
+                .ok_or_else(|| Failure::Runtime(format!("port {id}: the port has no queue pair {q}")))?;
+            port_rx.push(r);
+            port_tx.push(Some(t));
+        }
+        rx.push(port_rx);
+        tx.push(port_tx);
     }
-    let mut slots: Vec<Option<Lane>> = Vec::with_capacity(ports.len());
-    for (id, rx) in rx.into_iter().enumerate() {
+    let mut slots: Vec<Option<Lane>> = Vec::with_capacity(ports.len() * usize::from(s.queues));
+    for (id, port_rx) in rx.into_iter().enumerate() {
         let peer = s.peer_of(id);
-        match (rx, tx[peer].take()) {
-            (Some(r), Some(t)) => {
-                slots.push(Some(Lane::new(id, r, peer, t, s.ports[peer].dst_mac.0, src_macs[peer].0)));
-            }
-            _ => return Err(Failure::Runtime(format!("internal error: the queues of lane {id} -> {peer} are gone"))),
+        for (q, r) in port_rx.into_iter().enumerate() {
+            let t = tx[peer][q].take().ok_or_else(|| {
+                Failure::Runtime(format!("internal error: transmit queue {q} of port {peer} is gone"))
+            })?;
+            slots.push(Some(Lane::new((id, r), (peer, t), q as u16, s.ports[peer].dst_mac.0, src_macs[peer].0)));
         }
     }
     let monitor =
@@ -380,7 +415,7 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         let what = format!(
             "thread {t} ({}; lanes {})",
             core.map_or("unpinned".into(), |c| format!("core {c}")),
-            lanes.iter().map(|l| format!("{}->{}", l.rx_port, l.tx_port)).collect::<Vec<_>>().join(" ")
+            lanes.iter().map(|l| l.name()).collect::<Vec<_>>().join(" ")
         );
         let (burst, idle_sleep, started) = (s.burst, s.idle_sleep, started.clone());
         let spawned = std::thread::Builder::new().name(format!("l2fwd-{t}")).spawn(move || {
@@ -429,18 +464,21 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             failure = Some(Failure::Runtime(format!("polling {what} stopped unexpectedly")));
             break;
         }
-        if let Some(interval) = s.stats_interval {
-            let now = Instant::now();
-            if now - last.0 >= interval {
-                let snaps = monitor.snapshots();
+        // Once per statistics period (every second without statistics lines): the counters,
+        // the devices' health, and every change of link state.
+        let now = Instant::now();
+        if now - last.0 >= s.stats_interval.unwrap_or(LINK_POLL) {
+            let snaps = monitor.snapshots();
+            if s.stats_interval.is_some() {
                 print_stats(begin, now - last.0, &last.1, &snaps);
-                last = (now, snaps);
-                for (id, port) in ports.iter().enumerate() {
-                    if let Err(e) = port.check() {
-                        failure = Some(Failure::Runtime(format!("port {id}: {}", describe(&e))));
-                    }
+            }
+            last = (now, snaps);
+            for (id, port) in ports.iter().enumerate() {
+                if let Err(e) = port.check() {
+                    failure = Some(Failure::Runtime(format!("port {id}: {}", describe(&e))));
                 }
             }
+            report_link_changes(&ports, &mut links, begin);
         }
     }
     let stopped_at = begin.elapsed();
@@ -494,6 +532,72 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
     Ok(())
 }
 
+/// How often link states are polled when no statistics lines are printed.
+const LINK_POLL: Duration = Duration::from_secs(1);
+/// How long l2fwd waits for every link to come up at start (DPDK's l2fwd: 9 s).
+const LINK_WAIT: Duration = Duration::from_secs(9);
+
+/// A port's link state: up, down, or unreadable (the error).
+fn link_state(port: &Port) -> Result<bool, String> {
+    port.link_up().map_err(|e| describe(&e))
+}
+
+/// Waits (at most [`LINK_WAIT`]) until every port's link is up, as DPDK's l2fwd does, and prints
+/// each port's state (`L2FWD-LINK port=<p> state=up|down`); returns the states seen.
+fn wait_for_links(ports: &[Port]) -> Vec<Result<bool, String>> {
+    let deadline = Instant::now() + LINK_WAIT;
+    print!("l2fwd: checking link status");
+    loop {
+        let states: Vec<_> = ports.iter().map(link_state).collect();
+        if states.iter().all(|s| *s != Ok(false)) || Instant::now() >= deadline || STOP.load(Ordering::SeqCst) {
+            println!(" done");
+            for (id, state) in states.iter().enumerate() {
+                println!("L2FWD-LINK port={id} state={}", link_name(state));
+            }
+            return states;
+        }
+        print!(".");
+        std::io::stdout().flush().ok();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn link_name(state: &Result<bool, String>) -> String {
+    match state {
+        Ok(true) => "up".into(),
+        Ok(false) => "down".into(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Prints `L2FWD-LINK port=<p> state=up|down t=<s>` for every port whose link state changed
+/// since `last`.
+fn report_link_changes(ports: &[Port], last: &mut [Result<bool, String>], begin: Instant) {
+    for (id, (port, was)) in ports.iter().zip(last.iter_mut()).enumerate() {
+        let now = link_state(port);
+        if now != *was {
+            println!("L2FWD-LINK port={id} state={} t={:.1}s", link_name(&now), begin.elapsed().as_secs_f64());
+            std::io::stdout().flush().ok();
+            *was = now;
+        }
+    }
+}
+
+/// Sets `port`'s RSS indirection table to `queues`, repeated to the table's length (the one in
+/// use, the default's without one), keeping its key and hash types: a run-time change through
+/// the control queue.
+fn set_rss_table(port: &mut Port, queues: &[u16]) -> virtio_pmd::Result<()> {
+    let mut rss = port.rss_config().cloned().ok_or_else(|| {
+        virtio_pmd::Error::InvalidConfig(format!(
+            "{}: an RSS table was given, but the device does not do RSS (no VIRTIO_NET_F_RSS; QEMU: rss=on)",
+            port.name()
+        ))
+    })?;
+    let len = rss.table.len().max(virtio_pmd::net::DEFAULT_TABLE_LEN);
+    rss.table = queues.iter().copied().cycle().take(len).collect();
+    port.set_rss(&rss)
+}
+
 fn print_stats(begin: Instant, over: Duration, before: &[Snapshot], now: &[Snapshot]) {
     let t = begin.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
@@ -537,6 +641,10 @@ fn print_summary(s: &Settings, ports: &[Port], end: &[Snapshot], over: Duration)
         total.tx += n.tx;
         total.dropped += n.dropped;
         total.errors += n.errors;
+        let stats = port.stats();
+        for (q, (r, t)) in stats.rx_queues.iter().zip(&stats.tx_queues).enumerate() {
+            println!("L2FWD-RXQ port={id} queue={q} rx={} tx={} kicks={}", r.packets, t.packets, r.kicks + t.kicks);
+        }
     }
     println!(
         "L2FWD-SUMMARY total ports={} rx={} tx={} dropped={} errors={} seconds={:.1}",
