@@ -342,7 +342,7 @@ fn no_listener_is_a_clear_error() {
 
 // ---- Traffic through the port layer (pmd/src/net) over this transport ----
 
-use virtio_pmd::mbuf::{Checksum, Offload};
+use virtio_pmd::mbuf::{Checksum, Gso, GsoKind, Offload};
 use virtio_pmd::mbuf::{Mbuf, Mempool, MempoolConfig};
 use virtio_pmd::net::{CtrlUnavailable, OffloadConfig, Port, PortConfig, RingChoice, RxPath, TxPath};
 
@@ -740,13 +740,18 @@ fn complete_checksum(frame: &mut [u8]) {
 /// engine on a vhost port with `tso=1`, which recomputes the IPv4 checksum in software, leaves
 /// TCP to hardware (`csum set tcp hw`), and sends them back: they arrive as partial checksums
 /// at the offsets DPDK asked for, and completed as a device would, they are right. DPDK counts no
-/// bad checksum; every mbuf back.
-fn csum_engine(ring: RingChoice, name: &str) {
+/// bad checksum; every mbuf back. With `tso`, 65000-byte TSO packets (MSS 1448) go instead,
+/// DPDK asks for TSO again on the way back (`tso set 1448`), and each arrives whole as one
+/// chained LRO packet with its segment size.
+fn csum_engine(ring: RingChoice, name: &str, tso: bool) {
     let options = Options { fwd: "csum", vdev_extra: ",tso=1", ..Options::default() };
     let mut testpmd = VhostTestpmd::start(name, options);
-    for command in ["port stop 0", "csum set ip sw 0", "csum set tcp hw 0", "port start 0", "start"] {
+    let tso_command = if tso { "tso set 1448 0" } else { "tso set 0 0" };
+    for command in ["port stop 0", "csum set ip sw 0", "csum set tcp hw 0", tso_command, "port start 0", "start"] {
         testpmd.cmd(command);
     }
+    const MSS: u16 = 1448;
+    let gso = tso.then_some(Gso { kind: GsoKind::Tcpv4, size: MSS, ecn: false });
     let pool = pool();
     let transport = VhostUserTransport::connect(config(&testpmd)).unwrap();
     let port_config = PortConfig {
@@ -762,17 +767,17 @@ fn csum_engine(ring: RingChoice, name: &str) {
     eprintln!("{ring:?}: negotiated {offloads:?}, paths {} / {}", port.rx_path(), port.tx_path());
     assert!(offloads.tx_checksum && offloads.rx_checksum, "DPDK's vhost with tso=1 offers CSUM and GUEST_CSUM");
     let (mut rx, mut tx) = port.take_queues(0).unwrap();
-    const FRAMES: u64 = 2000;
-    let lens = [60usize, 200, 1514];
+    let frames: u64 = if tso { 200 } else { 2000 };
+    let lens: &[usize] = if tso { &[65_000, 30_000] } else { &[60, 200, 1514] };
     let (mut sent, mut received, mut partial) = (0u64, 0u64, 0u64);
     let mut out: Vec<Mbuf> = Vec::with_capacity(32);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while received < FRAMES && Instant::now() < deadline {
-        if sent < FRAMES && tx.in_flight() < 64 {
+    while received < frames && Instant::now() < deadline {
+        if sent < frames && tx.in_flight() < 64 {
             let len = lens[sent as usize % lens.len()];
             let mut m = pool.alloc().unwrap();
             m.extend_from_slice(&pool, &partial_tcp_frame(len, sent)).unwrap();
-            m.set_offload(Offload { checksum: Checksum::Partial { start: 34, offset: 16 }, gso: None });
+            m.set_offload(Offload { checksum: Checksum::Partial { start: 34, offset: 16 }, gso });
             let mut pkts = vec![m];
             sent += tx.tx_burst(&mut pkts) as u64;
         }
@@ -780,15 +785,27 @@ fn csum_engine(ring: RingChoice, name: &str) {
         rx.rx_burst(&mut out);
         for m in out.drain(..) {
             let mut frame = m.to_vec();
+            assert_eq!(frame.len(), lens[received as usize % lens.len()], "frame {received} whole");
+            assert_eq!(m.offload().gso, gso, "frame {received}: segmentation as DPDK asked");
             match m.offload().checksum {
                 Checksum::Partial { start, offset } => {
                     assert_eq!((start, offset), (34, 16), "TCP after Ethernet and IPv4");
-                    complete_checksum(&mut frame);
                     partial += 1;
+                    if gso.is_some() {
+                        // To be segmented: the field holds the pseudo-header sum without the
+                        // length (each segment's differs), as DPDK and Linux leave it for TSO.
+                        let field = u16::from_be_bytes([frame[50], frame[51]]);
+                        assert_eq!(field, ones_sum(&frame[26..34], 6), "frame {received}: TSO pseudo-header sum");
+                    } else {
+                        complete_checksum(&mut frame);
+                        assert!(tcp_checksum_ok(&frame), "frame {received}: TCP checksum");
+                    }
                 }
-                other => assert_eq!(other, Checksum::None, "DPDK completed it"),
+                other => {
+                    assert_eq!(other, Checksum::None, "DPDK completed it");
+                    assert!(tcp_checksum_ok(&frame), "frame {received}: TCP checksum");
+                }
             }
-            assert!(tcp_checksum_ok(&frame), "frame {received}: TCP checksum");
             assert_eq!(!ones_sum(&frame[14..34], 0), 0, "frame {received}: IPv4 checksum (DPDK's software one)");
             received += 1;
         }
@@ -798,7 +815,7 @@ fn csum_engine(ring: RingChoice, name: &str) {
         "{ring:?}: sent {sent}, received {received} ({partial} with partial checksums); rx {:?}\n{stats}",
         rx.stats()
     );
-    assert_eq!(received, FRAMES, "every frame came back");
+    assert_eq!(received, frames, "every frame came back");
     for counter in ["Bad-ipcsum:", "Bad-l4csum:"] {
         let values: Vec<&str> =
             stats.split(counter).skip(1).filter_map(|rest| rest.split_whitespace().next()).collect();
@@ -812,10 +829,20 @@ fn csum_engine(ring: RingChoice, name: &str) {
 
 #[test]
 fn checksum_offload_through_dpdk_csum_engine_packed() {
-    csum_engine(RingChoice::Packed, "csum-packed");
+    csum_engine(RingChoice::Packed, "csum-packed", false);
 }
 
 #[test]
 fn checksum_offload_through_dpdk_csum_engine_split() {
-    csum_engine(RingChoice::Split, "csum-split");
+    csum_engine(RingChoice::Split, "csum-split", false);
+}
+
+#[test]
+fn tso_packets_cross_dpdk_csum_engine_whole_packed() {
+    csum_engine(RingChoice::Packed, "tso-packed", true);
+}
+
+#[test]
+fn tso_packets_cross_dpdk_csum_engine_whole_split() {
+    csum_engine(RingChoice::Split, "tso-split", true);
 }
