@@ -148,7 +148,7 @@ if [ "$BUILD" -eq 1 ]; then
     # --target keeps the static build in target/$TRIPLE, apart from the host build's cache.
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile ci \
         --target "$TRIPLE" -p virtio-pmd-apps --bin l2fwd)
-    (cd "$ROOT" && cargo build --quiet --profile ci -p virtio-pmd-apps --bin vm-peer)
+    (cd "$ROOT" && cargo build --quiet --profile ci -p vm-peer --bin vm-peer)
     say "built in $((SECONDS - t)) s"
 fi
 for bin in "$L2FWD" "$VM_PEER"; do

@@ -103,6 +103,10 @@ pub struct PortConfig {
     /// Checksum and segmentation offloads, each negotiated only when asked for here and offered
     /// ([`Port::offloads`]). A transmit offload implies transmit chains (TSO packets are large).
     pub offloads: OffloadConfig,
+    /// Count packet classes per queue (size bins, multicast, broadcast: the `rx_size_64_packets`
+    /// family of [`PortStats::xstats`]). Off by default: it reads every frame's length and
+    /// destination MAC, a cache line the forwarding may not otherwise touch.
+    pub packet_classes: bool,
 }
 
 impl Default for PortConfig {
@@ -120,6 +124,7 @@ impl Default for PortConfig {
             rx_mergeable: false,
             tx_multi_segment: false,
             offloads: OffloadConfig::default(),
+            packet_classes: false,
         }
     }
 }
@@ -219,6 +224,8 @@ pub struct Port {
     mtu: Option<u16>,
     queues: Vec<Option<(RxQueue, TxQueue)>>,
     counters: Vec<(Arc<QueueCounters>, Arc<QueueCounters>)>,
+    /// The counters at the last [`Port::reset_stats`], by queue pair (empty: never reset).
+    stats_base: Vec<(QueueStats, QueueStats)>,
     /// The control queue, when negotiated; dropped after the queues' device reset.
     ctrl: Option<CtrlQueue>,
     /// Why there is no control queue, when there is none.
@@ -263,6 +270,7 @@ impl Port {
                     mtu: found.mtu,
                     queues: Vec::with_capacity(queues.len()),
                     counters: Vec::with_capacity(queues.len()),
+                    stats_base: Vec::new(),
                     ctrl,
                     ctrl_missing: found.ctrl_missing,
                     max_pairs: found.max_pairs,
@@ -276,6 +284,7 @@ impl Port {
                     port.counters.push((rx.counters(), tx.counters()));
                     port.queues.push(Some((rx, tx)));
                 }
+                port.log_data_path(config);
                 Ok(port)
             }
             Err(err) => {
@@ -304,10 +313,11 @@ impl Port {
             return Err(Error::InvalidConfig(format!("{name}: at least one queue pair is needed")));
         }
         if !offered.has(features::VERSION_1) {
-            return Err(Error::Transport(format!(
-                "{name}: the device does not offer VIRTIO_F_VERSION_1: legacy-only devices are not supported; \
-                 use a modern device (QEMU: disable-legacy=on)"
-            )));
+            return Err(Error::FeatureNotOffered {
+                device: name.to_owned(),
+                feature: "VIRTIO_F_VERSION_1",
+                why: "legacy-only devices are not supported; use a modern device (QEMU: disable-legacy=on)",
+            });
         }
         let mut wanted = Features::from_bits(&[features::VERSION_1]);
         for optional in [features::ACCESS_PLATFORM, net_spec::F_MAC, net_spec::F_STATUS, net_spec::F_MTU] {
@@ -321,10 +331,11 @@ impl Port {
             RingChoice::Auto => RingFormat::Packed,
             RingChoice::Packed if offered.has(features::RING_PACKED) => RingFormat::Packed,
             RingChoice::Packed => {
-                return Err(Error::Transport(format!(
-                    "{name}: packed rings were asked for, but the device does not offer VIRTIO_F_RING_PACKED: \
-                     use ring = \"split\" or \"auto\" (QEMU: packed=on)"
-                )))
+                return Err(Error::FeatureNotOffered {
+                    device: name.to_owned(),
+                    feature: "VIRTIO_F_RING_PACKED",
+                    why: "packed rings were asked for: use ring = \"split\" or \"auto\" (QEMU: packed=on)",
+                })
             }
         };
         if format == RingFormat::Packed {
@@ -379,10 +390,12 @@ impl Port {
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER)?;
         let offered = transport.device_features()?;
         if transport.requires_access_platform() && !offered.has(features::ACCESS_PLATFORM) {
-            return Err(Error::Transport(format!(
-                "{name}: the device does not offer VIRTIO_F_ACCESS_PLATFORM, so it would bypass the IOMMU and \
-                 take the driver's IOVAs for physical addresses: give it one (QEMU: iommu_platform=on)"
-            )));
+            return Err(Error::FeatureNotOffered {
+                device: name.to_owned(),
+                feature: "VIRTIO_F_ACCESS_PLATFORM",
+                why: "without it the device would bypass the IOMMU and take the driver's IOVAs for physical \
+                      addresses: give it one (QEMU: iommu_platform=on)",
+            });
         }
         let (wanted, format, ctrl_missing) = Self::choose_features(name, offered, config, transport.control_queue())?;
         // "Device configuration layout": `max_virtqueue_pairs` exists with MQ or RSS.
@@ -403,10 +416,7 @@ impl Port {
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;
         let now = transport.status()?;
         if now & status::FEATURES_OK == 0 {
-            return Err(Error::Transport(format!(
-                "{name}: the device refused the features {wanted:?} (offered {offered:?}; status read back {now:#x}): \
-                 it needs a feature this driver does not support"
-            )));
+            return Err(Error::FeaturesRefused { device: name.to_owned(), wanted, offered, status: now });
         }
 
         let (mac, mtu) = Self::read_config(transport, wanted)?;
@@ -519,9 +529,12 @@ impl Port {
             // SAFETY: as for the receive ring.
             let tx_notify = unsafe { transport.setup_queue(tx_index, size, format, tx_ring.addresses()) }?;
             // Buffers are posted (not notified) now; the queues hold the device from here on.
-            let rx =
-                RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id, rx_path).with_quiesce(quiesce.clone());
-            queues.push((rx, TxQueue::new(tx_ring, tx_notify, tx_path).with_quiesce(quiesce.clone())));
+            let mut rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id, rx_path);
+            let mut tx = TxQueue::new(tx_ring, tx_notify, tx_path);
+            if config.packet_classes {
+                (rx, tx) = (rx.with_packet_classes(), tx.with_packet_classes());
+            }
+            queues.push((rx.with_quiesce(quiesce.clone()), tx.with_quiesce(quiesce.clone())));
         }
         if let Some(index) = ctrl_index {
             let spec = CtrlRingSpec { format, in_order, event_idx };
@@ -564,11 +577,6 @@ impl Port {
             }
         }
         let rss = rss.or_else(|| rss_caps.map(|caps| (caps, RssConfig::spread(1, &caps))));
-        // Named once per port, as DPDK names the receive and transmit functions it picked.
-        tracing::info!(
-            "{name}: {format:?} ring{}, rx path: {rx_path}, tx path: {tx_path}",
-            if in_order { " (in order)" } else { "" }
-        );
         Ok(Negotiated {
             features: wanted,
             format,
@@ -667,6 +675,30 @@ impl Port {
             mtu = Some(u16::from_le_bytes(bytes));
         }
         Ok((mac, mtu))
+    }
+
+    /// The one line saying which data path the port runs, logged once when it opens (as DPDK
+    /// names the receive and transmit functions it picked).
+    fn log_data_path(&self, config: &PortConfig) {
+        tracing::info!(
+            "port {} ({}): {} ring of {} descriptors, {} queue pair(s), in_order {}, event_idx {}, control queue {}, \
+             rx path: {}, tx path: {}, packet classes {}, features {:?}",
+            config.port_id,
+            self.device.name,
+            match self.format {
+                RingFormat::Packed => "packed",
+                RingFormat::Split => "split",
+            },
+            self.ring_size,
+            self.queues.len(),
+            self.features.has(features::IN_ORDER),
+            self.features.has(features::EVENT_IDX),
+            self.ctrl.is_some(),
+            self.rx_path,
+            self.tx_path,
+            config.packet_classes,
+            self.features,
+        );
     }
 
     /// What the user calls the device (PCI address or socket path).
@@ -967,17 +999,34 @@ impl Port {
         Ok(())
     }
 
-    /// Counters of every queue, wherever the queues are now, and their sums.
+    /// Counters of every queue, wherever the queues are now, and their sums (since the last
+    /// [`reset_stats`](Self::reset_stats)).
     pub fn stats(&self) -> PortStats {
         let mut stats = PortStats::default();
-        for (rx, tx) in &self.counters {
-            let (rx, tx) = (rx.snapshot(), tx.snapshot());
+        for (i, (rx, tx)) in self.counters.iter().enumerate() {
+            let (mut rx, mut tx) = (rx.snapshot(), tx.snapshot());
+            if let Some((rx0, tx0)) = self.stats_base.get(i) {
+                (rx, tx) = (rx.since(rx0), tx.since(tx0));
+            }
             stats.rx += rx;
             stats.tx += tx;
             stats.rx_queues.push(rx);
             stats.tx_queues.push(tx);
         }
         stats
+    }
+
+    /// Every counter by name ([`PortStats::xstats`]): DPDK's `rte_eth_xstats` names where they
+    /// exist.
+    pub fn xstats(&self) -> Vec<super::Xstat> {
+        self.stats().xstats()
+    }
+
+    /// Starts the counters from zero: [`stats`](Self::stats) counts from now on. The queues'
+    /// threads keep counting undisturbed (their counters have one writer each; the port keeps
+    /// the values at the reset and subtracts them).
+    pub fn reset_stats(&mut self) {
+        self.stats_base = self.counters.iter().map(|(rx, tx)| (rx.snapshot(), tx.snapshot())).collect();
     }
 }
 

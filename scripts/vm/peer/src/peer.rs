@@ -23,12 +23,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use virtio_pmd_apps::mac::Mac;
+use virtio_pmd::net::MacAddr;
 
 use crate::frame::{self, flow_of, Defect, Expect, Flow, FrameId, Kind, MacExpect, SizePlan};
 use crate::link::{Link, Received};
+use crate::toeplitz;
 use crate::PeerError;
-use virtio_pmd_apps::toeplitz;
 
 /// Interval between probe frames while waiting for the forwarder.
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
@@ -47,9 +47,9 @@ pub struct PeerConfig {
     /// Which directions run (`[0to1, 1to0]`).
     pub dirs: [bool; 2],
     /// Destination MAC of frames sent into port p (the guest NIC's own address).
-    pub tx_dst: [Mac; 2],
+    pub tx_dst: [MacAddr; 2],
     /// Source MAC of frames sent into port p.
-    pub tx_src: [Mac; 2],
+    pub tx_src: [MacAddr; 2],
     /// Expected destination MAC per direction after forwarding.
     pub expect_dst: [MacExpect; 2],
     /// Expected source MAC per direction after forwarding.
@@ -616,8 +616,8 @@ mod tests {
         crate::ports::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap()
     }
 
-    fn port_mac(p: u8) -> Mac {
-        Mac([0x52, 0x54, 0, 0, 0, p + 1])
+    fn port_mac(p: u8) -> MacAddr {
+        MacAddr([0x52, 0x54, 0, 0, 0, p + 1])
     }
 
     fn config(frames: u64) -> PeerConfig {
@@ -626,8 +626,8 @@ mod tests {
             rate: 10_000,
             dirs: [true, true],
             tx_dst: [port_mac(0), port_mac(1)],
-            tx_src: [Mac([2, 0, 0, 0, 0x10, 0]), Mac([2, 0, 0, 0, 0x10, 1])],
-            expect_dst: [MacExpect::Exact(Mac::default_peer(1)), MacExpect::Exact(Mac::default_peer(0))],
+            tx_src: [MacAddr([2, 0, 0, 0, 0x10, 0]), MacAddr([2, 0, 0, 0, 0x10, 1])],
+            expect_dst: [MacExpect::Exact(MacAddr::default_peer(1)), MacExpect::Exact(MacAddr::default_peer(0))],
             expect_src: [MacExpect::Exact(port_mac(1)), MacExpect::Exact(port_mac(0))],
             sizes: SizePlan::new(frame::MIN_LEN, frame::MAX_LEN).unwrap(),
             ready_timeout: Duration::from_secs(5),
@@ -672,7 +672,7 @@ mod tests {
                     };
                     let mut f = buf[..n].to_vec();
                     let q = 1 - p;
-                    f[0..6].copy_from_slice(&Mac::default_peer(q).0);
+                    f[0..6].copy_from_slice(&MacAddr::default_peer(q).0);
                     f[6..12].copy_from_slice(&port_mac(q as u8).0);
                     let is_probe = f.get(18) == Some(&2);
                     let copies = if is_probe { 1 } else { fault(p, count, &mut f) };
@@ -810,7 +810,7 @@ mod tests {
         let (ports, qemu, peers) = wiring();
         let stop = Arc::new(AtomicBool::new(false));
         let rcfg = ReflectConfig {
-            out_dst: [Mac::default_peer(0), Mac::default_peer(1)],
+            out_dst: [MacAddr::default_peer(0), MacAddr::default_peer(1)],
             out_src: [port_mac(0), port_mac(1)],
             idle_exit: None,
         };

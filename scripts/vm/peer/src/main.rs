@@ -17,6 +17,7 @@ mod link;
 mod peer;
 mod ports;
 mod reflect;
+mod toeplitz;
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -30,7 +31,7 @@ use frame::{Defect, MacExpect, SizePlan};
 use link::Link;
 use peer::{PeerConfig, PeerPort, RssPlan};
 use reflect::ReflectConfig;
-use virtio_pmd_apps::mac::Mac;
+use virtio_pmd::net::MacAddr;
 
 /// Everything that can stop a run before it produces a result.
 #[derive(Debug, thiserror::Error)]
@@ -130,8 +131,8 @@ struct PortArgs {
     tap: Vec<String>,
     /// MAC addresses of the guest NICs of port 0 and port 1 (run-vm.sh's defaults).
     #[arg(long, value_delimiter = ',', value_parser = frame::parse_mac, default_values_t = [
-        Mac([0x52, 0x54, 0, 0, 0, 1]), Mac([0x52, 0x54, 0, 0, 0, 2])])]
-    port_mac: Vec<Mac>,
+        MacAddr([0x52, 0x54, 0, 0, 0, 1]), MacAddr([0x52, 0x54, 0, 0, 0, 2])])]
+    port_mac: Vec<MacAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -204,7 +205,7 @@ fn bind(addr: SocketAddr) -> Result<UdpSocket, PeerError> {
     ports::bind_udp(addr).map_err(|source| PeerError::Bind { addr, source })
 }
 
-fn addrs(args: &PortArgs) -> Result<([ports::PortAddrs; 2], [Mac; 2]), String> {
+fn addrs(args: &PortArgs) -> Result<([ports::PortAddrs; 2], [MacAddr; 2]), String> {
     let addrs = ports::resolve(args.host, args.port_base, args.ports.as_deref())?;
     let macs = match args.port_mac.as_slice() {
         [a, b] => [*a, *b],
@@ -239,10 +240,10 @@ fn run(args: &RunArgs) -> Result<ExitCode, PeerError> {
         dirs,
         tx_dst: macs,
         // Locally administered "peer" addresses: 02:00:00:00:10:<port>.
-        tx_src: [Mac([2, 0, 0, 0, 0x10, 0]), Mac([2, 0, 0, 0, 0x10, 1])],
+        tx_src: [MacAddr([2, 0, 0, 0, 0x10, 0]), MacAddr([2, 0, 0, 0, 0x10, 1])],
         expect_dst: [
-            args.expect_dst_mac_0to1.unwrap_or(exact(Mac::default_peer(1))),
-            args.expect_dst_mac_1to0.unwrap_or(exact(Mac::default_peer(0))),
+            args.expect_dst_mac_0to1.unwrap_or(exact(MacAddr::default_peer(1))),
+            args.expect_dst_mac_1to0.unwrap_or(exact(MacAddr::default_peer(0))),
         ],
         expect_src: [
             args.expect_src_mac_0to1.unwrap_or(exact(macs[1])),
@@ -352,7 +353,7 @@ fn rss_plan(args: &RunArgs) -> Result<Option<RssPlan>, String> {
 fn reflect(args: &ReflectArgs) -> Result<ExitCode, PeerError> {
     let (addrs, macs) = addrs(&args.ports).map_err(PeerError::Config)?;
     let cfg = ReflectConfig {
-        out_dst: [Mac::default_peer(0), Mac::default_peer(1)],
+        out_dst: [MacAddr::default_peer(0), MacAddr::default_peer(1)],
         out_src: macs,
         idle_exit: (args.idle_exit > 0).then(|| Duration::from_secs(args.idle_exit)),
     };

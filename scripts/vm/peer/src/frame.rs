@@ -30,7 +30,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use virtio_pmd_apps::mac::{Mac, MacError};
+use virtio_pmd::net::{MacAddr, MacError};
 
 /// Ethertype of test frames: IEEE 802 "local experimental ethertype 1".
 pub const ETHERTYPE: u16 = 0x88b5;
@@ -102,8 +102,8 @@ pub fn seq_field(frame: &[u8], flows: u32) -> Option<u64> {
 }
 
 /// A MAC address on the command line, with vm-peer's explanations of a bad one.
-pub fn parse_mac(s: &str) -> Result<Mac, String> {
-    Mac::parse_strict(s).map_err(|e| match e {
+pub fn parse_mac(s: &str) -> Result<MacAddr, String> {
+    MacAddr::parse_strict(s).map_err(|e| match e {
         MacError::Count => format!("'{s}' is not a MAC address (expected six hex bytes, e.g. 02:00:00:00:00:01)"),
         MacError::Byte(part) => format!("'{s}' is not a MAC address: '{part}' is not a hex byte"),
     })
@@ -115,7 +115,7 @@ pub enum MacExpect {
     /// Accept any address (the forwarder under test does not rewrite it predictably).
     Any,
     /// Exactly this address.
-    Exact(Mac),
+    Exact(MacAddr),
 }
 
 impl FromStr for MacExpect {
@@ -200,7 +200,7 @@ pub struct FrameId {
 }
 
 /// Writes frame `id` with the given MACs into `buf` (cleared first).
-pub fn build(buf: &mut Vec<u8>, dst: Mac, src: Mac, id: &FrameId) {
+pub fn build(buf: &mut Vec<u8>, dst: MacAddr, src: MacAddr, id: &FrameId) {
     let at = test_header_at(id.flows);
     debug_assert!((at + TEST_HEADER..=u16::MAX as usize).contains(&id.len));
     buf.clear();
@@ -252,7 +252,7 @@ pub enum Defect {
         /// The frame's ethertype.
         ethertype: u16,
         /// The frame's destination MAC.
-        dst: Mac,
+        dst: MacAddr,
     },
     /// Unknown kind byte.
     BadKind(u8),
@@ -282,16 +282,16 @@ pub enum Defect {
     /// The destination MAC is not the expected one.
     DstMac {
         /// What arrived.
-        got: Mac,
+        got: MacAddr,
         /// What the forwarder should have written.
-        want: Mac,
+        want: MacAddr,
     },
     /// The source MAC is not the expected one.
     SrcMac {
         /// What arrived.
-        got: Mac,
+        got: MacAddr,
         /// What the forwarder should have written.
-        want: Mac,
+        want: MacAddr,
     },
     /// A payload byte differs.
     Payload {
@@ -366,7 +366,7 @@ pub fn check(frame: &[u8], expect: &Expect, scratch: &mut Vec<u8>) -> Result<Fra
     if frame[12..14] != ethertype.to_be_bytes() || header[OFF_MAGIC..OFF_KIND] != MAGIC {
         return Err(Defect::Foreign {
             ethertype: u16::from_be_bytes([frame[12], frame[13]]),
-            dst: Mac(frame[0..6].try_into().unwrap_or([0; 6])),
+            dst: MacAddr(frame[0..6].try_into().unwrap_or([0; 6])),
         });
     }
     let check_word = u32::from_be_bytes(header[OFF_CHECK..TEST_HEADER].try_into().unwrap_or([0; 4]));
@@ -397,8 +397,8 @@ pub fn check(frame: &[u8], expect: &Expect, scratch: &mut Vec<u8>) -> Result<Fra
             return Err(Defect::SizePlan { expected: planned, actual: frame.len() });
         }
     }
-    let got_dst = Mac(frame[0..6].try_into().unwrap_or([0; 6]));
-    let got_src = Mac(frame[6..12].try_into().unwrap_or([0; 6]));
+    let got_dst = MacAddr(frame[0..6].try_into().unwrap_or([0; 6]));
+    let got_src = MacAddr(frame[6..12].try_into().unwrap_or([0; 6]));
     if let MacExpect::Exact(want) = expect.dst {
         if got_dst != want {
             return Err(Defect::DstMac { got: got_dst, want });
@@ -452,8 +452,8 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
-    const DST: Mac = Mac([0x02, 0, 0, 0, 0, 1]);
-    const SRC: Mac = Mac([0x52, 0x54, 0, 0, 0, 2]);
+    const DST: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 1]);
+    const SRC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 2]);
 
     fn expect() -> Expect {
         Expect {
@@ -630,6 +630,6 @@ mod tests {
         assert!(parse_mac("52:54:00:00:00:+f").is_err());
         assert!("52:54:00:00:00:+f".parse::<MacExpect>().is_err());
         assert_eq!("ANY".parse::<MacExpect>().unwrap(), MacExpect::Any);
-        assert_eq!(Mac::default_peer(1).to_string(), "02:00:00:00:00:01");
+        assert_eq!(MacAddr::default_peer(1).to_string(), "02:00:00:00:00:01");
     }
 }

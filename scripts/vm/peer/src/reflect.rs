@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use virtio_pmd_apps::mac::Mac;
+use virtio_pmd::net::MacAddr;
 
 use crate::PeerError;
 
@@ -22,9 +22,9 @@ use crate::PeerError;
 #[derive(Clone, Debug)]
 pub struct ReflectConfig {
     /// Destination MAC written on frames leaving port q.
-    pub out_dst: [Mac; 2],
+    pub out_dst: [MacAddr; 2],
     /// Source MAC written on frames leaving port q.
-    pub out_src: [Mac; 2],
+    pub out_src: [MacAddr; 2],
     /// Stop after this long without a frame (counted from the last frame, or from the start).
     pub idle_exit: Option<Duration>,
 }
