@@ -2,8 +2,8 @@
 //! and its control queue ("Control Virtqueue", 5.1.6.5).
 
 mod ctrl;
-mod offload;
 mod mac;
+mod offload;
 mod port;
 mod queue;
 mod rss;
@@ -11,8 +11,8 @@ mod stats;
 mod xstats;
 
 pub use ctrl::{CtrlCommand, CtrlUnavailable, RxFilter};
-pub use offload::{OffloadConfig, Offloads};
 pub use mac::{MacAddr, MacError};
+pub use offload::{OffloadConfig, Offloads};
 pub use port::{Port, PortConfig, PortStats, RingChoice};
 pub use queue::{Ring, RxPath, RxQueue, TxPath, TxQueue};
 pub use rss::{RssCapabilities, RssConfig, DEFAULT_HASH_TYPES, DEFAULT_KEY, DEFAULT_TABLE_LEN};
