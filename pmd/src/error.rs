@@ -34,6 +34,12 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// Physical-address DMA memory (for a device without an IOMMU) cannot be had.
+    #[error("cannot make physical-address DMA memory: {reason}")]
+    PhysicalAddressesUnavailable {
+        /// What is missing, and what to do.
+        reason: String,
+    },
     /// The IOMMU's valid IOVA ranges have no room left.
     #[error("no room for {len} more bytes in the IOMMU's valid IOVA ranges: use fewer or smaller pools")]
     IovaExhausted {
