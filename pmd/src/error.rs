@@ -102,6 +102,18 @@ pub enum Error {
         /// "bound to `driver`" or "no driver bound".
         driver: String,
     },
+    /// The PCI function was opened through `uio_pci_generic` but is not bound to it.
+    #[error(
+        "PCI device {device} is not bound to uio_pci_generic ({driver}): run `scripts/bind-vfio.sh --uio {device}` \
+         (loads uio_pci_generic and binds it); with an IOMMU, use vfio-pci instead (`scripts/bind-vfio.sh {device}`, \
+         and open the port without iommu=off)"
+    )]
+    NotBoundToUio {
+        /// The PCI address.
+        device: String,
+        /// "bound to `driver`" or "no driver bound".
+        driver: String,
+    },
     /// Another device of the function's IOMMU group is bound to a host driver.
     #[error(
         "IOMMU group {group} of PCI device {device} is not viable: every device in the group must \

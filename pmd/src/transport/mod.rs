@@ -1,5 +1,6 @@
 //! How a virtio device is reached: the [`Transport`] trait, and its implementations over VFIO
-//! (a PCI function owned by this process) and vhost-user (a backend process over a socket).
+//! (a PCI function owned by this process), `uio_pci_generic` (the same, without an IOMMU: physical
+//! addresses) and vhost-user (a backend process over a socket).
 //!
 //! Only the transport knows which one it is. The net device, the rings and the mempool see
 //! features, status, device configuration, queue set-up, a [`Notify`] per queue, and DMA regions
@@ -11,6 +12,7 @@
 #![allow(unsafe_code)]
 
 pub mod pci;
+pub mod uio;
 pub mod vfio;
 pub mod vhost_user;
 

@@ -16,6 +16,7 @@
 //! huge_pages = "preferred"  # "preferred" | "required" | "never"
 //! idle_sleep_us = 0         # sleep this long when a thread's queues stay empty (0: pure polling)
 //! promiscuous = false       # turn promiscuous mode on at start (the device's control queue)
+//! no_iommu = false          # no IOMMU: ports bound to uio_pci_generic, DMA at physical addresses (root)
 //!
 //! [[ports]]
 //! pci = "0000:00:03.0"
@@ -83,6 +84,9 @@ pub struct FileConfig {
     pub idle_sleep_us: Option<u64>,
     /// Turn promiscuous mode on at start (VIRTIO_NET_CTRL_RX_PROMISC over the control queue).
     pub promiscuous: Option<bool>,
+    /// Open every port through uio_pci_generic with physical-address DMA memory (a VM without a
+    /// vIOMMU; the devices can reach all memory).
+    pub no_iommu: Option<bool>,
 }
 
 impl FileConfig {
@@ -142,6 +146,8 @@ pub struct Settings {
     pub idle_sleep: Option<Duration>,
     /// Turn promiscuous mode on at start.
     pub promiscuous: bool,
+    /// No IOMMU: ports through uio_pci_generic, DMA memory at physical addresses.
+    pub no_iommu: bool,
     /// Where the file came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -219,6 +225,7 @@ impl Settings {
             huge_pages: cli.huge_pages.or(file.huge_pages).unwrap_or(Huge::Preferred),
             idle_sleep: Some(idle_sleep_us).filter(|us| *us > 0).map(Duration::from_micros),
             promiscuous: cli.promiscuous.or(file.promiscuous).unwrap_or(false),
+            no_iommu: cli.no_iommu.or(file.no_iommu).unwrap_or(false),
             source,
         })
     }
@@ -313,6 +320,16 @@ mod tests {
         assert_eq!(s.ports.iter().map(|p| p.pci.as_str()).collect::<Vec<_>>(), ["0000:00:03.0", "0000:00:04.0"]);
         assert_eq!((s.burst, s.ring), (16, Ring::Split));
         assert_eq!(s.ports[1].dst_mac, Mac::default_peer(1));
+    }
+
+    #[test]
+    fn no_iommu_comes_from_the_file_or_the_command_line() {
+        let ports = FileConfig::with_ports(&["00:03.0".into()]);
+        assert!(!Settings::resolve(None, ports.clone()).unwrap().no_iommu);
+        let file = parse("no_iommu = true\n").unwrap();
+        assert!(Settings::resolve(Some((Path::new("f.toml"), file)), ports.clone()).unwrap().no_iommu);
+        let cli = FileConfig { no_iommu: Some(true), ..ports };
+        assert!(Settings::resolve(None, cli).unwrap().no_iommu);
     }
 
     #[test]

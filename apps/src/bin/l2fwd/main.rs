@@ -7,6 +7,7 @@
 //! l2fwd 0000:00:03.0 0000:00:04.0            # ports by PCI address (bound to vfio-pci)
 //! l2fwd --port 0000:00:03.0 --port 0000:00:04.0 --cores 0,1
 //! l2fwd --config config/l2fwd-vm.toml         # or from a TOML file (see config.rs)
+//! l2fwd --no-iommu 0000:00:03.0 0000:00:04.0 # no IOMMU: bound to uio_pci_generic, physical addresses
 //! ```
 //!
 //! Start-up: one VFIO container for every port, one mempool, each port initialised with one
@@ -36,9 +37,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use virtio_pmd::mbuf::{Mempool, MempoolConfig};
+use virtio_pmd::mem::IovaAllocator;
 use virtio_pmd::net::{Port, PortConfig};
+use virtio_pmd::transport::uio::UioPciTransport;
 use virtio_pmd::transport::vfio::{Container, VfioPciTransport};
-use virtio_pmd::transport::RingFormat;
+use virtio_pmd::transport::{RingFormat, Transport};
 
 use config::{FileConfig, Settings};
 use fwd::{Lane, LaneCounters};
@@ -96,6 +99,10 @@ struct Cli {
     /// Turn promiscuous mode on at start, through the device's control queue [default: off].
     #[arg(long)]
     promisc: bool,
+    /// No IOMMU (a VM without a vIOMMU): open the ports through uio_pci_generic and give the
+    /// devices physical addresses (root, huge pages). The devices can then reach ALL memory.
+    #[arg(long)]
+    no_iommu: bool,
     /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
@@ -168,6 +175,7 @@ fn settings(cli: &Cli) -> Result<Settings, String> {
             huge_pages: cli.huge_pages,
             idle_sleep_us: cli.idle_sleep_us,
             promiscuous: cli.promisc.then_some(true),
+            no_iommu: cli.no_iommu.then_some(true),
             ..FileConfig::with_ports(&cli_ports)
         },
     )
@@ -210,7 +218,7 @@ fn print_settings(s: &Settings) {
     let ports: Vec<String> = s.ports.iter().map(|p| p.pci.clone()).collect();
     println!(
         "l2fwd: ports {} (pairs {}), ring {}, ring size {}, burst {}, pool {} mbufs (cache {}), huge pages {}, \
-         cores {}, idle {}, stats every {}{}",
+         cores {}, idle {}, stats every {}{}{}",
         ports.join(" "),
         (0..s.ports.len()).map(|i| format!("{i}->{}", s.peer_of(i))).collect::<Vec<_>>().join(" "),
         s.ring.name(),
@@ -222,6 +230,7 @@ fn print_settings(s: &Settings) {
         if s.cores.is_empty() { "unpinned (one thread)".into() } else { format!("{:?}", s.cores) },
         s.idle_sleep.map_or("busy polling".into(), |d| format!("sleep {} us", d.as_micros())),
         s.stats_interval.map_or("never".into(), |d| format!("{} s", d.as_secs())),
+        if s.no_iommu { ", NO IOMMU (uio_pci_generic, physical addresses)" } else { "" },
         s.source.as_ref().map(|p| format!(", from {}", p.display())).unwrap_or_default(),
     );
 }
@@ -246,15 +255,30 @@ impl Monitor<'_> {
     }
 }
 
-fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
-    // 1. Every port in one container, before any DMA memory exists (the IOMMU's valid IOVA
-    //    ranges are known once the groups are attached).
+/// Opens every port: through VFIO, in one container, before any DMA memory exists (the IOMMU's
+/// valid IOVA ranges are known once the groups are attached); or, without an IOMMU, through
+/// uio_pci_generic with physical addresses. Returns the transports and the IOVA allocator.
+fn open_transports(s: &Settings) -> Result<(Vec<Box<dyn Transport>>, Arc<IovaAllocator>), Failure> {
+    let mut transports: Vec<Box<dyn Transport>> = Vec::with_capacity(s.ports.len());
+    if s.no_iommu {
+        for (id, p) in s.ports.iter().enumerate() {
+            transports.push(Box::new(UioPciTransport::open(&p.pci).map_err(Failure::device(format!("port {id}")))?));
+        }
+        println!("l2fwd: no IOMMU: {} ports through uio_pci_generic, DMA at physical addresses", transports.len());
+        return Ok((transports, Arc::new(IovaAllocator::physical())));
+    }
     let container = Container::open().map_err(Failure::device("opening the VFIO container"))?;
-    let mut transports = Vec::with_capacity(s.ports.len());
     for (id, p) in s.ports.iter().enumerate() {
-        transports.push(VfioPciTransport::open(&container, &p.pci).map_err(Failure::device(format!("port {id}")))?);
+        transports
+            .push(Box::new(VfioPciTransport::open(&container, &p.pci).map_err(Failure::device(format!("port {id}")))?));
     }
     let iova = container.iova_allocator().map_err(Failure::device("VFIO IOVA allocator"))?;
+    Ok((transports, iova))
+}
+
+fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
+    // 1. Every port, before any DMA memory exists.
+    let (transports, iova) = open_transports(s)?;
 
     // 2. One pool for every port: a frame received on one is sent on another without a copy.
     let pool = Mempool::new(
@@ -280,7 +304,7 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             huge_pages: s.huge_pages.into(),
             ..PortConfig::default()
         };
-        let mut port = Port::open(Box::new(transport), &pool, &config, &iova)
+        let mut port = Port::open(transport, &pool, &config, &iova)
             .map_err(Failure::device(format!("port {id} ({})", s.ports[id].pci)))?;
         if s.promiscuous {
             port.set_promiscuous(true)
@@ -466,7 +490,6 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
     print_summary(s, &ports, &end, stopped_at);
     drop(monitor);
     drop(ports);
-    drop(container);
     drop(iova);
 
     // 8. Every mbuf must be back.

@@ -35,14 +35,13 @@ use vfio_bindings::bindings::vfio::{
 use vfio_ioctls::{VfioDevice, VfioError, VfioOps};
 
 use super::container::Container;
-use super::sys::{self, RegionMapping};
+use super::sys;
 use super::sysfs::{self, HostPaths, SysfsDevice};
 use crate::error::{Error, Result};
 use crate::mem::DmaRegion;
-use crate::spec::features::Features;
-use crate::spec::pci::{self as spec_pci, config};
-use crate::transport::pci::{self, caps, CapList, ConfigSpace, Mmio, VirtioCap, VirtioLayout, VirtioPci};
-use crate::transport::{Notify, QueueAddresses, RingFormat, Transport};
+use crate::spec::pci::config;
+use crate::transport::pci::{self, caps, CapList, ConfigSpace, Mmio, RegionMapping, VirtioLayout, VirtioPci};
+use crate::transport::Transport;
 
 /// What opening found out about the function.
 #[derive(Clone, Debug)]
@@ -227,16 +226,6 @@ fn mappable(info: &vfio_region_info) -> bool {
     info.flags & wanted == wanted && info.size > 0
 }
 
-/// The least a capability's structure must hold for the driver to use it.
-fn min_len(cap: &VirtioCap) -> u64 {
-    match cap.cfg_type {
-        spec_pci::CAP_COMMON_CFG => spec_pci::COMMON_CFG_MIN_LEN as u64,
-        spec_pci::CAP_NOTIFY_CFG => 2,
-        spec_pci::CAP_ISR_CFG => 1,
-        _ => 0,
-    }
-}
-
 /// A virtio-net PCI function driven through VFIO: implements [`Transport`].
 ///
 /// ```no_run
@@ -313,7 +302,7 @@ impl VfioPciTransport {
         let layout = caps.layout(&bdf, |cap| {
             bar_info[usize::from(cap.bar)]
                 .filter(mappable)
-                .is_some_and(|info| u64::from(cap.offset) + min_len(cap) <= info.size)
+                .is_some_and(|info| u64::from(cap.offset) + cap.min_len() <= info.size)
         })?;
         let command = pci::enable_memory_and_bus_master(&cfg, &bdf)?;
 
@@ -378,54 +367,10 @@ impl Transport for VfioPciTransport {
         true
     }
 
-    fn reset(&mut self) -> Result<()> {
-        self.pci.reset()
-    }
-
-    fn status(&mut self) -> Result<u8> {
-        Ok(self.pci.status())
-    }
-
-    fn set_status(&mut self, status: u8) -> Result<()> {
-        self.pci.set_status(status);
-        Ok(())
-    }
-
-    fn device_features(&mut self) -> Result<Features> {
-        Ok(self.pci.device_features())
-    }
-
-    fn set_driver_features(&mut self, features: Features) -> Result<()> {
-        self.pci.set_driver_features(features);
-        Ok(())
-    }
-
-    fn num_queues(&mut self) -> Result<u16> {
-        Ok(self.pci.num_queues())
-    }
-
-    fn max_queue_size(&mut self, queue: u16) -> Result<u16> {
-        Ok(self.pci.max_queue_size(queue))
-    }
-
-    fn read_device_config(&mut self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        self.pci.read_device_config(offset, buf)
-    }
+    pci::delegate_to_virtio_pci!();
 
     fn map_dma(&mut self, region: &Arc<DmaRegion>) -> Result<()> {
         self.container.map_dma(region)
-    }
-
-    unsafe fn setup_queue(
-        &mut self,
-        queue: u16,
-        size: u16,
-        format: RingFormat,
-        addresses: QueueAddresses,
-    ) -> Result<Box<dyn Notify>> {
-        // SAFETY: the caller vouches for the areas (`Transport::setup_queue`'s contract, the same
-        // as `VirtioPci::setup_queue`'s).
-        Ok(Box::new(unsafe { self.pci.setup_queue(queue, size, format, addresses) }?))
     }
 }
 

@@ -32,7 +32,7 @@ mod container;
 mod device;
 mod iommu;
 mod sys;
-mod sysfs;
+pub(crate) mod sysfs;
 
 pub use container::Container;
 pub use device::{PciFunctionInfo, VfioPciTransport};
