@@ -255,10 +255,13 @@ impl Monitor<'_> {
     }
 }
 
+/// The opened ports and the IOVA allocator every DMA region of theirs gets its address from.
+type OpenPorts = (Vec<Box<dyn Transport>>, Arc<IovaAllocator>);
+
 /// Opens every port: through VFIO, in one container, before any DMA memory exists (the IOMMU's
 /// valid IOVA ranges are known once the groups are attached); or, without an IOMMU, through
 /// uio_pci_generic with physical addresses. Returns the transports and the IOVA allocator.
-fn open_transports(s: &Settings) -> Result<(Vec<Box<dyn Transport>>, Arc<IovaAllocator>), Failure> {
+fn open_transports(s: &Settings) -> Result<OpenPorts, Failure> {
     let mut transports: Vec<Box<dyn Transport>> = Vec::with_capacity(s.ports.len());
     if s.no_iommu {
         for (id, p) in s.ports.iter().enumerate() {
