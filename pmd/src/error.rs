@@ -106,7 +106,7 @@ pub enum Error {
     #[error(
         "PCI device {device} is not bound to uio_pci_generic ({driver}): run `scripts/bind-vfio.sh --uio {device}` \
          (loads uio_pci_generic and binds it); with an IOMMU, use vfio-pci instead (`scripts/bind-vfio.sh {device}`, \
-         and open the port without iommu=off)"
+         and open the port without physical-address mode: no l2fwd --no-iommu)"
     )]
     NotBoundToUio {
         /// The PCI address.

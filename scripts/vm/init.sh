@@ -13,6 +13,8 @@
 # Kernel parameters without a dot reach /init as environment variables (run-vm.sh --append):
 #   vmskip=BDF[,BDF...]  leave these functions alone (unbound; tests may bind them elsewhere)
 #   vmbind=none          bind no device at all
+#   vmbind=uio           bind them to uio_pci_generic instead (loaded from /lib/modules/extra; for
+#                        a VM without a vIOMMU); prints `UIO-BOUND <bdf>`
 #   vmhugepages=N        hugepages to reserve (0: none, and hugetlbfs is still mounted)
 # If a set-up step fails, /init prints `VM-INIT-ERROR <what>` and `VMCMD-EXIT 254`, then powers off.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -59,7 +61,11 @@ if [ "${vmbind:-}" != none ]; then
             *) bind="$bind $bdf" ;;
         esac
     done
-    if [ -n "$bind" ]; then
+    if [ -n "$bind" ] && [ "${vmbind:-}" = uio ]; then
+        loadmod uio_pci_generic || fatal "loading uio_pci_generic failed"
+        # shellcheck disable=SC2086 # one argument per BDF
+        sh /bin/bind-vfio.sh --uio $bind || fatal "bind-vfio.sh --uio$bind failed"
+    elif [ -n "$bind" ]; then
         # shellcheck disable=SC2086 # one argument per BDF
         sh /bin/bind-vfio.sh $bind || fatal "bind-vfio.sh$bind failed"
     else

@@ -279,6 +279,53 @@ fn open_transports(s: &Settings) -> Result<OpenPorts, Failure> {
     Ok((transports, iova))
 }
 
+/// Opens a port with one queue pair on each transport (promiscuous when asked).
+fn open_ports(
+    s: &Settings,
+    transports: Vec<Box<dyn Transport>>,
+    pool: &Mempool,
+    iova: &IovaAllocator,
+) -> Result<Vec<Port>, Failure> {
+    let mut ports = Vec::with_capacity(s.ports.len());
+    for (id, transport) in transports.into_iter().enumerate() {
+        let config = PortConfig {
+            port_id: id as u16,
+            queue_pairs: 1,
+            ring_size: s.ring_size,
+            ring: s.ring.into(),
+            huge_pages: s.huge_pages.into(),
+            ..PortConfig::default()
+        };
+        let mut port = Port::open(transport, pool, &config, iova)
+            .map_err(Failure::device(format!("port {id} ({})", s.ports[id].pci)))?;
+        if s.promiscuous {
+            port.set_promiscuous(true)
+                .map_err(Failure::device(format!("port {id} ({}): promiscuous mode", s.ports[id].pci)))?;
+            println!("l2fwd: port {id}: promiscuous mode on (VIRTIO_NET_CTRL_RX_PROMISC acknowledged)");
+        }
+        ports.push(port);
+    }
+    Ok(ports)
+}
+
+/// Prints the `L2FWD-POOL` line; returns how many mbufs are not back.
+fn report_pool(pool: &Mempool) -> u32 {
+    let stats = pool.stats();
+    println!(
+        "L2FWD-POOL size={} available={} in_use={} alloc_failures={}: {}",
+        stats.size,
+        stats.available,
+        stats.in_use,
+        stats.alloc_failures,
+        if stats.in_use == 0 {
+            "every mbuf is back in the pool".to_string()
+        } else {
+            format!("{} mbufs LEAKED", stats.in_use)
+        }
+    );
+    stats.in_use
+}
+
 fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
     // 1. Every port, before any DMA memory exists.
     let (transports, iova) = open_transports(s)?;
@@ -296,26 +343,15 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
     )
     .map_err(Failure::device("mbuf pool"))?;
 
-    // 3. The ports, each with one queue pair.
-    let mut ports = Vec::with_capacity(s.ports.len());
-    for (id, transport) in transports.into_iter().enumerate() {
-        let config = PortConfig {
-            port_id: id as u16,
-            queue_pairs: 1,
-            ring_size: s.ring_size,
-            ring: s.ring.into(),
-            huge_pages: s.huge_pages.into(),
-            ..PortConfig::default()
-        };
-        let mut port = Port::open(transport, &pool, &config, &iova)
-            .map_err(Failure::device(format!("port {id} ({})", s.ports[id].pci)))?;
-        if s.promiscuous {
-            port.set_promiscuous(true)
-                .map_err(Failure::device(format!("port {id} ({}): promiscuous mode", s.ports[id].pci)))?;
-            println!("l2fwd: port {id}: promiscuous mode on (VIRTIO_NET_CTRL_RX_PROMISC acknowledged)");
+    // 3. The ports, each with one queue pair. If one fails, those opened drop (each device is
+    //    reset before its buffers return), and the pool shows that every mbuf came back.
+    let mut ports = match open_ports(s, transports, &pool, &iova) {
+        Ok(ports) => ports,
+        Err(failure) => {
+            report_pool(&pool);
+            return Err(failure);
         }
-        ports.push(port);
-    }
+    };
     let mut src_macs = Vec::with_capacity(ports.len());
     for (id, port) in ports.iter().enumerate() {
         let configured = s.ports[id].mac;
@@ -496,25 +532,12 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
     drop(iova);
 
     // 8. Every mbuf must be back.
-    let pool_stats = pool.stats();
-    let pool_ok = pool_stats.in_use == 0;
-    println!(
-        "L2FWD-POOL size={} available={} in_use={} alloc_failures={}: {}",
-        pool_stats.size,
-        pool_stats.available,
-        pool_stats.in_use,
-        pool_stats.alloc_failures,
-        if pool_ok {
-            "every mbuf is back in the pool".to_string()
-        } else {
-            format!("{} mbufs LEAKED", pool_stats.in_use)
-        }
-    );
+    let in_use = report_pool(&pool);
     if let Some(f) = failure {
         return Err(f);
     }
-    if !pool_ok {
-        return Err(Failure::Runtime(format!("{} mbufs did not come back to the pool", pool_stats.in_use)));
+    if in_use != 0 {
+        return Err(Failure::Runtime(format!("{in_use} mbufs did not come back to the pool")));
     }
     println!("L2FWD-DONE clean");
     Ok(())

@@ -149,7 +149,7 @@ pub fn inspect(paths: &HostPaths, bdf: &str) -> Result<SysfsDevice> {
                 "{bdf} has no IOMMU group ({} is missing): the IOMMU is off; boot with intel_iommu=on \
                  (or amd_iommu=on), and give a QEMU guest `-device intel-iommu`; or, in a VM without a \
                  vIOMMU, bind it to uio_pci_generic (`scripts/bind-vfio.sh --uio {bdf}`) and open it in \
-                 physical-address mode (l2fwd: `pci:{bdf},iommu=off`), which lets the device reach all memory",
+                 physical-address mode (`UioPciTransport`, l2fwd --no-iommu), which lets the device reach all memory",
                 link.display()
             ),
         })?
@@ -286,7 +286,7 @@ pub(crate) mod tests {
         assert!(matches!(err, Error::IommuUnavailable { .. }));
         let msg = err.to_string();
         assert!(
-            msg.contains("intel_iommu=on") && msg.contains("uio_pci_generic") && msg.contains("iommu=off"),
+            msg.contains("intel_iommu=on") && msg.contains("uio_pci_generic") && msg.contains("--no-iommu"),
             "{msg}"
         );
     }
