@@ -302,6 +302,40 @@ mod tests {
         (entry & ((1 << 55) - 1)) * 4096 + va as u64 % 4096
     }
 
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    fn assert_physical_needs_root() {
+        let err = DmaRegion::new("phys", 4096, HugePages::Required, &IovaAllocator::physical()).unwrap_err();
+        assert!(matches!(err, Error::PhysicalAddressesUnavailable { .. }), "{err}");
+        assert!(err.to_string().contains("run as root"), "{err}");
+    }
+
+    /// Without root, physical-address memory is refused with a typed error: checked in this test
+    /// binary run again as `nobody` when the tests run as root.
+    #[test]
+    fn physical_regions_need_root() {
+        use std::os::unix::process::CommandExt;
+        const CHILD: &str = "VIRTIO_PMD_TEST_AS_NOBODY";
+        if std::env::var_os(CHILD).is_some() || !is_root() {
+            assert!(!is_root(), "the child must run without root");
+            assert_physical_needs_root();
+            return;
+        }
+        let name = "mem::region::tests::physical_regions_need_root";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads=1"])
+            .env(CHILD, "1")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("1 passed"), "the run as nobody failed: {text}");
+    }
+
     /// Checks a physical region against pagemap, page by page, and that it is usable. (Its lock is
     /// not visible: the kernel does not account mlock of hugetlb memory in VmLck.)
     fn check_physical(region: &DmaRegion) {
@@ -321,10 +355,8 @@ mod tests {
 
     #[test]
     fn physical_regions_are_contiguous_locked_huge_pages_at_their_physical_address() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            let err = DmaRegion::new("phys", 4096, HugePages::Required, &IovaAllocator::physical()).unwrap_err();
-            assert!(matches!(err, Error::PhysicalAddressesUnavailable { .. }) && err.to_string().contains("root"));
+        if !is_root() {
+            assert_physical_needs_root();
             return;
         }
         // One huge page is always contiguous.
