@@ -10,7 +10,9 @@
 #   - no network interface that belongs to it (at any depth below the PCI function, e.g.
 #     0000:00:03.0/virtio2/net/eth0) is up, has an IPv4/IPv6 address, or carries a default route:
 #     binding such a device to vfio-pci would cut the machine off its network;
-#   - it is in an IOMMU group (vfio-pci cannot bind without one: boot with intel_iommu=on).
+#   - it is in an IOMMU group (vfio-pci cannot bind without one: boot with intel_iommu=on), unless
+#     VFIO's no-IOMMU mode is on (vfio loaded with enable_unsafe_noiommu_mode=1): then vfio-pci
+#     makes a no-IOMMU group as it binds, /dev/vfio/noiommu-<n>.
 # Then vfio-pci is loaded if needed and each device is bound with driver_override + drivers_probe.
 # One line per device is printed on stdout:
 #   VFIO-BOUND <bdf> group=<n> /dev/vfio/<n>
@@ -114,6 +116,7 @@ iface_in_use() {
 }
 
 # --- checks: read-only ----------------------------------------------------------------------
+NOIOMMU=$(cat "$SYSFS/module/vfio/parameters/enable_unsafe_noiommu_mode" 2>/dev/null || echo N)
 checked=""
 fail=0
 for raw in $BDFS; do
@@ -137,7 +140,7 @@ for raw in $BDFS; do
         fi
     done
     if [ "$refused" -ne 0 ]; then fail=1; continue; fi
-    if [ "$DRIVER" = vfio-pci ] && [ ! -e "$dev/iommu_group" ]; then
+    if [ "$DRIVER" = vfio-pci ] && [ ! -e "$dev/iommu_group" ] && [ "$NOIOMMU" != Y ]; then
         err "$bdf has no IOMMU group: vfio-pci needs an IOMMU (boot with intel_iommu=on or" \
             "amd_iommu=on, and for QEMU add -device intel-iommu)"
         fail=1; continue
@@ -184,6 +187,8 @@ for bdf in $checked; do
         continue
     fi
     group=$(basename "$(readlink -f "$dev/iommu_group")")
+    # A no-IOMMU group's node is noiommu-<n>.
+    [ -e "/dev/vfio/$group" ] || [ ! -e "/dev/vfio/noiommu-$group" ] || group=noiommu-$group
     if [ ! -e "/dev/vfio/$group" ]; then
         err "$bdf is bound but /dev/vfio/$group is missing (is devtmpfs mounted on /dev?)"
         exit 1

@@ -57,6 +57,8 @@ usage: $0 [--ring packed|split] [--frames N] [--rate PPS] [--port-base P] [--no-
   --port-base P         host UDP ports P, P+1, P+10, P+11 on 127.0.0.1 (default 43001)
   --no-iommu            a VM without a vIOMMU: NICs on uio_pci_generic, l2fwd --no-iommu
                         (physical addresses); RESULT says iommu=off
+  --no-iommu-vfio       the same with the NICs on vfio-pci in VFIO's no-IOMMU mode (builds the
+                        guest's vfio module with it once: scripts/vm/build-vfio-noiommu.sh)
   --l2fwd-args 'ARGS'   extra l2fwd options, after --config (e.g. '--cores 0,1 --idle-sleep-us 20')
   --no-build            use the binaries already built (target/$TRIPLE/ci/l2fwd, target/ci/vm-peer)
   environment: VM_ACCEL=tcg|kvm|auto (run-vm.sh), L2FWD_VM_DIR (logs; default target/l2fwd-vm)
@@ -70,6 +72,7 @@ PORT_BASE=43001
 BUILD=1
 L2FWD_ARGS=""
 IOMMU=on
+NOIOMMU_BIND=uio
 while [ $# -gt 0 ]; do
     case "$1" in
         --ring) RING=${2:-}; shift ;;
@@ -79,6 +82,7 @@ while [ $# -gt 0 ]; do
         --l2fwd-args) L2FWD_ARGS=${2?--l2fwd-args needs options}; shift ;;
         --no-build) BUILD=0 ;;
         --no-iommu) IOMMU=off ;;
+        --no-iommu-vfio) IOMMU=off; NOIOMMU_BIND=vfio ;;
         -h|--help) usage; exit 0 ;;
         *) echo "l2fwd-vm: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
@@ -128,6 +132,8 @@ done
 
 # --- 3: the guest image ------------------------------------------------------------------------
 INITRD=$OUT_DIR/l2fwd.cpio.gz
+# VFIO's no-IOMMU mode needs the guest's vfio module built with it (once; cached in target/vm).
+[ "$NOIOMMU_BIND" = vfio ] && "$VM/build-vfio-noiommu.sh"
 "$VM/mkinitramfs.sh" "$INITRD" "$L2FWD" >/dev/null
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/l2fwd-vm.XXXXXX")
@@ -148,6 +154,7 @@ VM_ARGS=()
 if [ "$IOMMU" = off ]; then
     L2FWD_ARGS="--no-iommu $L2FWD_ARGS"
     VM_ARGS=(--no-iommu)
+    [ "$NOIOMMU_BIND" = vfio ] && VM_ARGS=(--no-iommu-vfio)
 fi
 printf 'L2FWD_ARGS=%q\n' "$L2FWD_ARGS" >"$WORK/guest.sh"
 cat >>"$WORK/guest.sh" <<'GUEST'
@@ -163,7 +170,7 @@ GUEST
 
 # --- 4: boot, wait for l2fwd -------------------------------------------------------------------
 TAG=$RING
-[ "$IOMMU" = off ] && TAG=$RING-noiommu
+[ "$IOMMU" = off ] && TAG=$RING-noiommu-$NOIOMMU_BIND
 LOG=$OUT_DIR/console-$TAG.log
 PEER_OUT=$OUT_DIR/vm-peer-$TAG.txt
 VM_OUT=$OUT_DIR/run-vm-$TAG.txt

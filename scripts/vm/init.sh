@@ -13,6 +13,9 @@
 # Kernel parameters without a dot reach /init as environment variables (run-vm.sh --append):
 #   vmskip=BDF[,BDF...]  leave these functions alone (unbound; tests may bind them elsewhere)
 #   vmbind=none          bind no device at all
+#   vmbind=vfio-noiommu  load /lib/modules/noiommu/vfio.ko (built with CONFIG_VFIO_NOIOMMU by
+#                        build-vfio-noiommu.sh) instead of the stock vfio, with
+#                        enable_unsafe_noiommu_mode=1: vfio-pci binds without an IOMMU
 #   vmbind=uio           bind them to uio_pci_generic instead (loaded from /lib/modules/extra; for
 #                        a VM without a vIOMMU); prints `UIO-BOUND <bdf>`
 #   vmhugepages=N        hugepages to reserve (0: none, and hugetlbfs is still mounted)
@@ -39,6 +42,12 @@ echo "VM-INIT kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpus, upti
 
 while read -r m; do
     [ -n "$m" ] || continue
+    if [ "$m" = vfio ] && [ "${vmbind:-}" = vfio-noiommu ]; then
+        [ -f /lib/modules/noiommu/vfio.ko ] ||
+            fatal "vmbind=vfio-noiommu but no /lib/modules/noiommu/vfio.ko (run scripts/vm/build-vfio-noiommu.sh)"
+        insmod /lib/modules/noiommu/vfio.ko enable_unsafe_noiommu_mode=1 || fatal "insmod the no-IOMMU vfio failed"
+        continue
+    fi
     insmod "/lib/modules/$m.ko" || fatal "insmod $m failed"
 done </lib/modules/load-order
 

@@ -17,10 +17,12 @@
 # (vm-peer, both ways, every frame checked), stopped with SIGINT over the control line.
 #
 # Then a second boot, without a vIOMMU (run-vm.sh --no-iommu: NIC0 on uio_pci_generic, NIC1 left
-# on no driver):
+# out of /init's binding):
 #   no-group       l2fwd over VFIO: NIC0 has no IOMMU group; the error says to use
 #                  uio_pci_generic and --no-iommu (exit 1)
-#   uio-no-driver  l2fwd --no-iommu with NIC1 on no driver (exit 1)
+#   uio-virtio-pci l2fwd --no-iommu with NIC1 bound to neither vfio-pci nor uio_pci_generic: on
+#                  virtio-pci (loading uio_pci_generic with loadmod loads virtio_pci before it,
+#                  which takes the unbound NIC1) (exit 1)
 #                  ... then NIC1 is bound to uio_pci_generic (scripts/bind-vfio.sh --uio)
 #   pa-no-hugepages  --no-iommu with no huge pages reserved (exit 1)
 #   pa-hugepages-short  --no-iommu with huge pages for the pool and port 0 only: port 1 fails
@@ -190,7 +192,7 @@ cp "$WORK/prelude.sh" "$WORK/guest-noiommu.sh"
 cat >>"$WORK/guest-noiommu.sh" <<'GUEST'
 echo "guest: no vIOMMU: $A on $(drv $A), $B on $(drv $B)"
 case_ no-group 1 l2fwd --config $CFG --stats-interval 0
-case_ uio-no-driver 1 l2fwd --config $CFG --no-iommu
+case_ uio-virtio-pci 1 l2fwd --config $CFG --no-iommu
 sh /bin/bind-vfio.sh --uio $B || fail=1
 echo "guest: $A on $(drv $A), $B on $(drv $B)"
 pages=$(cat /proc/sys/vm/nr_hugepages)
@@ -214,7 +216,7 @@ exit $fail
 GUEST
 CHECKS_NOIOMMU=(
     "no-group|^   l2fwd: error: port 0: no usable IOMMU for VFIO: 0000:00:03\.0 has no IOMMU group .*uio_pci_generic.*--no-iommu"
-    "uio-no-driver|^   l2fwd: error: port 1: PCI device 0000:00:04\.0 is not bound to uio_pci_generic \(no driver bound\): run .scripts/bind-vfio\.sh --uio 0000:00:04\.0."
+    "uio-virtio-pci|^   l2fwd: error: port 1: PCI device 0000:00:04\.0 is not bound to uio_pci_generic \(bound to virtio-pci\): run .scripts/bind-vfio\.sh --uio 0000:00:04\.0."
     "pa-no-hugepages|^   l2fwd: error: mbuf pool: cannot get [0-9]+ bytes of 2 MiB huge pages"
     "pa-hugepages-short|^   l2fwd: error: port 1 \(0000:00:04\.0\): cannot get [0-9]+ bytes of 2 MiB huge pages"
     "pa-hugepages-short|^   L2FWD-POOL size=512 available=512 in_use=0 .*every mbuf is back in the pool"
@@ -222,7 +224,7 @@ CHECKS_NOIOMMU=(
     "final-run|^L2FWD-POOL .* in_use=0 .*every mbuf is back in the pool"
     "final-run|^L2FWD-DONE clean"
 )
-CASES_NOIOMMU="no-group uio-no-driver pa-no-hugepages pa-hugepages-short final-run"
+CASES_NOIOMMU="no-group uio-virtio-pci pa-no-hugepages pa-hugepages-short final-run"
 
 FAIL=()
 # boot NAME GUEST CHECKS_ARRAY CASES RUN-VM-ARGS...: one boot running GUEST, traffic from the host

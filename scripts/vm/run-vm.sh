@@ -43,6 +43,8 @@ usage: $0 [options]
                            host stall of a few tens of ms overflows under steady traffic
     --no-iommu             no vIOMMU: NIC0 iommu_platform=off, the others on; NICs bound to
                            uio_pci_generic in the guest (vmbind=uio)
+    --no-iommu-vfio        the same, the NICs bound to vfio-pci in VFIO's no-IOMMU mode
+                           (vmbind=vfio-noiommu; needs build-vfio-noiommu.sh's module)
     --mem SIZE             guest memory (default 1G)      --smp N   guest cpus (default 2)
     --append 'ARGS'        extra kernel arguments; those without a dot are /init's environment:
                            vmskip=BDF,..  vmbind=none|uio  vmhugepages=N
@@ -84,6 +86,7 @@ INTERACTIVE=0
 CTL=""
 SOCK_BUF=0
 NO_IOMMU=0
+NO_IOMMU_BIND=uio
 while [ $# -gt 0 ]; do
     case "$1" in
         --cmd) CMD=${2?--cmd needs shell text}; shift ;;
@@ -98,6 +101,7 @@ while [ $# -gt 0 ]; do
         --sock-buf) SOCK_BUF=${2:?--sock-buf needs a number of bytes}; shift ;;
         --smp) SMP=${2:?--smp needs a number}; shift ;;
         --no-iommu) NO_IOMMU=1 ;;
+        --no-iommu-vfio) NO_IOMMU=1; NO_IOMMU_BIND=vfio-noiommu ;;
         --append) APPEND=${2?--append needs arguments}; shift ;;
         --timeout) TIMEOUT=${2:?--timeout needs seconds}; shift ;;
         --log) LOG=${2:?--log needs a file}; shift ;;
@@ -242,7 +246,7 @@ CPU=max
 # --- QEMU -------------------------------------------------------------------------------------
 if [ "$NO_IOMMU" -eq 1 ]; then
     IOMMU_ARGS=()
-    KERNEL_IOMMU="vmbind=uio"
+    KERNEL_IOMMU="vmbind=$NO_IOMMU_BIND"
 else
     IOMMU_ARGS=(-device "intel-iommu,intremap=on,caching-mode=on,aw-bits=48")
     KERNEL_IOMMU="intel_iommu=on"

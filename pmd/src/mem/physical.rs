@@ -2,15 +2,16 @@
 //! VFIO no-IOMMU): the device is given physical addresses, so a region must be physically
 //! contiguous for the driver's `IOVA = base + offset` arithmetic to hold.
 //!
-//! How: a hugetlb memfd of the region's 2 MiB pages is mapped and faulted in; `/proc/self/pagemap`
-//! gives each 4 KiB page's frame number (root only: without CAP_SYS_ADMIN the kernel reports
-//! frame 0). Every huge page is checked to be present and physically contiguous over its 2 MiB;
-//! then the pages are put in physical order: when the kernel handed them out in another order
-//! (its free list is last-in first-out, so often descending), they are mapped again, page by
-//! page, at consecutive virtual addresses in physical order, and checked again. The region is
-//! locked (`mlock`); hugetlb pages are never swapped, migrated or reclaimed while mapped anyway
-//! (and the kernel does not account their lock in VmLck), the lock states the intent. Pages that are not one
-//! physically contiguous run are an error that says how to get contiguous ones.
+//! How: huge pages are taken one at a time (a hugetlb memfd each, mapped and faulted in), and
+//! `/proc/self/pagemap` gives each 4 KiB page's frame number (root only: without CAP_SYS_ADMIN the
+//! kernel reports frame 0). Every huge page is checked to be present and physically contiguous
+//! over its 2 MiB. Pages are taken until some of them form one physically contiguous run as long
+//! as the region (the kernel hands free huge pages out in no particular order: last freed first,
+//! often descending, with gaps where others were taken); those are mapped again at consecutive
+//! virtual addresses in physical order, checked again, and locked (`mlock`; hugetlb pages are never
+//! swapped, migrated or reclaimed while mapped anyway, and the kernel does not account their lock
+//! in VmLck). The pages not used go back to the kernel. When no run can be found within a bounded
+//! number of pages, the error says how to get contiguous ones.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -98,6 +99,22 @@ fn physical_addresses(pagemap: &File, ptr: *const u8, pages: usize) -> Result<Ve
         .collect()
 }
 
+/// How many huge pages the search for a contiguous run of `pages` may hold at once.
+fn search_limit(pages: usize) -> usize {
+    4 * pages + 16
+}
+
+/// The first `want` consecutive entries of `phys` (in physical order) that form one contiguous
+/// run: indices into `phys`, in physical order.
+pub(crate) fn find_run(phys: &[u64], want: usize) -> Option<Vec<usize>> {
+    let mut order: Vec<usize> = (0..phys.len()).collect();
+    order.sort_by_key(|&i| phys[i]);
+    order
+        .windows(want.max(1))
+        .find(|w| contiguous_order(&w.iter().map(|&i| phys[i]).collect::<Vec<_>>()).is_some())
+        .map(<[usize]>::to_vec)
+}
+
 /// Maps `len` bytes of `fd` at `offset` at the kernel's choice, or exactly at `at` (`MAP_FIXED`).
 ///
 /// # Safety
@@ -170,46 +187,80 @@ impl Drop for Unmap {
     }
 }
 
-/// Maps the `len` bytes (a multiple of 2 MiB) of the hugetlb memfd `fd` physically contiguous
-/// and locked. Without root, or without contiguous pages, the error says what to do.
-pub(crate) fn map_contiguous(fd: &OwnedFd, len: usize) -> Result<PhysicalMapping> {
+/// One huge page taken for the search: its memfd and a mapping of it.
+struct Page {
+    fd: OwnedFd,
+    _mapping: Unmap,
+    phys: u64,
+}
+
+/// Takes one more huge page (`Ok(None)`: the kernel has no free one left).
+fn take_page(name: &str, pagemap: &File) -> Result<Option<Page>> {
+    let fd = super::region::create_memfd(name, true)?;
+    // SAFETY: a plain syscall on an fd we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), HUGE_PAGE_SIZE as libc::off_t) } != 0 {
+        return Err(Error::Memfd(std::io::Error::last_os_error()));
+    }
+    // SAFETY: no fixed address: a fresh mapping.
+    let ptr = match unsafe { map_shared(&fd, 0, HUGE_PAGE_SIZE, None) } {
+        Ok(ptr) => ptr,
+        // MAP_POPULATE of hugetlb memory fails with ENOMEM when no page can be had.
+        Err(Error::Mmap { source, .. }) if source.raw_os_error() == Some(libc::ENOMEM) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mapping = Unmap { ptr, len: HUGE_PAGE_SIZE };
+    let phys = physical_addresses(pagemap, ptr.as_ptr(), 1)?[0];
+    Ok(Some(Page { fd, _mapping: mapping, phys }))
+}
+
+/// Maps `len` bytes (a multiple of 2 MiB) of physically contiguous, locked huge pages. Without
+/// root, without huge pages, or without contiguous ones, the error says what to do.
+pub(crate) fn map_contiguous(name: &str, len: usize) -> Result<PhysicalMapping> {
     debug_assert!(len > 0 && len % HUGE_PAGE_SIZE == 0);
     let pagemap = File::open(PAGEMAP).map_err(|source| Error::Io {
         what: format!("opening {PAGEMAP} (physical-address DMA memory needs it, and root)"),
         source,
     })?;
-    // SAFETY: no fixed address: a fresh mapping.
-    let first = Unmap { ptr: unsafe { map_shared(fd, 0, len, None) }?, len };
-    let pages = len / HUGE_PAGE_SIZE;
-    let phys = physical_addresses(&pagemap, first.ptr.as_ptr(), pages)?;
-    let order = contiguous_order(&phys).ok_or_else(|| {
-        unavailable(format!(
-            "the {pages} huge pages of a {len:#x}-byte region are not physically contiguous (at {}): reserve huge \
-             pages at boot (kernel command line `hugepagesz=2M hugepages=N`), or right after it, or use smaller \
-             regions (a smaller mempool)",
-            phys.iter().map(|p| format!("{p:#x}")).collect::<Vec<_>>().join(", ")
-        ))
-    })?;
-    let mapping = if order.iter().enumerate().all(|(k, &i)| k == i) {
-        first
-    } else {
-        // In physical order, one page at a time; the first mapping goes once the pages are in
-        // their new places (the memfd holds them meanwhile).
-        let reserved = Unmap { ptr: reserve_aligned(len)?, len };
-        for (k, &page) in order.iter().enumerate() {
-            let at = reserved.ptr.as_ptr().wrapping_add(k * HUGE_PAGE_SIZE);
-            // SAFETY: `at` is page `k` of our own reservation, which nothing else uses.
-            unsafe { map_shared(fd, page * HUGE_PAGE_SIZE, HUGE_PAGE_SIZE, Some(at)) }?;
+    let want = len / HUGE_PAGE_SIZE;
+    let mut pages: Vec<Page> = Vec::with_capacity(want);
+    let run = loop {
+        let phys: Vec<u64> = pages.iter().map(|p| p.phys).collect();
+        if let Some(run) = (phys.len() >= want).then(|| find_run(&phys, want)).flatten() {
+            break run;
         }
-        drop(first);
-        reserved
+        let limit = search_limit(want);
+        let taken = if pages.len() < limit { take_page(name, &pagemap)? } else { None };
+        match taken {
+            Some(page) => pages.push(page),
+            None if pages.len() < want => {
+                return Err(Error::Mmap { len, source: std::io::Error::from_raw_os_error(libc::ENOMEM) })
+            }
+            None => {
+                return Err(unavailable(format!(
+                    "no {want} physically contiguous huge pages for a {len:#x}-byte region among the {} taken (at {}): \
+                     reserve huge pages at boot (kernel command line `hugepagesz=2M hugepages=N`) or right after it, \
+                     or use smaller regions (a smaller mempool)",
+                    pages.len(),
+                    phys.iter().map(|p| format!("{p:#x}")).collect::<Vec<_>>().join(", ")
+                )))
+            }
+        }
     };
-    let phys = physical_addresses(&pagemap, mapping.ptr.as_ptr(), pages)?;
+    // The run's pages, in physical order, at consecutive addresses of one reservation; the
+    // other pages (and the first mappings) go when `pages` drops.
+    let reserved = Unmap { ptr: reserve_aligned(len)?, len };
+    for (k, &page) in run.iter().enumerate() {
+        let at = reserved.ptr.as_ptr().wrapping_add(k * HUGE_PAGE_SIZE);
+        // SAFETY: `at` is page `k` of our own reservation, which nothing else uses.
+        unsafe { map_shared(&pages[page].fd, 0, HUGE_PAGE_SIZE, Some(at)) }?;
+    }
+    drop(pages);
+    let phys = physical_addresses(&pagemap, reserved.ptr.as_ptr(), want)?;
     if contiguous_order(&phys).is_none_or(|order| order.iter().enumerate().any(|(k, &i)| k != i)) {
         return Err(unavailable("the huge pages moved while they were put in physical order"));
     }
     // SAFETY: locking our own mapping.
-    if unsafe { libc::mlock(mapping.ptr.as_ptr().cast(), len) } != 0 {
+    if unsafe { libc::mlock(reserved.ptr.as_ptr().cast(), len) } != 0 {
         return Err(Error::Io {
             what: format!(
                 "mlock of {len:#x} bytes of physical-address DMA memory (raise RLIMIT_MEMLOCK, or run as root)"
@@ -217,7 +268,7 @@ pub(crate) fn map_contiguous(fd: &OwnedFd, len: usize) -> Result<PhysicalMapping
             source: std::io::Error::last_os_error(),
         });
     }
-    let mapping = std::mem::ManuallyDrop::new(mapping);
+    let mapping = std::mem::ManuallyDrop::new(reserved);
     Ok(PhysicalMapping { ptr: mapping.ptr, len, phys: phys[0] })
 }
 
@@ -252,5 +303,18 @@ mod tests {
         assert_eq!(contiguous_order(&[11 * m, 10 * m, 13 * m]), None);
         assert_eq!(contiguous_order(&[5 * m]), Some(vec![0]));
         assert_eq!(contiguous_order(&[]), None);
+    }
+
+    #[test]
+    fn a_run_is_found_among_scattered_pages() {
+        let m = HUGE_PAGE_SIZE as u64;
+        // What a guest gave after its huge pages were freed and taken again: four in a row
+        // (descending) and one elsewhere; three more taken, one of them closes the run.
+        let phys = [0x77 * m, 0x76 * m, 0x75 * m, 0x74 * m, 0x35 * m];
+        assert_eq!(find_run(&phys, 5), None);
+        assert_eq!(find_run(&phys, 4), Some(vec![3, 2, 1, 0]));
+        let more = [0x77 * m, 0x76 * m, 0x75 * m, 0x74 * m, 0x35 * m, 0x20 * m, 0x73 * m];
+        assert_eq!(find_run(&more, 5), Some(vec![6, 3, 2, 1, 0]));
+        assert_eq!(find_run(&[], 1), None);
     }
 }

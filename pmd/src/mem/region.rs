@@ -104,17 +104,12 @@ impl DmaRegion {
             });
         }
         let len = round_up(len, HUGE_PAGE_SIZE);
-        let fd = create_memfd(name, true)
-            .and_then(|fd| seal_size(&fd, len).map(|()| fd))
-            .map_err(|err| Error::HugePagesUnavailable { len, source: Box::new(err) })?;
-        let mapping = physical::map_contiguous(&fd, len).map_err(|err| match err {
-            // MAP_POPULATE of hugetlb memory fails with ENOMEM when the pages cannot be had.
-            Error::Mmap { .. } => Error::HugePagesUnavailable { len, source: Box::new(err) },
+        let mapping = physical::map_contiguous(name, len).map_err(|err| match err {
+            Error::Mmap { .. } | Error::Memfd(_) => Error::HugePagesUnavailable { len, source: Box::new(err) },
             other => other,
         })?;
         tracing::debug!("DMA region {name:?}: {len:#x} bytes at physical address {:#x}", mapping.phys);
-        // The mapping keeps the pages; the memfd's offsets no longer follow the region's (see the
-        // struct's invariants), so it is not kept for sharing.
+        // The mapping keeps the pages, one memfd each: none is kept for sharing.
         Ok(Self { ptr: mapping.ptr, len: mapping.len, iova: mapping.phys, fd: None, huge: true })
     }
 
@@ -189,7 +184,7 @@ fn round_up(len: usize, page: usize) -> usize {
     len.max(1).next_multiple_of(page)
 }
 
-fn create_memfd(name: &str, huge: bool) -> Result<OwnedFd> {
+pub(super) fn create_memfd(name: &str, huge: bool) -> Result<OwnedFd> {
     let cname = CString::new(name).unwrap_or_else(|_| c"virtio-pmd".to_owned());
     // Sealable: `map` seals the size, so that nobody who gets the fd (a vhost-user backend)
     // can shrink the file under the mapping (SIGBUS on the next access) or grow it.
@@ -365,7 +360,7 @@ mod tests {
         assert_eq!(one.len(), HUGE_PAGE_SIZE);
         check_physical(&one);
         // Several: contiguous when the kernel has such pages free (a freshly booted guest), else
-        // the error lists their addresses, which must then really not be one run.
+        // the error lists the addresses of the pages it tried, which must then really hold no run.
         match DmaRegion::new("phys", 5 << 20, HugePages::Required, &IovaAllocator::physical()) {
             Ok(three) => {
                 assert_eq!(three.len(), 6 << 20);
@@ -375,8 +370,8 @@ mod tests {
                 let at = reason.split_once("(at ").and_then(|(_, r)| r.split_once(')')).unwrap().0;
                 let phys: Vec<u64> =
                     at.split(", ").map(|p| u64::from_str_radix(p.trim_start_matches("0x"), 16).unwrap()).collect();
-                assert_eq!(phys.len(), 3, "{reason}");
-                assert_eq!(physical::contiguous_order(&phys), None, "{reason}");
+                assert!(phys.len() >= 3, "{reason}");
+                assert_eq!(physical::find_run(&phys, 3), None, "{reason}");
                 eprintln!("this machine's free huge pages are scattered: {reason}");
             }
             Err(other) => panic!("{other}"),

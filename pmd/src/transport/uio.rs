@@ -28,7 +28,7 @@ use crate::mem::DmaRegion;
 use crate::spec::pci::config;
 use crate::transport::pci::{self, caps, CapList, ConfigSpace, Mmio, RegionMapping, VirtioLayout, VirtioPci};
 use crate::transport::vfio::sysfs::{self, HostPaths};
-use crate::transport::Transport;
+use crate::transport::{require_physical, Transport};
 
 /// The kernel driver this transport needs the function bound to.
 pub const UIO_DRIVER: &str = "uio_pci_generic";
@@ -254,19 +254,9 @@ impl Transport for UioPciTransport {
 
     pci::delegate_to_virtio_pci!();
 
-    /// Nothing to map without an IOMMU; only a physical-address region can be given to the
-    /// device, since it takes every address for a physical one.
+    /// Nothing to map without an IOMMU; only a physical-address region can be given.
     fn map_dma(&mut self, region: &Arc<DmaRegion>) -> Result<()> {
-        if region.is_physical() {
-            return Ok(());
-        }
-        Err(Error::InvalidConfig(format!(
-            "{}: a device bound to {UIO_DRIVER} has no IOMMU and takes DMA addresses for physical ones, but this \
-             DMA region's IOVA ({:#x}) is not its physical address: create the mempool and the ports with \
-             IovaAllocator::physical()",
-            self.info.bdf,
-            region.iova()
-        )))
+        require_physical(&self.info.bdf, &format!("is bound to {UIO_DRIVER}"), region)
     }
 }
 
@@ -362,5 +352,21 @@ mod tests {
         assert!(msg.contains("no driver bound"), "{msg}");
         let msg = UioPciTransport::open_with("0000:00:06.0", &paths).unwrap_err().to_string();
         assert!(msg.contains("not found"), "{msg}");
+    }
+
+    #[test]
+    fn without_an_iommu_the_binding_picks_the_transport() {
+        let scratch = Scratch::new("uio-pick");
+        let paths = HostPaths::under(&scratch.0);
+        fake_uio(&scratch.0, "0000:00:03.0", Some(UIO_DRIVER));
+        fake_uio(&scratch.0, "0000:00:04.0", Some("vfio-pci"));
+        let t = crate::transport::open_without_iommu_with("0000:00:03.0", &paths).unwrap();
+        assert_eq!(t.name(), "0000:00:03.0");
+        // On vfio-pci: VFIO's no-IOMMU mode, whose missing group is named.
+        let Err(err) = crate::transport::open_without_iommu_with("0000:00:04.0", &paths) else {
+            panic!("a vfio-pci device without a no-IOMMU group opened");
+        };
+        let msg = err.to_string();
+        assert!(msg.contains("enable_unsafe_noiommu_mode=1"), "{msg}");
     }
 }

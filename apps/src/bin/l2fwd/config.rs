@@ -16,7 +16,7 @@
 //! huge_pages = "preferred"  # "preferred" | "required" | "never"
 //! idle_sleep_us = 0         # sleep this long when a thread's queues stay empty (0: pure polling)
 //! promiscuous = false       # turn promiscuous mode on at start (the device's control queue)
-//! no_iommu = false          # no IOMMU: ports bound to uio_pci_generic, DMA at physical addresses (root)
+//! no_iommu = false          # no IOMMU: ports in VFIO no-IOMMU mode or on uio_pci_generic, physical addresses (root)
 //!
 //! [[ports]]
 //! pci = "0000:00:03.0"
@@ -84,8 +84,8 @@ pub struct FileConfig {
     pub idle_sleep_us: Option<u64>,
     /// Turn promiscuous mode on at start (VIRTIO_NET_CTRL_RX_PROMISC over the control queue).
     pub promiscuous: Option<bool>,
-    /// Open every port through uio_pci_generic with physical-address DMA memory (a VM without a
-    /// vIOMMU; the devices can reach all memory).
+    /// Open every port without an IOMMU (VFIO's no-IOMMU mode or uio_pci_generic, by binding)
+    /// with physical-address DMA memory (a VM without a vIOMMU; the devices can reach all memory).
     pub no_iommu: Option<bool>,
 }
 
@@ -146,7 +146,7 @@ pub struct Settings {
     pub idle_sleep: Option<Duration>,
     /// Turn promiscuous mode on at start.
     pub promiscuous: bool,
-    /// No IOMMU: ports through uio_pci_generic, DMA memory at physical addresses.
+    /// No IOMMU: ports through VFIO no-IOMMU or uio_pci_generic, DMA at physical addresses.
     pub no_iommu: bool,
     /// Where the file came from, if any.
     pub source: Option<PathBuf>,

@@ -7,7 +7,7 @@
 //! l2fwd 0000:00:03.0 0000:00:04.0            # ports by PCI address (bound to vfio-pci)
 //! l2fwd --port 0000:00:03.0 --port 0000:00:04.0 --cores 0,1
 //! l2fwd --config config/l2fwd-vm.toml         # or from a TOML file (see config.rs)
-//! l2fwd --no-iommu 0000:00:03.0 0000:00:04.0 # no IOMMU: bound to uio_pci_generic, physical addresses
+//! l2fwd --no-iommu 0000:00:03.0 0000:00:04.0 # no IOMMU (VFIO no-IOMMU or uio_pci_generic), physical addresses
 //! ```
 //!
 //! Start-up: one VFIO container for every port, one mempool, each port initialised with one
@@ -39,9 +39,8 @@ use clap::Parser;
 use virtio_pmd::mbuf::{Mempool, MempoolConfig};
 use virtio_pmd::mem::IovaAllocator;
 use virtio_pmd::net::{Port, PortConfig};
-use virtio_pmd::transport::uio::UioPciTransport;
 use virtio_pmd::transport::vfio::{Container, VfioPciTransport};
-use virtio_pmd::transport::{RingFormat, Transport};
+use virtio_pmd::transport::{open_without_iommu, RingFormat, Transport};
 
 use config::{FileConfig, Settings};
 use fwd::{Lane, LaneCounters};
@@ -99,8 +98,9 @@ struct Cli {
     /// Turn promiscuous mode on at start, through the device's control queue [default: off].
     #[arg(long)]
     promisc: bool,
-    /// No IOMMU (a VM without a vIOMMU): open the ports through uio_pci_generic and give the
-    /// devices physical addresses (root, huge pages). The devices can then reach ALL memory.
+    /// No IOMMU (a VM without a vIOMMU): open the ports through VFIO's no-IOMMU mode (bound to
+    /// vfio-pci) or uio_pci_generic, and give the devices physical addresses (root, huge pages).
+    /// The devices can then reach ALL memory.
     #[arg(long)]
     no_iommu: bool,
     /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
@@ -230,7 +230,7 @@ fn print_settings(s: &Settings) {
         if s.cores.is_empty() { "unpinned (one thread)".into() } else { format!("{:?}", s.cores) },
         s.idle_sleep.map_or("busy polling".into(), |d| format!("sleep {} us", d.as_micros())),
         s.stats_interval.map_or("never".into(), |d| format!("{} s", d.as_secs())),
-        if s.no_iommu { ", NO IOMMU (uio_pci_generic, physical addresses)" } else { "" },
+        if s.no_iommu { ", NO IOMMU (physical addresses)" } else { "" },
         s.source.as_ref().map(|p| format!(", from {}", p.display())).unwrap_or_default(),
     );
 }
@@ -260,14 +260,17 @@ type OpenPorts = (Vec<Box<dyn Transport>>, Arc<IovaAllocator>);
 
 /// Opens every port: through VFIO, in one container, before any DMA memory exists (the IOMMU's
 /// valid IOVA ranges are known once the groups are attached); or, without an IOMMU, through
-/// uio_pci_generic with physical addresses. Returns the transports and the IOVA allocator.
+/// VFIO's no-IOMMU mode (bound to vfio-pci) or uio_pci_generic, with physical addresses. Returns the transports and the IOVA allocator.
 fn open_transports(s: &Settings) -> Result<OpenPorts, Failure> {
     let mut transports: Vec<Box<dyn Transport>> = Vec::with_capacity(s.ports.len());
     if s.no_iommu {
         for (id, p) in s.ports.iter().enumerate() {
-            transports.push(Box::new(UioPciTransport::open(&p.pci).map_err(Failure::device(format!("port {id}")))?));
+            transports.push(open_without_iommu(&p.pci).map_err(Failure::device(format!("port {id}")))?);
         }
-        println!("l2fwd: no IOMMU: {} ports through uio_pci_generic, DMA at physical addresses", transports.len());
+        println!(
+            "l2fwd: no IOMMU: {} ports through VFIO's no-IOMMU mode or uio_pci_generic, DMA at physical addresses",
+            transports.len()
+        );
         return Ok((transports, Arc::new(IovaAllocator::physical())));
     }
     let container = Container::open().map_err(Failure::device("opening the VFIO container"))?;

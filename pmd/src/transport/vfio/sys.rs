@@ -9,12 +9,15 @@
 //! lives in `iommu.rs`, in safe code.
 #![allow(unsafe_code)]
 
+use std::ffi::CString;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use vfio_bindings::bindings::vfio::{vfio_group_status, vfio_iommu_type1_info, vfio_region_info, VFIO_BASE, VFIO_TYPE};
 use vfio_ioctls::{VfioContainer, VfioError};
-use vmm_sys_util::ioctl::{ioctl_with_mut_ptr, ioctl_with_mut_ref};
+use vmm_sys_util::ioctl::{
+    ioctl, ioctl_with_mut_ptr, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref, ioctl_with_val,
+};
 
 use crate::mem::DmaRegion;
 
@@ -120,6 +123,54 @@ pub(crate) fn pwrite_all(fd: &impl AsRawFd, data: &[u8], offset: u64) -> io::Res
         }
     }
     Ok(())
+}
+
+// The container and group ioctls the no-IOMMU transport makes itself (`vfio-ioctls` knows only
+// type1 containers and `/dev/vfio/<group>` nodes): "VFIO_GET_API_VERSION - _IO(VFIO_TYPE,
+// VFIO_BASE + 0)" and the others of uapi `linux/vfio.h`.
+vmm_sys_util::ioctl_io_nr!(VFIO_GET_API_VERSION, VFIO_TYPE as u32, VFIO_BASE);
+vmm_sys_util::ioctl_io_nr!(VFIO_CHECK_EXTENSION, VFIO_TYPE as u32, VFIO_BASE + 1);
+vmm_sys_util::ioctl_io_nr!(VFIO_SET_IOMMU, VFIO_TYPE as u32, VFIO_BASE + 2);
+vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_SET_CONTAINER, VFIO_TYPE as u32, VFIO_BASE + 4);
+vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_GET_DEVICE_FD, VFIO_TYPE as u32, VFIO_BASE + 6);
+
+/// `VFIO_API_VERSION`: what `VFIO_GET_API_VERSION` answers.
+pub(crate) const API_VERSION: libc::c_int = 0;
+/// `VFIO_NOIOMMU_IOMMU`: the IOMMU "type" of VFIO's no-IOMMU mode.
+pub(crate) const NOIOMMU_IOMMU: libc::c_ulong = 8;
+
+/// `VFIO_GET_API_VERSION` on a container fd.
+pub(crate) fn api_version(container: &impl AsRawFd) -> io::Result<libc::c_int> {
+    // SAFETY: an ioctl without argument.
+    check(unsafe { ioctl(container, VFIO_GET_API_VERSION()) })
+}
+
+/// `VFIO_CHECK_EXTENSION`: whether the container supports IOMMU type `kind`.
+pub(crate) fn check_extension(container: &impl AsRawFd, kind: libc::c_ulong) -> io::Result<bool> {
+    // SAFETY: the argument is a plain integer.
+    check(unsafe { ioctl_with_val(container, VFIO_CHECK_EXTENSION(), kind) }).map(|supported| supported > 0)
+}
+
+/// `VFIO_SET_IOMMU`: gives the container (with a group attached) IOMMU type `kind`.
+pub(crate) fn set_iommu(container: &impl AsRawFd, kind: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the argument is a plain integer.
+    check(unsafe { ioctl_with_val(container, VFIO_SET_IOMMU(), kind) }).map(drop)
+}
+
+/// `VFIO_GROUP_SET_CONTAINER`: attaches the group to the container.
+pub(crate) fn group_set_container(group: &impl AsRawFd, container: &impl AsRawFd) -> io::Result<()> {
+    let fd: libc::c_int = container.as_raw_fd();
+    // SAFETY: the kernel reads one int from `fd`, which lives across the call.
+    check(unsafe { ioctl_with_ref(group, VFIO_GROUP_SET_CONTAINER(), &fd) }).map(drop)
+}
+
+/// `VFIO_GROUP_GET_DEVICE_FD`: the device fd of `bdf`, a member of the group.
+pub(crate) fn group_device_fd(group: &impl AsRawFd, bdf: &str) -> io::Result<OwnedFd> {
+    let name = CString::new(bdf).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: the kernel reads the NUL-terminated string, which lives across the call.
+    let fd = check(unsafe { ioctl_with_ptr(group, VFIO_GROUP_GET_DEVICE_FD(), name.as_ptr()) })?;
+    // SAFETY: a new fd the kernel just returned, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `VFIO_IOMMU_MAP_DMA` of `region` at its IOVA, read-write, in `container`.
