@@ -25,7 +25,7 @@ use virtio_pmd::net::{RxQueue, TxQueue};
 
 use crate::config::{EchoExpect, Mode, Verify, MAX_STREAMS};
 use crate::frame::{Defect, Order, Sequences, Template, Verifier};
-use crate::tsc;
+use virtio_pmd_apps::tsc;
 
 /// How long the stop phase waits for frames still in flight (transmit completions, echo
 /// replies, receive rings to go quiet).

@@ -32,7 +32,6 @@
 mod config;
 mod engine;
 mod frame;
-mod tsc;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -54,6 +53,7 @@ use frame::Template;
 use virtio_pmd_apps::mac::Mac;
 use virtio_pmd_apps::report::{init_logging, mpps, Snapshot};
 use virtio_pmd_apps::signal::{self, STOP};
+use virtio_pmd_apps::tsc;
 
 /// How often the main thread looks at the clock and the stop flag.
 const TICK: Duration = Duration::from_millis(20);

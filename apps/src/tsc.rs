@@ -1,10 +1,10 @@
-//! The time-stamp counter and a prefetch hint: the two CPU instructions the forwarding loop uses
-//! directly. Both are `unsafe` intrinsics in this Rust version; this module is the only place that
-//! calls them, and neither touches memory the program could observe.
+//! The time-stamp counter and a prefetch hint: the two CPU instructions the polling loops of
+//! `fwd` and `pktgen` use directly. Both are `unsafe` intrinsics in this Rust version; this module
+//! is the only place that calls them, and neither touches memory the program could observe.
 #![allow(unsafe_code)]
 
 #[cfg(not(target_arch = "x86_64"))]
-compile_error!("fwd reads the x86-64 time-stamp counter (rdtsc) for its busy-cycle accounting");
+compile_error!("fwd and pktgen read the x86-64 time-stamp counter (rdtsc) for cycle accounting and latency");
 
 use core::arch::x86_64::{_mm_prefetch, _rdtsc, _MM_HINT_T0};
 use std::time::{Duration, Instant};
