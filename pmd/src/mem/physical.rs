@@ -69,17 +69,9 @@ pub(crate) fn huge_page_address(entries: &[u64]) -> std::result::Result<u64, Str
     Ok(phys)
 }
 
-/// The order that puts pages at physical addresses `phys` into one contiguous run (`order[k]`
-/// is the page that goes `k`-th), or `None` when they are not one run.
-pub(crate) fn contiguous_order(phys: &[u64]) -> Option<Vec<usize>> {
-    let mut order: Vec<usize> = (0..phys.len()).collect();
-    order.sort_by_key(|&i| phys[i]);
-    let base = phys[*order.first()?];
-    order
-        .iter()
-        .enumerate()
-        .all(|(k, &i)| Some(phys[i]) == base.checked_add(k as u64 * HUGE_PAGE_SIZE as u64))
-        .then_some(order)
+/// Whether huge pages at physical addresses `phys`, in this order, follow each other.
+pub(crate) fn is_run(phys: &[u64]) -> bool {
+    !phys.is_empty() && phys.windows(2).all(|w| w[0].checked_add(HUGE_PAGE_SIZE as u64) == Some(w[1]))
 }
 
 /// The physical address of each huge page of `[ptr, ptr + pages * 2 MiB)`, from pagemap.
@@ -104,42 +96,39 @@ fn search_limit(pages: usize) -> usize {
     4 * pages + 16
 }
 
-/// The first `want` consecutive entries of `phys` (in physical order) that form one contiguous
-/// run: indices into `phys`, in physical order.
+/// `want` of the huge pages at physical addresses `phys` that follow each other: their indices
+/// into `phys`, in physical order (the lowest such run).
 pub(crate) fn find_run(phys: &[u64], want: usize) -> Option<Vec<usize>> {
     let mut order: Vec<usize> = (0..phys.len()).collect();
     order.sort_by_key(|&i| phys[i]);
-    order
-        .windows(want.max(1))
-        .find(|w| contiguous_order(&w.iter().map(|&i| phys[i]).collect::<Vec<_>>()).is_some())
-        .map(<[usize]>::to_vec)
+    order.windows(want.max(1)).find(|w| is_run(&w.iter().map(|&i| phys[i]).collect::<Vec<_>>())).map(<[usize]>::to_vec)
 }
 
-/// Maps `len` bytes of `fd` at `offset` at the kernel's choice, or exactly at `at` (`MAP_FIXED`).
+/// Maps the huge page of the memfd `fd` at the kernel's choice, or exactly at `at` (`MAP_FIXED`).
 ///
 /// # Safety
-/// With `at`, the range must be a reservation of ours that nothing else uses.
-unsafe fn map_shared(fd: &OwnedFd, offset: usize, len: usize, at: Option<*mut u8>) -> Result<NonNull<u8>> {
+/// With `at`, the huge page there must be part of a reservation of ours that nothing else uses.
+unsafe fn map_page(fd: &OwnedFd, at: Option<*mut u8>) -> Result<NonNull<u8>> {
     let (addr, fixed) = match at {
         Some(addr) => (addr.cast(), libc::MAP_FIXED),
         None => (std::ptr::null_mut(), 0),
     };
     // SAFETY: a shared mapping of our own memfd; without MAP_FIXED the kernel picks a free range,
-    // with it the caller vouches for the range. MAP_POPULATE faults the pages in now.
+    // with it the caller vouches for the range. MAP_POPULATE faults the page in now.
     let ptr = unsafe {
         libc::mmap(
             addr,
-            len,
+            HUGE_PAGE_SIZE,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED | libc::MAP_POPULATE | fixed,
             fd.as_raw_fd(),
-            offset as libc::off_t,
+            0,
         )
     };
     if ptr == libc::MAP_FAILED {
-        return Err(Error::Mmap { len, source: std::io::Error::last_os_error() });
+        return Err(Error::Mmap { len: HUGE_PAGE_SIZE, source: std::io::Error::last_os_error() });
     }
-    NonNull::new(ptr.cast()).ok_or(Error::Mmap { len, source: std::io::ErrorKind::InvalidData.into() })
+    NonNull::new(ptr.cast()).ok_or(Error::Mmap { len: HUGE_PAGE_SIZE, source: std::io::ErrorKind::InvalidData.into() })
 }
 
 /// A 2 MiB-aligned, inaccessible reservation of `len` bytes of address space.
@@ -202,7 +191,7 @@ fn take_page(name: &str, pagemap: &File) -> Result<Option<Page>> {
         return Err(Error::Memfd(std::io::Error::last_os_error()));
     }
     // SAFETY: no fixed address: a fresh mapping.
-    let ptr = match unsafe { map_shared(&fd, 0, HUGE_PAGE_SIZE, None) } {
+    let ptr = match unsafe { map_page(&fd, None) } {
         Ok(ptr) => ptr,
         // MAP_POPULATE of hugetlb memory fails with ENOMEM when no page can be had.
         Err(Error::Mmap { source, .. }) if source.raw_os_error() == Some(libc::ENOMEM) => return Ok(None),
@@ -252,11 +241,11 @@ pub(crate) fn map_contiguous(name: &str, len: usize) -> Result<PhysicalMapping> 
     for (k, &page) in run.iter().enumerate() {
         let at = reserved.ptr.as_ptr().wrapping_add(k * HUGE_PAGE_SIZE);
         // SAFETY: `at` is page `k` of our own reservation, which nothing else uses.
-        unsafe { map_shared(&pages[page].fd, 0, HUGE_PAGE_SIZE, Some(at)) }?;
+        unsafe { map_page(&pages[page].fd, Some(at)) }?;
     }
     drop(pages);
     let phys = physical_addresses(&pagemap, reserved.ptr.as_ptr(), want)?;
-    if contiguous_order(&phys).is_none_or(|order| order.iter().enumerate().any(|(k, &i)| k != i)) {
+    if !is_run(&phys) {
         return Err(unavailable("the huge pages moved while they were put in physical order"));
     }
     // SAFETY: locking our own mapping.
@@ -296,13 +285,15 @@ mod tests {
     }
 
     #[test]
-    fn pages_are_put_in_physical_order_when_they_form_one_run() {
+    fn runs_follow_each_other_in_the_order_given() {
         let m = HUGE_PAGE_SIZE as u64;
-        assert_eq!(contiguous_order(&[10 * m, 11 * m, 12 * m]), Some(vec![0, 1, 2]));
-        assert_eq!(contiguous_order(&[12 * m, 11 * m, 10 * m]), Some(vec![2, 1, 0]), "LIFO free list");
-        assert_eq!(contiguous_order(&[11 * m, 10 * m, 13 * m]), None);
-        assert_eq!(contiguous_order(&[5 * m]), Some(vec![0]));
-        assert_eq!(contiguous_order(&[]), None);
+        assert!(is_run(&[10 * m, 11 * m, 12 * m]));
+        assert!(!is_run(&[12 * m, 11 * m, 10 * m]), "descending is not a run until sorted");
+        assert!(!is_run(&[10 * m, 12 * m]));
+        assert!(is_run(&[5 * m]));
+        assert!(!is_run(&[]));
+        assert!(!is_run(&[u64::MAX - m + 1, 0]), "no wrap past the top");
+        assert_eq!(find_run(&[12 * m, 11 * m, 10 * m], 3), Some(vec![2, 1, 0]), "LIFO free list");
     }
 
     #[test]

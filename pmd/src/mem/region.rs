@@ -29,9 +29,9 @@ pub enum HugePages {
 /// fixed IOVA, backed by a memfd another process (a vhost-user backend) can map too.
 ///
 /// Invariants: `ptr..ptr+len` is mapped read-write and shared for the life of the value. When
-/// `fd` is there, its offset 0 is the region's first byte. A physical region (no `fd`: its
-/// pages were put in physical order, so the memfd's offsets no longer follow the region's) is
-/// locked, physically contiguous, and its IOVA is the physical address of its first byte.
+/// `fd` is there, its offset 0 is the region's first byte. A physical region (no `fd`: it is
+/// made of huge pages of one memfd each, in physical order) is locked, physically contiguous,
+/// and its IOVA is the physical address of its first byte.
 #[derive(Debug)]
 pub struct DmaRegion {
     ptr: NonNull<u8>,
@@ -201,8 +201,7 @@ pub(super) fn create_memfd(name: &str, huge: bool) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Sizes the memfd to `len` and seals its size.
-fn seal_size(fd: &OwnedFd, len: usize) -> Result<()> {
+fn map(fd: &OwnedFd, len: usize) -> Result<NonNull<u8>> {
     // SAFETY: plain syscall on an fd we own.
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
         return Err(Error::Memfd(std::io::Error::last_os_error()));
@@ -214,11 +213,6 @@ fn seal_size(fd: &OwnedFd, len: usize) -> Result<()> {
     {
         return Err(Error::Memfd(std::io::Error::last_os_error()));
     }
-    Ok(())
-}
-
-fn map(fd: &OwnedFd, len: usize) -> Result<NonNull<u8>> {
-    seal_size(fd, len)?;
     // SAFETY: a fresh shared mapping of our own memfd; MAP_POPULATE faults every page in now
     // (for hugetlb, mmap fails with ENOMEM if the pages cannot be reserved, never later).
     let ptr = unsafe {
