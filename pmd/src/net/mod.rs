@@ -8,5 +8,5 @@ mod stats;
 
 pub use ctrl::{CtrlCommand, CtrlUnavailable, RxFilter};
 pub use port::{Port, PortConfig, PortStats, RingChoice};
-pub use queue::{Ring, RxQueue, TxQueue};
+pub use queue::{Ring, RxPath, RxQueue, TxPath, TxQueue};
 pub use stats::QueueStats;

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::ctrl::{CtrlCommand, CtrlQueue, CtrlRingSpec, CtrlUnavailable, RxFilter, MAX_DATA};
-use super::queue::{Quiesce, Ring, RxQueue, TxQueue};
+use super::queue::{Quiesce, Ring, RxPath, RxQueue, TxPath, TxQueue};
 use super::stats::QueueCounters;
 use super::QueueStats;
 use crate::error::{Error, Result};
@@ -86,6 +86,14 @@ pub struct PortConfig {
     /// How long a control-queue command may take before the port gives up on the control queue
     /// ([`Error::CtrlTimeout`]).
     pub control_timeout: Duration,
+    /// Use mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF) when the device offers them: a
+    /// frame larger than one buffer (a jumbo frame, a large receive offload) comes back as a
+    /// chained mbuf, so the pool's buffers need not hold a whole frame of the MTU. Off by
+    /// default: the one-buffer receive path does not read the header and is the fastest.
+    pub rx_mergeable: bool,
+    /// Send multi-segment mbufs, one descriptor chain each. Off by default: the one-descriptor
+    /// transmit path is the fastest, and drops (and counts) a multi-segment mbuf.
+    pub tx_multi_segment: bool,
 }
 
 impl Default for PortConfig {
@@ -100,6 +108,8 @@ impl Default for PortConfig {
             huge_pages: HugePages::Preferred,
             control_queue: true,
             control_timeout: Duration::from_secs(1),
+            rx_mergeable: false,
+            tx_multi_segment: false,
         }
     }
 }
@@ -161,6 +171,8 @@ struct Negotiated {
     rings: Arc<DmaRegion>,
     ctrl_missing: CtrlUnavailable,
     max_pairs: u16,
+    rx_path: RxPath,
+    tx_path: TxPath,
 }
 
 /// Ethernet header bytes a frame carries besides its MTU ("Device configuration layout": "plus
@@ -197,6 +209,8 @@ pub struct Port {
     ctrl_missing: CtrlUnavailable,
     /// `max_virtqueue_pairs` with VIRTIO_NET_F_MQ, 1 without.
     max_pairs: u16,
+    rx_path: RxPath,
+    tx_path: TxPath,
     _rings: Arc<DmaRegion>,
 }
 
@@ -232,6 +246,8 @@ impl Port {
                     ctrl,
                     ctrl_missing: found.ctrl_missing,
                     max_pairs: found.max_pairs,
+                    rx_path: found.rx_path,
+                    tx_path: found.tx_path,
                     _rings: found.rings,
                 };
                 for (rx, tx) in queues {
@@ -297,6 +313,9 @@ impl Port {
         }
         if config.event_idx && offered.has(features::EVENT_IDX) {
             wanted = wanted.with(features::EVENT_IDX);
+        }
+        if config.rx_mergeable && offered.has(net_spec::F_MRG_RXBUF) {
+            wanted = wanted.with(net_spec::F_MRG_RXBUF);
         }
         let ctrl_missing = if !transport_ctrl {
             CtrlUnavailable::Transport
@@ -386,20 +405,9 @@ impl Port {
                 limit: "the device's max_virtqueue_pairs is lower",
             });
         }
-        // "Device configuration layout" (5.1.4): with VIRTIO_NET_F_MTU the driver must supply
-        // receive buffers for a packet of `mtu` plus the Ethernet header; without it "Setting Up
-        // Receive Buffers" (5.1.6.3) sizes them for 1514-byte packets.
-        let frame = u32::from(mtu.unwrap_or(DEFAULT_MTU)) + ETH_HEADER_LEN;
-        if pool.data_room() < frame {
-            return Err(Error::InvalidConfig(format!(
-                "{name}: the pool's data room of {} bytes cannot hold a full frame of {frame} bytes (MTU {}{} + \
-                 {ETH_HEADER_LEN}-byte Ethernet header): make the pool with a data room of at least {frame} bytes \
-                 (MempoolConfig::data_room; see Mempool::data_room)",
-                pool.data_room(),
-                mtu.unwrap_or(DEFAULT_MTU),
-                if mtu.is_some() { ", from the device" } else { "" },
-            )));
-        }
+        let rx_path = if wanted.has(net_spec::F_MRG_RXBUF) { RxPath::Mergeable } else { RxPath::Simple };
+        let tx_path = if config.tx_multi_segment { TxPath::Chains } else { TxPath::Simple };
+        Self::check_pool(name, pool, mtu, rx_path, offered.has(net_spec::F_MRG_RXBUF))?;
 
         let queues_needed = 2 * config.queue_pairs;
         // "Virtqueues" (5.1.2): the control queue follows the most data queues the device has.
@@ -463,7 +471,11 @@ impl Port {
         for pair in 0..config.queue_pairs {
             let (rx_index, tx_index) = (2 * pair, 2 * pair + 1);
             let rx_ring = make_ring(rx_index, Chains::OneDescriptor)?;
-            let tx_ring = make_ring(tx_index, Chains::OneDescriptorNoLengths)?;
+            let tx_chains = match tx_path {
+                TxPath::Simple => Chains::OneDescriptorNoLengths,
+                TxPath::Chains => Chains::Any,
+            };
+            let tx_ring = make_ring(tx_index, tx_chains)?;
             // SAFETY: both rings were just laid in `rings`, a region made for this port's rings
             // alone and mapped for the device above; each ring's memory keeps the region alive,
             // and its queue resets the device before the ring is dropped (`with_quiesce`).
@@ -471,8 +483,9 @@ impl Port {
             // SAFETY: as for the receive ring.
             let tx_notify = unsafe { transport.setup_queue(tx_index, size, format, tx_ring.addresses()) }?;
             // Buffers are posted (not notified) now; the queues hold the device from here on.
-            let rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id).with_quiesce(quiesce.clone());
-            queues.push((rx, TxQueue::new(tx_ring, tx_notify).with_quiesce(quiesce.clone())));
+            let rx =
+                RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id, rx_path).with_quiesce(quiesce.clone());
+            queues.push((rx, TxQueue::new(tx_ring, tx_notify, tx_path).with_quiesce(quiesce.clone())));
         }
         if let Some(index) = ctrl_index {
             let spec = CtrlRingSpec { format, in_order, event_idx };
@@ -500,7 +513,57 @@ impl Port {
                 ctrl.command(CtrlCommand::MqVqPairsSet, &config.queue_pairs.to_le_bytes())?;
             }
         }
-        Ok(Negotiated { features: wanted, format, ring_size: size, mac, mtu, rings, ctrl_missing, max_pairs })
+        // Named once per port, as DPDK names the receive and transmit functions it picked.
+        tracing::info!(
+            "{name}: {format:?} ring{}, rx path: {rx_path}, tx path: {tx_path}",
+            if in_order { " (in order)" } else { "" }
+        );
+        Ok(Negotiated {
+            features: wanted,
+            format,
+            ring_size: size,
+            mac,
+            mtu,
+            rings,
+            ctrl_missing,
+            max_pairs,
+            rx_path,
+            tx_path,
+        })
+    }
+
+    /// "Device configuration layout" (5.1.4): with VIRTIO_NET_F_MTU the driver must supply
+    /// receive buffers for a packet of `mtu` plus the Ethernet header; without it "Setting Up
+    /// Receive Buffers" (5.1.6.3) sizes them for 1514-byte packets. With mergeable buffers a
+    /// frame may span several, each of which must hold at least the header.
+    fn check_pool(
+        name: &str,
+        pool: &Mempool,
+        mtu: Option<u16>,
+        rx_path: RxPath,
+        mergeable_offered: bool,
+    ) -> Result<()> {
+        if rx_path == RxPath::Mergeable {
+            return Ok(());
+        }
+        let frame = u32::from(mtu.unwrap_or(DEFAULT_MTU)) + ETH_HEADER_LEN;
+        if pool.data_room() >= frame {
+            return Ok(());
+        }
+        Err(Error::InvalidConfig(format!(
+            "{name}: the pool's data room of {} bytes cannot hold a full frame of {frame} bytes (MTU {}{} + \
+             {ETH_HEADER_LEN}-byte Ethernet header): make the pool with a data room of at least {frame} bytes \
+             (MempoolConfig::data_room; see Mempool::data_room){}",
+            pool.data_room(),
+            mtu.unwrap_or(DEFAULT_MTU),
+            if mtu.is_some() { ", from the device" } else { "" },
+            if mergeable_offered {
+                ", or receive into several buffers per frame: PortConfig::rx_mergeable = true (the device offers \
+                 VIRTIO_NET_F_MRG_RXBUF)"
+            } else {
+                ""
+            },
+        )))
     }
 
     /// The MAC and MTU the device reports, when negotiated (readable once FEATURES_OK is set).
@@ -538,6 +601,16 @@ impl Port {
     /// Descriptors per ring.
     pub fn ring_size(&self) -> u16 {
         self.ring_size
+    }
+
+    /// The receive path chosen at open.
+    pub fn rx_path(&self) -> RxPath {
+        self.rx_path
+    }
+
+    /// The transmit path chosen at open.
+    pub fn tx_path(&self) -> TxPath {
+        self.tx_path
     }
 
     /// The device's MAC address, when it reports one (VIRTIO_NET_F_MAC).

@@ -19,6 +19,10 @@ pub struct QueueStats {
     pub drops: u64,
     /// Protocol errors the ring detected (bad ids, bad lengths, bad used indices).
     pub errors: u64,
+    /// Receive: frames dropped because the device filled their virtio-net header wrongly
+    /// (`num_buffers` of 0, beyond the ring, or beyond the buffers it returned). Transmit:
+    /// packets dropped because they have more segments than the ring has descriptors.
+    pub bad_headers: u64,
     /// Receive: refills that found the pool empty.
     pub alloc_failures: u64,
     /// Notifications sent to the device.
@@ -33,6 +37,7 @@ impl std::ops::AddAssign for QueueStats {
         self.bytes += other.bytes;
         self.drops += other.drops;
         self.errors += other.errors;
+        self.bad_headers += other.bad_headers;
         self.alloc_failures += other.alloc_failures;
         self.kicks += other.kicks;
         self.publishes += other.publishes;
@@ -46,6 +51,7 @@ pub(crate) struct QueueCounters {
     bytes: AtomicU64,
     drops: AtomicU64,
     errors: AtomicU64,
+    bad_headers: AtomicU64,
     alloc_failures: AtomicU64,
     kicks: AtomicU64,
     publishes: AtomicU64,
@@ -70,6 +76,11 @@ impl QueueCounters {
     #[inline(always)]
     pub fn set_errors(&self, errors: &RingErrors) {
         self.errors.store(errors.total(), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn add_bad_headers(&self, n: u64) {
+        bump(&self.bad_headers, n);
     }
 
     #[inline(always)]
@@ -98,6 +109,7 @@ impl QueueCounters {
             bytes: get(&self.bytes),
             drops: get(&self.drops),
             errors: get(&self.errors),
+            bad_headers: get(&self.bad_headers),
             alloc_failures: get(&self.alloc_failures),
             kicks: get(&self.kicks),
             publishes: get(&self.publishes),

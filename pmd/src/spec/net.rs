@@ -61,6 +61,23 @@ pub struct NetHeader {
     /// Number of merged receive buffers (1 without MRG_RXBUF).
     pub num_buffers: Le16,
 }
+impl NetHeader {
+    /// The header laid out in `bytes` (as a device wrote it).
+    #[inline(always)]
+    pub fn from_bytes(bytes: [u8; NET_HDR_LEN]) -> NetHeader {
+        let le16 = |i: usize| Le16::new(u16::from_le_bytes([bytes[i], bytes[i + 1]]));
+        NetHeader {
+            flags: bytes[0],
+            gso_type: bytes[1],
+            hdr_len: le16(2),
+            gso_size: le16(4),
+            csum_start: le16(6),
+            csum_offset: le16(8),
+            num_buffers: le16(10),
+        }
+    }
+}
+
 /// Size of [`NetHeader`] on the wire.
 pub const NET_HDR_LEN: usize = 12;
 const _: () = assert!(core::mem::size_of::<NetHeader>() == NET_HDR_LEN);

@@ -259,6 +259,7 @@ impl FakeTransport {
             mode: Mode::Loopback,
             in_order: self.driver_features.has(features::IN_ORDER),
             event_idx: self.driver_features.has(features::EVENT_IDX),
+            mergeable: self.driver_features.has(net_spec::F_MRG_RXBUF),
             notify: self.config.notify,
             ..Default::default()
         };
