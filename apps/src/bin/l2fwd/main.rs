@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use virtio_pmd::lcore::{self, LcoreWork, Lcores, STOP};
-use virtio_pmd::mbuf::MempoolConfig;
+use virtio_pmd::mbuf::{MempoolConfig, PoolStats};
 use virtio_pmd::net::{Port, PortConfig};
 use virtio_pmd::setup::{PortSet, PortSetConfig, SetupError};
 use virtio_pmd::transport::RingFormat;
@@ -169,7 +169,7 @@ fn print_settings(s: &Settings) {
     let ports: Vec<String> = s.ports.iter().map(|p| p.spec.target()).collect();
     println!(
         "l2fwd: ports {} (pairs {}), {} queue pair(s) each, ring {}, ring size {}, burst {}, pool {} mbufs \
-         (cache {}), huge pages {}, cores {}, idle {}, stats every {}{}",
+         (cache {}), huge pages {}, cores {}, idle {}, stats every {}{}{}",
         ports.join(" "),
         (0..s.ports.len()).map(|i| format!("{i}->{}", s.peer_of(i))).collect::<Vec<_>>().join(" "),
         s.queues,
@@ -182,6 +182,7 @@ fn print_settings(s: &Settings) {
         if s.cores.is_empty() { "unpinned (one thread)".into() } else { format!("{:?}", s.cores) },
         s.idle_sleep.map_or("busy polling".into(), |d| format!("sleep {} us", d.as_micros())),
         s.stats_interval.map_or("never".into(), |d| format!("{} s", d.as_secs())),
+        if s.no_iommu { ", no IOMMU (physical addresses: the devices can reach all memory)" } else { "" },
         s.source.as_ref().map(|p| format!(", from {}", p.display())).unwrap_or_default(),
     );
 }
@@ -206,7 +207,11 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
         },
     };
     let specs: Vec<_> = s.ports.iter().map(|p| p.spec.clone()).collect();
-    let mut set = PortSet::open(&specs, &config)?;
+    let mut set = PortSet::open(&specs, &config).inspect_err(|e| {
+        if let SetupError::Port { pool, .. } = e {
+            print_pool(pool, s.json);
+        }
+    })?;
     for (id, port) in set.ports_mut().iter_mut().enumerate() {
         if s.promiscuous {
             port.set_promiscuous(true).map_err(|e| {
@@ -417,6 +422,17 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         Ok(stats) | Err(SetupError::MbufsMissing { stats }) => *stats,
         Err(e) => return Err(Failure::Runtime(describe(e))),
     };
+    print_pool(&pool, s.json);
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    closed?;
+    println!("L2FWD-DONE clean");
+    Ok(())
+}
+
+/// Prints the `L2FWD-POOL` line (and its JSON line): whether every mbuf is back.
+fn print_pool(pool: &PoolStats, json: bool) {
     println!(
         "L2FWD-POOL size={} available={} in_use={} alloc_failures={}: {}",
         pool.size,
@@ -429,16 +445,10 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             format!("{} mbufs LEAKED", pool.in_use)
         }
     );
-    if s.json {
+    if json {
         let line = JsonLine::new("l2fwd", "pool").int("size", pool.size.into()).int("available", pool.available.into());
         println!("{}", line.int("in_use", pool.in_use.into()).int("alloc_failures", pool.alloc_failures).finish());
     }
-    if let Some(f) = failure {
-        return Err(f);
-    }
-    closed?;
-    println!("L2FWD-DONE clean");
-    Ok(())
 }
 
 /// How often link states are polled when no statistics lines are printed.
