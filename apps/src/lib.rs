@@ -1,17 +1,17 @@
-//! Code the sample programs share (the `l2fwd`, `fwd`, `pktgen` and `vm-peer` binaries of this package).
+//! Code the sample programs share (the `l2fwd`, `fwd` and `pktgen` binaries of this package).
 //!
-//! - [`mac`]: the [`Mac`](mac::Mac) address type: parsing (`02:00:00:00:00:01`), printing, and
-//!   the default addresses the programs use.
 //! - [`options`]: the ring layout and huge page choices as written on the command line and in the
-//!   TOML files, and their conversions into the library's [`RingChoice`](virtio_pmd::net::RingChoice)
-//!   and [`HugePages`](virtio_pmd::mem::HugePages).
-//! - [`signal`]: the SIGINT/SIGTERM handler and the stop flag it sets.
-//! - [`report`]: the rate arithmetic behind the statistics lines, and the logging set-up.
+//!   TOML files, their conversions into the library's [`RingChoice`](virtio_pmd::net::RingChoice)
+//!   and [`HugePages`](virtio_pmd::mem::HugePages), and [`layered`](options::layered): one
+//!   options struct for the command line and the file.
+//! - [`report`]: the rate arithmetic behind the statistics lines, JSON lines, and the logging
+//!   set-up.
 //! - [`tsc`]: the time-stamp counter (cycle counts, latency stamps) and a prefetch hint.
+//!
+//! Bring-up (device strings, the port set), the polling threads and the stop signal come from
+//! the library: [`virtio_pmd::setup`], [`virtio_pmd::lcore`].
 #![deny(unsafe_code)]
 
-pub mod mac;
 pub mod options;
 pub mod report;
-pub mod signal;
 pub mod tsc;

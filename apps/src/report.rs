@@ -1,9 +1,11 @@
-//! What the forwarders print: per-port counter snapshots, rates in Mpps, and the logging set-up
-//! (tracing to stderr, so that stdout carries only the programs' own lines).
+//! What the forwarders print: per-port counter snapshots, rates in Mpps, JSON lines (`--json`),
+//! and the logging set-up (tracing to stderr, so that stdout carries only the programs' own
+//! lines).
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
-use virtio_pmd::net::PortStats;
+use virtio_pmd::net::{rates, PortStats, Xstat};
 
 /// Counters of one port at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,9 +60,175 @@ pub fn init_logging(default_filter: &str, targets: bool) {
         .init();
 }
 
+/// One JSON object on one line (`--json`): `{"event":"stats","app":"l2fwd",...}`. Keys are
+/// plain identifiers; string values are escaped.
+#[derive(Debug)]
+pub struct JsonLine(String);
+
+impl JsonLine {
+    /// A line for `event` of `app`.
+    pub fn new(app: &str, event: &str) -> JsonLine {
+        JsonLine(String::from("{")).text("event", event).text("app", app)
+    }
+
+    fn key(mut self, key: &str) -> JsonLine {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        let _ = write!(self.0, "\"{key}\":");
+        self
+    }
+
+    /// A string field.
+    pub fn text(self, key: &str, value: &str) -> JsonLine {
+        let mut line = self.key(key);
+        line.0.push('"');
+        for c in value.chars() {
+            match c {
+                '"' => line.0.push_str("\\\""),
+                '\\' => line.0.push_str("\\\\"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(line.0, "\\u{:04x}", c as u32);
+                }
+                c => line.0.push(c),
+            }
+        }
+        line.0.push('"');
+        line
+    }
+
+    /// An integer field.
+    pub fn int(self, key: &str, value: u64) -> JsonLine {
+        let mut line = self.key(key);
+        let _ = write!(line.0, "{value}");
+        line
+    }
+
+    /// A number field (non-finite numbers are written as 0: JSON has no NaN).
+    pub fn num(self, key: &str, value: f64) -> JsonLine {
+        let mut line = self.key(key);
+        let _ = write!(line.0, "{}", if value.is_finite() { value } else { 0.0 });
+        line
+    }
+
+    /// A port's extended statistics as an object under `key` (`"xstats":{"rx_good_packets":..}`).
+    pub fn xstats(self, key: &str, xstats: &[Xstat]) -> JsonLine {
+        let mut line = self.key(key);
+        line.0.push('{');
+        for (i, x) in xstats.iter().enumerate() {
+            let _ = write!(line.0, "{}\"{}\":{}", if i > 0 { "," } else { "" }, x.name, x.value);
+        }
+        line.0.push('}');
+        line
+    }
+
+    /// Per-second rates of `after` over `before` ([`rates`]) as an object under `key`.
+    pub fn rates(self, key: &str, before: &[Xstat], after: &[Xstat], over: Duration) -> JsonLine {
+        let mut line = self.key(key);
+        line.0.push('{');
+        for (i, (name, rate)) in rates(before, after, over).iter().enumerate() {
+            let _ = write!(line.0, "{}\"{name}\":{rate:.1}", if i > 0 { "," } else { "" });
+        }
+        line.0.push('}');
+        line
+    }
+
+    /// The line, closed.
+    pub fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+/// A record printed both ways: `key=value ...` for people and scripts that grep, and a JSON line
+/// (`--json`), from one list of fields.
+#[derive(Debug, Default)]
+pub struct Record(Vec<(&'static str, Value)>);
+
+/// A field of a [`Record`].
+#[derive(Debug)]
+enum Value {
+    Text(String),
+    Int(u64),
+    /// A number and the decimals it is printed with in the `key=value` form.
+    Num(f64, usize),
+}
+
+impl Record {
+    /// A string field.
+    pub fn text(mut self, key: &'static str, value: impl Into<String>) -> Record {
+        self.0.push((key, Value::Text(value.into())));
+        self
+    }
+
+    /// An integer field.
+    pub fn int(mut self, key: &'static str, value: u64) -> Record {
+        self.0.push((key, Value::Int(value)));
+        self
+    }
+
+    /// A number field, printed with `decimals` decimals in the `key=value` form.
+    pub fn num(mut self, key: &'static str, value: f64, decimals: usize) -> Record {
+        self.0.push((key, Value::Num(value, decimals)));
+        self
+    }
+
+    /// `key=value key=value ...`
+    pub fn key_values(&self) -> String {
+        let fields: Vec<String> = self
+            .0
+            .iter()
+            .map(|(k, v)| match v {
+                Value::Text(t) => format!("{k}={t}"),
+                Value::Int(n) => format!("{k}={n}"),
+                Value::Num(x, d) => format!("{k}={x:.d$}"),
+            })
+            .collect();
+        fields.join(" ")
+    }
+
+    /// The record as a JSON line for `event` of `app`.
+    pub fn json(&self, app: &str, event: &str) -> String {
+        let line = self.0.iter().fold(JsonLine::new(app, event), |line, (k, v)| match v {
+            Value::Text(t) => line.text(k, t),
+            Value::Int(n) => line.int(k, *n),
+            Value::Num(x, _) => line.num(k, *x),
+        });
+        line.finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_lines_are_one_object_with_escaped_strings() {
+        let x = [Xstat { name: "rx_good_packets".into(), value: 30 }];
+        let before = [Xstat { name: "rx_good_packets".into(), value: 10 }];
+        let line = JsonLine::new("l2fwd", "stats")
+            .int("port", 1)
+            .num("t", 1.5)
+            .text("pci", "a\"b\\c\n")
+            .xstats("xstats", &x)
+            .rates("rates", &before, &x, Duration::from_secs(2))
+            .finish();
+        assert_eq!(
+            line,
+            r#"{"event":"stats","app":"l2fwd","port":1,"t":1.5,"pci":"a\"b\\c\u000a","xstats":{"rx_good_packets":30},"rates":{"rx_good_packets":10.0}}"#
+        );
+        assert!(JsonLine::new("a", "b").num("x", f64::NAN).finish().ends_with("\"x\":0}"));
+    }
+
+    #[test]
+    fn a_record_prints_both_ways() {
+        let r = Record::default().text("mode", "io").int("rx_pkts", 5).num("mpps", 1.23456, 3);
+        assert_eq!(r.key_values(), "mode=io rx_pkts=5 mpps=1.235");
+        assert_eq!(
+            r.json("fwd", "summary"),
+            r#"{"event":"summary","app":"fwd","mode":"io","rx_pkts":5,"mpps":1.23456}"#
+        );
+    }
 
     #[test]
     fn rates() {

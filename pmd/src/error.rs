@@ -4,6 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::net::{CtrlCommand, CtrlUnavailable};
+use crate::spec::features::Features;
 
 /// Errors from setting up or running a port. The fast path (rx/tx burst) never returns these:
 /// it counts problems in the queue statistics instead.
@@ -305,6 +306,31 @@ pub enum Error {
         /// What is wrong with the argument.
         problem: String,
     },
+    /// The device does not offer a feature the driver needs, or that the configuration asked for.
+    #[error("{device}: the device does not offer {feature}: {why}")]
+    FeatureNotOffered {
+        /// The device.
+        device: String,
+        /// The feature, by its spec name (`VIRTIO_F_RING_PACKED`).
+        feature: &'static str,
+        /// Why it is needed, and what to do.
+        why: &'static str,
+    },
+    /// The device did not accept the features the driver chose (FEATURES_OK did not read back).
+    #[error(
+        "{device}: the device refused the features {wanted:?} (offered {offered:?}; status read back {status:#x}): \
+         it needs a feature this driver does not support"
+    )]
+    FeaturesRefused {
+        /// The device.
+        device: String,
+        /// The features the driver wrote.
+        wanted: Features,
+        /// The features the device offered.
+        offered: Features,
+        /// The device status read back.
+        status: u8,
+    },
     /// More queue pairs asked for than the device supports (`max_virtqueue_pairs`) or than the
     /// port set up.
     #[error("{device}: {requested} queue pairs asked for, but {limit}: ask for at most {max} (and at least 1)")]
@@ -318,6 +344,64 @@ pub enum Error {
         /// Where the limit comes from.
         limit: &'static str,
     },
+}
+
+/// What kind of failure an [`Error`] is, for callers that act on it (a missing device is worth
+/// a retry or another address; a refused feature, another configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The device is not there: no PCI function at the address, not a virtio-net function, no
+    /// backend at the socket.
+    NotFound,
+    /// The device is there but cannot be had now: bound to another driver, its IOMMU group in
+    /// use or not viable, no IOMMU, no huge pages or DMA memory.
+    Unavailable,
+    /// The device does not offer or refused what was asked for: a feature, a ring size, queue
+    /// pairs, a control command.
+    Refused,
+    /// A configuration value is out of range, before the device was asked.
+    Config,
+    /// The device or its transport failed while being set up or run.
+    Device,
+}
+
+impl Error {
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        use Error::*;
+        match self {
+            PciDeviceNotFound { .. } | NotVirtioNet { .. } | VhostUserNoBackend { .. } => ErrorKind::NotFound,
+            NotBoundToVfio { .. }
+            | VfioGroupNotViable { .. }
+            | VfioGroupBusy { .. }
+            | IommuUnavailable { .. }
+            | HugePagesUnavailable { .. }
+            | IovaExhausted { .. }
+            | TooManyDmaRegions { .. }
+            | Memfd(_)
+            | Mmap { .. } => ErrorKind::Unavailable,
+            FeatureNotOffered { .. }
+            | FeaturesRefused { .. }
+            | LegacyOnlyDevice { .. }
+            | QueueSizeRefused { .. }
+            | TooManyQueuePairs { .. }
+            | NoControlQueue { .. }
+            | CtrlCommandFailed { .. } => ErrorKind::Refused,
+            InvalidConfig(_) | CtrlBadArgument { .. } => ErrorKind::Config,
+            Transport(_)
+            | Io { .. }
+            | BadPciCapabilities { .. }
+            | Vfio { .. }
+            | RegisterReadBack { .. }
+            | ResetTimeout { .. }
+            | VhostUser { .. }
+            | VhostUserDisconnected { .. }
+            | VhostUserTimeout { .. }
+            | CtrlTimeout { .. }
+            | CtrlQueueUnusable { .. } => ErrorKind::Device,
+        }
+    }
 }
 
 /// `Result` with the driver's [`Error`].

@@ -70,7 +70,7 @@ if [ "$BUILD" -eq 1 ]; then
     say "building l2fwd (static) and vm-peer"
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile ci \
         --target "$TRIPLE" -p virtio-pmd-apps --bin l2fwd)
-    (cd "$ROOT" && cargo build --quiet --profile ci -p virtio-pmd-apps --bin vm-peer)
+    (cd "$ROOT" && cargo build --quiet --profile ci -p vm-peer --bin vm-peer)
 fi
 for bin in "$L2FWD" "$VM_PEER"; do
     [ -x "$bin" ] || { echo "l2fwd-errors: missing $bin (run without --no-build)" >&2; exit 1; }

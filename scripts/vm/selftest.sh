@@ -43,7 +43,7 @@ if [ -z "${VM_PEER:-}" ]; then
     # shellcheck source=../lib/need.sh
     . "$ROOT/scripts/lib/need.sh"
     need_commands cc:gcc    # cargo links with cc
-    if ! (cd "$ROOT" && cargo build --release -q -p virtio-pmd-apps --bin vm-peer) >"${TMPDIR:-/tmp}/selftest-build.$$" 2>&1; then
+    if ! (cd "$ROOT" && cargo build --release -q -p vm-peer --bin vm-peer) >"${TMPDIR:-/tmp}/selftest-build.$$" 2>&1; then
         cat "${TMPDIR:-/tmp}/selftest-build.$$" >&2
         rm -f "${TMPDIR:-/tmp}/selftest-build.$$"
         echo "selftest: cannot build vm-peer" >&2

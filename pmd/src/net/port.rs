@@ -15,6 +15,10 @@
 //! `2 * max_virtqueue_pairs` with MQ, 2 without, set up with the data queues before DRIVER_OK;
 //! commands go only after DRIVER_OK. With MQ, more than one pair is activated with
 //! VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET right after DRIVER_OK ("Device operation in multiqueue mode").
+//! With VIRTIO_NET_F_RSS (negotiated whenever offered with the control queue) and more than one
+//! pair, the port then sends the default RSS configuration ([`RssConfig::spread`]), so that the
+//! receive queue of every packet follows from the key and table alone; [`Port::set_rss`]
+//! changes it at run time.
 //!
 //! Invariant: a queue hands its in-flight buffers back to their pools only after the device was
 //! reset: every queue holds the shared device from the moment it is made, so dropping any queue
@@ -37,6 +41,7 @@ use std::time::Duration;
 
 use super::ctrl::{CtrlCommand, CtrlQueue, CtrlRingSpec, CtrlUnavailable, RxFilter, MAX_DATA};
 use super::queue::{Quiesce, Ring, RxPath, RxQueue, TxPath, TxQueue};
+use super::rss::{RssCapabilities, RssConfig};
 use super::stats::QueueCounters;
 use super::QueueStats;
 use crate::error::{Error, Result};
@@ -94,6 +99,10 @@ pub struct PortConfig {
     /// Send multi-segment mbufs, one descriptor chain each. Off by default: the one-descriptor
     /// transmit path is the fastest, and drops (and counts) a multi-segment mbuf.
     pub tx_multi_segment: bool,
+    /// Count packet classes per queue (size bins, multicast, broadcast: the `rx_size_64_packets`
+    /// family of [`PortStats::xstats`]). Off by default: it reads every frame's length and
+    /// destination MAC, a cache line the forwarding may not otherwise touch.
+    pub packet_classes: bool,
 }
 
 impl Default for PortConfig {
@@ -110,6 +119,7 @@ impl Default for PortConfig {
             control_timeout: Duration::from_secs(1),
             rx_mergeable: false,
             tx_multi_segment: false,
+            packet_classes: false,
         }
     }
 }
@@ -173,6 +183,7 @@ struct Negotiated {
     max_pairs: u16,
     rx_path: RxPath,
     tx_path: TxPath,
+    rss: Option<(RssCapabilities, RssConfig)>,
 }
 
 /// Ethernet header bytes a frame carries besides its MTU ("Device configuration layout": "plus
@@ -183,7 +194,7 @@ const ETH_HEADER_LEN: u32 = 14;
 const DEFAULT_MTU: u16 = 1500;
 
 /// The control-queue features negotiated whenever offered with VIRTIO_NET_F_CTRL_VQ.
-const CTRL_FEATURES: [u32; 7] = [
+const CTRL_FEATURES: [u32; 8] = [
     net_spec::F_CTRL_RX,
     net_spec::F_CTRL_RX_EXTRA,
     net_spec::F_CTRL_VLAN,
@@ -191,6 +202,7 @@ const CTRL_FEATURES: [u32; 7] = [
     net_spec::F_MQ,
     net_spec::F_CTRL_MAC_ADDR,
     net_spec::F_CTRL_GUEST_OFFLOADS,
+    net_spec::F_RSS,
 ];
 
 /// A virtio-net device, initialised and running, with its queues.
@@ -203,6 +215,8 @@ pub struct Port {
     mtu: Option<u16>,
     queues: Vec<Option<(RxQueue, TxQueue)>>,
     counters: Vec<(Arc<QueueCounters>, Arc<QueueCounters>)>,
+    /// The counters at the last [`Port::reset_stats`], by queue pair (empty: never reset).
+    stats_base: Vec<(QueueStats, QueueStats)>,
     /// The control queue, when negotiated; dropped after the queues' device reset.
     ctrl: Option<CtrlQueue>,
     /// Why there is no control queue, when there is none.
@@ -211,6 +225,10 @@ pub struct Port {
     max_pairs: u16,
     rx_path: RxPath,
     tx_path: TxPath,
+    /// With VIRTIO_NET_F_RSS: what the device supports, and the configuration it was last given
+    /// (none yet: the device steers as without RSS).
+    rss_caps: Option<RssCapabilities>,
+    rss: Option<RssConfig>,
     _rings: Arc<DmaRegion>,
 }
 
@@ -243,17 +261,21 @@ impl Port {
                     mtu: found.mtu,
                     queues: Vec::with_capacity(queues.len()),
                     counters: Vec::with_capacity(queues.len()),
+                    stats_base: Vec::new(),
                     ctrl,
                     ctrl_missing: found.ctrl_missing,
                     max_pairs: found.max_pairs,
                     rx_path: found.rx_path,
                     tx_path: found.tx_path,
+                    rss_caps: found.rss.as_ref().map(|(caps, _)| *caps),
+                    rss: found.rss.map(|(_, config)| config),
                     _rings: found.rings,
                 };
                 for (rx, tx) in queues {
                     port.counters.push((rx.counters(), tx.counters()));
                     port.queues.push(Some((rx, tx)));
                 }
+                port.log_data_path(config);
                 Ok(port)
             }
             Err(err) => {
@@ -282,10 +304,11 @@ impl Port {
             return Err(Error::InvalidConfig(format!("{name}: at least one queue pair is needed")));
         }
         if !offered.has(features::VERSION_1) {
-            return Err(Error::Transport(format!(
-                "{name}: the device does not offer VIRTIO_F_VERSION_1: legacy-only devices are not supported; \
-                 use a modern device (QEMU: disable-legacy=on)"
-            )));
+            return Err(Error::FeatureNotOffered {
+                device: name.to_owned(),
+                feature: "VIRTIO_F_VERSION_1",
+                why: "legacy-only devices are not supported; use a modern device (QEMU: disable-legacy=on)",
+            });
         }
         let mut wanted = Features::from_bits(&[features::VERSION_1]);
         for optional in [features::ACCESS_PLATFORM, net_spec::F_MAC, net_spec::F_STATUS, net_spec::F_MTU] {
@@ -299,10 +322,11 @@ impl Port {
             RingChoice::Auto => RingFormat::Packed,
             RingChoice::Packed if offered.has(features::RING_PACKED) => RingFormat::Packed,
             RingChoice::Packed => {
-                return Err(Error::Transport(format!(
-                    "{name}: packed rings were asked for, but the device does not offer VIRTIO_F_RING_PACKED: \
-                     use ring = \"split\" or \"auto\" (QEMU: packed=on)"
-                )))
+                return Err(Error::FeatureNotOffered {
+                    device: name.to_owned(),
+                    feature: "VIRTIO_F_RING_PACKED",
+                    why: "packed rings were asked for: use ring = \"split\" or \"auto\" (QEMU: packed=on)",
+                })
             }
         };
         if format == RingFormat::Packed {
@@ -354,13 +378,16 @@ impl Port {
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER)?;
         let offered = transport.device_features()?;
         if transport.requires_access_platform() && !offered.has(features::ACCESS_PLATFORM) {
-            return Err(Error::Transport(format!(
-                "{name}: the device does not offer VIRTIO_F_ACCESS_PLATFORM, so it would bypass the IOMMU and \
-                 take the driver's IOVAs for physical addresses: give it one (QEMU: iommu_platform=on)"
-            )));
+            return Err(Error::FeatureNotOffered {
+                device: name.to_owned(),
+                feature: "VIRTIO_F_ACCESS_PLATFORM",
+                why: "without it the device would bypass the IOMMU and take the driver's IOVAs for physical \
+                      addresses: give it one (QEMU: iommu_platform=on)",
+            });
         }
         let (wanted, format, ctrl_missing) = Self::choose_features(name, offered, config, transport.control_queue())?;
-        let multiqueue = wanted.has(net_spec::F_MQ);
+        // "Device configuration layout": `max_virtqueue_pairs` exists with MQ or RSS.
+        let multiqueue = wanted.has(net_spec::F_MQ) || wanted.has(net_spec::F_RSS);
         if config.queue_pairs > 1 && !transport.queue_pairs_without_control_queue() && !multiqueue {
             let why = if wanted.has(net_spec::F_CTRL_VQ) {
                 "the device does not offer VIRTIO_NET_F_MQ (QEMU: mq=on)".to_owned()
@@ -377,10 +404,7 @@ impl Port {
         transport.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;
         let now = transport.status()?;
         if now & status::FEATURES_OK == 0 {
-            return Err(Error::Transport(format!(
-                "{name}: the device refused the features {wanted:?} (offered {offered:?}; status read back {now:#x}): \
-                 it needs a feature this driver does not support"
-            )));
+            return Err(Error::FeaturesRefused { device: name.to_owned(), wanted, offered, status: now });
         }
 
         let (mac, mtu) = Self::read_config(transport, wanted)?;
@@ -483,9 +507,12 @@ impl Port {
             // SAFETY: as for the receive ring.
             let tx_notify = unsafe { transport.setup_queue(tx_index, size, format, tx_ring.addresses()) }?;
             // Buffers are posted (not notified) now; the queues hold the device from here on.
-            let rx =
-                RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id, rx_path).with_quiesce(quiesce.clone());
-            queues.push((rx, TxQueue::new(tx_ring, tx_notify, tx_path).with_quiesce(quiesce.clone())));
+            let mut rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id, rx_path);
+            let mut tx = TxQueue::new(tx_ring, tx_notify, tx_path);
+            if config.packet_classes {
+                (rx, tx) = (rx.with_packet_classes(), tx.with_packet_classes());
+            }
+            queues.push((rx.with_quiesce(quiesce.clone()), tx.with_quiesce(quiesce.clone())));
         }
         if let Some(index) = ctrl_index {
             let spec = CtrlRingSpec { format, in_order, event_idx };
@@ -508,11 +535,26 @@ impl Port {
         for (rx, _) in queues.iter_mut() {
             rx.start();
         }
+        let rss_caps = if wanted.has(net_spec::F_RSS) { Some(Self::read_rss_caps(transport, name)?) } else { None };
+        let mut rss = None;
         if config.queue_pairs > 1 && multiqueue {
             if let Some(ctrl) = ctrl.as_mut() {
-                ctrl.command(CtrlCommand::MqVqPairsSet, &config.queue_pairs.to_le_bytes())?;
+                if wanted.has(net_spec::F_MQ) {
+                    ctrl.command(CtrlCommand::MqVqPairsSet, &config.queue_pairs.to_le_bytes())?;
+                }
+                if let Some(caps) = rss_caps {
+                    let spread = RssConfig::spread(config.queue_pairs, &caps);
+                    let data = spread.encode(config.queue_pairs, &caps).map_err(|problem| Error::CtrlBadArgument {
+                        device: name.to_owned(),
+                        command: CtrlCommand::MqRssConfig,
+                        problem: format!("the default RSS configuration: {problem}"),
+                    })?;
+                    ctrl.command(CtrlCommand::MqRssConfig, &data)?;
+                    rss = Some((caps, spread));
+                }
             }
         }
+        let rss = rss.or_else(|| rss_caps.map(|caps| (caps, RssConfig::spread(1, &caps))));
         // Named once per port, as DPDK names the receive and transmit functions it picked.
         tracing::info!(
             "{name}: {format:?} ring{}, rx path: {rx_path}, tx path: {tx_path}",
@@ -529,6 +571,7 @@ impl Port {
             max_pairs,
             rx_path,
             tx_path,
+            rss,
         })
     }
 
@@ -566,6 +609,31 @@ impl Port {
         )))
     }
 
+    /// The RSS limits the device reports (with VIRTIO_NET_F_RSS), checked against the spec's
+    /// minimums ("Device configuration layout": a key of at least 40 bytes, a table of at least
+    /// 128 entries).
+    fn read_rss_caps(transport: &mut dyn Transport, name: &str) -> Result<RssCapabilities> {
+        let mut key = [0u8; 1];
+        transport.read_device_config(net_config::RSS_MAX_KEY_SIZE, &mut key)?;
+        let mut table = [0u8; 2];
+        transport.read_device_config(net_config::RSS_MAX_INDIRECTION_TABLE_LENGTH, &mut table)?;
+        let mut types = [0u8; 4];
+        transport.read_device_config(net_config::SUPPORTED_HASH_TYPES, &mut types)?;
+        let caps = RssCapabilities {
+            max_key_size: key[0],
+            max_table_len: u16::from_le_bytes(table),
+            hash_types: u32::from_le_bytes(types),
+        };
+        if caps.max_key_size < 40 || caps.max_table_len < 128 {
+            return Err(Error::Transport(format!(
+                "{name}: the device offers VIRTIO_NET_F_RSS with rss_max_key_size {} and \
+                 rss_max_indirection_table_length {}, below the spec's minimums of 40 and 128",
+                caps.max_key_size, caps.max_table_len
+            )));
+        }
+        Ok(caps)
+    }
+
     /// The MAC and MTU the device reports, when negotiated (readable once FEATURES_OK is set).
     fn read_config(transport: &mut dyn Transport, features: Features) -> Result<(Option<[u8; 6]>, Option<u16>)> {
         let mut mac = None;
@@ -581,6 +649,27 @@ impl Port {
             mtu = Some(u16::from_le_bytes(bytes));
         }
         Ok((mac, mtu))
+    }
+
+    /// The one line saying which data path the port runs, logged once when it opens.
+    fn log_data_path(&self, config: &PortConfig) {
+        tracing::info!(
+            "port {} ({}): {} ring of {} descriptors, {} queue pair(s), in_order {}, event_idx {}, control queue {}, \
+             packet classes {}, features {:?}",
+            config.port_id,
+            self.device.name,
+            match self.format {
+                RingFormat::Packed => "packed",
+                RingFormat::Split => "split",
+            },
+            self.ring_size,
+            self.queues.len(),
+            self.features.has(features::IN_ORDER),
+            self.features.has(features::EVENT_IDX),
+            self.ctrl.is_some(),
+            config.packet_classes,
+            self.features,
+        );
     }
 
     /// What the user calls the device (PCI address or socket path).
@@ -823,17 +912,68 @@ impl Port {
         ctrl.command(command, &pairs.to_le_bytes())
     }
 
-    /// Counters of every queue, wherever the queues are now, and their sums.
+    /// What the device supports for RSS, when VIRTIO_NET_F_RSS was negotiated.
+    pub fn rss_capabilities(&self) -> Option<RssCapabilities> {
+        self.rss_caps
+    }
+
+    /// The RSS configuration the device was last given (the default one at open when the port
+    /// has more than one queue pair), when VIRTIO_NET_F_RSS was negotiated.
+    pub fn rss_config(&self) -> Option<&RssConfig> {
+        self.rss.as_ref()
+    }
+
+    /// Sets the RSS hash types, key and indirection table (VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
+    /// VIRTIO_NET_F_RSS), at any time while the port runs: packets the device receives after
+    /// the command was acknowledged follow the new table. Table entries name queue pairs of this
+    /// port; `max_tx_vq` is the port's pair count. A configuration the device cannot take is a
+    /// [`Error::CtrlBadArgument`] saying why, before anything is sent.
+    pub fn set_rss(&mut self, config: &RssConfig) -> Result<()> {
+        let command = CtrlCommand::MqRssConfig;
+        let pairs = self.queues.len() as u16;
+        let caps = self.rss_caps;
+        let name = self.device.name.clone();
+        let ctrl = self.ctrl(command, Some((net_spec::F_RSS, "VIRTIO_NET_F_RSS")))?;
+        let caps = caps.ok_or_else(|| Error::NoControlQueue {
+            device: name.clone(),
+            command,
+            why: CtrlUnavailable::FeatureNotOffered("VIRTIO_NET_F_RSS"),
+        })?;
+        let data =
+            config.encode(pairs, &caps).map_err(|problem| Error::CtrlBadArgument { device: name, command, problem })?;
+        ctrl.command(command, &data)?;
+        self.rss = Some(config.clone());
+        Ok(())
+    }
+
+    /// Counters of every queue, wherever the queues are now, and their sums (since the last
+    /// [`reset_stats`](Self::reset_stats)).
     pub fn stats(&self) -> PortStats {
         let mut stats = PortStats::default();
-        for (rx, tx) in &self.counters {
-            let (rx, tx) = (rx.snapshot(), tx.snapshot());
+        for (i, (rx, tx)) in self.counters.iter().enumerate() {
+            let (mut rx, mut tx) = (rx.snapshot(), tx.snapshot());
+            if let Some((rx0, tx0)) = self.stats_base.get(i) {
+                (rx, tx) = (rx.since(rx0), tx.since(tx0));
+            }
             stats.rx += rx;
             stats.tx += tx;
             stats.rx_queues.push(rx);
             stats.tx_queues.push(tx);
         }
         stats
+    }
+
+    /// Every counter by name ([`PortStats::xstats`]): DPDK's `rte_eth_xstats` names where they
+    /// exist.
+    pub fn xstats(&self) -> Vec<super::Xstat> {
+        self.stats().xstats()
+    }
+
+    /// Starts the counters from zero: [`stats`](Self::stats) counts from now on. The queues'
+    /// threads keep counting undisturbed (their counters have one writer each; the port keeps
+    /// the values at the reset and subtracts them).
+    pub fn reset_stats(&mut self) {
+        self.stats_base = self.counters.iter().map(|(rx, tx)| (rx.snapshot(), tx.snapshot())).collect();
     }
 }
 

@@ -221,6 +221,16 @@ macro_rules! queue_accessors {
                 self.core.ring.addresses()
             }
 
+            /// Counts packet classes (size bins, multicast, broadcast) on this queue: a look at
+            /// every frame. Only before the queue's counters are shared (right after `new`).
+            pub(crate) fn with_packet_classes(mut self) -> Self {
+                match Arc::get_mut(&mut self.core.counters) {
+                    Some(counters) => counters.count_classes(),
+                    None => debug_assert!(false, "packet classes enabled after the counters were shared"),
+                }
+                self
+            }
+
             /// Makes dropping the queue stop `device` before the buffers go back to their pools.
             pub(crate) fn with_quiesce(mut self, device: Arc<dyn Quiesce>) -> Self {
                 self.core.device = Some(device);
@@ -275,7 +285,8 @@ impl RxQueue {
     /// many. Never allocates: reserve the capacity once, up front.
     #[inline]
     pub fn rx_burst(&mut self, out: &mut Vec<Mbuf>) -> usize {
-        let max = out.capacity() - out.len();
+        let before = out.len();
+        let max = out.capacity() - before;
         let core = &mut self.core;
         let (port, data_off) = (self.port, self.data_off);
         let received = match self.path {
@@ -289,6 +300,7 @@ impl RxQueue {
                 })
             }
         };
+        core.counters.add_classes(&out[before..], false);
         self.refill();
         received
     }
@@ -483,6 +495,8 @@ impl TxQueue {
     #[inline]
     pub fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>) -> usize {
         let core = &mut self.core;
+        // Classes of what the burst takes: all of it, less what it leaves (no copy, no list).
+        core.counters.add_classes(pkts, false);
         let threshold = self.reclaim_threshold;
         let (accepted, kick) = match self.path {
             TxPath::Simple => {
@@ -492,6 +506,7 @@ impl TxQueue {
                 Self::transmit_chains(ring, &core.counters, threshold, pkts, &mut self.chain)
             }),
         };
+        core.counters.add_classes(pkts, true);
         if accepted > 0 {
             core.published(kick);
         }

@@ -1,19 +1,20 @@
-//! fwd's settings: the command line (testpmd's option names where testpmd has one), an optional
-//! TOML file under it (`--config`, keys = the long option names with `_` for `-`, unknown keys
-//! rejected), and the checks that turn both into [`Settings`].
+//! fwd's settings: every option declared once ([`Options`]) for the command line (testpmd's option
+//! names where testpmd has one) and an optional TOML file under it (`--config`, keys = the long
+//! option names with `_` for `-`, unknown keys rejected), and the checks that turn both into
+//! [`Settings`].
 //!
 //! Command-line options override the file; ports given on the command line replace the file's
 //! list. See `config/fwd.toml` for a commented example.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
-use serde::Deserialize;
-use virtio_pmd::transport::vfio::normalize_bdf;
-use virtio_pmd_apps::mac::Mac;
-use virtio_pmd_apps::options::{Huge, Ring};
+use serde::{Deserialize, Serialize};
+use virtio_pmd::net::MacAddr;
+use virtio_pmd::setup::DeviceSpec;
+use virtio_pmd_apps::options::{layered, Huge, Ring};
 
 use crate::frame;
 
@@ -24,7 +25,7 @@ pub const MAX_BURST: usize = 512;
 pub const MAX_STREAMS: usize = 1024;
 
 /// Forwarding modes (testpmd's `--forward-mode`, plus `echo`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Forward unchanged.
@@ -58,7 +59,7 @@ impl Mode {
 }
 
 /// Which generator's frames `--verify` checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verify {
     /// fwd's own txonly/echo frames: every byte, and per-stream sequence numbers.
@@ -69,7 +70,7 @@ pub enum Verify {
 }
 
 /// What `echo` expects the peer to have done to the MACs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum EchoExpect {
     /// Source and destination swapped (a peer in macswap mode).
@@ -80,75 +81,28 @@ pub enum EchoExpect {
     Any,
 }
 
-/// How to reach one port.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PortSpec {
-    /// A virtio-net PCI function bound to vfio-pci.
-    Pci {
-        /// Its address, normalised (0000:00:03.0).
-        bdf: String,
-    },
-    /// A vhost-user backend's socket.
-    Vhost {
-        /// The socket.
-        path: PathBuf,
-        /// Queue pairs on this port (default `--queues`).
-        queues: Option<u16>,
-        /// The MAC the port reports (default 02:00:00:00:00:<port id + 1>).
-        mac: Option<Mac>,
-    },
-}
-
-impl PortSpec {
-    /// The spec as written on the command line.
-    pub fn describe(&self) -> String {
-        match self {
-            PortSpec::Pci { bdf } => format!("pci:{bdf}"),
-            PortSpec::Vhost { path, .. } => format!("vhost:{}", path.display()),
-        }
-    }
-}
-
-impl FromStr for PortSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(bdf) = s.strip_prefix("pci:") {
-            let bdf = normalize_bdf(bdf).map_err(|e| format!("port '{s}': {e}"))?;
-            return Ok(PortSpec::Pci { bdf });
-        }
-        let Some(rest) = s.strip_prefix("vhost:") else {
-            return Err(format!(
-                "port '{s}': expected pci:<address> (e.g. pci:0000:00:03.0) or vhost:<socket>[,queues=N][,mac=MAC]"
-            ));
-        };
-        let mut parts = rest.split(',');
-        let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| format!("port '{s}': no socket path"))?;
-        let (mut queues, mut mac) = (None, None);
-        for part in parts {
-            match part.split_once('=') {
-                Some(("queues", n)) => {
-                    let n: u16 = n.parse().map_err(|_| format!("port '{s}': queues={n} is not a number"))?;
-                    if n == 0 {
-                        return Err(format!("port '{s}': queues must be at least 1"));
-                    }
-                    queues = Some(n);
-                }
-                Some(("mac", m)) => mac = Some(m.parse().map_err(|e| format!("port '{s}': {e}"))?),
-                _ => return Err(format!("port '{s}': unknown option '{part}' (known: queues=N, mac=MAC)")),
-            }
-        }
-        Ok(PortSpec::Vhost { path: PathBuf::from(path), queues, mac })
-    }
-}
-
 /// `--eth-peer N,MAC`: the destination MAC of frames sent out of port N.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct EthPeer {
     /// The port.
     pub port: usize,
     /// Its peer's MAC.
-    pub mac: Mac,
+    pub mac: MacAddr,
+}
+
+impl TryFrom<String> for EthPeer {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<EthPeer> for String {
+    fn from(p: EthPeer) -> String {
+        format!("{},{}", p.port, p.mac)
+    }
 }
 
 impl FromStr for EthPeer {
@@ -161,7 +115,7 @@ impl FromStr for EthPeer {
     }
 }
 
-/// The command line. Every option but `--port` and `--config` may also come from the file.
+/// The command line: the file, `--check-config`, and every [`Options`] option.
 #[derive(Parser, Debug, Default)]
 #[command(
     name = "fwd",
@@ -170,19 +124,32 @@ impl FromStr for EthPeer {
                   Stops after --duration, or on SIGINT/SIGTERM; prints a FWD-SUMMARY line last."
 )]
 pub struct Cli {
-    /// A port: pci:<address> or vhost:<socket>[,queues=N][,mac=MAC]; repeat for more.
-    #[arg(long = "port", value_name = "SPEC")]
-    pub ports: Vec<PortSpec>,
     /// A TOML file with defaults for the other options (see config/fwd.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Check the settings, print them, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// Every option, as given on the command line or written in the file (the same names, `-` on
+/// the command line for `_` in the file): every one optional, the defaults filled in by
+/// [`Settings::resolve`]. A new option is one field here and its check there.
+#[derive(Clone, Debug, Default, clap::Args, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// A port: pci:<address>[,queues=N] or vhost:<socket>[,queues=N][,mac=MAC]; repeat for more.
+    #[arg(long = "port", value_name = "SPEC")]
+    pub ports: Option<Vec<DeviceSpec>>,
     /// Forwarding mode [default: io].
     #[arg(long, visible_alias = "mode", value_enum)]
     pub forward_mode: Option<Mode>,
     /// Destination MAC of frames sent out of a port (mac, txonly, echo), as PORT,MAC; repeat
     /// per port [default: 02:00:00:00:00:<port>].
     #[arg(long, value_name = "PORT,MAC")]
-    pub eth_peer: Vec<EthPeer>,
+    pub eth_peer: Option<Vec<EthPeer>>,
     /// Forwarding threads; queue set q (queue pair q of every port) goes to thread q mod N
     /// [default: the number of --cores, or 1].
     #[arg(long)]
@@ -205,9 +172,10 @@ pub struct Cli {
     /// Ring layout [default: auto].
     #[arg(long, value_enum)]
     pub ring: Option<Ring>,
-    /// Do not negotiate VIRTIO_F_IN_ORDER.
-    #[arg(long)]
-    pub no_in_order: bool,
+    /// Negotiate VIRTIO_F_IN_ORDER when offered (command line: `--no-in-order` to not) [default:
+    /// true].
+    #[arg(long = "no-in-order", num_args = 0, default_missing_value = "false")]
+    pub in_order: Option<bool>,
     /// Stop after this many seconds [default: run until SIGINT/SIGTERM].
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -242,78 +210,25 @@ pub struct Cli {
     /// Huge pages for the pool and the rings [default: preferred].
     #[arg(long, value_enum)]
     pub huge_pages: Option<Huge>,
-    /// Check the settings, print them, and exit.
-    #[arg(long)]
-    pub check_config: bool,
-}
-
-/// The file: every key optional, unknown keys rejected.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// Ports, as on the command line ("vhost:/tmp/vh.sock", "pci:0000:00:03.0").
-    pub ports: Option<Vec<String>>,
-    /// Forwarding mode.
-    pub forward_mode: Option<Mode>,
-    /// Peers, as on the command line ("0,02:00:00:00:00:00").
-    pub eth_peer: Option<Vec<String>>,
-    /// Forwarding threads.
-    pub nb_cores: Option<usize>,
-    /// Cores to pin to.
-    pub cores: Option<Vec<usize>>,
-    /// Frames per burst.
-    pub burst: Option<usize>,
-    /// Receive descriptors.
-    pub rxd: Option<u16>,
-    /// Transmit descriptors.
-    pub txd: Option<u16>,
-    /// Queue pairs per port.
-    pub queues: Option<u16>,
-    /// Ring layout.
-    pub ring: Option<Ring>,
-    /// Negotiate IN_ORDER.
-    pub in_order: Option<bool>,
-    /// Seconds to run.
-    pub duration: Option<f64>,
-    /// Seconds between statistics lines.
-    pub stats_period: Option<f64>,
-    /// Frame length for txonly and echo.
-    pub txpkts: Option<usize>,
-    /// rxonly frame check.
-    pub verify: Option<Verify>,
-    /// Expected frame length.
-    pub verify_len: Option<usize>,
-    /// echo window.
-    pub echo_window: Option<usize>,
-    /// echo MAC expectation.
-    pub echo_expect: Option<EchoExpect>,
-    /// Frames to dump.
-    pub dump: Option<usize>,
-    /// Pool size.
-    pub mbufs: Option<u32>,
-    /// Per-thread cache.
-    pub mbuf_cache: Option<u32>,
-    /// Huge page policy.
-    pub huge_pages: Option<Huge>,
-}
-
-impl FileConfig {
-    /// Reads and parses `path`.
-    pub fn load(path: &Path) -> Result<FileConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
+    /// Count packet classes per queue (size bins, multicast, broadcast) in the extended
+    /// statistics: a look at every frame [default: off].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub packet_classes: Option<bool>,
+    /// Also print statistics and summaries as JSON lines (one object per line, starting with
+    /// `{`) [default: off].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub json: Option<bool>,
 }
 
 /// Everything checked, defaults filled in.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Ports, in port-id order.
-    pub ports: Vec<PortSpec>,
+    pub ports: Vec<DeviceSpec>,
     /// Queue pairs of each port.
     pub port_queues: Vec<u16>,
     /// Destination MAC of frames sent out of each port.
-    pub eth_peers: Vec<Mac>,
+    pub eth_peers: Vec<MacAddr>,
     /// Forwarding mode.
     pub mode: Mode,
     /// Forwarding threads.
@@ -352,6 +267,10 @@ pub struct Settings {
     pub mbuf_cache: u32,
     /// Huge pages.
     pub huge_pages: Huge,
+    /// Count packet classes.
+    pub packet_classes: bool,
+    /// Also print JSON lines.
+    pub json: bool,
 }
 
 /// Seconds as a duration; `what` names the option in errors.
@@ -360,39 +279,21 @@ fn seconds(value: f64, what: &str) -> Result<Duration, String> {
 }
 
 impl Settings {
-    /// Merges the command line over the file (if any) and checks the result.
+    /// Layers the command line over the file (if any) and checks the result.
     pub fn resolve(cli: &Cli) -> Result<Settings, String> {
-        let file = match &cli.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
-        };
-        let ports = if !cli.ports.is_empty() {
-            cli.ports.clone()
-        } else {
-            file.ports.iter().flatten().map(|p| p.parse()).collect::<Result<Vec<PortSpec>, String>>()?
-        };
+        let o = layered(&cli.options, cli.config.as_deref())?;
+        let ports = o.ports.unwrap_or_default();
         if ports.is_empty() {
             return Err("no ports: give at least one --port pci:<address> or --port vhost:<socket>".into());
         }
-        let mode = cli.forward_mode.or(file.forward_mode).unwrap_or(Mode::Io);
-        let queues = cli.queues.or(file.queues).unwrap_or(1);
+        let mode = o.forward_mode.unwrap_or(Mode::Io);
+        let queues = o.queues.unwrap_or(1);
         if queues == 0 {
             return Err("--queues must be at least 1".into());
         }
-        let port_queues: Vec<u16> = ports
-            .iter()
-            .map(|p| match p {
-                PortSpec::Vhost { queues: Some(q), .. } => *q,
-                _ => queues,
-            })
-            .collect();
-        let peers: Vec<EthPeer> = if !cli.eth_peer.is_empty() {
-            cli.eth_peer.clone()
-        } else {
-            file.eth_peer.iter().flatten().map(|p| p.parse()).collect::<Result<_, String>>()?
-        };
-        let mut eth_peers: Vec<Mac> = (0..ports.len()).map(Mac::default_peer).collect();
-        for peer in peers {
+        let port_queues: Vec<u16> = ports.iter().map(|p| p.queues.unwrap_or(queues)).collect();
+        let mut eth_peers: Vec<MacAddr> = (0..ports.len()).map(MacAddr::default_peer).collect();
+        for peer in o.eth_peer.unwrap_or_default() {
             let slot = eth_peers
                 .get_mut(peer.port)
                 .ok_or_else(|| format!("--eth-peer {},{}: there is no port {}", peer.port, peer.mac, peer.port))?;
@@ -418,15 +319,14 @@ impl Settings {
             return Err(format!("{streams} streams (ports x queue pairs): at most {MAX_STREAMS}"));
         }
 
-        let cores = cli.cores.clone().or(file.cores).unwrap_or_default();
-        let available: Vec<usize> =
-            core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+        let cores = o.cores.unwrap_or_default();
+        let available: Vec<usize> = virtio_pmd::lcore::available_cores();
         for core in &cores {
             if !available.contains(core) {
                 return Err(format!("--cores: core {core} is not one this process may run on ({available:?})"));
             }
         }
-        let nb_cores = cli.nb_cores.or(file.nb_cores).unwrap_or(cores.len().max(1));
+        let nb_cores = o.nb_cores.unwrap_or(cores.len().max(1));
         if nb_cores == 0 {
             return Err("--nb-cores must be at least 1".into());
         }
@@ -435,41 +335,36 @@ impl Settings {
         }
         let threads = nb_cores.min(queue_sets as usize);
 
-        let burst = cli.burst.or(file.burst).unwrap_or(32);
+        let burst = o.burst.unwrap_or(32);
         if !(1..=MAX_BURST).contains(&burst) {
             return Err(format!("--burst {burst}: expected 1..={MAX_BURST}"));
         }
-        let rxd = cli.rxd.or(file.rxd).unwrap_or(1024);
-        let txd = cli.txd.or(file.txd).unwrap_or(rxd);
+        let rxd = o.rxd.unwrap_or(1024);
+        let txd = o.txd.unwrap_or(rxd);
         if rxd != txd {
             return Err(format!("--rxd {rxd} and --txd {txd} differ: this driver uses one ring size per port"));
         }
         if rxd == 0 {
             return Err("--rxd must be at least 1".into());
         }
-        let txpkts = cli.txpkts.or(file.txpkts).unwrap_or(64);
+        let txpkts = o.txpkts.unwrap_or(64);
         if !(frame::MIN_LEN..=frame::MAX_LEN).contains(&txpkts) {
             return Err(format!("--txpkts {txpkts}: expected {}..={} bytes", frame::MIN_LEN, frame::MAX_LEN));
         }
-        let echo_window = cli.echo_window.or(file.echo_window).unwrap_or(256.min(rxd as usize / 2));
+        let echo_window = o.echo_window.unwrap_or(256.min(rxd as usize / 2));
         if echo_window == 0 || echo_window > rxd as usize / 2 {
             return Err(format!(
                 "--echo-window {echo_window}: expected 1..={} (half the ring, so that the peer always finds room)",
                 rxd / 2
             ));
         }
-        let duration = cli.duration.or(file.duration).map(|d| seconds(d, "--duration")).transpose()?;
-        let stats_period = cli
-            .stats_period
-            .or(file.stats_period)
-            .map(|d| seconds(d, "--stats-period"))
-            .transpose()?
-            .filter(|d| !d.is_zero());
-        let mbuf_cache = cli.mbuf_cache.or(file.mbuf_cache).unwrap_or(256);
+        let duration = o.duration.map(|d| seconds(d, "--duration")).transpose()?;
+        let stats_period = o.stats_period.map(|d| seconds(d, "--stats-period")).transpose()?.filter(|d| !d.is_zero());
+        let mbuf_cache = o.mbuf_cache.unwrap_or(256);
         // Every receive ring full, every transmit ring full, a burst per stream, and up to 3
         // caches' worth per thread (a cache holds up to twice its size before it flushes).
         let needed = streams * (2 * rxd as usize + 2 * burst) + (threads + 1) * 3 * mbuf_cache as usize;
-        let mbufs = cli.mbufs.or(file.mbufs).unwrap_or(needed.max(8192) as u32);
+        let mbufs = o.mbufs.unwrap_or(needed.max(8192) as u32);
 
         Ok(Settings {
             ports,
@@ -481,19 +376,21 @@ impl Settings {
             burst,
             ring_size: rxd,
             queue_sets,
-            ring: cli.ring.or(file.ring).unwrap_or(Ring::Auto),
-            in_order: !cli.no_in_order && file.in_order.unwrap_or(true),
+            ring: o.ring.unwrap_or(Ring::Auto),
+            in_order: o.in_order.unwrap_or(true),
             duration,
             stats_period,
             txpkts,
-            verify: cli.verify.or(file.verify),
-            verify_len: cli.verify_len.or(file.verify_len),
+            verify: o.verify,
+            verify_len: o.verify_len,
             echo_window,
-            echo_expect: cli.echo_expect.or(file.echo_expect).unwrap_or(EchoExpect::Swapped),
-            dump: cli.dump.or(file.dump).unwrap_or(0),
+            echo_expect: o.echo_expect.unwrap_or(EchoExpect::Swapped),
+            dump: o.dump.unwrap_or(0),
             mbufs,
             mbuf_cache,
-            huge_pages: cli.huge_pages.or(file.huge_pages).unwrap_or(Huge::Preferred),
+            huge_pages: o.huge_pages.unwrap_or(Huge::Preferred),
+            packet_classes: o.packet_classes.unwrap_or(false),
+            json: o.json.unwrap_or(false),
         })
     }
 }
@@ -524,10 +421,14 @@ mod tests {
             resolve(&["--port", "vhost:/tmp/a.sock,queues=2,mac=02:00:00:00:00:09", "--forward-mode", "mac"]).unwrap();
         assert_eq!(
             s.ports,
-            vec![PortSpec::Vhost { path: "/tmp/a.sock".into(), queues: Some(2), mac: Some(Mac([2, 0, 0, 0, 0, 9])) }]
+            vec![DeviceSpec {
+                queues: Some(2),
+                mac: Some(MacAddr([2, 0, 0, 0, 0, 9])),
+                ..DeviceSpec::vhost("/tmp/a.sock")
+            }]
         );
         assert_eq!((s.queue_sets, s.threads, s.burst, s.ring_size, s.txpkts), (2, 1, 32, 1024, 64));
-        assert_eq!(s.eth_peers, vec![Mac::default_peer(0)]);
+        assert_eq!(s.eth_peers, vec![MacAddr::default_peer(0)]);
         assert_eq!(s.echo_window, 256);
         // A smaller ring gets a smaller default window rather than an error.
         let small = resolve(&["--port", "vhost:/a", "--rxd", "256", "--txd", "256"]).unwrap();
@@ -562,11 +463,18 @@ mod tests {
     }
 
     #[test]
-    fn the_example_file_parses_and_unknown_keys_are_refused() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fwd.toml");
-        let file = FileConfig::load(&path).unwrap();
-        assert!(file.ports.is_some_and(|p| !p.is_empty()));
-        let err = toml::from_str::<FileConfig>("burts = 32").unwrap_err().to_string();
+    fn the_example_file_parses_and_the_command_line_overrides_it() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/fwd.toml");
+        let s = resolve(&["--config", path]).unwrap();
+        assert_eq!((s.ports, s.mode, s.in_order), (vec![DeviceSpec::vhost("/tmp/vh.sock")], Mode::Mac, true));
+        let s =
+            resolve(&["--config", path, "--port", "pci:00:03.0,queues=2", "--no-in-order", "--burst", "8"]).unwrap();
+        assert_eq!(
+            (s.ports[0].to_string(), s.port_queues[0], s.in_order),
+            ("pci:0000:00:03.0,queues=2".into(), 2, false)
+        );
+        assert_eq!((s.burst, s.mode), (8, Mode::Mac));
+        let err = toml::from_str::<Options>("burts = 32").unwrap_err().to_string();
         assert!(err.contains("burts"), "{err}");
     }
 }

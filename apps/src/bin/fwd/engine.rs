@@ -1,4 +1,5 @@
-//! The forwarding threads: one per group of queue sets, each owning its queues outright.
+//! The forwarding loops of the lcores (the library's [`virtio_pmd::lcore`]): one lcore per group
+//! of queue sets, each owning its queues outright.
 //!
 //! A *stream* is what testpmd calls a forwarding stream: receive from one queue, (maybe) rewrite,
 //! transmit on another. Thread `t` owns queue pair `q` of every port for each queue set
@@ -16,10 +17,10 @@
 //! received (by the frames sent in txonly).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use virtio_pmd::lcore::Lcore;
 use virtio_pmd::mbuf::{free_bulk, Mbuf, Mempool};
 use virtio_pmd::net::{RxQueue, TxQueue};
 
@@ -40,9 +41,9 @@ pub const DUMP_BYTES: usize = 64;
 /// One forwarding stream of a thread.
 #[derive(Clone, Debug)]
 pub struct Stream {
-    /// Index of the receive queue in [`Lcore::rx`].
+    /// Index of the receive queue in [`Work::rx`].
     pub rx: usize,
-    /// Index of the transmit queue in [`Lcore::tx`].
+    /// Index of the transmit queue in [`Work::tx`].
     pub tx: usize,
     /// Port frames go out of.
     pub tx_port: usize,
@@ -54,12 +55,8 @@ pub struct Stream {
     pub template: Option<Template>,
 }
 
-/// What one thread owns.
-pub struct Lcore {
-    /// Thread number.
-    pub index: usize,
-    /// Core to pin to.
-    pub core: Option<usize>,
+/// What one lcore owns.
+pub struct Work {
     /// Receive queues.
     pub rx: Vec<RxQueue>,
     /// Transmit queues.
@@ -210,39 +207,26 @@ impl Totals {
     }
 }
 
-/// Runs one thread: pins it, polls until `stop`, drains, waits for every other thread at
-/// `drained` (so that no device is reset while another thread still drains it), then drops its
-/// queues (which resets their devices and returns every buffer) and reports.
-pub fn run(mut lcore: Lcore, params: &Params, live: &Live, stop: &AtomicBool, drained: &Barrier) -> Totals {
-    if let Some(id) = lcore.core {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-            tracing::warn!("thread {}: could not pin to core {id}; running unpinned", lcore.index);
-        }
-    }
+/// Runs one lcore: polls until a stop, drains, waits for every other lcore (so that no device is
+/// reset while another lcore still drains it), then drops its queues (which resets their devices
+/// and returns every buffer) and reports. A panic stops every lcore (the library's `Lcore` sees
+/// to it) and drops the queues while unwinding.
+pub fn run(lcore: &mut Lcore, mut work: Work, params: &Params, live: &Live) -> Totals {
+    let stop = lcore.stop_flag();
     let mut totals = Totals::new(params);
-    // A panic must not leave the other threads waiting at the barrier forever: catch it, stop
-    // everyone, meet at the barrier, then let it go on.
-    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        match params.mode {
-            Mode::Io => forward(&mut lcore, params, live, stop, &mut totals, |_, _| {}),
-            Mode::Mac => forward(&mut lcore, params, live, stop, &mut totals, rewrite_mac),
-            Mode::Macswap => forward(&mut lcore, params, live, stop, &mut totals, swap_mac),
-            Mode::Rxonly => rxonly(&mut lcore, params, stop, &mut totals),
-            Mode::Txonly => txonly(&mut lcore, params, stop, &mut totals),
-            Mode::Echo => echo(&mut lcore, params, stop, &mut totals),
-        }
-        drain_tx(&mut lcore.tx);
-    }));
-    if polled.is_err() {
-        stop.store(true, Ordering::SeqCst);
+    match params.mode {
+        Mode::Io => forward(&mut work, params, live, stop, &mut totals, |_, _| {}),
+        Mode::Mac => forward(&mut work, params, live, stop, &mut totals, rewrite_mac),
+        Mode::Macswap => forward(&mut work, params, live, stop, &mut totals, swap_mac),
+        Mode::Rxonly => rxonly(&mut work, params, stop, &mut totals),
+        Mode::Txonly => txonly(&mut work, params, stop, &mut totals),
+        Mode::Echo => echo(&mut work, params, stop, &mut totals),
     }
+    drain_tx(&mut work.tx);
     totals.stopped = Some(Instant::now());
-    totals.tx_inflight = lcore.tx.iter().map(|q| u64::from(q.in_flight())).sum();
-    drained.wait();
-    drop(lcore);
-    if let Err(panic) = polled {
-        std::panic::resume_unwind(panic);
-    }
+    totals.tx_inflight = work.tx.iter().map(|q| u64::from(q.in_flight())).sum();
+    lcore.wait_for_all();
+    drop(work);
     totals
 }
 
@@ -272,14 +256,14 @@ fn drop_rest(pkts: &mut Vec<Mbuf>, counter: &AtomicU64, drops: &mut u64) {
 /// io, mac, macswap: receive a burst, rewrite it, send it on the peer's queue.
 #[inline(never)]
 fn forward(
-    lcore: &mut Lcore,
+    work: &mut Work,
     params: &Params,
     live: &Live,
     stop: &AtomicBool,
     totals: &mut Totals,
     rewrite: impl Fn(&Stream, &mut [Mbuf]),
 ) {
-    let Lcore { rx, tx, streams, .. } = lcore;
+    let Work { rx, tx, streams, .. } = work;
     let mut pkts: Vec<Mbuf> = Vec::with_capacity(params.burst);
     let (mut received, mut sent, mut drops, mut cycles, mut polls) = (0u64, 0u64, 0u64, 0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
@@ -368,8 +352,8 @@ impl RxCheck {
 
 /// rxonly: receive, check (with --verify), free.
 #[inline(never)]
-fn rxonly(lcore: &mut Lcore, params: &Params, stop: &AtomicBool, totals: &mut Totals) {
-    let Lcore { rx, streams, .. } = lcore;
+fn rxonly(work: &mut Work, params: &Params, stop: &AtomicBool, totals: &mut Totals) {
+    let Work { rx, streams, .. } = work;
     let mut pkts: Vec<Mbuf> = Vec::with_capacity(params.burst);
     let mut check = RxCheck {
         verify: params.verify,
@@ -464,8 +448,8 @@ impl Generator {
 /// txonly: generate, send; frames the queue did not take are kept and sent first next time, so
 /// that every stream's sequence stays gap-free.
 #[inline(never)]
-fn txonly(lcore: &mut Lcore, params: &Params, stop: &AtomicBool, totals: &mut Totals) {
-    let Lcore { tx, streams, .. } = lcore;
+fn txonly(work: &mut Work, params: &Params, stop: &AtomicBool, totals: &mut Totals) {
+    let Work { tx, streams, .. } = work;
     let mut gens: Vec<Generator> = streams.iter().map(|_| Generator::new(params.burst, 0)).collect();
     let (mut sent, mut cycles, mut failures, mut polls) = (0u64, 0u64, 0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
@@ -569,8 +553,8 @@ impl Echo<'_> {
 
 /// echo: generate within a window, receive the frames back on the same queue, check each.
 #[inline(never)]
-fn echo(lcore: &mut Lcore, params: &Params, stop: &AtomicBool, totals: &mut Totals) {
-    let Lcore { rx, tx, streams, .. } = lcore;
+fn echo(work: &mut Work, params: &Params, stop: &AtomicBool, totals: &mut Totals) {
+    let Work { rx, tx, streams, .. } = work;
     let expected_l2 = streams
         .iter()
         .map(|s| {

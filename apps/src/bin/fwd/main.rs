@@ -36,23 +36,20 @@ mod frame;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use virtio_pmd::mbuf::{Mempool, MempoolConfig};
-use virtio_pmd::mem::IovaAllocator;
-use virtio_pmd::net::{Port, PortConfig};
-use virtio_pmd::transport::vfio::{Container, VfioPciTransport};
-use virtio_pmd::transport::vhost_user::{VhostUserConfig, VhostUserTransport};
-use virtio_pmd::transport::{RingFormat, Transport};
+use virtio_pmd::lcore::{self, LcoreWork, STOP};
+use virtio_pmd::mbuf::MempoolConfig;
+use virtio_pmd::net::{MacAddr, Port, PortConfig, Xstat};
+use virtio_pmd::setup::{DeviceSpec, PortSet, PortSetConfig, SetupError};
+use virtio_pmd::transport::RingFormat;
 
-use config::{peer_of, Cli, Mode, PortSpec, Settings};
-use engine::{Lcore, Live, Params, Stream, Totals};
+use config::{peer_of, Cli, Mode, Settings};
+use engine::{Live, Params, Stream, Totals, Work};
 use frame::Template;
-use virtio_pmd_apps::mac::Mac;
-use virtio_pmd_apps::report::{init_logging, mpps, Snapshot};
-use virtio_pmd_apps::signal::{self, STOP};
+use virtio_pmd_apps::report::{init_logging, mpps, JsonLine, Record, Snapshot};
 use virtio_pmd_apps::tsc;
 
 /// How often the main thread looks at the clock and the stop flag.
@@ -72,7 +69,7 @@ fn main() -> ExitCode {
     if cli.check_config {
         return ExitCode::SUCCESS;
     }
-    if let Err(err) = signal::install() {
+    if let Err(err) = lcore::install_stop_handler() {
         eprintln!("fwd: cannot install the SIGINT/SIGTERM handler: {err}");
         return ExitCode::from(2);
     }
@@ -109,68 +106,34 @@ fn print_settings(s: &Settings) {
     );
 }
 
-/// Opens every port's transport (VFIO ports first share one container), then the pool, then the
-/// ports. Returns the ports, their source MACs, and the pool.
-fn open_ports(s: &Settings) -> Result<(Vec<Port>, Vec<Mac>, Mempool), String> {
-    let mut container = None;
-    let mut transports: Vec<Box<dyn Transport>> = Vec::new();
-    let mut macs = Vec::new();
-    for (id, spec) in s.ports.iter().enumerate() {
-        match spec {
-            PortSpec::Pci { bdf } => {
-                if container.is_none() {
-                    container = Some(Container::open().map_err(|e| format!("opening the VFIO container: {e}"))?);
-                }
-                let c = container.as_ref().ok_or("no VFIO container")?;
-                let t = VfioPciTransport::open(c, bdf).map_err(|e| format!("port {id} ({bdf}): {e}"))?;
-                transports.push(Box::new(t));
-                macs.push(None);
-            }
-            PortSpec::Vhost { path, mac, .. } => {
-                let mac = mac.unwrap_or(Mac::default_vhost(id));
-                let mut config = VhostUserConfig::new(path);
-                config.mac = mac.0;
-                let t = VhostUserTransport::connect(config).map_err(|e| format!("port {id}: {e}"))?;
-                macs.push(Some(mac));
-                transports.push(Box::new(t));
-            }
-        }
-    }
-    // IOVAs: the VFIO container's allocator when a PCI port is present (its IOMMU decides what is
-    // valid), otherwise identity (a vhost-user backend maps our memory by its virtual address).
-    let iova: Arc<IovaAllocator> = match &container {
-        Some(c) => c.iova_allocator().map_err(|e| format!("VFIO IOVA allocator: {e}"))?,
-        None => Arc::new(IovaAllocator::identity()),
-    };
-    let pool = Mempool::new(
-        &MempoolConfig {
+/// Opens the ports through the library's [`PortSet`] and prints one line per port.
+fn open_ports(s: &Settings) -> Result<PortSet, String> {
+    let config = PortSetConfig {
+        pool: MempoolConfig {
             name: "fwd".into(),
             count: s.mbufs,
             cache_size: s.mbuf_cache,
             huge_pages: s.huge_pages.into(),
             ..MempoolConfig::default()
         },
-        &iova,
-    )
-    .map_err(|e| format!("mempool of {} mbufs: {e}", s.mbufs))?;
-    let mut ports = Vec::new();
-    let mut port_macs = Vec::new();
-    for (id, (transport, configured)) in transports.into_iter().zip(macs).enumerate() {
-        let config = PortConfig {
-            port_id: id as u16,
-            queue_pairs: s.port_queues[id],
+        port: PortConfig {
+            queue_pairs: s.port_queues[0],
             ring_size: Some(s.ring_size),
             ring: s.ring.into(),
             in_order: s.in_order,
             huge_pages: s.huge_pages.into(),
+            packet_classes: s.packet_classes,
             ..PortConfig::default()
-        };
-        let port = Port::open(transport, &pool, &config, &iova)
-            .map_err(|e| format!("port {id} ({}): {e}", s.ports[id].describe()))?;
-        let mac = port.mac().map(Mac).or(configured).unwrap_or(Mac([0x02, 0, 0, 0xff, 0, id as u8]));
+        },
+    };
+    let specs: Vec<DeviceSpec> =
+        s.ports.iter().zip(&s.port_queues).map(|(p, &q)| DeviceSpec { queues: Some(q), ..p.clone() }).collect();
+    let set = PortSet::open(&specs, &config).map_err(|e| e.to_string())?;
+    for (id, port) in set.ports().iter().enumerate() {
         println!(
-            "port {id}: {} | mac {mac} | {:?} ring of {} | {} queue pair(s) | features {:?} | peer port {} -> {}",
-            s.ports[id].describe(),
+            "port {id}: {} | mac {} | {:?} ring of {} | {} queue pair(s) | features {:?} | peer port {} -> {}",
+            s.ports[id],
+            set.mac(id),
             port.ring_format(),
             port.ring_size(),
             port.queue_pairs(),
@@ -178,32 +141,28 @@ fn open_ports(s: &Settings) -> Result<(Vec<Port>, Vec<Mac>, Mempool), String> {
             peer_of(id, s.ports.len()),
             s.eth_peers[id],
         );
-        ports.push(port);
-        port_macs.push(mac);
     }
-    Ok((ports, port_macs, pool))
+    Ok(set)
 }
 
-/// Splits the ports' queues among the threads and builds each thread's streams.
-fn build_lcores(s: &Settings, ports: &mut [Port], macs: &[Mac]) -> Result<Vec<Lcore>, String> {
-    let n = ports.len();
+/// Splits the ports' queues among the lcores and builds each lcore's streams.
+fn build_lcores(s: &Settings, set: &mut PortSet) -> Result<Vec<LcoreWork<Work>>, String> {
+    let n = set.ports().len();
+    let macs: Vec<MacAddr> = (0..n).map(|id| set.mac(id)).collect();
     // Stream id of (port, pair): ports' pairs numbered in order.
     let first_id: Vec<usize> =
         s.port_queues.iter().scan(0usize, |next, &q| Some(std::mem::replace(next, *next + q as usize))).collect();
-    let mut lcores: Vec<Lcore> = (0..s.threads)
-        .map(|index| Lcore {
-            index,
+    let mut lcores: Vec<LcoreWork<Work>> = (0..s.threads)
+        .map(|index| LcoreWork {
             core: s.cores.get(index).copied(),
-            rx: Vec::new(),
-            tx: Vec::new(),
-            streams: Vec::new(),
+            work: Work { rx: Vec::new(), tx: Vec::new(), streams: Vec::new() },
         })
         .collect();
     for q in 0..s.queue_sets {
-        let lcore = &mut lcores[q as usize % s.threads];
-        // Index of each port's pair q in this thread's queue lists.
+        let lcore = &mut lcores[q as usize % s.threads].work;
+        // Index of each port's pair q in this lcore's queue lists.
         let mut local = vec![None; n];
-        for (p, port) in ports.iter_mut().enumerate() {
+        for (p, port) in set.ports_mut().iter_mut().enumerate() {
             if q >= s.port_queues[p] {
                 continue;
             }
@@ -231,16 +190,19 @@ fn build_lcores(s: &Settings, ports: &mut [Port], macs: &[Mac]) -> Result<Vec<Lc
     Ok(lcores)
 }
 
-/// A port's counters at one moment.
+/// Frames the lcores dropped on port `p` (its transmit queues did not take them).
+fn app_drops(lives: &[Arc<Live>], p: usize) -> u64 {
+    lives.iter().map(|l| l.drops[p].load(Ordering::Relaxed)).sum()
+}
+
+/// The ports' counters at one moment.
 fn snapshots(ports: &[Port], lives: &[Arc<Live>]) -> Vec<Snapshot> {
-    ports
-        .iter()
-        .enumerate()
-        .map(|(p, port)| {
-            let drops = lives.iter().map(|l| l.drops[p].load(Ordering::Relaxed)).sum();
-            Snapshot::of(&port.stats(), drops)
-        })
-        .collect()
+    ports.iter().enumerate().map(|(p, port)| Snapshot::of(&port.stats(), app_drops(lives, p))).collect()
+}
+
+/// Every port's extended statistics.
+fn xstats(set: &PortSet) -> Vec<Vec<Xstat>> {
+    set.ports().iter().map(Port::xstats).collect()
 }
 
 fn print_stats(elapsed: Duration, over: Duration, before: &[Snapshot], now: &[Snapshot]) {
@@ -262,9 +224,9 @@ fn print_stats(elapsed: Duration, over: Duration, before: &[Snapshot], now: &[Sn
 /// Sets up, forwards until the duration is over or a signal comes, stops cleanly and reports.
 /// Ok(false): the run finished but found damaged frames or missing buffers.
 fn run(s: &Settings) -> Result<bool, String> {
-    let (mut ports, macs, pool) = open_ports(s)?;
-    let lcores = build_lcores(s, &mut ports, &macs)?;
-    let format = ports.first().map(Port::ring_format);
+    let mut set = open_ports(s)?;
+    let lcores = build_lcores(s, &mut set)?;
+    let format = set.ports().first().map(Port::ring_format);
     let params = Params {
         mode: s.mode,
         burst: s.burst,
@@ -273,47 +235,49 @@ fn run(s: &Settings) -> Result<bool, String> {
         echo_window: s.echo_window,
         echo_expect: s.echo_expect,
         dump: s.dump,
-        ports: ports.len(),
-        pool: pool.clone(),
+        ports: set.ports().len(),
+        pool: set.pool().clone(),
     };
     let lives: Vec<Arc<Live>> = lcores.iter().map(|_| Arc::new(Live::new(params.ports))).collect();
-    let drained = Arc::new(Barrier::new(lcores.len()));
     let begin = tsc::Mark::now();
     let started = Instant::now();
-    let mut handles = Vec::new();
-    for (lcore, live) in lcores.into_iter().zip(&lives) {
-        let (params, live, drained) = (params.clone(), live.clone(), drained.clone());
-        let name = format!("fwd-lcore-{}", lcore.index);
-        let handle = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || engine::run(lcore, &params, &live, &STOP, &drained))
-            .map_err(|e| format!("cannot start thread {name}: {e}"))?;
-        handles.push(handle);
-    }
-    println!("FWD-READY ports={} threads={}", ports.len(), handles.len());
+    let work: Vec<_> = lcores
+        .into_iter()
+        .zip(lives.clone())
+        .map(|(l, live)| LcoreWork { core: l.core, work: (l.work, live) })
+        .collect();
+    let lcore_params = params.clone();
+    let handles = lcore::launch("fwd-lcore", work, &STOP, move |lcore, (work, live): (Work, Arc<Live>)| {
+        engine::run(lcore, work, &lcore_params, &live)
+    })
+    .map_err(|e| e.to_string())?;
+    println!("FWD-READY ports={} threads={}", set.ports().len(), handles.len());
     let _ = std::io::stdout().flush();
 
-    let mut last = snapshots(&ports, &lives);
-    let mut last_at = Instant::now();
+    let mut last = (Instant::now(), snapshots(set.ports(), &lives), xstats(&set));
     while !STOP.load(Ordering::Relaxed) {
         std::thread::sleep(TICK);
         if s.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        if let Some(period) = s.stats_period {
-            if last_at.elapsed() >= period {
-                let now = snapshots(&ports, &lives);
-                print_stats(started.elapsed(), last_at.elapsed(), &last, &now);
-                (last, last_at) = (now, Instant::now());
+        if s.stats_period.is_some_and(|period| last.0.elapsed() >= period) {
+            let now = (Instant::now(), snapshots(set.ports(), &lives), xstats(&set));
+            print_stats(started.elapsed(), now.0 - last.0, &last.1, &now.1);
+            if s.json {
+                for (p, (before, after)) in last.2.iter().zip(&now.2).enumerate() {
+                    let line =
+                        JsonLine::new("fwd", "stats").num("t", started.elapsed().as_secs_f64()).int("port", p as u64);
+                    let line = line.int("app_dropped", app_drops(&lives, p));
+                    println!("{}", line.xstats("xstats", after).rates("rates", before, after, now.0 - last.0).finish());
+                }
             }
+            last = now;
         }
     }
-    STOP.store(true, Ordering::SeqCst);
-
     let mut totals: Option<Totals> = None;
     let mut panicked = 0;
-    for handle in handles {
-        match handle.join() {
+    for joined in handles.join() {
+        match joined {
             Ok(t) => match &mut totals {
                 Some(sum) => sum.merge(&t),
                 None => totals = Some(t),
@@ -328,8 +292,8 @@ fn run(s: &Settings) -> Result<bool, String> {
     // what it received then is counted too).
     let forwarding = totals.stopped.unwrap_or_else(Instant::now).duration_since(started);
     let end = tsc::Mark::now();
-    let end_stats = snapshots(&ports, &lives);
-    for (p, (n, port)) in end_stats.iter().zip(&ports).enumerate() {
+    let end_stats = snapshots(set.ports(), &lives);
+    for (p, (n, port)) in end_stats.iter().zip(set.ports()).enumerate() {
         let stats = port.stats();
         let per_queue = |queues: &[virtio_pmd::net::QueueStats]| {
             queues.iter().map(|q| q.packets.to_string()).collect::<Vec<_>>().join(",")
@@ -348,10 +312,18 @@ fn run(s: &Settings) -> Result<bool, String> {
             stats.tx.kicks,
             stats.tx.publishes,
         );
+        if s.json {
+            let line =
+                JsonLine::new("fwd", "port_total").int("port", p as u64).text("port_spec", &s.ports[p].to_string());
+            let line = line.int("app_dropped", app_drops(&lives, p)).num("seconds", forwarding.as_secs_f64());
+            println!("{}", line.xstats("xstats", &stats.xstats()).finish());
+        }
     }
-    drop(ports);
-    let pool_stats = pool.stats();
     drop(params);
+    let pool_stats = match set.close() {
+        Ok(stats) | Err(SetupError::MbufsMissing { stats }) => stats,
+        Err(e) => return Err(e.to_string()),
+    };
     println!(
         "pool: {} mbufs, {} available, {} in use, {} allocation failures",
         pool_stats.size, pool_stats.available, pool_stats.in_use, pool_stats.alloc_failures
@@ -391,39 +363,40 @@ fn report(s: &Settings, format: Option<RingFormat>, t: &Totals, over: Duration, 
         Some(RingFormat::Split) => "split",
         None => "none",
     };
-    let mut line = format!(
-        "FWD-SUMMARY mode={} ring={ring} ports={} queues={} threads={} burst={} seconds={:.3} rx_pkts={} tx_pkts={} \
-         drops={} mpps={:.3} cycles_per_pkt={cycles_per_pkt:.2} busy_cycles={} avg_burst={avg_burst:.1} tsc_mhz={:.0} \
-         tx_inflight={} alloc_failures={} pool_in_use={in_use}",
-        s.mode.name(),
-        s.ports.len(),
-        s.port_queues.iter().map(|&q| q as u32).sum::<u32>(),
-        s.threads,
-        s.burst,
-        over.as_secs_f64(),
-        t.rx,
-        t.tx,
-        t.drops,
-        mpps(packets, over),
-        t.busy_cycles,
-        tsc_hz / 1e6,
-        t.tx_inflight,
-        t.alloc_failures,
-    );
+    let mut summary = Record::default()
+        .text("mode", s.mode.name())
+        .text("ring", ring)
+        .int("ports", s.ports.len() as u64)
+        .int("queues", s.port_queues.iter().map(|&q| u64::from(q)).sum())
+        .int("threads", s.threads as u64)
+        .int("burst", s.burst as u64)
+        .num("seconds", over.as_secs_f64(), 3)
+        .int("rx_pkts", t.rx)
+        .int("tx_pkts", t.tx)
+        .int("drops", t.drops)
+        .num("mpps", mpps(packets, over), 3)
+        .num("cycles_per_pkt", cycles_per_pkt, 2)
+        .int("busy_cycles", t.busy_cycles)
+        .num("avg_burst", avg_burst, 1)
+        .num("tsc_mhz", tsc_hz / 1e6, 0)
+        .int("tx_inflight", t.tx_inflight)
+        .int("alloc_failures", t.alloc_failures)
+        .int("pool_in_use", in_use.into());
     if s.verify.is_some() || s.mode == Mode::Echo {
-        line +=
-            &format!(" verified={} bad={} gaps={} reorders={} lost={}", t.verified, t.bad, t.gaps, t.reorders, t.lost);
+        summary = summary.int("verified", t.verified).int("bad", t.bad).int("gaps", t.gaps);
+        summary = summary.int("reorders", t.reorders).int("lost", t.lost);
     }
     if s.mode == Mode::Echo && !t.rtt.is_empty() && tsc_hz > 0.0 {
         let us = |cycles: u64| cycles as f64 / tsc_hz * 1e6;
-        line += &format!(
-            " rtt_p50_us={:.2} rtt_p99_us={:.2} rtt_p999_us={:.2} rtt_max_us={:.2}",
-            us(t.rtt.value_at_quantile(0.5)),
-            us(t.rtt.value_at_quantile(0.99)),
-            us(t.rtt.value_at_quantile(0.999)),
-            us(t.rtt.max()),
-        );
+        summary = summary
+            .num("rtt_p50_us", us(t.rtt.value_at_quantile(0.5)), 2)
+            .num("rtt_p99_us", us(t.rtt.value_at_quantile(0.99)), 2)
+            .num("rtt_p999_us", us(t.rtt.value_at_quantile(0.999)), 2)
+            .num("rtt_max_us", us(t.rtt.max()), 2);
     }
-    println!("{line}");
+    println!("FWD-SUMMARY {}", summary.key_values());
+    if s.json {
+        println!("{}", summary.json("fwd", "summary"));
+    }
     let _ = std::io::stdout().flush();
 }

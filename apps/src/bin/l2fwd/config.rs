@@ -1,5 +1,5 @@
-//! l2fwd's settings: the TOML file (`--config`), the command line on top of it, and the checks
-//! that turn both into [`Settings`].
+//! l2fwd's settings: one declaration ([`Options`]) for the command line and the TOML file
+//! (`--config`), the command line on top of it, and the checks that turn both into [`Settings`].
 //!
 //! The file is parsed with `deny_unknown_fields` everywhere, so a misspelt key is an error that
 //! names the key and the file, never a silently ignored setting. Command-line options override
@@ -16,6 +16,14 @@
 //! huge_pages = "preferred"  # "preferred" | "required" | "never"
 //! idle_sleep_us = 0         # sleep this long when a thread's queues stay empty (0: pure polling)
 //! promiscuous = false       # turn promiscuous mode on at start (the device's control queue)
+//! json = false              # also print JSON lines (statistics, summaries, the pool check)
+//! queues = 1                # queue pairs per port (more than one: the device's control queue)
+//!
+//! # An RSS indirection table for a port (entries: its queue pairs, repeated to fill the table),
+//! # set through the control queue once the port runs (default: 0, 1, .., queues - 1, repeated)
+//! # [[rss_tables]]
+//! # port = 1
+//! # queues = [3, 2, 1, 0]
 //!
 //! [[ports]]
 //! pci = "0000:00:03.0"
@@ -26,10 +34,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-use virtio_pmd::transport::vfio::normalize_bdf;
-use virtio_pmd_apps::mac::Mac;
-use virtio_pmd_apps::options::{Huge, Ring};
+use serde::{Deserialize, Serialize};
+use virtio_pmd::net::MacAddr;
+use virtio_pmd::setup::DeviceSpec;
+use virtio_pmd_apps::options::{layered, Huge, Ring};
 
 /// Most frames in one burst.
 pub const MAX_BURST: usize = 1024;
@@ -43,78 +51,107 @@ pub const DEFAULT_POOL_CACHE: u32 = 256;
 pub const MAX_IDLE_SLEEP_US: u64 = 100_000;
 /// Default seconds between statistics lines.
 pub const DEFAULT_STATS_INTERVAL: u64 = 1;
+/// Most queue pairs per port l2fwd asks for.
+pub const MAX_QUEUES: u16 = 64;
+
+/// An RSS indirection table for one port (`[[rss_tables]]`, `--rss-table PORT=Q,..`): its
+/// entries, repeated to fill the table.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RssTable {
+    /// The port.
+    pub port: usize,
+    /// Queue pairs of the port, in table order (repeated to the table's length).
+    pub queues: Vec<u16>,
+}
+
+impl std::str::FromStr for RssTable {
+    type Err = String;
+
+    /// `PORT=Q,Q,..` (e.g. `1=3,2,1,0`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("'{s}' is not PORT=QUEUE,QUEUE,.. (e.g. 1=3,2,1,0)");
+        let (port, queues) = s.split_once('=').ok_or_else(bad)?;
+        let port = port.trim().parse().map_err(|_| bad())?;
+        let queues = queues.split(',').map(|q| q.trim().parse()).collect::<Result<Vec<u16>, _>>().map_err(|_| bad())?;
+        Ok(RssTable { port, queues })
+    }
+}
 
 /// One `[[ports]]` entry of the file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilePort {
     /// PCI address of the virtio-net function (bound to vfio-pci).
     pub pci: String,
     /// Destination MAC of frames sent out of this port (default 02:00:00:00:00:<port id>).
-    pub dst_mac: Option<Mac>,
+    pub dst_mac: Option<MacAddr>,
     /// Source MAC of frames sent out of this port when the device reports none.
-    pub mac: Option<Mac>,
+    pub mac: Option<MacAddr>,
 }
 
-/// The file, as written: every key optional. The command line's settings come in the same
-/// shape, and override the file's.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// Every option, as given on the command line or written in the file (the same names, `-` on
+/// the command line for `_` in the file): every one optional, the defaults filled in by
+/// [`Settings::resolve`]. A new option is one field here and its check there.
+#[derive(Clone, Debug, Default, clap::Args, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// The ports, in port-id order.
+pub struct Options {
+    /// The ports, in port-id order (the file's `[[ports]]`; on the command line, positional
+    /// or `--port`).
+    #[arg(skip)]
     pub ports: Option<Vec<FilePort>>,
-    /// Ring layout.
+    /// Ring layout [default: auto].
+    #[arg(long, value_enum)]
     pub ring: Option<Ring>,
-    /// Descriptors per ring.
+    /// Descriptors per ring [default: the device's maximum, at most 1024].
+    #[arg(long)]
     pub ring_size: Option<u16>,
-    /// Frames per burst.
+    /// Frames per burst [default: 32].
+    #[arg(long)]
     pub burst: Option<usize>,
-    /// Mbufs in the pool.
+    /// Mbufs in the pool [default: 8192].
+    #[arg(long)]
     pub pool_size: Option<u32>,
-    /// Mbufs cached per thread.
+    /// Mbufs each polling thread caches [default: 256].
+    #[arg(long)]
     pub pool_cache: Option<u32>,
-    /// Seconds between statistics lines (0: none).
+    /// Seconds between statistics lines, 0 for none [default: 1].
+    #[arg(long, value_name = "SECS")]
     pub stats_interval: Option<u64>,
-    /// Cores of the polling threads.
+    /// Cores of the polling threads, one thread each (e.g. 0,1) [default: one unpinned thread].
+    #[arg(long, value_delimiter = ',')]
     pub cores: Option<Vec<usize>>,
-    /// Huge page policy for the pool and the rings.
+    /// Huge pages for the pool and the rings [default: preferred].
+    #[arg(long, value_enum)]
     pub huge_pages: Option<Huge>,
-    /// Microseconds a polling thread sleeps once its queues stayed empty for a while (0: never).
+    /// Microseconds a polling thread sleeps once its queues stayed empty for a while, 0 for never
+    /// (pure polling) [default: 0].
+    #[arg(long, value_name = "US")]
     pub idle_sleep_us: Option<u64>,
-    /// Turn promiscuous mode on at start (VIRTIO_NET_CTRL_RX_PROMISC over the control queue).
+    /// Turn promiscuous mode on at start, through the device's control queue [default: off].
+    #[arg(long = "promisc", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub promiscuous: Option<bool>,
-}
-
-impl FileConfig {
-    /// Reads and parses `path`.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
-        Self::parse(&text, path)
-    }
-
-    /// Command-line settings naming `pcis` as the ports (none: the file's ports).
-    pub fn with_ports(pcis: &[String]) -> Self {
-        let ports = pcis.iter().map(|pci| FilePort { pci: pci.clone(), dst_mac: None, mac: None }).collect();
-        FileConfig { ports: (!pcis.is_empty()).then_some(ports), ..FileConfig::default() }
-    }
-
-    /// Parses `text` (read from `path`, named in errors).
-    pub fn parse(text: &str, path: &Path) -> Result<Self, String> {
-        toml::from_str(text)
-            .map_err(|e| format!("config file {}: {}", path.display(), e.to_string().trim_end().replace('\n', "\n  ")))
-    }
+    /// Also print statistics, summaries and the pool check as JSON lines (one object per line,
+    /// starting with `{`) [default: off].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub json: Option<bool>,
+    /// Queue pairs per port, each receive queue a lane of its own (more than one: set through
+    /// the device's control queue; with RSS the device spreads flows over them) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub queues: Option<u16>,
+    /// RSS indirection table of a port, set once it runs: PORT=Q,Q,.. (queue pairs, repeated to
+    /// fill the table; repeatable) [default: 0..queues round robin].
+    #[arg(long = "rss-table", value_name = "PORT=Q,..")]
+    pub rss_tables: Option<Vec<RssTable>>,
 }
 
 /// One port, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSettings {
-    /// Normalised PCI address (`0000:00:03.0`).
-    pub pci: String,
+    /// The device (`mac=`: the source MAC to use when the device reports none).
+    pub spec: DeviceSpec,
     /// Destination MAC of frames sent out of this port.
-    pub dst_mac: Mac,
-    /// Source MAC to use when the device reports none.
-    pub mac: Option<Mac>,
+    pub dst_mac: MacAddr,
 }
 
 /// Everything l2fwd runs with, checked.
@@ -142,19 +179,24 @@ pub struct Settings {
     pub idle_sleep: Option<Duration>,
     /// Turn promiscuous mode on at start.
     pub promiscuous: bool,
+    /// Also print JSON lines.
+    pub json: bool,
+    /// Queue pairs per port.
+    pub queues: u16,
+    /// RSS indirection tables set once the ports run, per port (checked: ports exist, entries
+    /// name queue pairs that exist).
+    pub rss_tables: Vec<RssTable>,
     /// Where the file came from, if any.
     pub source: Option<PathBuf>,
 }
 
 impl Settings {
-    /// Merges the file (if any) and the command line (`cli`, which wins), and checks the result.
-    pub fn resolve(file: Option<(&Path, FileConfig)>, cli: FileConfig) -> Result<Settings, String> {
-        let (source, file) = match file {
-            Some((path, f)) => (Some(path.to_path_buf()), f),
-            None => (None, FileConfig::default()),
-        };
+    /// Layers `cli` over the file at `file` (if any) and checks the result.
+    pub fn resolve(cli: &Options, file: Option<&Path>) -> Result<Settings, String> {
+        let o = layered(cli, file)?;
+        let source = file.map(Path::to_path_buf);
         let from = source.as_ref().map(|p| format!(" (config file {})", p.display())).unwrap_or_default();
-        let entries = cli.ports.or(file.ports).unwrap_or_default();
+        let entries = o.ports.unwrap_or_default();
         if entries.is_empty() {
             return Err(format!(
                 "no ports given{from}: name them by PCI address (`l2fwd 0000:00:03.0 0000:00:04.0`, \
@@ -163,40 +205,41 @@ impl Settings {
         }
         let mut ports: Vec<PortSettings> = Vec::with_capacity(entries.len());
         for (id, entry) in entries.into_iter().enumerate() {
-            let pci = normalize_bdf(&entry.pci).map_err(|_| {
+            let mut spec = DeviceSpec::pci(&entry.pci).map_err(|_| {
                 format!(
                     "port {id}: '{}' is not a PCI address{from}: expected DDDD:BB:DD.F, e.g. 0000:00:03.0",
                     entry.pci
                 )
             })?;
-            if let Some(prev) = ports.iter().position(|p| p.pci == pci) {
-                return Err(format!("ports {prev} and {id} are both {pci}{from}: give each device once"));
+            spec.mac = entry.mac;
+            if let Some(prev) = ports.iter().position(|p| p.spec.device == spec.device) {
+                return Err(format!("ports {prev} and {id} are both {}{from}: give each device once", spec.target()));
             }
-            ports.push(PortSettings { pci, dst_mac: entry.dst_mac.unwrap_or(Mac::default_peer(id)), mac: entry.mac });
+            ports.push(PortSettings { spec, dst_mac: entry.dst_mac.unwrap_or(MacAddr::default_peer(id)) });
         }
 
-        let burst = cli.burst.or(file.burst).unwrap_or(DEFAULT_BURST);
+        let burst = o.burst.unwrap_or(DEFAULT_BURST);
         if !(1..=MAX_BURST).contains(&burst) {
             return Err(format!("burst {burst} is out of range{from}: use 1..={MAX_BURST}"));
         }
-        let ring_size = cli.ring_size.or(file.ring_size);
+        let ring_size = o.ring_size;
         if ring_size == Some(0) {
             return Err(format!("ring_size 0 is invalid{from}: leave it out for the device's maximum"));
         }
-        let pool_size = cli.pool_size.or(file.pool_size).unwrap_or(DEFAULT_POOL_SIZE);
+        let pool_size = o.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
         if pool_size == 0 {
             return Err(format!("pool_size 0 is invalid{from}"));
         }
-        let pool_cache = cli.pool_cache.or(file.pool_cache).unwrap_or(DEFAULT_POOL_CACHE);
+        let pool_cache = o.pool_cache.unwrap_or(DEFAULT_POOL_CACHE);
         if pool_cache > pool_size / 4 {
             return Err(format!(
                 "pool_cache {pool_cache} is too large for pool_size {pool_size}{from}: keep it at most a quarter \
                  of the pool"
             ));
         }
-        let stats = cli.stats_interval.or(file.stats_interval).unwrap_or(DEFAULT_STATS_INTERVAL);
-        let cores = cli.cores.or(file.cores).unwrap_or_default();
-        let idle_sleep_us = cli.idle_sleep_us.or(file.idle_sleep_us).unwrap_or(0);
+        let stats = o.stats_interval.unwrap_or(DEFAULT_STATS_INTERVAL);
+        let cores = o.cores.unwrap_or_default();
+        let idle_sleep_us = o.idle_sleep_us.unwrap_or(0);
         if idle_sleep_us > MAX_IDLE_SLEEP_US {
             return Err(format!(
                 "idle_sleep_us {idle_sleep_us} is out of range{from}: use 0 (never sleep) to {MAX_IDLE_SLEEP_US}"
@@ -207,18 +250,41 @@ impl Settings {
                 return Err(format!("core {c} is listed twice in cores{from}"));
             }
         }
+        let queues = o.queues.unwrap_or(1);
+        if !(1..=MAX_QUEUES).contains(&queues) {
+            return Err(format!("queues {queues} is out of range{from}: use 1..={MAX_QUEUES} queue pairs per port"));
+        }
+        let rss_tables = o.rss_tables.unwrap_or_default();
+        for (i, t) in rss_tables.iter().enumerate() {
+            if t.port >= ports.len() {
+                return Err(format!("RSS table for port {}{from}: there are only {} ports", t.port, ports.len()));
+            }
+            if rss_tables[..i].iter().any(|o| o.port == t.port) {
+                return Err(format!("two RSS tables for port {}{from}: give one", t.port));
+            }
+            if t.queues.is_empty() || t.queues.iter().any(|q| *q >= queues) {
+                return Err(format!(
+                    "RSS table for port {}{from}: entries must be queue pairs 0..{queues} (queues = {queues}), and \
+                     at least one",
+                    t.port
+                ));
+            }
+        }
         Ok(Settings {
             ports,
-            ring: cli.ring.or(file.ring).unwrap_or(Ring::Auto),
+            ring: o.ring.unwrap_or(Ring::Auto),
             ring_size,
             burst,
             pool_size,
             pool_cache,
             stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
             cores,
-            huge_pages: cli.huge_pages.or(file.huge_pages).unwrap_or(Huge::Preferred),
+            huge_pages: o.huge_pages.unwrap_or(Huge::Preferred),
             idle_sleep: Some(idle_sleep_us).filter(|us| *us > 0).map(Duration::from_micros),
-            promiscuous: cli.promiscuous.or(file.promiscuous).unwrap_or(false),
+            promiscuous: o.promiscuous.unwrap_or(false),
+            json: o.json.unwrap_or(false),
+            queues,
+            rss_tables,
             source,
         })
     }
@@ -244,13 +310,21 @@ pub fn peer_of(id: usize, n: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<FileConfig, String> {
-        FileConfig::parse(text, Path::new("test.toml"))
+    fn file(name: &str, text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("l2fwd-config-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn with_ports(pcis: &[&str]) -> Options {
+        let ports = pcis.iter().map(|pci| FilePort { pci: pci.to_string(), dst_mac: None, mac: None }).collect();
+        Options { ports: Some(ports), ..Options::default() }
     }
 
     #[test]
     fn a_full_file_parses_and_resolves() {
-        let file = parse(
+        let path = file(
+            "full",
             r#"
             ring = "split"
             ring_size = 512
@@ -268,13 +342,13 @@ mod tests {
             dst_mac = "02:aa:bb:cc:dd:ee"
             mac = "52:54:00:00:00:09"
             "#,
-        )
-        .unwrap();
-        let s = Settings::resolve(Some((Path::new("test.toml"), file)), FileConfig::default()).unwrap();
-        assert_eq!(s.ports[0].pci, "0000:00:03.0");
-        assert_eq!(s.ports[0].dst_mac, Mac([2, 0, 0, 0, 0, 0]));
-        assert_eq!(s.ports[1].dst_mac, Mac([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
-        assert_eq!(s.ports[1].mac, Some(Mac([0x52, 0x54, 0, 0, 0, 9])));
+        );
+        let s = Settings::resolve(&Options::default(), Some(&path)).unwrap();
+        std::fs::remove_file(&path).ok();
+        assert_eq!(s.ports[0].spec.target(), "0000:00:03.0");
+        assert_eq!(s.ports[0].dst_mac, MacAddr([2, 0, 0, 0, 0, 0]));
+        assert_eq!(s.ports[1].dst_mac, MacAddr([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
+        assert_eq!(s.ports[1].spec.mac, Some(MacAddr([0x52, 0x54, 0, 0, 0, 9])));
         assert_eq!((s.ring, s.ring_size, s.burst, s.pool_size, s.pool_cache), (Ring::Split, Some(512), 64, 4096, 128));
         assert_eq!(s.stats_interval, Some(Duration::from_secs(2)));
         assert_eq!(s.cores, vec![1, 0]);
@@ -283,36 +357,41 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_errors_naming_key_and_file() {
-        let err = parse("ring = \"packed\"\nburts = 32\n").unwrap_err();
-        assert!(err.contains("test.toml") && err.contains("burts"), "{err}");
-        let err = parse("[[ports]]\npci = \"00:03.0\"\nsrc_mac = \"02:00:00:00:00:01\"\n").unwrap_err();
-        assert!(err.contains("test.toml") && err.contains("src_mac"), "{err}");
+    fn unknown_keys_and_bad_values_are_errors_naming_key_and_file() {
+        for (text, want) in [
+            ("ring = \"packed\"\nburts = 32\n", "burts"),
+            ("[[ports]]\npci = \"00:03.0\"\nsrc_mac = \"02:00:00:00:00:01\"\n", "src_mac"),
+            ("ring = \"ring\"\n", "ring"),
+            ("huge_pages = \"maybe\"\n", "huge_pages"),
+            ("[[ports]]\npci = \"00:03.0\"\ndst_mac = \"02:00\"\n", "MAC"),
+        ] {
+            let path = file("bad", text);
+            let err = Settings::resolve(&Options::default(), Some(&path)).unwrap_err();
+            assert!(err.contains(path.to_str().unwrap()) && err.contains(want), "{err}");
+        }
     }
 
     #[test]
-    fn bad_values_are_errors() {
-        assert!(parse("ring = \"ring\"\n").unwrap_err().contains("ring"));
-        assert!(parse("huge_pages = \"maybe\"\n").is_err());
-        assert!(parse("[[ports]]\npci = \"00:03.0\"\ndst_mac = \"02:00\"\n").unwrap_err().contains("MAC"));
-        let cli = |ports: &[&str]| FileConfig::with_ports(&ports.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert!(Settings::resolve(None, cli(&[])).unwrap_err().contains("no ports"));
-        assert!(Settings::resolve(None, cli(&["00:99.0"])).unwrap_err().contains("not a PCI address"));
-        assert!(Settings::resolve(None, cli(&["00:03.0", "0000:00:03.0"])).unwrap_err().contains("both"));
-        let burst = FileConfig { burst: Some(0), ..cli(&["00:03.0"]) };
-        assert!(Settings::resolve(None, burst).unwrap_err().contains("burst"));
-        let cache = FileConfig { pool_size: Some(100), pool_cache: Some(50), ..cli(&["00:03.0"]) };
-        assert!(Settings::resolve(None, cache).unwrap_err().contains("pool_cache"));
+    fn bad_settings_are_errors() {
+        let resolve = |o: Options| Settings::resolve(&o, None).unwrap_err();
+        assert!(resolve(with_ports(&[])).contains("no ports"));
+        assert!(resolve(with_ports(&["00:99.0"])).contains("not a PCI address"));
+        assert!(resolve(with_ports(&["00:03.0", "0000:00:03.0"])).contains("both"));
+        assert!(resolve(Options { burst: Some(0), ..with_ports(&["00:03.0"]) }).contains("burst"));
+        let cache = Options { pool_size: Some(100), pool_cache: Some(50), ..with_ports(&["00:03.0"]) };
+        assert!(resolve(cache).contains("pool_cache"));
     }
 
     #[test]
     fn command_line_overrides_the_file() {
-        let file = parse("burst = 8\nring = \"split\"\n[[ports]]\npci = \"00:05.0\"\n").unwrap();
-        let cli = FileConfig { burst: Some(16), ..FileConfig::with_ports(&["00:03.0".into(), "00:04.0".into()]) };
-        let s = Settings::resolve(Some((Path::new("f.toml"), file)), cli).unwrap();
-        assert_eq!(s.ports.iter().map(|p| p.pci.as_str()).collect::<Vec<_>>(), ["0000:00:03.0", "0000:00:04.0"]);
+        let path = file("override", "burst = 8\nring = \"split\"\n[[ports]]\npci = \"00:05.0\"\n");
+        let cli = Options { burst: Some(16), ..with_ports(&["00:03.0", "00:04.0"]) };
+        let s = Settings::resolve(&cli, Some(&path)).unwrap();
+        std::fs::remove_file(&path).ok();
+        let targets: Vec<String> = s.ports.iter().map(|p| p.spec.target()).collect();
+        assert_eq!(targets, ["0000:00:03.0", "0000:00:04.0"]);
         assert_eq!((s.burst, s.ring), (16, Ring::Split));
-        assert_eq!(s.ports[1].dst_mac, Mac::default_peer(1));
+        assert_eq!(s.ports[1].dst_mac, MacAddr::default_peer(1));
     }
 
     #[test]
@@ -325,17 +404,9 @@ mod tests {
     #[test]
     fn the_shipped_vm_config_is_valid() {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/l2fwd-vm.toml"));
-        let file = FileConfig::load(path).unwrap();
-        let s = Settings::resolve(Some((path, file)), FileConfig::default()).unwrap();
-        assert_eq!(s.ports.iter().map(|p| p.pci.as_str()).collect::<Vec<_>>(), ["0000:00:03.0", "0000:00:04.0"]);
-    }
-
-    #[test]
-    fn macs_parse_and_print() {
-        let mac: Mac = "52:54:00:AB:cd:01".parse().unwrap();
-        assert_eq!(mac.to_string(), "52:54:00:ab:cd:01");
-        assert!("52:54:00:ab:cd".parse::<Mac>().is_err());
-        assert!("52:54:00:ab:cd:100".parse::<Mac>().is_err());
-        assert_eq!(Mac::default_peer(1).to_string(), "02:00:00:00:00:01");
+        let s = Settings::resolve(&Options::default(), Some(path)).unwrap();
+        let targets: Vec<String> = s.ports.iter().map(|p| p.spec.target()).collect();
+        assert_eq!(targets, ["0000:00:03.0", "0000:00:04.0"]);
+        assert!(s.promiscuous);
     }
 }

@@ -1,15 +1,14 @@
 //! The forwarding: lanes (one receive queue, the transmit queue it forwards to, the MAC rewrite),
-//! how lanes are spread over polling threads, and the polling loop.
+//! polled by the library's lcores ([`virtio_pmd::lcore`]).
 //!
 //! A lane is owned by exactly one thread: port A's receive queue with port B's transmit queue,
 //! where B = A's peer. Every transmit queue is fed by exactly one receive queue (the pairing is
 //! an involution), so no queue is ever shared. The loop allocates nothing: the burst vector is
-//! reserved once per thread, frames the transmit queue did not take are dropped (their mbufs go
+//! the lcore's, reserved once before its loop, frames the transmit queue did not take are dropped (their mbufs go
 //! back to the pool) and counted, as in DPDK's l2fwd.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use virtio_pmd::mbuf::Mbuf;
 use virtio_pmd::net::{RxQueue, TxQueue};
@@ -27,6 +26,8 @@ pub struct Lane {
     pub rx_port: usize,
     /// Transmitting port.
     pub tx_port: usize,
+    /// The queue pair number of both queues.
+    pub queue: u16,
     rx: RxQueue,
     tx: TxQueue,
     /// Destination MAC then source MAC, written over the first 12 bytes of every frame.
@@ -36,13 +37,24 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// A lane from `rx` (of port `rx_port`) to `tx` (of port `tx_port`) that rewrites frames to
-    /// `dst` / `src`.
-    pub fn new(rx_port: usize, rx: RxQueue, tx_port: usize, tx: TxQueue, dst: [u8; 6], src: [u8; 6]) -> Lane {
+    /// A lane from `rx` (of port `rx_port`) to `tx` (of port `tx_port`), both of queue pair
+    /// `queue`, that rewrites frames to `dst` / `src`.
+    pub fn new(
+        (rx_port, rx): (usize, RxQueue),
+        (tx_port, tx): (usize, TxQueue),
+        queue: u16,
+        dst: [u8; 6],
+        src: [u8; 6],
+    ) -> Lane {
         let mut macs = [0u8; 12];
         macs[..6].copy_from_slice(&dst);
         macs[6..].copy_from_slice(&src);
-        Lane { rx_port, tx_port, rx, tx, macs, dropped: 0, counters: Arc::default() }
+        Lane { rx_port, tx_port, queue, rx, tx, macs, dropped: 0, counters: Arc::default() }
+    }
+
+    /// `rx_port:queue->tx_port:queue`.
+    pub fn name(&self) -> String {
+        format!("{}:{q}->{}:{q}", self.rx_port, self.tx_port, q = self.queue)
     }
 
     /// The counters the lane publishes.
@@ -89,53 +101,11 @@ pub fn rewrite(frame: &mut [u8], macs: &[u8; 12]) -> bool {
     }
 }
 
-/// Consecutive empty rounds over a thread's lanes before it may sleep.
-pub const IDLE_ROUNDS: u32 = 128;
-
-/// Polls `lanes` round-robin until `stop` is set; returns them. With `idle_sleep`, a thread whose
-/// lanes stayed empty for [`IDLE_ROUNDS`] rounds sleeps that long between rounds until a frame
-/// comes (a system call, but only while there is no traffic): it leaves the CPU to others, e.g.
-/// to the hypervisor threads that emulate the device under TCG.
-pub fn poll(mut lanes: Vec<Lane>, burst: usize, idle_sleep: Option<Duration>, stop: &AtomicBool) -> Vec<Lane> {
-    let mut pkts: Vec<Mbuf> = Vec::with_capacity(burst);
-    let mut empty_rounds = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        let mut received = 0;
-        for lane in lanes.iter_mut() {
-            received += lane.forward(&mut pkts);
-        }
-        if let Some(pause) = idle_sleep {
-            if received > 0 {
-                empty_rounds = 0;
-            } else if empty_rounds < IDLE_ROUNDS {
-                empty_rounds += 1;
-            } else {
-                std::thread::sleep(pause);
-            }
-        }
-    }
-    lanes
-}
-
-/// Which lanes each polling thread runs: `lanes` lanes over the threads of `cores` (one thread
-/// per listed core, at most one per lane; none listed: one thread), round-robin. Returns, per
-/// thread, its core (if any) and its lane indices.
-pub fn plan(lanes: usize, cores: &[usize]) -> Vec<(Option<usize>, Vec<usize>)> {
-    let threads: Vec<Option<usize>> =
-        if cores.is_empty() { vec![None] } else { cores.iter().take(lanes.max(1)).map(|c| Some(*c)).collect() };
-    let mut plan: Vec<(Option<usize>, Vec<usize>)> = threads.into_iter().map(|c| (c, Vec::new())).collect();
-    let n = plan.len();
-    for lane in 0..lanes {
-        plan[lane % n].1.push(lane);
-    }
-    plan
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Mutex;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
     use virtio_pmd::mbuf::{Mempool, MempoolConfig};
     use virtio_pmd::mem::{HugePages, IovaAllocator};
     use virtio_pmd::testing::{queue_pair, DeviceConfig, DeviceCore, Mode, RingSpec, SoftDevice};
@@ -178,7 +148,7 @@ mod tests {
             let core = DeviceCore::new(DeviceConfig { mode, ..Default::default() }, b.space, None, Some(b.tx_spec));
             SoftDevice::spawn(core.unwrap()).unwrap()
         });
-        let mut lane = Lane::new(0, a.rx, 1, b.tx, DST, SRC);
+        let mut lane = Lane::new((0, a.rx), (1, b.tx), 0, DST, SRC);
         let counters = lane.counters();
         let mut pkts = Vec::with_capacity(32);
         let (mut received, start) = (0u64, Instant::now());
@@ -243,14 +213,5 @@ mod tests {
         let mut runt = [0u8; 11];
         assert!(!rewrite(&mut runt, &macs));
         assert_eq!(runt, [0u8; 11]);
-    }
-
-    #[test]
-    fn lanes_spread_round_robin_over_the_cores() {
-        assert_eq!(plan(2, &[]), vec![(None, vec![0, 1])]);
-        assert_eq!(plan(2, &[1]), vec![(Some(1), vec![0, 1])]);
-        assert_eq!(plan(2, &[0, 1]), vec![(Some(0), vec![0]), (Some(1), vec![1])]);
-        assert_eq!(plan(2, &[3, 2, 1]), vec![(Some(3), vec![0]), (Some(2), vec![1])], "one thread per lane at most");
-        assert_eq!(plan(5, &[0, 1]), vec![(Some(0), vec![0, 2, 4]), (Some(1), vec![1, 3])]);
     }
 }

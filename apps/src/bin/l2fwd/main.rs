@@ -9,13 +9,17 @@
 //! l2fwd --config config/l2fwd-vm.toml         # or from a TOML file (see config.rs)
 //! ```
 //!
-//! Start-up: one VFIO container for every port, one mempool, each port initialised with one
-//! queue pair; the lanes (receive queue -> peer's transmit queue) are spread over one polling
-//! thread per listed core, pinned (no cores: one unpinned thread polls every lane). Once every
-//! thread polls it prints `L2FWD-READY ports=<n> threads=<t>`; then `L2FWD-STATS` lines (per port:
-//! rx, tx, dropped, Mpps) every `stats_interval` seconds.
+//! Start-up: the library's [`PortSet`] opens the ports (one VFIO container, one mempool,
+//! `queues` queue pairs each: more than one set through the control queue, with the device's
+//! default RSS configuration or the `--rss-table` given); l2fwd waits up to 9 s for every link
+//! to come up (`L2FWD-LINK port=<p> state=up|down`); the lanes (receive queue q -> the peer's
+//! transmit queue q) are spread over one lcore per listed core, pinned (no cores: one unpinned
+//! lcore polls every lane). Once every lcore polls it prints `L2FWD-READY ports=<n> threads=<t>`;
+//! then `L2FWD-STATS` lines (per port: rx, tx, dropped, Mpps) every `stats_interval` seconds, and
+//! an `L2FWD-LINK port=<p> state=<s> t=<secs>` line for every change of link state, polled once
+//! per statistics period. The summary has an `L2FWD-RXQ` line per queue pair.
 //!
-//! SIGINT/SIGTERM (or `--duration`) stop it: the threads stop polling and hand their queues back,
+//! SIGINT/SIGTERM (or `--duration`) stop it: the lcores stop polling and hand their lanes back,
 //! the queues and ports drop (each device is reset before its buffers are released), the final
 //! `L2FWD-SUMMARY` lines are printed, and `L2FWD-POOL` says whether every mbuf came back.
 //!
@@ -29,23 +33,21 @@ mod fwd;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use virtio_pmd::mbuf::{Mempool, MempoolConfig};
+use virtio_pmd::lcore::{self, LcoreWork, Lcores, STOP};
+use virtio_pmd::mbuf::MempoolConfig;
 use virtio_pmd::net::{Port, PortConfig};
-use virtio_pmd::transport::vfio::{Container, VfioPciTransport};
+use virtio_pmd::setup::{PortSet, PortSetConfig, SetupError};
 use virtio_pmd::transport::RingFormat;
 
-use config::{FileConfig, Settings};
+use config::{FilePort, Options, Settings};
 use fwd::{Lane, LaneCounters};
-use virtio_pmd_apps::mac::Mac;
-use virtio_pmd_apps::options::{Huge, Ring};
-use virtio_pmd_apps::report::{init_logging, mpps, Snapshot};
-use virtio_pmd_apps::signal::{self, STOP};
+use virtio_pmd::net::Xstat;
+use virtio_pmd_apps::report::{init_logging, mpps, JsonLine, Snapshot};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -65,37 +67,8 @@ struct Cli {
     /// TOML configuration file; command-line options override its values.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Ring layout [default: auto].
-    #[arg(long, value_enum)]
-    ring: Option<Ring>,
-    /// Descriptors per ring [default: the device's maximum, at most 1024].
-    #[arg(long)]
-    ring_size: Option<u16>,
-    /// Frames per burst [default: 32].
-    #[arg(long)]
-    burst: Option<usize>,
-    /// Mbufs in the pool [default: 8192].
-    #[arg(long)]
-    pool_size: Option<u32>,
-    /// Mbufs each polling thread caches [default: 256].
-    #[arg(long)]
-    pool_cache: Option<u32>,
-    /// Seconds between statistics lines, 0 for none [default: 1].
-    #[arg(long, value_name = "SECS")]
-    stats_interval: Option<u64>,
-    /// Cores of the polling threads, one thread each (e.g. 0,1) [default: one unpinned thread].
-    #[arg(long, value_delimiter = ',')]
-    cores: Option<Vec<usize>>,
-    /// Huge pages for the pool and the rings [default: preferred].
-    #[arg(long, value_enum)]
-    huge_pages: Option<Huge>,
-    /// Microseconds a polling thread sleeps once its queues stayed empty for a while, 0 for never
-    /// (pure polling) [default: 0].
-    #[arg(long, value_name = "US")]
-    idle_sleep_us: Option<u64>,
-    /// Turn promiscuous mode on at start, through the device's control queue [default: off].
-    #[arg(long)]
-    promisc: bool,
+    #[command(flatten)]
+    options: Options,
     /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
@@ -113,16 +86,17 @@ enum Failure {
     Runtime(String),
 }
 
-impl Failure {
-    /// A library error while doing `what`: a configuration the device cannot take (ring size,
-    /// ring layout) is a configuration error, anything else a device error.
-    fn device(what: impl std::fmt::Display) -> impl FnOnce(virtio_pmd::Error) -> Failure {
-        move |e| {
-            let msg = format!("{what}: {}", describe(&e));
-            match e {
-                virtio_pmd::Error::InvalidConfig(_) | virtio_pmd::Error::QueueSizeRefused { .. } => Failure::Usage(msg),
-                _ => Failure::Runtime(msg),
-            }
+impl From<SetupError> for Failure {
+    /// A configuration the device cannot take (ring size, a value out of range) is a
+    /// configuration error, anything else a device error.
+    fn from(e: SetupError) -> Failure {
+        let usage =
+            matches!(e.error(), Some(virtio_pmd::Error::InvalidConfig(_) | virtio_pmd::Error::QueueSizeRefused { .. }));
+        let msg = describe(&e);
+        if usage {
+            Failure::Usage(msg)
+        } else {
+            Failure::Runtime(msg)
         }
     }
 }
@@ -150,27 +124,12 @@ fn settings(cli: &Cli) -> Result<Settings, String> {
             return Err(format!("--duration {d} is not a positive number of seconds"));
         }
     }
-    let file = match &cli.config {
-        Some(path) => Some((path.as_path(), FileConfig::load(path)?)),
-        None => None,
-    };
-    let cli_ports = if cli.port.is_empty() { cli.pci.clone() } else { cli.port.clone() };
-    Settings::resolve(
-        file,
-        FileConfig {
-            ring: cli.ring,
-            ring_size: cli.ring_size,
-            burst: cli.burst,
-            pool_size: cli.pool_size,
-            pool_cache: cli.pool_cache,
-            stats_interval: cli.stats_interval,
-            cores: cli.cores.clone(),
-            huge_pages: cli.huge_pages,
-            idle_sleep_us: cli.idle_sleep_us,
-            promiscuous: cli.promisc.then_some(true),
-            ..FileConfig::with_ports(&cli_ports)
-        },
-    )
+    let mut options = cli.options.clone();
+    let ports = if cli.port.is_empty() { &cli.pci } else { &cli.port };
+    if !ports.is_empty() {
+        options.ports = Some(ports.iter().map(|pci| FilePort { pci: pci.clone(), dst_mac: None, mac: None }).collect());
+    }
+    Settings::resolve(&options, cli.config.as_deref())
 }
 
 fn main() -> ExitCode {
@@ -189,7 +148,7 @@ fn main() -> ExitCode {
         println!("L2FWD-CONFIG-OK");
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = signal::install() {
+    if let Err(e) = lcore::install_stop_handler() {
         eprintln!("l2fwd: error: cannot install the SIGINT/SIGTERM handler: {e}");
         return ExitCode::from(1);
     }
@@ -207,12 +166,13 @@ fn main() -> ExitCode {
 }
 
 fn print_settings(s: &Settings) {
-    let ports: Vec<String> = s.ports.iter().map(|p| p.pci.clone()).collect();
+    let ports: Vec<String> = s.ports.iter().map(|p| p.spec.target()).collect();
     println!(
-        "l2fwd: ports {} (pairs {}), ring {}, ring size {}, burst {}, pool {} mbufs (cache {}), huge pages {}, \
-         cores {}, idle {}, stats every {}{}",
+        "l2fwd: ports {} (pairs {}), {} queue pair(s) each, ring {}, ring size {}, burst {}, pool {} mbufs \
+         (cache {}), huge pages {}, cores {}, idle {}, stats every {}{}",
         ports.join(" "),
         (0..s.ports.len()).map(|i| format!("{i}->{}", s.peer_of(i))).collect::<Vec<_>>().join(" "),
+        s.queues,
         s.ring.name(),
         s.ring_size.map_or("device max".into(), |n| n.to_string()),
         s.burst,
@@ -226,98 +186,58 @@ fn print_settings(s: &Settings) {
     );
 }
 
-/// The ports, the lanes' counters, and which lanes transmit on which port.
-struct Monitor<'a> {
-    ports: &'a [Port],
-    lanes: Vec<(usize, Arc<LaneCounters>)>,
-}
-
-impl Monitor<'_> {
-    fn snapshots(&self) -> Vec<Snapshot> {
-        self.ports
-            .iter()
-            .enumerate()
-            .map(|(id, port)| {
-                let drops =
-                    self.lanes.iter().filter(|(tx, _)| *tx == id).map(|(_, c)| c.dropped.load(Ordering::Relaxed)).sum();
-                Snapshot::of(&port.stats(), drops)
-            })
-            .collect()
-    }
-}
-
-fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
-    // 1. Every port in one container, before any DMA memory exists (the IOMMU's valid IOVA
-    //    ranges are known once the groups are attached).
-    let container = Container::open().map_err(Failure::device("opening the VFIO container"))?;
-    let mut transports = Vec::with_capacity(s.ports.len());
-    for (id, p) in s.ports.iter().enumerate() {
-        transports.push(VfioPciTransport::open(&container, &p.pci).map_err(Failure::device(format!("port {id}")))?);
-    }
-    let iova = container.iova_allocator().map_err(Failure::device("VFIO IOVA allocator"))?;
-
-    // 2. One pool for every port: a frame received on one is sent on another without a copy.
-    let pool = Mempool::new(
-        &MempoolConfig {
+/// Opens the ports (`queues` queue pairs each), turns promiscuous mode on and sets the RSS
+/// tables when asked, prints them.
+fn open(s: &Settings) -> Result<PortSet, Failure> {
+    let config = PortSetConfig {
+        pool: MempoolConfig {
             name: "l2fwd-pool".into(),
             count: s.pool_size,
             cache_size: s.pool_cache,
             huge_pages: s.huge_pages.into(),
             ..MempoolConfig::default()
         },
-        &iova,
-    )
-    .map_err(Failure::device("mbuf pool"))?;
-
-    // 3. The ports, each with one queue pair.
-    let mut ports = Vec::with_capacity(s.ports.len());
-    for (id, transport) in transports.into_iter().enumerate() {
-        let config = PortConfig {
-            port_id: id as u16,
-            queue_pairs: 1,
+        port: PortConfig {
+            queue_pairs: s.queues,
             ring_size: s.ring_size,
             ring: s.ring.into(),
             huge_pages: s.huge_pages.into(),
             ..PortConfig::default()
-        };
-        let mut port = Port::open(Box::new(transport), &pool, &config, &iova)
-            .map_err(Failure::device(format!("port {id} ({})", s.ports[id].pci)))?;
+        },
+    };
+    let specs: Vec<_> = s.ports.iter().map(|p| p.spec.clone()).collect();
+    let mut set = PortSet::open(&specs, &config)?;
+    for (id, port) in set.ports_mut().iter_mut().enumerate() {
         if s.promiscuous {
-            port.set_promiscuous(true)
-                .map_err(Failure::device(format!("port {id} ({}): promiscuous mode", s.ports[id].pci)))?;
+            port.set_promiscuous(true).map_err(|e| {
+                Failure::Runtime(format!("port {id} ({}): promiscuous mode: {}", port.name(), describe(&e)))
+            })?;
             println!("l2fwd: port {id}: promiscuous mode on (VIRTIO_NET_CTRL_RX_PROMISC acknowledged)");
         }
-        ports.push(port);
+        if let Some(table) = s.rss_tables.iter().find(|t| t.port == id) {
+            set_rss_table(port, &table.queues)
+                .map_err(|e| Failure::Runtime(format!("port {id} ({}): RSS table: {}", port.name(), describe(&e))))?;
+        }
+        if let Some(rss) = port.rss_config() {
+            println!(
+                "L2FWD-RSS port={id} hash_types={:#x} table_len={} table={} key={}",
+                rss.hash_types,
+                rss.table.len(),
+                rss.table.iter().map(|q| q.to_string()).collect::<Vec<_>>().join(","),
+                rss.key.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+        }
     }
-    let mut src_macs = Vec::with_capacity(ports.len());
-    for (id, port) in ports.iter().enumerate() {
-        let configured = s.ports[id].mac;
-        let mac = match (port.mac(), configured) {
-            (Some(device), Some(c)) if Mac(device) != c => {
-                println!(
-                    "l2fwd: port {id}: the device's MAC {} is used; the configured mac {c} is only for devices \
-                     without one",
-                    Mac(device)
-                );
-                Mac(device)
-            }
-            (Some(device), _) => Mac(device),
-            (None, Some(c)) => c,
-            (None, None) => {
-                let mac = Mac::fallback(id);
-                println!("l2fwd: port {id}: the device reports no MAC (no VIRTIO_NET_F_MAC) and none is configured: using {mac}");
-                mac
-            }
-        };
+    for (id, port) in set.ports().iter().enumerate() {
         let link = match port.link_up() {
-            Ok(true) => "up".to_string(),
-            Ok(false) => "down".to_string(),
+            Ok(up) => if up { "up" } else { "down" }.to_string(),
             Err(e) => format!("unknown ({})", describe(&e)),
         };
         println!(
-            "L2FWD-PORT {id} pci={} mac={mac} out_dst_mac={} peer={} ring={} ring_size={} mtu={} link={link} \
-             features={:?}",
+            "L2FWD-PORT {id} pci={} mac={} out_dst_mac={} peer={} ring={} ring_size={} queues={} mtu={} \
+             link={link} features={:?}",
             port.name(),
+            set.mac(id),
             s.ports[id].dst_mac,
             s.peer_of(id),
             match port.ring_format() {
@@ -325,13 +245,44 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
                 RingFormat::Split => "split",
             },
             port.ring_size(),
+            port.queue_pairs(),
             port.mtu().map_or("-".into(), |m| m.to_string()),
             port.features(),
         );
-        src_macs.push(mac);
     }
-    let plan = fwd::plan(ports.len(), &s.cores);
-    let needed = ports.iter().map(|p| 2 * u32::from(p.ring_size())).sum::<u32>()
+    Ok(set)
+}
+
+/// The lanes (receive queue q of port i into transmit queue q of its peer), spread over the
+/// lcores: per lcore, its core and its lanes.
+fn lanes(s: &Settings, set: &mut PortSet) -> Result<Vec<LcoreWork<Vec<Lane>>>, Failure> {
+    let macs: Vec<_> = (0..set.ports().len()).map(|id| set.mac(id)).collect();
+    let mut rx = Vec::with_capacity(macs.len());
+    let mut tx: Vec<Vec<Option<_>>> = Vec::with_capacity(macs.len());
+    for (id, port) in set.ports_mut().iter_mut().enumerate() {
+        let (mut port_rx, mut port_tx) = (Vec::new(), Vec::new());
+        for q in 0..s.queues {
+            let (r, t) = port
+                .take_queues(q)
+                .ok_or_else(|| Failure::Runtime(format!("port {id}: the port has no queue pair {q}")))?;
+            port_rx.push(r);
+            port_tx.push(Some(t));
+        }
+        rx.push(port_rx);
+        tx.push(port_tx);
+    }
+    let mut lanes: Vec<Option<Lane>> = Vec::with_capacity(macs.len() * usize::from(s.queues));
+    for (id, port_rx) in rx.into_iter().enumerate() {
+        let peer = s.peer_of(id);
+        for (q, r) in port_rx.into_iter().enumerate() {
+            let t = tx[peer][q].take().ok_or_else(|| {
+                Failure::Runtime(format!("internal error: transmit queue {q} of port {peer} is gone"))
+            })?;
+            lanes.push(Some(Lane::new((id, r), (peer, t), q as u16, s.ports[peer].dst_mac.0, macs[peer].0)));
+        }
+    }
+    let plan = lcore::spread(lanes.len(), &s.cores);
+    let needed = set.ports().iter().map(|p| 2 * u32::from(p.ring_size()) * u32::from(p.queue_pairs())).sum::<u32>()
         + plan.len() as u32 * (s.burst as u32 + 3 * s.pool_cache);
     if needed > s.pool_size {
         println!(
@@ -340,186 +291,247 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             s.pool_size
         );
     }
+    Ok(plan
+        .into_iter()
+        .map(|(core, indices)| LcoreWork { core, work: indices.iter().filter_map(|i| lanes[*i].take()).collect() })
+        .collect())
+}
 
-    // 4. The lanes: port i's receive queue feeds its peer's transmit queue.
-    let mut rx = Vec::with_capacity(ports.len());
-    let mut tx: Vec<Option<_>> = Vec::with_capacity(ports.len());
-    for (id, port) in ports.iter_mut().enumerate() {
-        let (r, t) =
-            port.take_queues(0).ok_or_else(|| Failure::Runtime(format!("port {id}: the port has no queue pair 0")))?;
-        rx.push(Some(r));
-        tx.push(Some(t));
-    }
-    let mut slots: Vec<Option<Lane>> = Vec::with_capacity(ports.len());
-    for (id, rx) in rx.into_iter().enumerate() {
-        let peer = s.peer_of(id);
-        match (rx, tx[peer].take()) {
-            (Some(r), Some(t)) => {
-                slots.push(Some(Lane::new(id, r, peer, t, s.ports[peer].dst_mac.0, src_macs[peer].0)));
-            }
-            _ => return Err(Failure::Runtime(format!("internal error: the queues of lane {id} -> {peer} are gone"))),
-        }
-    }
-    let monitor =
-        Monitor { ports: &ports, lanes: slots.iter().flatten().map(|lane| (lane.tx_port, lane.counters())).collect() };
-
-    // 5. The polling threads.
-    let available = core_affinity::get_core_ids().unwrap_or_default();
-    let started = Arc::new(AtomicUsize::new(0));
-    let mut threads: Vec<(String, JoinHandle<Vec<Lane>>)> = Vec::with_capacity(plan.len());
-    let mut failure = None;
-    for (t, (core, indices)) in plan.iter().enumerate() {
-        let lanes: Vec<Lane> = indices.iter().filter_map(|i| slots[*i].take()).collect();
-        let pin = core.and_then(|c| available.iter().find(|id| id.id == c).copied());
-        if let (Some(c), None) = (core, pin) {
-            println!(
-                "l2fwd: warning: core {c} does not exist (cores here: {:?}); thread {t} runs unpinned",
-                available.iter().map(|id| id.id).collect::<Vec<_>>()
-            );
-        }
-        let what = format!(
-            "thread {t} ({}; lanes {})",
-            core.map_or("unpinned".into(), |c| format!("core {c}")),
-            lanes.iter().map(|l| format!("{}->{}", l.rx_port, l.tx_port)).collect::<Vec<_>>().join(" ")
-        );
-        let (burst, idle_sleep, started) = (s.burst, s.idle_sleep, started.clone());
-        let spawned = std::thread::Builder::new().name(format!("l2fwd-{t}")).spawn(move || {
-            if let Some(id) = pin {
-                if !core_affinity::set_for_current(id) {
-                    eprintln!("l2fwd: warning: cannot pin thread {t} to core {}; it runs unpinned", id.id);
-                }
-            }
-            started.fetch_add(1, Ordering::SeqCst);
-            fwd::poll(lanes, burst, idle_sleep, &STOP)
-        });
-        match spawned {
-            Ok(handle) => threads.push((what, handle)),
-            Err(e) => {
-                failure = Some(Failure::Runtime(format!("cannot start polling thread {t}: {e}")));
-                STOP.store(true, Ordering::SeqCst);
-                break;
-            }
-        }
-    }
-    while failure.is_none() && started.load(Ordering::SeqCst) < threads.len() && !STOP.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+/// Prints statistics every interval until a signal, the duration, or a failure (returned).
+fn monitor(
+    s: &Settings,
+    set: &PortSet,
+    lcores: &Lcores<Vec<Lane>>,
+    counters: &Counters,
+    links: Vec<LinkState>,
+    duration: Option<Duration>,
+) -> (Option<Failure>, Duration) {
     let begin = Instant::now();
-    if failure.is_none() {
-        for (what, _) in &threads {
-            println!("l2fwd: {what} polling");
-        }
-        println!("L2FWD-READY ports={} threads={}", ports.len(), threads.len());
-        std::io::stdout().flush().ok();
-    }
-
-    // 6. Statistics until a signal, the duration, or a failure.
-    let mut last = (begin, monitor.snapshots());
-    while failure.is_none() && !STOP.load(Ordering::SeqCst) {
+    let mut links = links;
+    let mut last = (begin, counters.snapshots(set.ports()), xstats(set));
+    let failure = loop {
         std::thread::sleep(Duration::from_millis(50));
         if STOP.load(Ordering::SeqCst) {
-            // The threads may already have seen it and returned: not a failure.
-            break;
+            // The lcores may already have seen it and returned: not a failure.
+            println!("l2fwd: stop requested (signal), stopping");
+            break None;
         }
         if duration.is_some_and(|d| begin.elapsed() >= d) {
             println!("l2fwd: --duration reached, stopping");
-            break;
+            break None;
         }
-        if let Some((what, _)) = threads.iter().find(|(_, h)| h.is_finished()) {
-            failure = Some(Failure::Runtime(format!("polling {what} stopped unexpectedly")));
-            break;
+        if let Some(t) = lcores.finished_early() {
+            break Some(Failure::Runtime(format!("polling lcore {t} stopped unexpectedly")));
         }
-        if let Some(interval) = s.stats_interval {
-            let now = Instant::now();
-            if now - last.0 >= interval {
-                let snaps = monitor.snapshots();
-                print_stats(begin, now - last.0, &last.1, &snaps);
-                last = (now, snaps);
-                for (id, port) in ports.iter().enumerate() {
-                    if let Err(e) = port.check() {
-                        failure = Some(Failure::Runtime(format!("port {id}: {}", describe(&e))));
-                    }
-                }
+        // Once per statistics period (every second without statistics lines): the counters,
+        // the devices' health, and every change of link state.
+        if last.0.elapsed() < s.stats_interval.unwrap_or(LINK_POLL) {
+            continue;
+        }
+        report_link_changes(set.ports(), &mut links, begin);
+        let now = Instant::now();
+        let (snaps, x) = (counters.snapshots(set.ports()), xstats(set));
+        if s.stats_interval.is_some() {
+            print_stats(begin, now - last.0, &last.1, &snaps);
+        }
+        if s.json && s.stats_interval.is_some() {
+            for (id, (before, after)) in last.2.iter().zip(&x).enumerate() {
+                let line =
+                    JsonLine::new("l2fwd", "stats").num("t", begin.elapsed().as_secs_f64()).int("port", id as u64);
+                let line =
+                    line.int("app_dropped", counters.dropped(id)).num("interval_s", (now - last.0).as_secs_f64());
+                println!("{}", line.xstats("xstats", after).rates("rates", before, after, now - last.0).finish());
             }
         }
-    }
-    let stopped_at = begin.elapsed();
-    if STOP.load(Ordering::SeqCst) && failure.is_none() {
-        println!("l2fwd: stop requested (signal), stopping");
+        last = (now, snaps, x);
+        if let Some((id, e)) = set.ports().iter().enumerate().find_map(|(id, p)| p.check().err().map(|e| (id, e))) {
+            break Some(Failure::Runtime(format!("port {id}: {}", describe(&e))));
+        }
+    };
+    (failure, begin.elapsed())
+}
+
+/// The lanes' drop counters, by transmitting port.
+struct Counters(Vec<(usize, Arc<LaneCounters>)>);
+
+impl Counters {
+    /// Frames the lanes transmitting on port `id` dropped.
+    fn dropped(&self, id: usize) -> u64 {
+        self.0.iter().filter(|(tx, _)| *tx == id).map(|(_, c)| c.dropped.load(Ordering::Relaxed)).sum()
     }
 
-    // 7. Shutdown: threads hand their lanes back; dropping the queues resets each device before
-    //    its buffers return to the pool.
-    STOP.store(true, Ordering::SeqCst);
-    let mut lanes = Vec::new();
-    for (what, handle) in threads {
-        match handle.join() {
-            Ok(l) => lanes.extend(l),
-            Err(_) => {
-                failure.get_or_insert(Failure::Runtime(format!("polling {what} panicked")));
-            }
+    fn snapshots(&self, ports: &[Port]) -> Vec<Snapshot> {
+        ports.iter().enumerate().map(|(id, port)| Snapshot::of(&port.stats(), self.dropped(id))).collect()
+    }
+}
+
+/// Every port's extended statistics.
+fn xstats(set: &PortSet) -> Vec<Vec<Xstat>> {
+    set.ports().iter().map(Port::xstats).collect()
+}
+
+fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
+    let mut set = open(s)?;
+    let links = wait_for_links(set.ports());
+    let work = lanes(s, &mut set)?;
+    let counters = Counters(work.iter().flat_map(|w| &w.work).map(|l| (l.tx_port, l.counters())).collect());
+    let described: Vec<String> = work
+        .iter()
+        .enumerate()
+        .map(|(t, w)| {
+            let lanes: Vec<String> = w.work.iter().map(Lane::name).collect();
+            let core = w.core.map_or("unpinned".into(), |c| format!("core {c}"));
+            format!("thread {t} ({core}; lanes {})", lanes.join(" "))
+        })
+        .collect();
+    let (burst, idle_sleep) = (s.burst, s.idle_sleep);
+    let lcores = lcore::launch("l2fwd", work, &STOP, move |lcore, mut lanes: Vec<Lane>| {
+        lcore.poll(burst, idle_sleep, |pkts| lanes.iter_mut().map(|lane| lane.forward(pkts)).sum());
+        lanes
+    })
+    .map_err(|e| Failure::Runtime(describe(&e)))?;
+    if lcores.wait_started() {
+        described.iter().for_each(|what| println!("l2fwd: {what} polling"));
+        println!("L2FWD-READY ports={} threads={}", set.ports().len(), lcores.len());
+        std::io::stdout().flush().ok();
+    }
+    let (mut failure, stopped_at) = monitor(s, &set, &lcores, &counters, links, duration);
+
+    // Shutdown: the lcores hand their lanes back; dropping the queues resets each device before
+    // its buffers return to the pool; then every mbuf must be back.
+    for joined in lcores.join() {
+        if let Err(e) = joined {
+            failure.get_or_insert(Failure::Runtime(format!("polling {e}")));
         }
     }
-    drop(lanes);
-    drop(slots);
-    let end = monitor.snapshots();
-    print_summary(s, &ports, &end, stopped_at);
-    drop(monitor);
-    drop(ports);
-    drop(container);
-    drop(iova);
-
-    // 8. Every mbuf must be back.
-    let pool_stats = pool.stats();
-    let pool_ok = pool_stats.in_use == 0;
+    print_summary(&set, &counters.snapshots(set.ports()), stopped_at);
+    if s.json {
+        for (id, x) in xstats(&set).iter().enumerate() {
+            let line = JsonLine::new("l2fwd", "summary").int("port", id as u64).text("pci", set.ports()[id].name());
+            let line = line.int("app_dropped", counters.dropped(id)).num("seconds", stopped_at.as_secs_f64());
+            println!("{}", line.xstats("xstats", x).finish());
+        }
+    }
+    let closed = set.close();
+    let pool = match &closed {
+        Ok(stats) | Err(SetupError::MbufsMissing { stats }) => *stats,
+        Err(e) => return Err(Failure::Runtime(describe(e))),
+    };
     println!(
         "L2FWD-POOL size={} available={} in_use={} alloc_failures={}: {}",
-        pool_stats.size,
-        pool_stats.available,
-        pool_stats.in_use,
-        pool_stats.alloc_failures,
-        if pool_ok {
+        pool.size,
+        pool.available,
+        pool.in_use,
+        pool.alloc_failures,
+        if pool.in_use == 0 {
             "every mbuf is back in the pool".to_string()
         } else {
-            format!("{} mbufs LEAKED", pool_stats.in_use)
+            format!("{} mbufs LEAKED", pool.in_use)
         }
     );
+    if s.json {
+        let line = JsonLine::new("l2fwd", "pool").int("size", pool.size.into()).int("available", pool.available.into());
+        println!("{}", line.int("in_use", pool.in_use.into()).int("alloc_failures", pool.alloc_failures).finish());
+    }
     if let Some(f) = failure {
         return Err(f);
     }
-    if !pool_ok {
-        return Err(Failure::Runtime(format!("{} mbufs did not come back to the pool", pool_stats.in_use)));
-    }
+    closed?;
     println!("L2FWD-DONE clean");
     Ok(())
+}
+
+/// How often link states are polled when no statistics lines are printed.
+const LINK_POLL: Duration = Duration::from_secs(1);
+/// How long l2fwd waits for every link to come up at start (DPDK's l2fwd: 9 s).
+const LINK_WAIT: Duration = Duration::from_secs(9);
+
+/// A port's link state: up, down, or unreadable (the error).
+type LinkState = Result<bool, String>;
+
+fn link_state(port: &Port) -> LinkState {
+    port.link_up().map_err(|e| describe(&e))
+}
+
+fn link_name(state: &LinkState) -> String {
+    match state {
+        Ok(true) => "up".into(),
+        Ok(false) => "down".into(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Waits (at most [`LINK_WAIT`]) until every port's link is up, as DPDK's l2fwd does, and prints
+/// each port's state (`L2FWD-LINK port=<p> state=up|down`); returns the states seen.
+fn wait_for_links(ports: &[Port]) -> Vec<LinkState> {
+    let deadline = Instant::now() + LINK_WAIT;
+    print!("l2fwd: checking link status");
+    loop {
+        let states: Vec<_> = ports.iter().map(link_state).collect();
+        if states.iter().all(|s| *s != Ok(false)) || Instant::now() >= deadline || STOP.load(Ordering::SeqCst) {
+            println!(" done");
+            for (id, state) in states.iter().enumerate() {
+                println!("L2FWD-LINK port={id} state={}", link_name(state));
+            }
+            return states;
+        }
+        print!(".");
+        std::io::stdout().flush().ok();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Prints `L2FWD-LINK port=<p> state=up|down t=<s>` for every port whose link state changed
+/// since `last`.
+fn report_link_changes(ports: &[Port], last: &mut [LinkState], begin: Instant) {
+    for (id, (port, was)) in ports.iter().zip(last.iter_mut()).enumerate() {
+        let now = link_state(port);
+        if now != *was {
+            println!("L2FWD-LINK port={id} state={} t={:.1}s", link_name(&now), begin.elapsed().as_secs_f64());
+            std::io::stdout().flush().ok();
+            *was = now;
+        }
+    }
+}
+
+/// Sets `port`'s RSS indirection table to `queues`, repeated to the table's length (the one in
+/// use, the default's without one), keeping its key and hash types: a run-time change through
+/// the control queue.
+fn set_rss_table(port: &mut Port, queues: &[u16]) -> virtio_pmd::Result<()> {
+    let mut rss = port.rss_config().cloned().ok_or_else(|| {
+        virtio_pmd::Error::InvalidConfig(format!(
+            "{}: an RSS table was given, but the device does not do RSS (no VIRTIO_NET_F_RSS; QEMU: rss=on)",
+            port.name()
+        ))
+    })?;
+    let len = rss.table.len().max(virtio_pmd::net::DEFAULT_TABLE_LEN);
+    rss.table = queues.iter().copied().cycle().take(len).collect();
+    port.set_rss(&rss)
 }
 
 fn print_stats(begin: Instant, over: Duration, before: &[Snapshot], now: &[Snapshot]) {
     let t = begin.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
     for (id, (b, n)) in before.iter().zip(now).enumerate() {
+        let errors = if n.errors + n.alloc_failures > 0 {
+            format!(" errors={} alloc_failures={}", n.errors, n.alloc_failures)
+        } else {
+            String::new()
+        };
+        let (rx, tx) = (mpps(n.rx - b.rx, over), mpps(n.tx - b.tx, over));
         writeln!(
             out,
-            "L2FWD-STATS t={t:.1}s port={id} rx={} tx={} dropped={} rx_mpps={:.4} tx_mpps={:.4}{}",
-            n.rx,
-            n.tx,
-            n.dropped,
-            mpps(n.rx - b.rx, over),
-            mpps(n.tx - b.tx, over),
-            if n.errors + n.alloc_failures > 0 {
-                format!(" errors={} alloc_failures={}", n.errors, n.alloc_failures)
-            } else {
-                String::new()
-            }
+            "L2FWD-STATS t={t:.1}s port={id} rx={} tx={} dropped={} rx_mpps={rx:.4} tx_mpps={tx:.4}{errors}",
+            n.rx, n.tx, n.dropped
         )
         .ok();
     }
     out.flush().ok();
 }
 
-fn print_summary(s: &Settings, ports: &[Port], end: &[Snapshot], over: Duration) {
+fn print_summary(set: &PortSet, end: &[Snapshot], over: Duration) {
     let mut total = Snapshot::default();
-    for (id, (port, n)) in ports.iter().zip(end).enumerate() {
+    for (id, (port, n)) in set.ports().iter().zip(end).enumerate() {
         println!(
             "L2FWD-SUMMARY port={id} pci={} rx={} tx={} dropped={} errors={} alloc_failures={} kicks={} \
              rx_mpps={:.4} tx_mpps={:.4}",
@@ -537,10 +549,14 @@ fn print_summary(s: &Settings, ports: &[Port], end: &[Snapshot], over: Duration)
         total.tx += n.tx;
         total.dropped += n.dropped;
         total.errors += n.errors;
+        let stats = port.stats();
+        for (q, (r, t)) in stats.rx_queues.iter().zip(&stats.tx_queues).enumerate() {
+            println!("L2FWD-RXQ port={id} queue={q} rx={} tx={} kicks={}", r.packets, t.packets, r.kicks + t.kicks);
+        }
     }
     println!(
         "L2FWD-SUMMARY total ports={} rx={} tx={} dropped={} errors={} seconds={:.1}",
-        s.ports.len(),
+        end.len(),
         total.rx,
         total.tx,
         total.dropped,

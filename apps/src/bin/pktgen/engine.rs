@@ -43,8 +43,6 @@ pub struct Params {
     pub pool: Mempool,
     /// TSC ticks per second.
     pub tsc_hz: f64,
-    /// Core to pin the thread to.
-    pub core: Option<usize>,
 }
 
 /// What a run measured.
@@ -185,11 +183,6 @@ pub fn run(
     stop: &AtomicBool,
     mut on_live: impl FnMut(&Live),
 ) -> Outcome {
-    if let Some(id) = params.core {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-            tracing::warn!("pktgen: could not pin to core {id}; running unpinned");
-        }
-    }
     let lanes = queues
         .into_iter()
         .enumerate()

@@ -17,7 +17,6 @@
 mod engine;
 mod frame;
 mod plot;
-mod port;
 mod report;
 mod track;
 
@@ -27,11 +26,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use virtio_pmd::lcore::{self, LcoreWork, STOP};
+use virtio_pmd::mbuf::MempoolConfig;
+use virtio_pmd::net::{MacAddr, PortConfig};
+use virtio_pmd::setup::{DeviceSpec, PortSet, PortSetConfig, SetupError};
 use virtio_pmd::transport::RingFormat;
-use virtio_pmd_apps::mac::Mac;
 use virtio_pmd_apps::options::{Huge, Ring};
 use virtio_pmd_apps::report::init_logging;
-use virtio_pmd_apps::signal::{self, STOP};
 use virtio_pmd_apps::tsc;
 
 use engine::Params;
@@ -48,9 +49,9 @@ use report::{Setup, Summary};
                   with net_vhost). Stops after --duration, or on SIGINT/SIGTERM."
 )]
 struct Cli {
-    /// The port: pci:<address> or vhost:<socket>[,mac=MAC].
+    /// The port: pci:<address> or vhost:<socket>[,mac=MAC] (`queues=N` there overrides --queues).
     #[arg(long, value_name = "SPEC")]
-    port: port::Spec,
+    port: DeviceSpec,
     /// Frames per second, with an optional k, m or g suffix (e.g. 250k, 1.5m); 0 or absent: as
     /// fast as possible.
     #[arg(long, value_parser = parse_rate)]
@@ -83,8 +84,8 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Huge::Preferred)]
     huge_pages: Huge,
     /// Destination MAC of the frames.
-    #[arg(long, default_value_t = Mac::default_peer(0))]
-    dst_mac: Mac,
+    #[arg(long, default_value_t = MacAddr::default_peer(0))]
+    dst_mac: MacAddr,
     /// Core to pin the generator thread to.
     #[arg(long)]
     core: Option<usize>,
@@ -144,7 +145,7 @@ fn main() -> ExitCode {
         eprintln!("pktgen: {err}");
         return ExitCode::from(2);
     }
-    if let Err(err) = signal::install() {
+    if let Err(err) = lcore::install_stop_handler() {
         eprintln!("pktgen: cannot install the SIGINT/SIGTERM handler: {err}");
         return ExitCode::from(2);
     }
@@ -176,14 +177,25 @@ fn tsc_hz() -> f64 {
 
 /// Opens the port, runs the generator, reports. Ok(false): mbufs were missing at the end.
 fn run(cli: &Cli) -> Result<bool, String> {
-    let options = port::Options {
-        queues: cli.queues,
-        ring_size: cli.ring_size,
-        ring: cli.ring,
-        mbufs: cli.mbufs,
-        huge_pages: cli.huge_pages,
+    let config = PortSetConfig {
+        pool: MempoolConfig {
+            name: "pktgen".into(),
+            count: cli.mbufs,
+            huge_pages: cli.huge_pages.into(),
+            ..MempoolConfig::default()
+        },
+        port: PortConfig {
+            queue_pairs: cli.queues,
+            ring_size: Some(cli.ring_size),
+            ring: cli.ring.into(),
+            huge_pages: cli.huge_pages.into(),
+            ..PortConfig::default()
+        },
     };
-    let (mut port, pool, mac) = port::open(&cli.port, &options)?;
+    let mut set = PortSet::open(std::slice::from_ref(&cli.port), &config).map_err(|e| e.to_string())?;
+    let mac = set.mac(0);
+    let pool = set.pool().clone();
+    let port = &mut set.ports_mut()[0];
     let ring = match port.ring_format() {
         RingFormat::Packed => "packed",
         RingFormat::Split => "split",
@@ -202,7 +214,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
             cli.duration,
         ),
     );
-    let queues = (0..cli.queues)
+    let queues = (0..port.queue_pairs())
         .map(|q| port.take_queues(q).ok_or_else(|| format!("queue pair {q} is not available")))
         .collect::<Result<Vec<_>, _>>()?;
     let tsc_hz = tsc_hz();
@@ -214,28 +226,26 @@ fn run(cli: &Cli) -> Result<bool, String> {
         flows: Flows::new(cli.flows, cli.dst_mac.0, mac.0),
         pool: pool.clone(),
         tsc_hz,
-        core: cli.core,
     };
     let json = cli.json;
-    let outcome = std::thread::scope(|scope| {
-        let generator = std::thread::Builder::new()
-            .name("pktgen".into())
-            .spawn_scoped(scope, || {
-                engine::run(queues, &params, &STOP, |live| {
-                    if json {
-                        println!("{}", serde_json::to_string(live).unwrap_or_default());
-                    } else {
-                        println!("{}", live.line());
-                    }
-                    let _ = std::io::stdout().flush();
-                })
-            })
-            .map_err(|e| format!("cannot start the generator thread: {e}"))?;
-        generator.join().map_err(|_| "the generator thread panicked".to_string())
-    })?;
-    drop(port);
-    drop(params);
-    let in_use = pool.stats().in_use;
+    let generator = LcoreWork { core: cli.core, work: (queues, params) };
+    let lcores = lcore::launch("pktgen", vec![generator], &STOP, move |_, (queues, params): (Vec<_>, Params)| {
+        engine::run(queues, &params, &STOP, |live| {
+            if json {
+                println!("{}", serde_json::to_string(live).unwrap_or_default());
+            } else {
+                println!("{}", live.line());
+            }
+            let _ = std::io::stdout().flush();
+        })
+    })
+    .map_err(|e| format!("cannot start the generator: {e}"))?;
+    let outcome = lcores.wait().pop().and_then(Result::ok).ok_or("the generator panicked")?;
+    drop(pool);
+    let in_use = match set.close() {
+        Ok(stats) | Err(SetupError::MbufsMissing { stats }) => stats.in_use,
+        Err(e) => return Err(e.to_string()),
+    };
     let curve = plot::points(&outcome.latency, tsc_hz);
     let plot = match &cli.plot {
         Some(path) => {
@@ -299,10 +309,7 @@ fn overlay(file: &std::path::Path) -> Result<Overlay, String> {
 impl Cli {
     /// The port as given on the command line.
     fn port_name(&self) -> String {
-        match &self.port {
-            port::Spec::Pci(address) => format!("pci:{address}"),
-            port::Spec::Vhost(path, _) => format!("vhost:{}", path.display()),
-        }
+        self.port.to_string()
     }
 }
 

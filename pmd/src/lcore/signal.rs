@@ -1,5 +1,5 @@
-//! SIGINT (Ctrl-C) and SIGTERM: the first sets [`STOP`], which the polling threads and the
-//! statistics loop watch, so that the program stops cleanly (polling stops, queues and ports are
+//! SIGINT (Ctrl-C) and SIGTERM: the first sets [`STOP`], which the lcores ([`launch`](super::launch))
+//! and the program's main loop watch, so that the program stops cleanly (polling stops, queues and ports are
 //! dropped, the pool is checked); a second one, while that shutdown hangs, exits at once with
 //! status 130.
 //!
@@ -21,7 +21,7 @@ extern "C" fn on_signal(_signal: libc::c_int) {
 }
 
 /// Installs the handler for SIGINT and SIGTERM.
-pub fn install() -> std::io::Result<()> {
+pub fn install_stop_handler() -> std::io::Result<()> {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let handler = on_signal as extern "C" fn(libc::c_int);
         // SAFETY: `on_signal` is an `extern "C" fn(c_int)` that only touches an atomic and calls

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use virtio_pmd_apps::mac::Mac;
+use virtio_pmd::net::MacAddr;
 
 use crate::PeerError;
 
@@ -22,9 +22,9 @@ use crate::PeerError;
 #[derive(Clone, Debug)]
 pub struct ReflectConfig {
     /// Destination MAC written on frames leaving port q.
-    pub out_dst: [Mac; 2],
+    pub out_dst: [MacAddr; 2],
     /// Source MAC written on frames leaving port q.
-    pub out_src: [Mac; 2],
+    pub out_src: [MacAddr; 2],
     /// Stop after this long without a frame (counted from the last frame, or from the start).
     pub idle_exit: Option<Duration>,
 }
@@ -70,7 +70,8 @@ pub fn serve(
                     }
                     buf[0..6].copy_from_slice(&cfg.out_dst[q].0);
                     buf[6..12].copy_from_slice(&cfg.out_src[q].0);
-                    out.send_to(&buf[..n], peers[q]).map_err(|source| PeerError::Send { to: peers[q], source })?;
+                    out.send_to(&buf[..n], peers[q])
+                        .map_err(|source| PeerError::Send { to: peers[q].to_string(), source })?;
                     forwarded[p].fetch_add(1, Ordering::Relaxed);
                     last.store(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
                 }

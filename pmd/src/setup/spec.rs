@@ -1,0 +1,235 @@
+//! Device strings in DPDK's style: `pci:0000:00:03.0[,queues=N][,mac=MAC]` for a virtio-net PCI
+//! function bound to vfio-pci, `vhost:/path.sock[,queues=N][,mac=MAC]` for a vhost-user backend.
+//!
+//! Options follow the address, comma-separated, each `key=value`; which keys a kind takes is
+//! decided in one place ([`DeviceSpec::set_option`]), so a new one (a transport mode, a per-port
+//! setting) is one match arm and one field. The printed form ([`Display`](fmt::Display)) parses
+//! back to the same spec.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::net::MacAddr;
+use crate::transport::vfio::normalize_bdf;
+
+/// How to reach one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Device {
+    /// A virtio-net PCI function bound to vfio-pci.
+    Pci {
+        /// Its address, normalised (`0000:00:03.0`).
+        address: String,
+    },
+    /// A vhost-user backend's unix socket.
+    Vhost {
+        /// The socket.
+        path: PathBuf,
+    },
+}
+
+/// One port: the device and its per-port options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize, serde::Serialize),
+    serde(try_from = "String", into = "String")
+)]
+pub struct DeviceSpec {
+    /// The device.
+    pub device: Device,
+    /// Queue pairs of this port (`queues=N`; default: [`PortSetConfig`](super::PortSetConfig)'s).
+    pub queues: Option<u16>,
+    /// `mac=MAC`. vhost-user: the MAC the port reports (default
+    /// [`MacAddr::default_vhost`]); PCI: the source MAC to use when the device reports none.
+    pub mac: Option<MacAddr>,
+}
+
+/// Why a device string does not parse. Each variant carries the whole string.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// Neither `pci:` nor `vhost:`.
+    #[error(
+        "port '{spec}': expected pci:<address>[,queues=N][,mac=MAC] (e.g. pci:0000:00:03.0) or \
+         vhost:<socket>[,queues=N][,mac=MAC]"
+    )]
+    UnknownKind {
+        /// The string.
+        spec: String,
+    },
+    /// The PCI address is malformed.
+    #[error("port '{spec}': '{address}' is not a PCI address: expected DDDD:BB:DD.F, e.g. 0000:00:03.0")]
+    BadPciAddress {
+        /// The string.
+        spec: String,
+        /// The address part.
+        address: String,
+    },
+    /// `vhost:` with nothing after it.
+    #[error("port '{spec}': no socket path after vhost:")]
+    NoSocketPath {
+        /// The string.
+        spec: String,
+    },
+    /// A key this kind of device does not take, or an option without `=`.
+    #[error("port '{spec}': unknown option '{option}' (known: {known})")]
+    UnknownOption {
+        /// The string.
+        spec: String,
+        /// The option as written.
+        option: String,
+        /// The keys this kind takes.
+        known: &'static str,
+    },
+    /// A known key with a value it cannot take.
+    #[error("port '{spec}': {key}={value} is not {expected}")]
+    BadValue {
+        /// The string.
+        spec: String,
+        /// The key.
+        key: &'static str,
+        /// The value as written.
+        value: String,
+        /// What it must be.
+        expected: &'static str,
+    },
+}
+
+/// The keys every kind takes.
+const KNOWN_OPTIONS: &str = "queues=N, mac=MAC";
+
+impl DeviceSpec {
+    /// A PCI function by address (any form [`normalize_bdf`] takes), no options.
+    pub fn pci(address: &str) -> Result<DeviceSpec, SpecError> {
+        let bad = || SpecError::BadPciAddress { spec: format!("pci:{address}"), address: address.to_owned() };
+        let address = normalize_bdf(address).map_err(|_| bad())?;
+        Ok(DeviceSpec { device: Device::Pci { address }, queues: None, mac: None })
+    }
+
+    /// A vhost-user backend at `path`, no options.
+    pub fn vhost(path: impl Into<PathBuf>) -> DeviceSpec {
+        DeviceSpec { device: Device::Vhost { path: path.into() }, queues: None, mac: None }
+    }
+
+    /// The PCI address or the socket path: what the port is called in messages
+    /// ([`Port::name`](crate::net::Port::name)).
+    pub fn target(&self) -> String {
+        match &self.device {
+            Device::Pci { address } => address.clone(),
+            Device::Vhost { path } => path.display().to_string(),
+        }
+    }
+
+    /// Applies one `key=value` option of the string `spec`.
+    fn set_option(&mut self, spec: &str, option: &str) -> Result<(), SpecError> {
+        let unknown =
+            || SpecError::UnknownOption { spec: spec.to_owned(), option: option.to_owned(), known: KNOWN_OPTIONS };
+        let (key, value) = option.split_once('=').ok_or_else(unknown)?;
+        let bad = |key, expected| SpecError::BadValue { spec: spec.to_owned(), key, value: value.to_owned(), expected };
+        match key {
+            "queues" => {
+                let n = value.parse::<u16>().ok().filter(|n| *n > 0).ok_or_else(|| bad("queues", "1..=65535"))?;
+                self.queues = Some(n);
+            }
+            "mac" => self.mac = Some(value.parse().map_err(|_| bad("mac", "a MAC address (02:00:00:00:00:01)"))?),
+            _ => return Err(unknown()),
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (mut spec, options) = if let Some(rest) = s.strip_prefix("pci:") {
+            let (address, options) = rest.split_once(',').unwrap_or((rest, ""));
+            let spec = DeviceSpec::pci(address)
+                .map_err(|_| SpecError::BadPciAddress { spec: s.to_owned(), address: address.to_owned() })?;
+            (spec, options)
+        } else if let Some(rest) = s.strip_prefix("vhost:") {
+            let (path, options) = rest.split_once(',').unwrap_or((rest, ""));
+            if path.is_empty() {
+                return Err(SpecError::NoSocketPath { spec: s.to_owned() });
+            }
+            (DeviceSpec::vhost(path), options)
+        } else {
+            return Err(SpecError::UnknownKind { spec: s.to_owned() });
+        };
+        for option in options.split(',').filter(|o| !o.is_empty()) {
+            spec.set_option(s, option)?;
+        }
+        Ok(spec)
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.device {
+            Device::Pci { address } => write!(f, "pci:{address}")?,
+            Device::Vhost { path } => write!(f, "vhost:{}", path.display())?,
+        }
+        if let Some(n) = self.queues {
+            write!(f, ",queues={n}")?;
+        }
+        if let Some(mac) = self.mac {
+            write!(f, ",mac={mac}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(spec: DeviceSpec) -> String {
+        spec.to_string()
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = SpecError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pci_and_vhost_strings_parse_with_their_options_and_print_back() {
+        let pci: DeviceSpec = "pci:00:03.0".parse().unwrap();
+        assert_eq!(pci, DeviceSpec::pci("0000:00:03.0").unwrap());
+        assert_eq!(pci.to_string(), "pci:0000:00:03.0");
+        let vhost: DeviceSpec = "vhost:/tmp/a.sock,queues=2,mac=02:00:00:00:00:09".parse().unwrap();
+        assert_eq!(vhost.device, Device::Vhost { path: "/tmp/a.sock".into() });
+        assert_eq!((vhost.queues, vhost.mac), (Some(2), Some(MacAddr([2, 0, 0, 0, 0, 9]))));
+        assert_eq!(vhost.target(), "/tmp/a.sock");
+        for s in [
+            "pci:0000:00:04.0,queues=4",
+            "vhost:/x,queues=1,mac=52:54:00:00:00:01",
+            "pci:0000:00:05.1,mac=02:00:00:00:00:02",
+        ] {
+            assert_eq!(s.parse::<DeviceSpec>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn bad_strings_are_typed_errors_that_name_the_string() {
+        let err = |s: &str| s.parse::<DeviceSpec>().unwrap_err();
+        assert!(matches!(err("tap:x"), SpecError::UnknownKind { .. }));
+        assert!(err("tap:x").to_string().contains("expected pci:"));
+        assert!(matches!(err("pci:00:99.0"), SpecError::BadPciAddress { address, .. } if address == "00:99.0"));
+        assert!(matches!(err("vhost:"), SpecError::NoSocketPath { .. }));
+        assert!(matches!(err("vhost:,queues=2"), SpecError::NoSocketPath { .. }));
+        let unknown = err("vhost:/a,foo=1");
+        assert!(matches!(&unknown, SpecError::UnknownOption { option, .. } if option == "foo=1"), "{unknown}");
+        assert!(unknown.to_string().contains("unknown option 'foo=1'") && unknown.to_string().contains("vhost:/a"));
+        assert!(matches!(err("pci:00:03.0,queues"), SpecError::UnknownOption { .. }));
+        assert!(matches!(err("pci:00:03.0,queues=0"), SpecError::BadValue { key: "queues", .. }));
+        assert!(matches!(err("vhost:/a,mac=02:00"), SpecError::BadValue { key: "mac", .. }));
+    }
+}
