@@ -17,6 +17,7 @@
 //! idle_sleep_us = 0         # sleep this long when a thread's queues stay empty (0: pure polling)
 //! promiscuous = false       # turn promiscuous mode on at start (the device's control queue)
 //! json = false              # also print JSON lines (statistics, summaries, the pool check)
+//! no_iommu = false          # no IOMMU: ports in VFIO no-IOMMU mode or on uio_pci_generic, physical addresses (root)
 //! queues = 1                # queue pairs per port (more than one: the device's control queue)
 //! max_pkt_len = 1514        # largest frame; beyond a buffer: mergeable receive buffers, transmit chains
 //! offloads = false          # checksum, TSO and LRO, passed through from receive to transmit
@@ -160,6 +161,11 @@ pub struct Options {
     /// chains): a received super-packet and its checksum state go out as received [default: off].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub offloads: Option<bool>,
+    /// No IOMMU (a VM without a vIOMMU): open every port through VFIO's no-IOMMU mode (bound to
+    /// vfio-pci) or uio_pci_generic, with physical-address DMA memory (root, huge pages). The
+    /// devices can then reach ALL memory [default: off].
+    #[arg(long = "no-iommu", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub no_iommu: Option<bool>,
 }
 
 /// One port, checked.
@@ -198,6 +204,8 @@ pub struct Settings {
     pub promiscuous: bool,
     /// Also print JSON lines.
     pub json: bool,
+    /// No IOMMU: every port's spec has `iommu=off`.
+    pub no_iommu: bool,
     /// Queue pairs per port.
     pub queues: u16,
     /// RSS indirection tables set once the ports run, per port (checked: ports exist, entries
@@ -233,6 +241,7 @@ impl Settings {
                 )
             })?;
             spec.mac = entry.mac;
+            spec.no_iommu = o.no_iommu.unwrap_or(false);
             if let Some(prev) = ports.iter().position(|p| p.spec.device == spec.device) {
                 return Err(format!("ports {prev} and {id} are both {}{from}: give each device once", spec.target()));
             }
@@ -310,6 +319,7 @@ impl Settings {
             idle_sleep: Some(idle_sleep_us).filter(|us| *us > 0).map(Duration::from_micros),
             promiscuous: o.promiscuous.unwrap_or(false),
             json: o.json.unwrap_or(false),
+            no_iommu: o.no_iommu.unwrap_or(false),
             queues,
             rss_tables,
             source,
