@@ -198,7 +198,12 @@ impl PortSet {
                     // The ports opened so far go first (each resets its device and returns its
                     // buffers): the error then shows whether every mbuf came back.
                     drop(ports);
-                    return Err(SetupError::Port { port: id, name: spec.target(), source, pool: Box::new(pool.stats()) });
+                    return Err(SetupError::Port {
+                        port: id,
+                        name: spec.target(),
+                        source,
+                        pool: Box::new(pool.stats()),
+                    });
                 }
             };
             let mac = source_mac(id, &port, spec);
