@@ -104,13 +104,13 @@ pub struct PortConfig {
     /// per-queue ring sizes, as DPDK's queue set-up takes them. Pairs beyond the list, or all
     /// when it is empty, get [`ring_size`](Self::ring_size).
     pub pair_ring_sizes: Vec<u16>,
+    /// Checksum and segmentation offloads, each negotiated only when asked for here and offered
+    /// ([`Port::offloads`]). A transmit offload implies transmit chains (TSO packets are large).
+    pub offloads: OffloadConfig,
     /// Count packet classes per queue (size bins, multicast, broadcast: the `rx_size_64_packets`
     /// family of [`PortStats::xstats`]). Off by default: it reads every frame's length and
     /// destination MAC, a cache line the forwarding may not otherwise touch.
     pub packet_classes: bool,
-    /// Checksum and segmentation offloads, each negotiated only when asked for here and offered
-    /// ([`Port::offloads`]). A transmit offload implies transmit chains (TSO packets are large).
-    pub offloads: OffloadConfig,
 }
 
 impl Default for PortConfig {
@@ -128,8 +128,8 @@ impl Default for PortConfig {
             rx_mergeable: false,
             tx_multi_segment: false,
             pair_ring_sizes: Vec::new(),
-            packet_classes: false,
             offloads: OffloadConfig::default(),
+            packet_classes: false,
         }
     }
 }
@@ -585,11 +585,6 @@ impl Port {
             }
         }
         let rss = rss.or_else(|| rss_caps.map(|caps| (caps, RssConfig::spread(1, &caps))));
-        // Named once per port, as DPDK names the receive and transmit functions it picked.
-        tracing::info!(
-            "{name}: {format:?} ring{}, rx path: {rx_path}, tx path: {tx_path}",
-            if in_order { " (in order)" } else { "" }
-        );
         Ok(Negotiated {
             features: wanted,
             format,
@@ -718,11 +713,12 @@ impl Port {
         Ok((mac, mtu))
     }
 
-    /// The one line saying which data path the port runs, logged once when it opens.
+    /// The one line saying which data path the port runs, logged once when it opens (as DPDK
+    /// names the receive and transmit functions it picked).
     fn log_data_path(&self, config: &PortConfig) {
         tracing::info!(
             "port {} ({}): {} ring of {} descriptors, {} queue pair(s), in_order {}, event_idx {}, control queue {}, \
-             packet classes {}, features {:?}",
+             rx path: {}, tx path: {}, packet classes {}, features {:?}",
             config.port_id,
             self.device.name,
             match self.format {
@@ -734,6 +730,8 @@ impl Port {
             self.features.has(features::IN_ORDER),
             self.features.has(features::EVENT_IDX),
             self.ctrl.is_some(),
+            self.rx_path,
+            self.tx_path,
             config.packet_classes,
             self.features,
         );

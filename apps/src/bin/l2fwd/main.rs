@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use virtio_pmd::lcore::{self, LcoreWork, Lcores, STOP};
-use virtio_pmd::mbuf::MempoolConfig;
-use virtio_pmd::net::{Port, PortConfig};
+use virtio_pmd::mbuf::{MempoolConfig, PoolStats};
+use virtio_pmd::net::{OffloadConfig, Port, PortConfig};
 use virtio_pmd::setup::{PortSet, PortSetConfig, SetupError};
 use virtio_pmd::transport::RingFormat;
 
@@ -169,7 +169,7 @@ fn print_settings(s: &Settings) {
     let ports: Vec<String> = s.ports.iter().map(|p| p.spec.target()).collect();
     println!(
         "l2fwd: ports {} (pairs {}), {} queue pair(s) each, ring {}, ring size {}, burst {}, pool {} mbufs \
-         (cache {}), huge pages {}, cores {}, idle {}, stats every {}{}",
+         (cache {}), huge pages {}, cores {}, idle {}, stats every {}, max frame {} bytes, offloads {}{}{}",
         ports.join(" "),
         (0..s.ports.len()).map(|i| format!("{i}->{}", s.peer_of(i))).collect::<Vec<_>>().join(" "),
         s.queues,
@@ -182,6 +182,9 @@ fn print_settings(s: &Settings) {
         if s.cores.is_empty() { "unpinned (one thread)".into() } else { format!("{:?}", s.cores) },
         s.idle_sleep.map_or("busy polling".into(), |d| format!("sleep {} us", d.as_micros())),
         s.stats_interval.map_or("never".into(), |d| format!("{} s", d.as_secs())),
+        s.max_pkt_len,
+        if s.offloads { "on" } else { "off" },
+        if s.no_iommu { ", no IOMMU (physical addresses: the devices can reach all memory)" } else { "" },
         s.source.as_ref().map(|p| format!(", from {}", p.display())).unwrap_or_default(),
     );
 }
@@ -203,12 +206,38 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
             pair_ring_sizes: s.ring_sizes.clone(),
             ring: s.ring.into(),
             huge_pages: s.huge_pages.into(),
+            // Frames larger than a buffer, and super-packets, span several.
+            rx_mergeable: s.offloads || s.max_pkt_len > config::BUFFER_DATA_ROOM,
+            tx_multi_segment: s.offloads || s.max_pkt_len > config::BUFFER_DATA_ROOM,
+            offloads: OffloadConfig {
+                tx_checksum: s.offloads,
+                tso: s.offloads,
+                rx_checksum: s.offloads,
+                lro: s.offloads,
+            },
             ..PortConfig::default()
         },
     };
     let specs: Vec<_> = s.ports.iter().map(|p| p.spec.clone()).collect();
-    let mut set = PortSet::open(&specs, &config)?;
+    let mut set = PortSet::open(&specs, &config).inspect_err(|e| {
+        if let SetupError::Port { pool, .. } = e {
+            print_pool(pool, s.json);
+        }
+    })?;
     for (id, port) in set.ports_mut().iter_mut().enumerate() {
+        let mtu_frame = u32::from(port.mtu().unwrap_or(1500)) + 14;
+        if s.max_pkt_len > mtu_frame {
+            println!(
+                "l2fwd: port {id}: warning: max_pkt_len {} exceeds the device's MTU frame of {mtu_frame} bytes",
+                s.max_pkt_len
+            );
+        }
+        println!(
+            "l2fwd: port {id}: rx path {}, tx path {}, offloads {:?}",
+            port.rx_path(),
+            port.tx_path(),
+            port.offloads()
+        );
         let failed =
             |what: &str, e: virtio_pmd::Error| Failure::Runtime(format!("port {id}: {what}: {}", describe(&e)));
         if let Some(on) = s.promiscuous {
@@ -430,6 +459,17 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         Ok(stats) | Err(SetupError::MbufsMissing { stats }) => *stats,
         Err(e) => return Err(Failure::Runtime(describe(e))),
     };
+    print_pool(&pool, s.json);
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    closed?;
+    println!("L2FWD-DONE clean");
+    Ok(())
+}
+
+/// Prints the `L2FWD-POOL` line (and its JSON line): whether every mbuf is back.
+fn print_pool(pool: &PoolStats, json: bool) {
     println!(
         "L2FWD-POOL size={} available={} in_use={} alloc_failures={}: {}",
         pool.size,
@@ -442,16 +482,10 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             format!("{} mbufs LEAKED", pool.in_use)
         }
     );
-    if s.json {
+    if json {
         let line = JsonLine::new("l2fwd", "pool").int("size", pool.size.into()).int("available", pool.available.into());
         println!("{}", line.int("in_use", pool.in_use.into()).int("alloc_failures", pool.alloc_failures).finish());
     }
-    if let Some(f) = failure {
-        return Err(f);
-    }
-    closed?;
-    println!("L2FWD-DONE clean");
-    Ok(())
 }
 
 /// How often link states are polled when no statistics lines are printed.
