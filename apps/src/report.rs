@@ -37,6 +37,31 @@ impl Snapshot {
     }
 }
 
+impl std::ops::AddAssign for Snapshot {
+    fn add_assign(&mut self, other: Snapshot) {
+        self.rx += other.rx;
+        self.tx += other.tx;
+        self.dropped += other.dropped;
+        self.errors += other.errors;
+        self.alloc_failures += other.alloc_failures;
+        self.kicks += other.kicks;
+    }
+}
+
+/// An error with its chain of sources, each once (`port 0: ...: ...`).
+pub fn describe(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(&format!(": {text}"));
+        }
+        source = s.source();
+    }
+    msg
+}
+
 /// `packets` over `over`, in millions per second (0 over no time).
 pub fn mpps(packets: u64, over: Duration) -> f64 {
     if over.is_zero() {
@@ -154,14 +179,14 @@ impl Record {
         fields.join(" ")
     }
 
-    /// The record as a JSON line for `event` of `app`.
-    pub fn json(&self, app: &str, event: &str) -> String {
-        let line = self.0.iter().fold(JsonLine::new(app, event), |line, (k, v)| match v {
+    /// The record as a JSON line for `event` of `app` (more fields may follow; then
+    /// [`JsonLine::finish`]).
+    pub fn json(&self, app: &str, event: &str) -> JsonLine {
+        self.0.iter().fold(JsonLine::new(app, event), |line, (k, v)| match v {
             Value::Text(t) => line.text(k, t),
             Value::Int(n) => line.int(k, *n),
             Value::Num(x, _) => line.num(k, *x),
-        });
-        line.finish()
+        })
     }
 }
 
@@ -202,7 +227,7 @@ mod tests {
         assert_eq!(r.key_values(), "mode=io rx_pkts=5 mpps=1.235");
         // Keys in order (serde_json's map is sorted).
         assert_eq!(
-            r.json("fwd", "summary"),
+            r.json("fwd", "summary").finish(),
             r#"{"app":"fwd","event":"summary","mode":"io","mpps":1.23456,"rx_pkts":5}"#
         );
     }
