@@ -1,7 +1,16 @@
 #!/bin/bash
 # l2fwd-vm.sh: the main job, end to end, in one command on a fresh machine.
 #
-#   scripts/l2fwd-vm.sh [--ring packed|split] [--frames N] [--rate PPS]
+#   scripts/l2fwd-vm.sh [--ring packed|split] [--frames N] [--rate PPS] [--queues N [--rss-check]]
+#
+# With --queues N the NICs are wired to multi-queue taps instead of UDP sockets: QEMU runs in a
+# network namespace this script creates (mq-l2fwd-<pid>, removed at the end), each NIC gets
+# `-netdev tap,queues=N,vhost=off` and `mq=on,rss=on,hash=on`, l2fwd opens N queue pairs per port
+# (VQ_PAIRS_SET and the default RSS configuration through the control queue), and vm-peer sends
+# IPv4/UDP frames of many flows into the taps with AF_PACKET. --rss-check also gives port 1 a
+# changed indirection table at run time (the queues in reverse order) and requires that every
+# receive queue of l2fwd got exactly the frames vm-peer predicts with its own Toeplitz hash from
+# the key and each port's table.
 #
 # 1. installs what is missing (QEMU, cpio, kmod, the guest kernel and busybox:
 #    scripts/vm/fetch-guest.sh; gcc and libc6-dev for the build: scripts/lib/need.sh);
@@ -18,7 +27,8 @@
 #    console (counters, and that every mbuf is back in the pool), checks the console for IOMMU
 #    faults and oopses (run-vm.sh: exit 126);
 # 7. prints a summary; the last line is
-#      RESULT ring=<packed|split> sent=<n> received=<n> lost=<n> corrupted=<n> p50_us=<x> p99_us=<x>
+#      RESULT ring=<packed|split> queues=<n> iommu=on sent=<n> received=<n> lost=<n> corrupted=<n>
+#             p50_us=<x> p99_us=<x> rxq_min=<fewest frames any receive queue of l2fwd got>
 #
 # Exit 0 only when nothing was lost or corrupted, l2fwd exited cleanly with every mbuf returned,
 # and the console shows no IOMMU fault. Logs stay in target/l2fwd-vm/.
@@ -51,6 +61,13 @@ usage: $0 [--ring packed|split] [--frames N] [--rate PPS] [--port-base P] [--no-
   --rate PPS            frames per second per direction (default $DEFAULT_RATE)
   --port-base P         host UDP ports P, P+1, P+10, P+11 on 127.0.0.1 (default 43001)
   --l2fwd-args 'ARGS'   extra l2fwd options, after --config (e.g. '--cores 0,1 --idle-sleep-us 20')
+  --queues N            N queue pairs per NIC over multi-queue taps in a network namespace (needs
+                        root; iproute2); vm-peer sends IPv4/UDP frames of --flows flows
+  --flows N             flows with --queues (default 256)
+  --rss-check           with --queues: port 1 gets a reversed RSS table at run time, and the frames
+                        of every receive queue must equal vm-peer's Toeplitz prediction exactly
+  --link-flap           after half the frames, take NIC1's link down and up with QEMU's monitor
+                        (set_link): l2fwd must report both changes, and the rest must pass
   --no-build            use the binaries already built (target/$TRIPLE/ci/l2fwd, target/ci/vm-peer)
   environment: VM_ACCEL=tcg|kvm|auto (run-vm.sh), L2FWD_VM_DIR (logs; default target/l2fwd-vm)
 USAGE
@@ -62,6 +79,10 @@ RATE=$DEFAULT_RATE
 PORT_BASE=43001
 BUILD=1
 L2FWD_ARGS=""
+LINK_FLAP=0
+QUEUES=""
+FLOWS=256
+RSS_CHECK=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --ring) RING=${2:-}; shift ;;
@@ -69,6 +90,10 @@ while [ $# -gt 0 ]; do
         --rate) RATE=${2:-}; shift ;;
         --port-base) PORT_BASE=${2:-}; shift ;;
         --l2fwd-args) L2FWD_ARGS=${2?--l2fwd-args needs options}; shift ;;
+        --queues) QUEUES=${2:-}; shift ;;
+        --flows) FLOWS=${2:-}; shift ;;
+        --rss-check) RSS_CHECK=1 ;;
+        --link-flap) LINK_FLAP=1 ;;
         --no-build) BUILD=0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "l2fwd-vm: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
@@ -78,6 +103,22 @@ done
 case "$RING" in packed|split) ;; *) echo "l2fwd-vm: --ring must be packed or split" >&2; exit 2 ;; esac
 [[ "$FRAMES" =~ ^[1-9][0-9]*$ ]] || { echo "l2fwd-vm: --frames must be a positive number" >&2; exit 2; }
 [[ "$RATE" =~ ^[1-9][0-9]*$ ]] || { echo "l2fwd-vm: --rate must be a positive number" >&2; exit 2; }
+if [ -n "$QUEUES" ]; then
+    if ! [[ "$QUEUES" =~ ^[1-9][0-9]*$ ]] || [ "$QUEUES" -gt 64 ]; then
+        echo "l2fwd-vm: --queues must be 1..64" >&2
+        exit 2
+    fi
+    [[ "$FLOWS" =~ ^[1-9][0-9]*$ ]] || { echo "l2fwd-vm: --flows must be a positive number" >&2; exit 2; }
+    [ "$(id -u)" -eq 0 ] || { echo "l2fwd-vm: --queues needs root (network namespace, taps, AF_PACKET)" >&2; exit 2; }
+fi
+if [ "$LINK_FLAP" -eq 1 ] && [ "$RSS_CHECK" -eq 1 ]; then
+    echo "l2fwd-vm: --link-flap and --rss-check are separate runs (the prediction covers one vm-peer run)" >&2
+    exit 2
+fi
+if [ -z "$QUEUES" ] && [ "$RSS_CHECK" -eq 1 ]; then
+    echo "l2fwd-vm: --rss-check needs --queues" >&2
+    exit 2
+fi
 if ! [[ "$PORT_BASE" =~ ^[0-9]+$ ]] || [ "$PORT_BASE" -lt 1024 ] || [ "$PORT_BASE" -gt 65000 ]; then
     echo "l2fwd-vm: --port-base must be a port number in 1024..65000" >&2
     exit 2
@@ -117,6 +158,11 @@ for bin in "$L2FWD" "$VM_PEER"; do
     [ -x "$bin" ] || { echo "l2fwd-vm: missing $bin (run without --no-build)" >&2; exit 1; }
 done
 
+# shellcheck source=lib/need.sh
+. "$HERE/lib/need.sh"
+[ -z "$QUEUES" ] || need_commands ip:iproute2
+[ "$LINK_FLAP" -eq 0 ] || need_commands python3:python3-minimal
+
 # --- 3: the guest image ------------------------------------------------------------------------
 INITRD=$OUT_DIR/l2fwd.cpio.gz
 "$VM/mkinitramfs.sh" "$INITRD" "$L2FWD" >/dev/null
@@ -124,14 +170,43 @@ INITRD=$OUT_DIR/l2fwd.cpio.gz
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/l2fwd-vm.XXXXXX")
 VMPID=""
 TAILPID=""
+NETNS=""
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     if [ -n "$TAILPID" ] && kill -0 "$TAILPID" 2>/dev/null; then kill "$TAILPID" 2>/dev/null || true; fi
     if [ -n "$VMPID" ] && kill -0 "$VMPID" 2>/dev/null; then kill "$VMPID" 2>/dev/null || true; fi
+    if [ -n "$NETNS" ]; then
+        # QEMU (run-vm.sh's child) must be gone before its namespace goes.
+        [ -z "$VMPID" ] || wait "$VMPID" 2>/dev/null || true
+        ip netns del "$NETNS" 2>/dev/null || true
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# --- the multi-queue backend: a namespace for QEMU and its taps --------------------------------
+TAPS=(mq-t0 mq-t1)
+IN_NS=()
+VM_NET=(--port-base "$PORT_BASE" --sock-buf "$SOCK_BUF")
+PEER_NET=(--port-base "$PORT_BASE")
+RSS_TABLE1=""
+if [ -n "$QUEUES" ]; then
+    NETNS=mq-l2fwd-$$
+    ip netns add "$NETNS"
+    IN_NS=(ip netns exec "$NETNS")
+    # Nothing but the test frames on the taps: no IPv6 (router solicitations, MLD reports).
+    "${IN_NS[@]}" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    VM_NET=(--taps "${TAPS[0]},${TAPS[1]}" --queues "$QUEUES")
+    PEER_NET=(--tap "${TAPS[0]},${TAPS[1]}" --flows "$FLOWS" --rss-queues "$QUEUES")
+    # 2 ports x N pairs x 2 rings x 256 descriptors, plus the thread caches.
+    L2FWD_ARGS="--queues $QUEUES --pool-size $((2048 * QUEUES + 4096)) $L2FWD_ARGS"
+    if [ "$RSS_CHECK" -eq 1 ]; then
+        RSS_TABLE1=$(seq $((QUEUES - 1)) -1 0 | paste -sd,)
+        L2FWD_ARGS="$L2FWD_ARGS --rss-table 1=$RSS_TABLE1"
+        PEER_NET+=(--rss-table "1=$RSS_TABLE1")
+    fi
+fi
 
 # The guest: l2fwd in the background; a watcher sends it SIGINT when the host says so over the
 # control line. If l2fwd exits on its own (an error), the guest finishes at once.
@@ -154,12 +229,12 @@ VM_OUT=$OUT_DIR/run-vm-$RING.txt
 # Boot and start-up take about 10 s under TCG; the traffic about FRAMES/RATE s plus probing
 # and draining; shutdown a few seconds.
 TIMEOUT=$((180 + 2 * FRAMES / RATE))
-say "ring=$RING frames=$FRAMES per direction rate=$RATE pps per direction; console $LOG"
+say "ring=$RING queues=${QUEUES:-1} frames=$FRAMES per direction rate=$RATE pps per direction; console $LOG"
 # A log left by an earlier run must not satisfy the waits below (run-vm.sh truncates it only
 # after its own set-up).
 rm -f "$LOG" "$PEER_OUT"
 t_boot=$SECONDS
-"$VM/run-vm.sh" --initrd "$INITRD" --ring "$RING" --port-base "$PORT_BASE" --sock-buf "$SOCK_BUF" --ctl "$WORK/ctl" \
+"${IN_NS[@]}" "$VM/run-vm.sh" --initrd "$INITRD" --ring "$RING" "${VM_NET[@]}" --ctl "$WORK/ctl" --monitor "$WORK/monitor.sock" \
     --log "$LOG" --timeout "$TIMEOUT" --quiet --script "$WORK/guest.sh" \
     --file "$ROOT/config/l2fwd-vm.toml:/etc/l2fwd-vm.toml" >"$VM_OUT" 2>&1 &
 VMPID=$!
@@ -170,21 +245,60 @@ tail -n +1 -s 0.2 --pid="$VMPID" -F "$LOG" 2>/dev/null | sed -u 's/\r$//' |
 TAILPID=$!
 
 FAIL=()
-if ! "$VM/wait-for.sh" "$LOG" '^L2FWD-READY' 180; then
+if [ -n "$QUEUES" ]; then
+    # QEMU makes the taps as it starts; they carry frames once up.
+    for tap in "${TAPS[@]}"; do
+        for _ in $(seq 300); do
+            "${IN_NS[@]}" ip link set "$tap" up 2>/dev/null && break
+            sleep 0.1
+        done
+        "${IN_NS[@]}" ip link show "$tap" >/dev/null 2>&1 || FAIL+=("QEMU made no tap $tap")
+    done
+fi
+if [ "${#FAIL[@]}" -eq 0 ] && ! "$VM/wait-for.sh" "$LOG" '^L2FWD-READY' 180; then
     FAIL+=("l2fwd never got ready")
 else
     say "l2fwd ready $((SECONDS - t_boot)) s after boot started; sending traffic"
 fi
 
 # --- 5: traffic --------------------------------------------------------------------------------
-peer_rc=0
-t_traffic=$SECONDS
-if [ "${#FAIL[@]}" -eq 0 ]; then
-    "$VM_PEER" run --port-base "$PORT_BASE" --frames "$FRAMES" --rate "$RATE" --ready-timeout 60 \
+# One vm-peer run of $1 frames per direction, its output appended to $PEER_OUT.
+run_peer() {
+    local rc=0
+    "${IN_NS[@]}" "$VM_PEER" run "${PEER_NET[@]}" --frames "$1" --rate "$RATE" --ready-timeout 60 \
         --expect-dst-mac-0to1 02:00:00:00:00:01 --expect-src-mac-0to1 52:54:00:00:00:02 \
         --expect-dst-mac-1to0 02:00:00:00:00:00 --expect-src-mac-1to0 52:54:00:00:00:01 \
-        2> >(sed -u 's/^/  peer | /' >&2) | tee "$PEER_OUT" | sed -u 's/^/  peer | /' || peer_rc=${PIPESTATUS[0]}
-    [ "$peer_rc" -eq 0 ] || FAIL+=("vm-peer exit $peer_rc (1: loss or corruption; 2: no run)")
+        2> >(sed -u 's/^/  peer | /' >&2) | tee -a "$PEER_OUT" | sed -u 's/^/  peer | /' || rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || FAIL+=("vm-peer exit $rc (1: loss or corruption; 2: no run)")
+}
+# Takes NIC1's link down and up again through QEMU's monitor (set_link), each time waiting for
+# l2fwd's message about it.
+flap_link() {
+    local state
+    for state in down up; do
+        local cmd=on
+        [ "$state" = down ] && cmd=off
+        t=$SECONDS
+        python3 "$VM/monitor.py" "$WORK/monitor.sock" "set_link n1 $cmd" | sed 's/^/  /' ||
+            { FAIL+=("QEMU's monitor refused set_link n1 $cmd"); return; }
+        if "$VM/wait-for.sh" "$LOG" "^L2FWD-LINK port=1 state=$state t=" 30; then
+            say "link down/up: l2fwd reported port 1 $state $((SECONDS - t)) s after set_link n1 $cmd"
+        else
+            FAIL+=("l2fwd did not report port 1's link $state within 30 s of set_link n1 $cmd")
+            return
+        fi
+    done
+}
+t_traffic=$SECONDS
+if [ "${#FAIL[@]}" -eq 0 ]; then
+    if [ "$LINK_FLAP" -eq 1 ]; then
+        # Half the frames, the link down and up, then the rest: traffic must resume, lossless.
+        run_peer $((FRAMES / 2))
+        [ "${#FAIL[@]}" -eq 0 ] && flap_link
+        [ "${#FAIL[@]}" -eq 0 ] && run_peer $((FRAMES - FRAMES / 2))
+    else
+        run_peer "$FRAMES"
+    fi
 fi
 t_traffic=$((SECONDS - t_traffic))
 
@@ -207,6 +321,27 @@ case "$vm_rc" in
     254) FAIL+=("guest set-up failed: $(grep -m1 '^VM-INIT-ERROR' "$CONSOLE" || echo '?')") ;;
     *) FAIL+=("l2fwd exit $vm_rc: $(grep -m1 '^l2fwd: error' "$CONSOLE" || echo 'see the console')") ;;
 esac
+# Frames per receive queue of l2fwd, and vm-peer's RSS prediction of them.
+RXQ=$WORK/rxq.txt
+sed -n 's/^L2FWD-RXQ port=\([0-9]*\) queue=\([0-9]*\) rx=\([0-9]*\) .*/\1 \2 \3/p' "$CONSOLE" >"$RXQ"
+rxq_min=$(awk 'NR == 1 || $3 < min { min = $3 } END { print (NR ? min : 0) }' "$RXQ")
+[ -s "$RXQ" ] || FAIL+=("l2fwd printed no L2FWD-RXQ lines")
+if [ -n "$QUEUES" ] && [ "$(wc -l <"$RXQ")" -ne $((2 * QUEUES)) ]; then
+    FAIL+=("l2fwd reported $(wc -l <"$RXQ") receive queues, not 2 x $QUEUES")
+fi
+if [ -n "$QUEUES" ] && [ "$rxq_min" -eq 0 ]; then
+    FAIL+=("a receive queue of l2fwd got no frame (rxq_min=0): the device did not spread the flows")
+fi
+RSS_TABLE=$WORK/rss.txt
+if [ "$RSS_CHECK" -eq 1 ]; then
+    sed -n 's/^RSS-PREDICT port=\([0-9]*\) queue=\([0-9]*\) frames=\([0-9]*\)$/\1 \2 \3/p' "$PEER_OUT" >"$WORK/predicted.txt"
+    # port queue predicted seen
+    join -j1 <(awk '{ print $1 ":" $2, $3 }' "$WORK/predicted.txt" | sort) \
+        <(awk '{ print $1 ":" $2, $3 }' "$RXQ" | sort) | tr ':' ' ' | sort -n -k1,1 -k2,2 >"$RSS_TABLE"
+    [ "$(wc -l <"$RSS_TABLE")" -eq $((2 * QUEUES)) ] || FAIL+=("RSS: predictions and l2fwd's queues do not pair up")
+    awk '$3 != $4 { bad = 1 } END { exit bad }' "$RSS_TABLE" ||
+        FAIL+=("RSS: frames per receive queue differ from the Toeplitz prediction (see below)")
+fi
 grep -q '^L2FWD-POOL .* in_use=0 ' "$CONSOLE" || FAIL+=("l2fwd did not report every mbuf back in the pool")
 grep -q '^L2FWD-DONE clean' "$CONSOLE" || FAIL+=("l2fwd did not finish cleanly")
 if grep -E 'vtd_iommu_translate|DMAR:.*([Ff]ault|\[DMA (Read|Write))' "$CONSOLE" >/dev/null; then
@@ -216,11 +351,25 @@ fi
 # --- 7: summary --------------------------------------------------------------------------------
 echo
 say "summary (ring=$RING, $FRAMES frames per direction at $RATE pps; traffic ${t_traffic} s, total $((SECONDS - started)) s)"
-grep -E '^(L2FWD-PORT|L2FWD-SUMMARY|L2FWD-POOL|L2FWD-DONE|L2FWD-EXIT|l2fwd: error)' "$CONSOLE" | sed 's/^/  /' || true
+grep -E '^(L2FWD-PORT|L2FWD-LINK|L2FWD-RSS|L2FWD-SUMMARY|L2FWD-RXQ|L2FWD-POOL|L2FWD-DONE|L2FWD-EXIT|l2fwd: error)' "$CONSOLE" | sed 's/^/  /' || true
 grep -E '^(dir=|elapsed_s=)' "$PEER_OUT" 2>/dev/null | sed 's/^/  /' || true
 tail -n 2 "$VM_OUT" | sed 's/^/  /'
+if [ -s "$RSS_TABLE" ]; then
+    say "RSS: frames per receive queue, predicted by vm-peer's Toeplitz hash (key, table) vs. l2fwd's counters"
+    awk -v t1="$RSS_TABLE1" '{ printf "  port %s rxq %s: predicted %s seen %s %s%s\n", $1, $2, $3, $4,
+        ($3 == $4 ? "ok" : "MISMATCH"), ($1 == 1 ? " (table changed at run time: " t1 ")" : "") }' "$RSS_TABLE"
+fi
 say "logs: $OUT_DIR"
-result=$(grep '^RESULT ' "$PEER_OUT" 2>/dev/null | tail -n 1 || true)
+# The runs' counters summed, their latencies the larger of theirs.
+result=$(awk '/^RESULT / {
+        n++
+        for (i = 2; i <= NF; i++) {
+            split($i, kv, "=")
+            if (kv[1] ~ /_us$/) { if (kv[2] + 0 > v[kv[1]] + 0) v[kv[1]] = kv[2] } else v[kv[1]] += kv[2]
+        }
+    }
+    END { if (n) printf "RESULT sent=%d received=%d lost=%d corrupted=%d p50_us=%s p99_us=%s\n",
+        v["sent"], v["received"], v["lost"], v["corrupted"], v["p50_us"], v["p99_us"] }' "$PEER_OUT" 2>/dev/null || true)
 if [ -z "$result" ]; then
     FAIL+=("vm-peer printed no RESULT")
     result="RESULT sent=0 received=0 lost=0 corrupted=0 p50_us=0 p99_us=0"
@@ -230,5 +379,5 @@ if [ "${#FAIL[@]}" -gt 0 ]; then
 else
     say "PASS"
 fi
-echo "RESULT ring=$RING ${result#RESULT }"
+echo "RESULT ring=$RING queues=${QUEUES:-1} iommu=on ${result#RESULT } rxq_min=$rxq_min"
 [ "${#FAIL[@]}" -eq 0 ]

@@ -9,9 +9,10 @@
 # tests talk to DPDK's vhost backend); unit, property, stress, fault, independent-device and
 # DPDK interop tests (cargo, `ci` profile: optimised, with debug assertions); the benches
 # compiled and run once as tests; then the VM stage: l2fwd over VFIO in the QEMU guest, packed
-# and split rings, 100000 frames each way from the host (scripts/l2fwd-vm.sh), and l2fwd's error
-# paths on real devices (scripts/vm/l2fwd-errors.sh). Fails loudly on the first error; never
-# skips silently.
+# and split rings, 100000 frames each way from the host (scripts/l2fwd-vm.sh), 4 queue pairs with
+# RSS over multi-queue taps (--queues 4 --rss-check), a link taken down and up (--link-flap), and
+# l2fwd's error paths on real devices (scripts/vm/l2fwd-errors.sh). Fails loudly on the first
+# error; never skips silently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ quick=0
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "unknown option $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -83,6 +84,18 @@ else
         scripts/l2fwd-vm.sh --ring "$ring" --frames 100000
         echo "VM $ring ring: $((SECONDS - t)) s"
     done
+    # Multi-queue: 4 pairs per NIC over multi-queue taps in a network namespace, RSS with the
+    # default table on port 0 and a table changed at run time on port 1; every receive queue's
+    # frames must equal vm-peer's Toeplitz prediction exactly (about 40 s).
+    step "VM: l2fwd, 4 queue pairs, RSS checked against the Toeplitz prediction (scripts/l2fwd-vm.sh --queues 4)"
+    t=$SECONDS
+    scripts/l2fwd-vm.sh --queues 4 --rss-check --frames 20000 --no-build
+    echo "VM multi-queue: $((SECONDS - t)) s"
+    # NIC1's link down and up through QEMU's monitor mid-run: l2fwd reports both, traffic resumes.
+    step "VM: l2fwd, link down and up mid-run (scripts/l2fwd-vm.sh --link-flap)"
+    t=$SECONDS
+    scripts/l2fwd-vm.sh --link-flap --frames 10000 --no-build
+    echo "VM link flap: $((SECONDS - t)) s"
     step "VM: l2fwd error paths (scripts/vm/l2fwd-errors.sh)"
     t=$SECONDS
     scripts/vm/l2fwd-errors.sh --no-build

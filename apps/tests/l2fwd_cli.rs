@@ -75,5 +75,8 @@ fn the_command_line_overrides_the_file() {
     let out = l2fwd(&["--check-config", "--config", config, "--ring", "split", "--burst", "8", "0000:00:05.0"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    assert!(all.contains("ports 0000:00:05.0 (pairs 0->0), ring split") && all.contains("burst 8"), "{all}");
+    assert!(
+        all.contains("ports 0000:00:05.0 (pairs 0->0), 1 queue pair(s) each, ring split") && all.contains("burst 8"),
+        "{all}"
+    );
 }

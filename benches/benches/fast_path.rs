@@ -38,6 +38,7 @@ fn device(pair: &QueuePair, mode: Mode, rx: bool, tx: bool) -> DeviceCore {
         window: BURST,
         fault: None,
         seed: 1,
+        mergeable: false,
     };
     let rx_spec = rx.then_some(pair.rx_spec);
     let tx_spec = tx.then_some(pair.tx_spec);

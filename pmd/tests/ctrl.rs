@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::test_pool;
 use virtio_pmd::mem::{HugePages, IovaAllocator};
-use virtio_pmd::net::{CtrlCommand, CtrlUnavailable, Port, PortConfig, RingChoice, RxFilter};
+use virtio_pmd::net::{CtrlCommand, CtrlUnavailable, Port, PortConfig, RingChoice, RssConfig, RxFilter, DEFAULT_KEY};
 use virtio_pmd::spec::features::{self, Features};
 use virtio_pmd::spec::net::{self as net_spec, ctrl};
 use virtio_pmd::spec::status;
@@ -313,6 +313,80 @@ fn queue_pairs_are_set_through_the_control_queue_within_max_virtqueue_pairs() {
     let config = PortConfig { queue_pairs: 2, ..port_config(RingChoice::Auto) };
     let (err, _) = open_with(CTRL_ALL, &config, CtrlAnswer::Err).err().expect("refused");
     assert!(matches!(err, Error::CtrlCommandFailed { command: CtrlCommand::MqVqPairsSet, .. }), "{err:?}");
+}
+
+/// `struct virtio_net_rss_config` as the spec lays it out, for `pairs` pairs.
+fn rss_bytes(rss: &RssConfig, pairs: u16) -> Vec<u8> {
+    let mut b = rss.hash_types.to_le_bytes().to_vec();
+    b.extend_from_slice(&(rss.table.len() as u16 - 1).to_le_bytes());
+    b.extend_from_slice(&rss.unclassified.to_le_bytes());
+    rss.table.iter().for_each(|q| b.extend_from_slice(&q.to_le_bytes()));
+    b.extend_from_slice(&pairs.to_le_bytes());
+    b.push(rss.key.len() as u8);
+    b.extend_from_slice(&rss.key);
+    b
+}
+
+#[test]
+fn rss_is_configured_at_open_and_changed_at_run_time() {
+    let offered = [CTRL_ALL, &[net_spec::F_RSS]].concat();
+    for ring in [RingChoice::Packed, RingChoice::Split] {
+        let config = PortConfig { queue_pairs: 4, ..port_config(ring) };
+        let mut f = open_with(&offered, &config, CtrlAnswer::Ok).map_err(|(e, _)| e).expect("port");
+        let caps = f.port.rss_capabilities().expect("RSS negotiated");
+        assert_eq!((caps.max_key_size, caps.max_table_len, caps.hash_types), (40, 128, 0x1ff));
+        // VQ_PAIRS_SET, then the default RSS configuration: the Microsoft key, i % 4.
+        let got = commands(&f.ctrl);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!((got[0].class, got[0].command), (ctrl::MQ, ctrl::MQ_VQ_PAIRS_SET));
+        let default = f.port.rss_config().expect("default RSS").clone();
+        assert_eq!(default.key, DEFAULT_KEY);
+        assert_eq!(default.table, (0..128).map(|i| i % 4).collect::<Vec<u16>>());
+        assert_eq!(default.hash_types, 0x3f);
+        assert_eq!(
+            (got[1].class, got[1].command, got[1].data.clone()),
+            (ctrl::MQ, ctrl::MQ_RSS_CONFIG, rss_bytes(&default, 4))
+        );
+
+        // A new table and key at run time.
+        let changed = RssConfig { table: vec![3, 2, 1, 0], key: vec![0x5a; 40], ..default.clone() };
+        f.port.set_rss(&changed).unwrap();
+        assert_eq!(one(&f.ctrl), (ctrl::MQ, ctrl::MQ_RSS_CONFIG, rss_bytes(&changed, 4)));
+        assert_eq!(f.port.rss_config(), Some(&changed));
+
+        // What the device cannot take is refused before anything is sent, and says why.
+        for (bad, why) in [
+            (RssConfig { table: vec![0, 4], ..default.clone() }, "names queue pair 4"),
+            (RssConfig { table: vec![0; 3], ..default.clone() }, "power of two"),
+            (RssConfig { key: vec![1; 41], ..default.clone() }, "rss_max_key_size"),
+            (RssConfig { hash_types: 1 << 12, ..default.clone() }, "not supported"),
+        ] {
+            let err = f.port.set_rss(&bad).unwrap_err();
+            assert!(matches!(err, Error::CtrlBadArgument { command: CtrlCommand::MqRssConfig, .. }), "{err:?}");
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        assert!(commands(&f.ctrl).is_empty());
+        assert_eq!(f.port.rss_config(), Some(&changed), "a refused configuration changes nothing");
+
+        // A device that refuses it: an error naming the command; nothing lost.
+        f.ctrl.lock().unwrap().answer = CtrlAnswer::Err;
+        let err = f.port.set_rss(&default).unwrap_err();
+        assert!(matches!(err, Error::CtrlCommandFailed { command: CtrlCommand::MqRssConfig, .. }), "{err:?}");
+        assert!(err.to_string().contains("VIRTIO_NET_CTRL_MQ_RSS_CONFIG"), "{err}");
+        drop(f.port);
+        assert_eq!(f.pool.stats().in_use, 0);
+    }
+
+    // Without VIRTIO_NET_F_RSS: no capabilities, and the command says what is missing.
+    let mut f = open(CTRL_ALL, RingChoice::Auto);
+    assert!(f.port.rss_capabilities().is_none() && f.port.rss_config().is_none());
+    let caps = virtio_pmd::net::RssCapabilities { max_key_size: 40, max_table_len: 128, hash_types: 0x1ff };
+    let err = f.port.set_rss(&RssConfig::spread(1, &caps)).unwrap_err();
+    assert!(
+        matches!(err, Error::NoControlQueue { why: CtrlUnavailable::FeatureNotOffered("VIRTIO_NET_F_RSS"), .. }),
+        "{err:?}"
+    );
+    assert!(commands(&f.ctrl).is_empty());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{check_frame, frame_len, test_pool, write_frame, SeenSet};
 use virtio_pmd::mbuf::{Mbuf, Mempool, MempoolConfig};
 use virtio_pmd::mem::{HugePages, IovaAllocator};
-use virtio_pmd::net::{Port, PortConfig, RingChoice};
+use virtio_pmd::net::{Port, PortConfig, RingChoice, RxPath, TxPath};
 use virtio_pmd::spec::features::{self, Features};
 use virtio_pmd::spec::net as net_spec;
 use virtio_pmd::spec::status;
@@ -268,4 +268,61 @@ fn a_pool_whose_data_room_cannot_hold_a_frame_is_refused() {
         .to_string();
     assert!(err.contains("9014") && err.contains("MempoolConfig::data_room"), "{err}");
     assert_eq!(pool.stats().in_use, 0);
+}
+
+#[test]
+fn a_jumbo_mtu_with_small_buffers_needs_mergeable_receive_buffers() {
+    let pool = test_pool(512);
+    let mut offered = MODERN.to_vec();
+    offered.push(net_spec::F_MRG_RXBUF);
+    let jumbo = || Box::new(FakeTransport::new(FakeDeviceConfig { mtu: 9000, ..device(&offered) }));
+    let iova = IovaAllocator::identity();
+    // Offered but not asked for: the error says what to set.
+    let err = Port::open(jumbo(), &pool, &config(), &iova).unwrap_err().to_string();
+    assert!(err.contains("9014") && err.contains("PortConfig::rx_mergeable"), "{err}");
+    // Asked for: negotiated, the mergeable receive path; the paths are the port's to report.
+    let mergeable = PortConfig { rx_mergeable: true, tx_multi_segment: true, ..config() };
+    let port = Port::open(jumbo(), &pool, &mergeable, &iova).expect("open");
+    assert!(port.features().has(net_spec::F_MRG_RXBUF));
+    assert_eq!((port.rx_path(), port.tx_path()), (RxPath::Mergeable, TxPath::Chains));
+    assert_eq!(port.mtu(), Some(9000));
+    jumbo_loopback(port, &pool);
+    // Asked for but not offered: the one-buffer path, and the pool must hold a whole frame.
+    let plain = Box::new(FakeTransport::new(FakeDeviceConfig { mtu: 9000, ..device(MODERN) }));
+    let err = Port::open(plain, &pool, &mergeable, &iova).unwrap_err().to_string();
+    assert!(err.contains("9014") && !err.contains("rx_mergeable"), "{err}");
+    // The default: neither asked for nor negotiated.
+    let port = open(&offered, &config(), &pool).expect("open");
+    assert!(!port.features().has(net_spec::F_MRG_RXBUF));
+    assert_eq!((port.rx_path(), port.tx_path()), (RxPath::Simple, TxPath::Simple));
+    drop(port);
+    assert_eq!(pool.stats().in_use, 0);
+}
+
+/// 9000-byte frames through the port's loopback device, as chains both ways.
+fn jumbo_loopback(mut port: Port, pool: &Mempool) {
+    let (mut rx, mut tx) = port.take_queues(0).expect("queue pair 0");
+    let frame: Vec<u8> = (0..9014u32).map(|i| (i * 13) as u8).collect();
+    let mut out = Vec::with_capacity(32);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut received = 0;
+    let mut sent = 0;
+    while received < 100 && Instant::now() < deadline {
+        if sent < 100 && tx.in_flight() < 16 {
+            let mut m = pool.alloc().expect("buffer");
+            m.extend_from_slice(pool, &frame).expect("segments");
+            let mut pkts = vec![m];
+            sent += tx.tx_burst(&mut pkts);
+        }
+        tx.reclaim();
+        rx.rx_burst(&mut out);
+        for m in out.drain(..) {
+            assert_eq!(m.nb_segs(), 5, "9014 + 12 header bytes in 2060-byte buffers");
+            assert_eq!(m.to_vec(), frame);
+            received += 1;
+        }
+    }
+    assert_eq!(received, 100);
+    assert_eq!((rx.stats().bad_headers, rx.stats().drops), (0, 0));
+    drop((rx, tx, port));
 }

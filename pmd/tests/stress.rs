@@ -37,6 +37,7 @@ fn run(case: Case, seed: u64) -> u64 {
         window: 32,
         fault: None,
         seed,
+        mergeable: false,
     };
     // The receive ring was filled (and the still-silent device notified) before the device
     // started and stated its notification preference: that first kick is not counted below.

@@ -34,6 +34,11 @@ usage: $0 [options]
     --nics N               number of virtio-net NICs (default 2)
     --port-base P          NIC i: qemu port P+10i, peer port P+10i+1 (default 40001)
     --ports Q0:P0,Q1:P1..  explicit qemu:peer UDP ports per NIC on 127.0.0.1 (overrides --port-base)
+    --taps T0,T1..         wire NIC i to a host tap named Ti (QEMU -netdev tap, vhost=off) instead of
+                           UDP ports: the multi-queue backend. QEMU creates the taps in the namespace
+                           it runs in: run this under \`ip netns exec NS\` (l2fwd-vm.sh --queues does)
+    --queues N             queue pairs per NIC with --taps (multi_queue taps; mq=on, rss=on and
+                           hash=on on the NICs, vectors=2N+2); default 1
     --sock-buf BYTES       make the NICs' UDP sockets here, with BYTES of receive/send buffer, and
                            hand them to QEMU (qemu-udp-fds.py; needs python3). Default 0: QEMU's
                            own sockets, with the system default buffer (about 208 KiB), which a
@@ -46,6 +51,8 @@ usage: $0 [options]
     --log FILE             console log (default $VM_DIR/console.log)
     --quiet                do not stream the console to stdout
     --interactive          keep stdin on the console (e.g. --cmd sh to get a shell)
+    --monitor SOCK         QEMU's human monitor on the unix socket SOCK (e.g. for \`set_link n1 off\`;
+                           NIC i's netdev is n<i>); scripts/vm/monitor.py sends commands to it
     --ctl BASE             a host-to-guest control line: creates FIFOs BASE.in/BASE.out wired to
                            the guest's /dev/ttyS1; the guest waits with \`vm-wait-host [SECS]\`
                            (prints the line), the host writes one with
@@ -78,6 +85,9 @@ QUIET=0
 INTERACTIVE=0
 CTL=""
 SOCK_BUF=0
+TAPS=""
+QUEUES=1
+MONITOR=none
 while [ $# -gt 0 ]; do
     case "$1" in
         --cmd) CMD=${2?--cmd needs shell text}; shift ;;
@@ -89,6 +99,9 @@ while [ $# -gt 0 ]; do
         --port-base) PORT_BASE=${2:?--port-base needs a port}; shift ;;
         --ports) PORTS=${2:?--ports needs Q0:P0,Q1:P1}; shift ;;
         --mem) MEM=${2:?--mem needs a size}; shift ;;
+        --monitor) MONITOR="unix:${2:?--monitor needs a socket path},server=on,wait=off"; shift ;;
+        --taps) TAPS=${2:?--taps needs tap names}; shift ;;
+        --queues) QUEUES=${2:?--queues needs a number}; shift ;;
         --sock-buf) SOCK_BUF=${2:?--sock-buf needs a number of bytes}; shift ;;
         --smp) SMP=${2:?--smp needs a number}; shift ;;
         --append) APPEND=${2?--append needs arguments}; shift ;;
@@ -111,6 +124,18 @@ esac
 if ! [[ "$NICS" =~ ^[0-8]$ ]]; then die "--nics must be 0..8"; fi
 if ! [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]]; then die "--timeout must be a number of seconds"; fi
 if ! [[ "$SOCK_BUF" =~ ^[0-9]+$ ]]; then die "--sock-buf must be a number of bytes"; fi
+if ! [[ "$QUEUES" =~ ^[1-9][0-9]*$ ]] || [ "$QUEUES" -gt 64 ]; then die "--queues must be 1..64"; fi
+TAP_NAMES=()
+if [ -n "$TAPS" ]; then
+    IFS=, read -r -a TAP_NAMES <<<"$TAPS"
+    [ "${#TAP_NAMES[@]}" -eq "$NICS" ] || die "--taps names ${#TAP_NAMES[@]} taps, --nics is $NICS"
+    [ "$SOCK_BUF" -eq 0 ] || die "--sock-buf is for UDP sockets, not --taps"
+    # Taps are made in this namespace: never in the machine's own (vm-harness.md).
+    [ "$(readlink /proc/self/ns/net)" != "$(readlink /proc/1/ns/net)" ] ||
+        die "--taps: run under \`ip netns exec NS\`, so that the taps live in a namespace of their own"
+elif [ "$QUEUES" -gt 1 ]; then
+    die "--queues needs --taps: a dgram netdev has one queue pair"
+fi
 [ -z "$CMD" ] || [ -z "$SCRIPT" ] || die "give --cmd or --script, not both"
 [ -n "$LOG" ] || LOG=$VM_DIR/console.log
 
@@ -248,6 +273,19 @@ if [ -n "${QEMU_EXTRA_ARGS:-}" ]; then
     ARGS+=("${extra[@]}")
 fi
 for ((i = 0; i < NICS; i++)); do
+    mac=52:54:00:00:00:$(printf '%02x' $((i + 1)))
+    addr=$(printf '0x%x' $((3 + i)))
+    if [ -n "$TAPS" ]; then
+        netdev="tap,id=n$i,ifname=${TAP_NAMES[i]},script=no,downscript=no,vhost=off"
+        nic="virtio-net-pci,netdev=n$i,addr=$addr,mac=$mac,packed=$PACKED,iommu_platform=on,disable-legacy=on"
+        if [ "$QUEUES" -gt 1 ]; then
+            netdev+=",queues=$QUEUES"
+            nic+=",mq=on,vectors=$((2 * QUEUES + 2)),rss=on,hash=on"
+        fi
+        ARGS+=(-netdev "$netdev" -device "$nic")
+        echo "run-vm: NIC$i guest 0000:00:$(printf '%02x' $((3 + i))).0 mac $mac ring=$RING tap ${TAP_NAMES[i]} queues=$QUEUES"
+        continue
+    fi
     ARGS+=(-netdev "dgram,id=n$i,local.type=inet,local.host=127.0.0.1,local.port=${QPORTS[i]},remote.type=inet,remote.host=127.0.0.1,remote.port=${PPORTS[i]}"
         -device "virtio-net-pci,netdev=n$i,addr=$(printf '0x%x' $((3 + i))),mac=52:54:00:00:00:$(printf '%02x' $((i + 1))),packed=$PACKED,iommu_platform=on,disable-legacy=on")
     echo "run-vm: NIC$i guest 0000:00:$(printf '%02x' $((3 + i))).0 mac 52:54:00:00:00:$(printf '%02x' $((i + 1))) ring=$RING qemu 127.0.0.1:${QPORTS[i]} peer 127.0.0.1:${PPORTS[i]}"
@@ -264,10 +302,10 @@ mkdir -p "$(dirname "$LOG")"
 START=$(date +%s.%N)
 RC=0
 if [ "$INTERACTIVE" -eq 1 ]; then
-    timeout -k 5 "$TIMEOUT" "${QEMU_CMD[@]}" "${ARGS[@]}" -display none -monitor none 2>&1 | tee "$LOG" || RC=$?
+    timeout -k 5 "$TIMEOUT" "${QEMU_CMD[@]}" "${ARGS[@]}" -display none -monitor "$MONITOR" 2>&1 | tee "$LOG" || RC=$?
     [ "$RC" -eq 124 ] || RC=0
 else
-    "${QEMU_CMD[@]}" "${ARGS[@]}" -display none -monitor none </dev/null >"$LOG" 2>&1 &
+    "${QEMU_CMD[@]}" "${ARGS[@]}" -display none -monitor "$MONITOR" </dev/null >"$LOG" 2>&1 &
     QPID=$!
     if [ "$QUIET" -eq 0 ]; then
         tail -n +1 -s 0.1 -f --pid="$QPID" "$LOG" &

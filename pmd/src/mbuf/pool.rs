@@ -119,7 +119,7 @@ impl HeaderTable {
     fn header(&self, i: usize) -> NonNull<MbufHeader> {
         assert!(i < self.len);
         // SAFETY: `i < len`, inside the mapping (the type's invariant); page alignment and the
-        // 64-byte header size keep every header 64-byte aligned.
+        // 128-byte header size keep every header 64-byte aligned.
         unsafe { self.ptr.add(i) }
     }
 }
@@ -289,18 +289,13 @@ impl Mempool {
             // nothing else refers to the fresh table; `offset + buf_len <= region.len()`, so
             // the buffer is inside the region.
             unsafe {
-                hdr.write(MbufHeader {
-                    buf: NonNull::new_unchecked(shared.region.as_ptr().add(offset)),
-                    buf_iova: shared.region.iova() + offset as u64,
-                    pool: raw,
+                hdr.write(MbufHeader::new(
+                    NonNull::new_unchecked(shared.region.as_ptr().add(offset)),
+                    shared.region.iova() + offset as u64,
+                    raw,
                     buf_len,
-                    data_len: 0,
-                    data_off: config.headroom,
-                    port: 0,
-                    rss_hash: 0,
-                    ol_flags: 0,
-                    user_data: 0,
-                })
+                    config.headroom,
+                ))
             };
             // Cannot fail: the store holds exactly `count` elements.
             let _ = shared.store.push(Elem(hdr));
@@ -543,8 +538,20 @@ impl Recycler<'_> {
         self.put_raw(mbuf.into_raw());
     }
 
+    /// Takes back the packet whose first segment is `hdr`: every segment of it.
     #[inline(always)]
     fn put_raw(&mut self, hdr: NonNull<MbufHeader>) {
+        // SAFETY: the header is CPU-private and owned by the caller.
+        if unsafe { hdr.as_ref() }.next.is_some() {
+            super::chain::unlink_chain(hdr, |seg| self.put_segment(seg));
+        } else {
+            self.put_segment(hdr);
+        }
+    }
+
+    /// Takes back one element (`next == None`, `nb_segs == 1`: the free-element invariant).
+    #[inline(always)]
+    fn put_segment(&mut self, hdr: NonNull<MbufHeader>) {
         // SAFETY: the header is CPU-private and its `pool` never changes; the element is out of
         // the store, so the pool is alive (module invariants).
         let raw = unsafe { hdr.as_ref().pool };

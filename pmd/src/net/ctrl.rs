@@ -48,6 +48,8 @@ pub enum CtrlCommand {
     AnnounceAck,
     /// `VIRTIO_NET_CTRL_MQ` / `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`.
     MqVqPairsSet,
+    /// `VIRTIO_NET_CTRL_MQ` / `VIRTIO_NET_CTRL_MQ_RSS_CONFIG`.
+    MqRssConfig,
     /// `VIRTIO_NET_CTRL_GUEST_OFFLOADS` / `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET`.
     GuestOffloadsSet,
 }
@@ -90,6 +92,7 @@ impl CtrlCommand {
             CtrlCommand::VlanDel => (spec::VLAN, spec::VLAN_DEL),
             CtrlCommand::AnnounceAck => (spec::ANNOUNCE, spec::ANNOUNCE_ACK),
             CtrlCommand::MqVqPairsSet => (spec::MQ, spec::MQ_VQ_PAIRS_SET),
+            CtrlCommand::MqRssConfig => (spec::MQ, spec::MQ_RSS_CONFIG),
             CtrlCommand::GuestOffloadsSet => (spec::GUEST_OFFLOADS, spec::GUEST_OFFLOADS_SET),
         }
     }
@@ -109,6 +112,7 @@ impl CtrlCommand {
             CtrlCommand::VlanDel => "VIRTIO_NET_CTRL_VLAN_DEL",
             CtrlCommand::AnnounceAck => "VIRTIO_NET_CTRL_ANNOUNCE_ACK",
             CtrlCommand::MqVqPairsSet => "VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET",
+            CtrlCommand::MqRssConfig => "VIRTIO_NET_CTRL_MQ_RSS_CONFIG",
             CtrlCommand::GuestOffloadsSet => "VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET",
         }
     }

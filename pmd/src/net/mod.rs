@@ -5,12 +5,14 @@ mod ctrl;
 mod mac;
 mod port;
 mod queue;
+mod rss;
 mod stats;
 mod xstats;
 
 pub use ctrl::{CtrlCommand, CtrlUnavailable, RxFilter};
 pub use mac::{MacAddr, MacError};
 pub use port::{Port, PortConfig, PortStats, RingChoice};
-pub use queue::{Ring, RxQueue, TxQueue};
+pub use queue::{Ring, RxPath, RxQueue, TxPath, TxQueue};
+pub use rss::{RssCapabilities, RssConfig, DEFAULT_HASH_TYPES, DEFAULT_KEY, DEFAULT_TABLE_LEN};
 pub use stats::{PacketClasses, QueueStats, SIZE_BINS};
 pub use xstats::{rates, Xstat};

@@ -15,6 +15,10 @@
 //! `2 * max_virtqueue_pairs` with MQ, 2 without, set up with the data queues before DRIVER_OK;
 //! commands go only after DRIVER_OK. With MQ, more than one pair is activated with
 //! VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET right after DRIVER_OK ("Device operation in multiqueue mode").
+//! With VIRTIO_NET_F_RSS (negotiated whenever offered with the control queue) and more than one
+//! pair, the port then sends the default RSS configuration ([`RssConfig::spread`]), so that the
+//! receive queue of every packet follows from the key and table alone; [`Port::set_rss`]
+//! changes it at run time.
 //!
 //! Invariant: a queue hands its in-flight buffers back to their pools only after the device was
 //! reset: every queue holds the shared device from the moment it is made, so dropping any queue
@@ -36,7 +40,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::ctrl::{CtrlCommand, CtrlQueue, CtrlRingSpec, CtrlUnavailable, RxFilter, MAX_DATA};
-use super::queue::{Quiesce, Ring, RxQueue, TxQueue};
+use super::queue::{Quiesce, Ring, RxPath, RxQueue, TxPath, TxQueue};
+use super::rss::{RssCapabilities, RssConfig};
 use super::stats::QueueCounters;
 use super::QueueStats;
 use crate::error::{Error, Result};
@@ -86,6 +91,14 @@ pub struct PortConfig {
     /// How long a control-queue command may take before the port gives up on the control queue
     /// ([`Error::CtrlTimeout`]).
     pub control_timeout: Duration,
+    /// Use mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF) when the device offers them: a
+    /// frame larger than one buffer (a jumbo frame, a large receive offload) comes back as a
+    /// chained mbuf, so the pool's buffers need not hold a whole frame of the MTU. Off by
+    /// default: the one-buffer receive path does not read the header and is the fastest.
+    pub rx_mergeable: bool,
+    /// Send multi-segment mbufs, one descriptor chain each. Off by default: the one-descriptor
+    /// transmit path is the fastest, and drops (and counts) a multi-segment mbuf.
+    pub tx_multi_segment: bool,
     /// Count packet classes per queue (size bins, multicast, broadcast: the `rx_size_64_packets`
     /// family of [`PortStats::xstats`]). Off by default: it reads every frame's length and
     /// destination MAC, a cache line the forwarding may not otherwise touch.
@@ -104,6 +117,8 @@ impl Default for PortConfig {
             huge_pages: HugePages::Preferred,
             control_queue: true,
             control_timeout: Duration::from_secs(1),
+            rx_mergeable: false,
+            tx_multi_segment: false,
             packet_classes: false,
         }
     }
@@ -166,6 +181,9 @@ struct Negotiated {
     rings: Arc<DmaRegion>,
     ctrl_missing: CtrlUnavailable,
     max_pairs: u16,
+    rx_path: RxPath,
+    tx_path: TxPath,
+    rss: Option<(RssCapabilities, RssConfig)>,
 }
 
 /// Ethernet header bytes a frame carries besides its MTU ("Device configuration layout": "plus
@@ -176,7 +194,7 @@ const ETH_HEADER_LEN: u32 = 14;
 const DEFAULT_MTU: u16 = 1500;
 
 /// The control-queue features negotiated whenever offered with VIRTIO_NET_F_CTRL_VQ.
-const CTRL_FEATURES: [u32; 7] = [
+const CTRL_FEATURES: [u32; 8] = [
     net_spec::F_CTRL_RX,
     net_spec::F_CTRL_RX_EXTRA,
     net_spec::F_CTRL_VLAN,
@@ -184,6 +202,7 @@ const CTRL_FEATURES: [u32; 7] = [
     net_spec::F_MQ,
     net_spec::F_CTRL_MAC_ADDR,
     net_spec::F_CTRL_GUEST_OFFLOADS,
+    net_spec::F_RSS,
 ];
 
 /// A virtio-net device, initialised and running, with its queues.
@@ -237,6 +256,12 @@ pub struct Port {
     ctrl_missing: CtrlUnavailable,
     /// `max_virtqueue_pairs` with VIRTIO_NET_F_MQ, 1 without.
     max_pairs: u16,
+    rx_path: RxPath,
+    tx_path: TxPath,
+    /// With VIRTIO_NET_F_RSS: what the device supports, and the configuration it was last given
+    /// (none yet: the device steers as without RSS).
+    rss_caps: Option<RssCapabilities>,
+    rss: Option<RssConfig>,
     _rings: Arc<DmaRegion>,
 }
 
@@ -273,6 +298,10 @@ impl Port {
                     ctrl,
                     ctrl_missing: found.ctrl_missing,
                     max_pairs: found.max_pairs,
+                    rx_path: found.rx_path,
+                    tx_path: found.tx_path,
+                    rss_caps: found.rss.as_ref().map(|(caps, _)| *caps),
+                    rss: found.rss.map(|(_, config)| config),
                     _rings: found.rings,
                 };
                 for (rx, tx) in queues {
@@ -342,6 +371,9 @@ impl Port {
         if config.event_idx && offered.has(features::EVENT_IDX) {
             wanted = wanted.with(features::EVENT_IDX);
         }
+        if config.rx_mergeable && offered.has(net_spec::F_MRG_RXBUF) {
+            wanted = wanted.with(net_spec::F_MRG_RXBUF);
+        }
         let ctrl_missing = if !transport_ctrl {
             CtrlUnavailable::Transport
         } else if !offered.has(net_spec::F_CTRL_VQ) {
@@ -387,7 +419,8 @@ impl Port {
             });
         }
         let (wanted, format, ctrl_missing) = Self::choose_features(name, offered, config, transport.control_queue())?;
-        let multiqueue = wanted.has(net_spec::F_MQ);
+        // "Device configuration layout": `max_virtqueue_pairs` exists with MQ or RSS.
+        let multiqueue = wanted.has(net_spec::F_MQ) || wanted.has(net_spec::F_RSS);
         if config.queue_pairs > 1 && !transport.queue_pairs_without_control_queue() && !multiqueue {
             let why = if wanted.has(net_spec::F_CTRL_VQ) {
                 "the device does not offer VIRTIO_NET_F_MQ (QEMU: mq=on)".to_owned()
@@ -429,20 +462,9 @@ impl Port {
                 limit: "the device's max_virtqueue_pairs is lower",
             });
         }
-        // "Device configuration layout" (5.1.4): with VIRTIO_NET_F_MTU the driver must supply
-        // receive buffers for a packet of `mtu` plus the Ethernet header; without it "Setting Up
-        // Receive Buffers" (5.1.6.3) sizes them for 1514-byte packets.
-        let frame = u32::from(mtu.unwrap_or(DEFAULT_MTU)) + ETH_HEADER_LEN;
-        if pool.data_room() < frame {
-            return Err(Error::InvalidConfig(format!(
-                "{name}: the pool's data room of {} bytes cannot hold a full frame of {frame} bytes (MTU {}{} + \
-                 {ETH_HEADER_LEN}-byte Ethernet header): make the pool with a data room of at least {frame} bytes \
-                 (MempoolConfig::data_room; see Mempool::data_room)",
-                pool.data_room(),
-                mtu.unwrap_or(DEFAULT_MTU),
-                if mtu.is_some() { ", from the device" } else { "" },
-            )));
-        }
+        let rx_path = if wanted.has(net_spec::F_MRG_RXBUF) { RxPath::Mergeable } else { RxPath::Simple };
+        let tx_path = if config.tx_multi_segment { TxPath::Chains } else { TxPath::Simple };
+        Self::check_pool(name, pool, mtu, rx_path, offered.has(net_spec::F_MRG_RXBUF))?;
 
         let queues_needed = 2 * config.queue_pairs;
         // "Virtqueues" (5.1.2): the control queue follows the most data queues the device has.
@@ -506,7 +528,11 @@ impl Port {
         for pair in 0..config.queue_pairs {
             let (rx_index, tx_index) = (2 * pair, 2 * pair + 1);
             let rx_ring = make_ring(rx_index, Chains::OneDescriptor)?;
-            let tx_ring = make_ring(tx_index, Chains::OneDescriptorNoLengths)?;
+            let tx_chains = match tx_path {
+                TxPath::Simple => Chains::OneDescriptorNoLengths,
+                TxPath::Chains => Chains::Any,
+            };
+            let tx_ring = make_ring(tx_index, tx_chains)?;
             // SAFETY: both rings were just laid in `rings`, a region made for this port's rings
             // alone and mapped for the device above; each ring's memory keeps the region alive,
             // and its queue resets the device before the ring is dropped (`with_quiesce`).
@@ -514,8 +540,8 @@ impl Port {
             // SAFETY: as for the receive ring.
             let tx_notify = unsafe { transport.setup_queue(tx_index, size, format, tx_ring.addresses()) }?;
             // Buffers are posted (not notified) now; the queues hold the device from here on.
-            let mut rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id);
-            let mut tx = TxQueue::new(tx_ring, tx_notify);
+            let mut rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id, rx_path);
+            let mut tx = TxQueue::new(tx_ring, tx_notify, tx_path);
             if config.packet_classes {
                 (rx, tx) = (rx.with_packet_classes(), tx.with_packet_classes());
             }
@@ -542,12 +568,103 @@ impl Port {
         for (rx, _) in queues.iter_mut() {
             rx.start();
         }
+        let rss_caps = if wanted.has(net_spec::F_RSS) { Some(Self::read_rss_caps(transport, name)?) } else { None };
+        let mut rss = None;
         if config.queue_pairs > 1 && multiqueue {
             if let Some(ctrl) = ctrl.as_mut() {
-                ctrl.command(CtrlCommand::MqVqPairsSet, &config.queue_pairs.to_le_bytes())?;
+                if wanted.has(net_spec::F_MQ) {
+                    ctrl.command(CtrlCommand::MqVqPairsSet, &config.queue_pairs.to_le_bytes())?;
+                }
+                if let Some(caps) = rss_caps {
+                    let spread = RssConfig::spread(config.queue_pairs, &caps);
+                    let data = spread.encode(config.queue_pairs, &caps).map_err(|problem| Error::CtrlBadArgument {
+                        device: name.to_owned(),
+                        command: CtrlCommand::MqRssConfig,
+                        problem: format!("the default RSS configuration: {problem}"),
+                    })?;
+                    ctrl.command(CtrlCommand::MqRssConfig, &data)?;
+                    rss = Some((caps, spread));
+                }
             }
         }
-        Ok(Negotiated { features: wanted, format, ring_size: size, mac, mtu, rings, ctrl_missing, max_pairs })
+        let rss = rss.or_else(|| rss_caps.map(|caps| (caps, RssConfig::spread(1, &caps))));
+        // Named once per port, as DPDK names the receive and transmit functions it picked.
+        tracing::info!(
+            "{name}: {format:?} ring{}, rx path: {rx_path}, tx path: {tx_path}",
+            if in_order { " (in order)" } else { "" }
+        );
+        Ok(Negotiated {
+            features: wanted,
+            format,
+            ring_size: size,
+            mac,
+            mtu,
+            rings,
+            ctrl_missing,
+            max_pairs,
+            rx_path,
+            tx_path,
+            rss,
+        })
+    }
+
+    /// "Device configuration layout" (5.1.4): with VIRTIO_NET_F_MTU the driver must supply
+    /// receive buffers for a packet of `mtu` plus the Ethernet header; without it "Setting Up
+    /// Receive Buffers" (5.1.6.3) sizes them for 1514-byte packets. With mergeable buffers a
+    /// frame may span several, each of which must hold at least the header.
+    fn check_pool(
+        name: &str,
+        pool: &Mempool,
+        mtu: Option<u16>,
+        rx_path: RxPath,
+        mergeable_offered: bool,
+    ) -> Result<()> {
+        if rx_path == RxPath::Mergeable {
+            return Ok(());
+        }
+        let frame = u32::from(mtu.unwrap_or(DEFAULT_MTU)) + ETH_HEADER_LEN;
+        if pool.data_room() >= frame {
+            return Ok(());
+        }
+        Err(Error::InvalidConfig(format!(
+            "{name}: the pool's data room of {} bytes cannot hold a full frame of {frame} bytes (MTU {}{} + \
+             {ETH_HEADER_LEN}-byte Ethernet header): make the pool with a data room of at least {frame} bytes \
+             (MempoolConfig::data_room; see Mempool::data_room){}",
+            pool.data_room(),
+            mtu.unwrap_or(DEFAULT_MTU),
+            if mtu.is_some() { ", from the device" } else { "" },
+            if mergeable_offered {
+                ", or receive into several buffers per frame: PortConfig::rx_mergeable = true (the device offers \
+                 VIRTIO_NET_F_MRG_RXBUF)"
+            } else {
+                ""
+            },
+        )))
+    }
+
+    /// The RSS limits the device reports (with VIRTIO_NET_F_RSS), checked against the spec's
+    /// minimums ("Device configuration layout": a key of at least 40 bytes, a table of at least
+    /// 128 entries).
+    fn read_rss_caps(transport: &mut dyn Transport, name: &str) -> Result<RssCapabilities> {
+        let mut key = [0u8; 1];
+        transport.read_device_config(net_config::RSS_MAX_KEY_SIZE, &mut key)?;
+        let mut table = [0u8; 2];
+        transport.read_device_config(net_config::RSS_MAX_INDIRECTION_TABLE_LENGTH, &mut table)?;
+        let mut types = [0u8; 4];
+        transport.read_device_config(net_config::SUPPORTED_HASH_TYPES, &mut types)?;
+        let caps = RssCapabilities {
+            max_key_size: key[0],
+            max_table_len: u16::from_le_bytes(table),
+            hash_types: u32::from_le_bytes(types),
+        };
+        if caps.max_key_size < 40 || caps.max_table_len < 128 {
+            return Err(Error::Transport(format!(
+                "{name}: the device offers VIRTIO_NET_F_RSS with rss_max_key_size {} and \
+                 rss_max_indirection_table_length {}, below the spec's minimums of 40 and 128",
+                caps.max_key_size, caps.max_table_len
+            )));
+        }
+        Ok(caps)
     }
 
     /// The MAC and MTU the device reports, when negotiated (readable once FEATURES_OK is set).
@@ -606,6 +723,16 @@ impl Port {
     /// Descriptors per ring.
     pub fn ring_size(&self) -> u16 {
         self.ring_size
+    }
+
+    /// The receive path chosen at open.
+    pub fn rx_path(&self) -> RxPath {
+        self.rx_path
+    }
+
+    /// The transmit path chosen at open.
+    pub fn tx_path(&self) -> TxPath {
+        self.tx_path
     }
 
     /// The device's MAC address, when it reports one (VIRTIO_NET_F_MAC).
@@ -816,6 +943,40 @@ impl Port {
             });
         }
         ctrl.command(command, &pairs.to_le_bytes())
+    }
+
+    /// What the device supports for RSS, when VIRTIO_NET_F_RSS was negotiated.
+    pub fn rss_capabilities(&self) -> Option<RssCapabilities> {
+        self.rss_caps
+    }
+
+    /// The RSS configuration the device was last given (the default one at open when the port
+    /// has more than one queue pair), when VIRTIO_NET_F_RSS was negotiated.
+    pub fn rss_config(&self) -> Option<&RssConfig> {
+        self.rss.as_ref()
+    }
+
+    /// Sets the RSS hash types, key and indirection table (VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
+    /// VIRTIO_NET_F_RSS), at any time while the port runs: packets the device receives after
+    /// the command was acknowledged follow the new table. Table entries name queue pairs of this
+    /// port; `max_tx_vq` is the port's pair count. A configuration the device cannot take is a
+    /// [`Error::CtrlBadArgument`] saying why, before anything is sent.
+    pub fn set_rss(&mut self, config: &RssConfig) -> Result<()> {
+        let command = CtrlCommand::MqRssConfig;
+        let pairs = self.queues.len() as u16;
+        let caps = self.rss_caps;
+        let name = self.device.name.clone();
+        let ctrl = self.ctrl(command, Some((net_spec::F_RSS, "VIRTIO_NET_F_RSS")))?;
+        let caps = caps.ok_or_else(|| Error::NoControlQueue {
+            device: name.clone(),
+            command,
+            why: CtrlUnavailable::FeatureNotOffered("VIRTIO_NET_F_RSS"),
+        })?;
+        let data =
+            config.encode(pairs, &caps).map_err(|problem| Error::CtrlBadArgument { device: name, command, problem })?;
+        ctrl.command(command, &data)?;
+        self.rss = Some(config.clone());
+        Ok(())
     }
 
     /// Counters of every queue, wherever the queues are now, and their sums (since the last

@@ -4,6 +4,14 @@
 //! headroom, right before the data offset, and the frame starts at the (cache-aligned) data
 //! offset. Transmit writes the header in place into the headroom: one descriptor per packet.
 //!
+//! Paths, chosen once when the queue is built and logged by the port ([`RxPath`], [`TxPath`]):
+//! the simple ones above (one buffer per frame, the header neither read nor written), and the
+//! richer ones: mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF, "Processing of Incoming
+//! Packets", 5.1.6.4: a frame over `num_buffers` buffers, the first holding the header, comes
+//! back as one chained mbuf; `num_buffers` is checked against the ring and the buffers the
+//! device returned) and transmit chains (a multi-segment mbuf goes out as one descriptor chain,
+//! the header in the first segment's headroom: "Packet Transmission", 5.1.6.2).
+//!
 //! The ring format is chosen once, when the queue is built ([`Ring`]); each burst matches on it
 //! once and runs a loop specialised for that format. No allocation, lock, system call (a kick
 //! is an MMIO write or, for vhost-user, an eventfd write the backend normally suppresses) or
@@ -14,7 +22,7 @@
 //! mbufs return to their pools only after the device was stopped ([`Quiesce`]), or are leaked.
 #![allow(unsafe_code)]
 
-use crate::mbuf::{recycle, Mbuf, Mempool};
+use crate::mbuf::{recycle, ChainBuilder, Mbuf, Mempool};
 use crate::spec::net::{NetHeader, NET_HDR_LEN};
 use crate::transport::{Notify, QueueAddresses};
 #[cfg(doc)]
@@ -60,6 +68,46 @@ impl Ring {
     /// Descriptors in the ring.
     fn size(&self) -> u16 {
         with_ring!(self, r => r.size())
+    }
+}
+
+/// How a receive queue turns used buffers into packets, chosen at set-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RxPath {
+    /// One buffer per frame; the header is not read (no MRG_RXBUF, no receive offload): the
+    /// fast path.
+    #[default]
+    Simple,
+    /// VIRTIO_NET_F_MRG_RXBUF: a frame spread over `num_buffers` buffers comes back chained.
+    Mergeable,
+}
+
+/// How a transmit queue puts packets on its ring, chosen at set-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TxPath {
+    /// One descriptor per packet, an all-zero header: the fast path. A multi-segment packet is
+    /// dropped and counted (`bad_headers`): open the port with `PortConfig::tx_multi_segment`.
+    #[default]
+    Simple,
+    /// A descriptor chain per packet, one descriptor per segment.
+    Chains,
+}
+
+impl std::fmt::Display for RxPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RxPath::Simple => "simple (one buffer per frame)",
+            RxPath::Mergeable => "mergeable (num_buffers, chained mbufs)",
+        })
+    }
+}
+
+impl std::fmt::Display for TxPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TxPath::Simple => "simple (one descriptor per packet)",
+            TxPath::Chains => "chains (one descriptor per segment)",
+        })
     }
 }
 
@@ -129,6 +177,8 @@ pub struct RxQueue {
     post_offset: u64,
     /// Bytes a posted buffer offers the device: header and data room.
     post_len: u32,
+    /// How used buffers become packets.
+    path: RxPath,
     /// Buffers on their way from the pool into the ring (capacity: the ring size).
     staging: Vec<Mbuf>,
     /// The device asked to be notified of the buffers posted at set-up, which must wait for
@@ -141,6 +191,10 @@ pub struct TxQueue {
     core: QueueCore,
     /// Reclaim completions once this many transmissions are in flight.
     reclaim_threshold: u16,
+    /// How packets go on the ring.
+    path: TxPath,
+    /// One chain's segments, for [`TxPath::Chains`] (capacity: the ring size).
+    chain: Vec<Segment>,
 }
 
 /// The accessors both queue kinds share.
@@ -196,9 +250,11 @@ impl RxQueue {
     /// The device must be told about the ring by the caller, and must reach `pool`'s region.
     /// Dropping returns the posted buffers to the pool, after stopping the device given to
     /// [`RxQueue::with_quiesce`] (without one, the caller must have stopped the device).
-    pub(crate) fn new(ring: Ring, pool: Mempool, notify: Box<dyn Notify>, port: u16) -> RxQueue {
+    /// With [`RxPath::Mergeable`], the device must have negotiated VIRTIO_NET_F_MRG_RXBUF.
+    pub(crate) fn new(ring: Ring, pool: Mempool, notify: Box<dyn Notify>, port: u16, path: RxPath) -> RxQueue {
         let refill_threshold = (ring.size() / 8).clamp(4, 64);
         let mut queue = RxQueue {
+            path,
             data_off: pool.headroom(),
             post_offset: (pool.headroom() as usize - NET_HDR_LEN) as u64,
             post_len: pool.data_room() + NET_HDR_LEN as u32,
@@ -232,11 +288,111 @@ impl RxQueue {
         let before = out.len();
         let max = out.capacity() - before;
         let core = &mut self.core;
-        let data_off = self.data_off;
-        let received =
-            with_ring!(&mut core.ring, ring => Self::receive(ring, &core.counters, self.port, data_off, out, max));
+        let (port, data_off) = (self.port, self.data_off);
+        let received = match self.path {
+            RxPath::Simple => {
+                with_ring!(&mut core.ring, ring => Self::receive(ring, &core.counters, port, data_off, out, max))
+            }
+            RxPath::Mergeable => {
+                let post_offset = self.post_offset as u16;
+                with_ring!(&mut core.ring, ring => {
+                    Self::receive_mergeable(ring, &core.counters, port, (data_off, post_offset), out, max)
+                })
+            }
+        };
         core.counters.add_classes(&out[before..], false);
         self.refill();
+        received
+    }
+
+    /// The mergeable path ("Processing of Incoming Packets", 5.1.6.4): the first buffer of a
+    /// frame holds the header, whose `num_buffers` says how many buffers (itself included) the
+    /// frame took; the others hold only data, from where the header would be. Buffers are
+    /// popped in passes that never go past the frames `out` can take. `num_buffers` of 0 or
+    /// beyond the ring, and a frame whose buffers are not all returned when the device's used
+    /// entries run out (as DPDK's virtio PMD, which drops it too), are counted in
+    /// `bad_headers` and the frame is dropped, every buffer of it back to the pool.
+    #[inline(never)]
+    fn receive_mergeable<R: Virtqueue<Mbuf>>(
+        ring: &mut R,
+        counters: &QueueCounters,
+        port: u16,
+        (data_off, post_offset): (u16, u16),
+        out: &mut Vec<Mbuf>,
+        max: usize,
+    ) -> usize {
+        let mut frames = std::mem::take(out);
+        let before = frames.len();
+        let (mut bytes, mut drops, mut bad) = (0u64, 0u64, 0u64);
+        let ring_size = ring.size();
+        // The frame being put together, and how many more buffers it takes.
+        let mut partial: Option<(ChainBuilder, u16)> = None;
+        loop {
+            let want = match &partial {
+                Some((_, remaining)) => *remaining as usize,
+                None => max - (frames.len() - before),
+            };
+            if want == 0 {
+                break;
+            }
+            let got = ring.pop_used(want, |mut mbuf, len| {
+                let Some(len) = len else {
+                    // A length the ring refused (counted there): the frame it belongs to is lost.
+                    partial = None;
+                    drops += 1;
+                    return;
+                };
+                match partial.take() {
+                    None => {
+                        let Some(header) = mbuf.read_buffer::<NET_HDR_LEN>(post_offset as usize) else {
+                            drops += 1;
+                            return;
+                        };
+                        let num_buffers = NetHeader::from_bytes(header).num_buffers.get();
+                        if len < NET_HDR_LEN as u32 || num_buffers == 0 || num_buffers > ring_size {
+                            bad += 1;
+                            return;
+                        }
+                        mbuf.init_received(data_off, len - NET_HDR_LEN as u32, port);
+                        if num_buffers > 1 {
+                            partial = Some((ChainBuilder::new(mbuf), num_buffers - 1));
+                        } else if mbuf.is_empty() {
+                            drops += 1;
+                        } else {
+                            bytes += mbuf.len() as u64;
+                            // Cannot grow: at most `max` frames complete.
+                            frames.push(mbuf);
+                        }
+                    }
+                    Some((mut chain, remaining)) => {
+                        mbuf.init_received(post_offset, len, port);
+                        if chain.push(mbuf).is_err() {
+                            bad += 1;
+                        } else if remaining > 1 {
+                            partial = Some((chain, remaining - 1));
+                        } else {
+                            let frame = chain.finish();
+                            bytes += frame.len() as u64;
+                            frames.push(frame);
+                        }
+                    }
+                }
+            });
+            if got < want {
+                // The device's used entries ran out: a frame still missing buffers never gets them.
+                bad += u64::from(partial.take().is_some());
+                break;
+            }
+        }
+        let received = frames.len() - before;
+        *out = frames;
+        if received as u64 + drops + bad > 0 {
+            counters.add_traffic(received as u64, bytes, drops + bad);
+            if bad > 0 {
+                counters.add_bad_headers(bad);
+            }
+        }
+        counters.set_errors(&ring.errors());
         received
     }
 
@@ -326,9 +482,12 @@ impl TxQueue {
     /// (transmit completions need no length). Dropping returns the mbufs still in flight to their pools,
     /// after stopping the device given to [`TxQueue::with_quiesce`] (without one, the caller
     /// must have stopped the device).
-    pub(crate) fn new(ring: Ring, notify: Box<dyn Notify>) -> TxQueue {
+    /// With [`TxPath::Chains`], the ring must have been built for chains of any length
+    /// ([`Chains::Any`]).
+    pub(crate) fn new(ring: Ring, notify: Box<dyn Notify>, path: TxPath) -> TxQueue {
         let reclaim_threshold = (ring.size() / 4).clamp(1, 32);
-        TxQueue { core: QueueCore::new(ring, notify), reclaim_threshold }
+        let chain = Vec::with_capacity(if path == TxPath::Chains { ring.size() as usize } else { 0 });
+        TxQueue { core: QueueCore::new(ring, notify), reclaim_threshold, path, chain }
     }
 
     /// Queues frames from the front of `pkts` for transmission, removing the ones it accepted;
@@ -338,13 +497,102 @@ impl TxQueue {
         let core = &mut self.core;
         // Classes of what the burst takes: all of it, less what it leaves (no copy, no list).
         core.counters.add_classes(pkts, false);
-        let (accepted, kick) =
-            with_ring!(&mut core.ring, ring => Self::transmit(ring, &core.counters, self.reclaim_threshold, pkts));
+        let threshold = self.reclaim_threshold;
+        let (accepted, kick) = match self.path {
+            TxPath::Simple => {
+                with_ring!(&mut core.ring, ring => Self::transmit(ring, &core.counters, threshold, pkts))
+            }
+            TxPath::Chains => with_ring!(&mut core.ring, ring => {
+                Self::transmit_chains(ring, &core.counters, threshold, pkts, &mut self.chain)
+            }),
+        };
         core.counters.add_classes(pkts, true);
         if accepted > 0 {
             core.published(kick);
         }
         accepted
+    }
+
+    /// The chains path: one descriptor chain per packet, the header in the first segment's
+    /// headroom, then one descriptor per further non-empty segment. Packets go while their
+    /// segments fit the free descriptors; one with more segments than the ring has descriptors
+    /// can never go, and is dropped and counted (`bad_headers`).
+    #[inline(never)]
+    fn transmit_chains<R: Virtqueue<Mbuf>>(
+        ring: &mut R,
+        counters: &QueueCounters,
+        reclaim_threshold: u16,
+        pkts: &mut Vec<Mbuf>,
+        chain: &mut Vec<Segment>,
+    ) -> (usize, bool) {
+        if ring.is_broken() {
+            return (0, false);
+        }
+        let size = ring.size() as usize;
+        let needed: usize = pkts.iter().map(|m| m.nb_segs() as usize).sum();
+        if ring.in_flight() >= reclaim_threshold || (ring.free_descriptors() as usize) < needed {
+            Self::reclaim_ring(ring);
+        }
+        let mut free = ring.free_descriptors() as usize;
+        let count = pkts
+            .iter()
+            .take_while(|m| {
+                let segs = m.nb_segs() as usize;
+                if segs > size {
+                    // Dropped below.
+                    return true;
+                }
+                match free.checked_sub(segs) {
+                    Some(left) => {
+                        free = left;
+                        true
+                    }
+                    None => false,
+                }
+            })
+            .count();
+        let (mut sent, mut bytes, mut drops, mut too_long) = (0u64, 0u64, 0u64, 0u64);
+        for mut mbuf in pkts.drain(..count) {
+            if mbuf.nb_segs() as usize > size {
+                too_long += 1;
+                continue;
+            }
+            let frame_len = mbuf.len();
+            // No offloads: an all-zero header (5.1.6.2).
+            let Some((addr, len)) = mbuf.prepend_zeroed_first::<NET_HDR_LEN>() else {
+                drops += 1;
+                continue;
+            };
+            chain.clear();
+            chain.push(Segment { addr, len, writable: false });
+            let mut first = true;
+            mbuf.for_each_segment_dma(|addr, len| {
+                if !std::mem::take(&mut first) && len > 0 {
+                    // Cannot grow: at most `nb_segs <= size` segments, the capacity.
+                    chain.push(Segment { addr, len, writable: false });
+                }
+            });
+            // SAFETY: the packet is an mbuf this queue now owns, moved into the ring as the
+            // token of its chain until the ring gives it back; every segment (the first with
+            // the header) lies inside the buffer of one of its segments, owned through it, and
+            // the device only reads them.
+            match unsafe { ring.add(chain, mbuf) } {
+                Ok(()) => {
+                    sent += 1;
+                    bytes += frame_len as u64;
+                }
+                // Not expected: the free descriptors were counted above.
+                Err(_) => drops += 1,
+            }
+        }
+        if count > 0 {
+            counters.add_traffic(sent, bytes, drops + too_long);
+            if too_long > 0 {
+                counters.add_bad_headers(too_long);
+            }
+            counters.set_errors(&ring.errors());
+        }
+        (count, ring.publish())
     }
 
     #[inline(always)]
@@ -366,11 +614,17 @@ impl TxQueue {
         let count = pkts.len().min(ring.free_descriptors() as usize);
         let mut bytes = 0u64;
         let mut drops = 0u64;
+        let mut multi_segment = 0u64;
         let frames = pkts.drain(..count).filter_map(|mut mbuf| {
             let frame_len = mbuf.len();
-            // No offloads: an all-zero header (5.1.6.2).
+            // No offloads: an all-zero header (5.1.6.2). One descriptor: a multi-segment packet
+            // is refused with the same test (the rest of it would be lost).
             let Some((addr, len)) = mbuf.prepend_zeroed::<NET_HDR_LEN>() else {
-                drops += 1;
+                if mbuf.is_contiguous() {
+                    drops += 1;
+                } else {
+                    multi_segment += 1;
+                }
                 return None;
             };
             bytes += frame_len as u64;
@@ -383,7 +637,10 @@ impl TxQueue {
         // reach fails there, as a DMA error of the device, not in this process.)
         let added = unsafe { ring.add_each(frames) };
         if count > 0 {
-            counters.add_traffic(added as u64, bytes, drops);
+            counters.add_traffic(added as u64, bytes, drops + multi_segment);
+            if multi_segment > 0 {
+                counters.add_bad_headers(multi_segment);
+            }
             counters.set_errors(&ring.errors());
         }
         (count, ring.publish())

@@ -47,6 +47,10 @@ pub struct QueueStats {
     pub errors: u64,
     /// The ring's protocol errors by kind.
     pub errors_by_kind: RingErrors,
+    /// Receive: frames dropped because the device filled their virtio-net header wrongly
+    /// (`num_buffers` of 0, beyond the ring, or beyond the buffers it returned). Transmit:
+    /// packets dropped because they have more segments than the ring has descriptors.
+    pub bad_headers: u64,
     /// Receive: refills that found the pool empty.
     pub alloc_failures: u64,
     /// Notifications sent to the device.
@@ -85,6 +89,7 @@ impl std::ops::AddAssign for QueueStats {
         self.errors_by_kind.bad_id += other.errors_by_kind.bad_id;
         self.errors_by_kind.bad_len += other.errors_by_kind.bad_len;
         self.errors_by_kind.bad_used_idx += other.errors_by_kind.bad_used_idx;
+        self.bad_headers += other.bad_headers;
         self.alloc_failures += other.alloc_failures;
         self.kicks += other.kicks;
         self.publishes += other.publishes;
@@ -114,6 +119,7 @@ impl QueueStats {
                 bad_len: d(e.0.bad_len, e.1.bad_len),
                 bad_used_idx: d(e.0.bad_used_idx, e.1.bad_used_idx),
             },
+            bad_headers: d(self.bad_headers, earlier.bad_headers),
             alloc_failures: d(self.alloc_failures, earlier.alloc_failures),
             kicks: d(self.kicks, earlier.kicks),
             publishes: d(self.publishes, earlier.publishes),
@@ -148,6 +154,7 @@ pub(crate) struct QueueCounters {
     bad_id: AtomicU64,
     bad_len: AtomicU64,
     bad_used_idx: AtomicU64,
+    bad_headers: AtomicU64,
     alloc_failures: AtomicU64,
     kicks: AtomicU64,
     publishes: AtomicU64,
@@ -191,6 +198,11 @@ impl QueueCounters {
         self.bad_used_idx.store(errors.bad_used_idx, Ordering::Relaxed);
     }
 
+    #[inline]
+    pub fn add_bad_headers(&self, n: u64) {
+        bump(&self.bad_headers, n);
+    }
+
     #[inline(always)]
     pub fn add_alloc_failure(&self) {
         bump(&self.alloc_failures, 1);
@@ -223,6 +235,7 @@ impl QueueCounters {
             drops: get(&self.drops),
             errors: errors_by_kind.total(),
             errors_by_kind,
+            bad_headers: get(&self.bad_headers),
             alloc_failures: get(&self.alloc_failures),
             kicks: get(&self.kicks),
             publishes: get(&self.publishes),
@@ -242,8 +255,9 @@ impl ClassCounters {
     fn add(&self, frames: &[Mbuf], taken_back: bool) {
         let (mut multicast, mut broadcast, mut sizes) = (0u64, 0u64, [0u64; SIZE_BINS.len()]);
         for frame in frames {
+            // The whole packet's length (every segment); the addresses are in the first.
+            sizes[size_bin(frame.len() as u32)] += 1;
             let data = frame.data();
-            sizes[size_bin(data.len() as u32)] += 1;
             if let Some(dst) = data.get(..6) {
                 if dst[0] & 1 != 0 {
                     multicast += 1;

@@ -32,6 +32,35 @@ pub const F_MQ: u32 = 22;
 /// `VIRTIO_NET_F_CTRL_MAC_ADDR` (23): set the MAC address through the control channel.
 pub const F_CTRL_MAC_ADDR: u32 = 23;
 
+/// `VIRTIO_NET_F_HASH_REPORT` (57): the device can report a per-packet hash value and type.
+pub const F_HASH_REPORT: u32 = 57;
+/// `VIRTIO_NET_F_RSS` (60): receive-side scaling with a Toeplitz hash, a key and an
+/// indirection table the driver sets (VIRTIO_NET_CTRL_MQ_RSS_CONFIG).
+pub const F_RSS: u32 = 60;
+
+/// The hash types of "Supported/enabled hash types" (`VIRTIO_NET_RSS_HASH_TYPE_*`): which
+/// fields of a packet feed the hash, by protocol.
+pub mod hash_type {
+    /// `VIRTIO_NET_RSS_HASH_TYPE_IPv4`: source and destination IPv4 addresses.
+    pub const IPV4: u32 = 1 << 0;
+    /// `VIRTIO_NET_RSS_HASH_TYPE_TCPv4`: IPv4 addresses and TCP ports.
+    pub const TCPV4: u32 = 1 << 1;
+    /// `VIRTIO_NET_RSS_HASH_TYPE_UDPv4`: IPv4 addresses and UDP ports.
+    pub const UDPV4: u32 = 1 << 2;
+    /// `VIRTIO_NET_RSS_HASH_TYPE_IPv6`: source and destination IPv6 addresses.
+    pub const IPV6: u32 = 1 << 3;
+    /// `VIRTIO_NET_RSS_HASH_TYPE_TCPv6`: IPv6 addresses and TCP ports.
+    pub const TCPV6: u32 = 1 << 4;
+    /// `VIRTIO_NET_RSS_HASH_TYPE_UDPv6`: IPv6 addresses and UDP ports.
+    pub const UDPV6: u32 = 1 << 5;
+    /// `VIRTIO_NET_RSS_HASH_TYPE_IP_EX`: IPv6 with extension-header addresses.
+    pub const IP_EX: u32 = 1 << 6;
+    /// `VIRTIO_NET_RSS_HASH_TYPE_TCP_EX`.
+    pub const TCP_EX: u32 = 1 << 7;
+    /// `VIRTIO_NET_RSS_HASH_TYPE_UDP_EX`.
+    pub const UDP_EX: u32 = 1 << 8;
+}
+
 /// `VIRTIO_NET_S_LINK_UP` in the config `status`.
 pub const S_LINK_UP: u16 = 1;
 /// `VIRTIO_NET_S_ANNOUNCE` in the config `status`.
@@ -61,6 +90,23 @@ pub struct NetHeader {
     /// Number of merged receive buffers (1 without MRG_RXBUF).
     pub num_buffers: Le16,
 }
+impl NetHeader {
+    /// The header laid out in `bytes` (as a device wrote it).
+    #[inline(always)]
+    pub fn from_bytes(bytes: [u8; NET_HDR_LEN]) -> NetHeader {
+        let le16 = |i: usize| Le16::new(u16::from_le_bytes([bytes[i], bytes[i + 1]]));
+        NetHeader {
+            flags: bytes[0],
+            gso_type: bytes[1],
+            hdr_len: le16(2),
+            gso_size: le16(4),
+            csum_start: le16(6),
+            csum_offset: le16(8),
+            num_buffers: le16(10),
+        }
+    }
+}
+
 /// Size of [`NetHeader`] on the wire.
 pub const NET_HDR_LEN: usize = 12;
 const _: () = assert!(core::mem::size_of::<NetHeader>() == NET_HDR_LEN);
@@ -75,6 +121,12 @@ pub mod config {
     pub const MAX_VIRTQUEUE_PAIRS: usize = 8;
     /// `mtu` (le16).
     pub const MTU: usize = 10;
+    /// `rss_max_key_size` (u8; with VIRTIO_NET_F_RSS or VIRTIO_NET_F_HASH_REPORT).
+    pub const RSS_MAX_KEY_SIZE: usize = 17;
+    /// `rss_max_indirection_table_length` (le16; with VIRTIO_NET_F_RSS).
+    pub const RSS_MAX_INDIRECTION_TABLE_LENGTH: usize = 18;
+    /// `supported_hash_types` (le32; with VIRTIO_NET_F_RSS or VIRTIO_NET_F_HASH_REPORT).
+    pub const SUPPORTED_HASH_TYPES: usize = 20;
 }
 
 /// The control virtqueue ("Control Virtqueue", 5.1.6.5): `struct virtio_net_ctrl` is `class`,
@@ -125,6 +177,9 @@ pub mod ctrl {
     pub const MQ: u8 = 4;
     /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`.
     pub const MQ_VQ_PAIRS_SET: u8 = 0;
+    /// `VIRTIO_NET_CTRL_MQ_RSS_CONFIG` ("Setting RSS parameters"): `struct
+    /// virtio_net_rss_config` (VIRTIO_NET_F_RSS).
+    pub const MQ_RSS_CONFIG: u8 = 1;
     /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN`.
     pub const MQ_VQ_PAIRS_MIN: u16 = 1;
     /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX`.

@@ -182,6 +182,16 @@ impl DeviceRing {
         }
     }
 
+    /// Writes one used entry per `(id, len, descs)` of `entries`, made visible to the driver all
+    /// at once (split: one `used.idx` store; packed: the first entry's flags last), as devices
+    /// publish the buffers of one merged frame.
+    pub fn push_used_together(&mut self, entries: &[(u16, u32, u16)]) {
+        match self {
+            DeviceRing::Packed(r) => r.push_used_together(entries),
+            DeviceRing::Split(r) => r.push_used_together(entries),
+        }
+    }
+
     /// Writes a used entry with a raw id (fault injection: ids the driver never gave out).
     pub fn push_used_raw(&mut self, id: u32, len: u32) {
         match self {
@@ -263,6 +273,22 @@ impl PackedDevice {
         // Release: id and len are visible before the flags mark the descriptor used.
         self.flags(slot).store(flags.to_le(), Ordering::Release);
         self.used.advance(skip.min(self.size), self.size);
+    }
+
+    fn push_used_together(&mut self, entries: &[(u16, u32, u16)]) {
+        let Some((&(id, len, descs), rest)) = entries.split_first() else { return };
+        let (first, first_wrap) = (self.used.idx(), self.used.wrap());
+        // SAFETY: `first < size`; the driver does not touch the slot until it sees the flags.
+        unsafe {
+            let desc = self.desc.add(first as usize);
+            std::ptr::addr_of_mut!((*desc).id).write_volatile(Le16::new(id));
+            std::ptr::addr_of_mut!((*desc).len).write_volatile(Le32::new(len));
+        }
+        self.used.advance(descs.min(self.size), self.size);
+        rest.iter().for_each(|&(id, len, descs)| self.push_used(id, len, descs));
+        let flags = if first_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
+        // Release: every entry written above is visible before the first is marked used.
+        self.flags(first).store(flags.to_le(), Ordering::Release);
     }
 
     fn set_notify(&mut self, mode: NotifyMode) {
@@ -352,6 +378,22 @@ impl SplitDevice {
         };
         self.used_idx = self.used_idx.wrapping_add(batch.max(1));
         // Release: the entry is visible before the index that publishes it.
+        self.used_u16(used::IDX).store(self.used_idx.to_le(), Ordering::Release);
+    }
+
+    fn push_used_together(&mut self, entries: &[(u16, u32, u16)]) {
+        for &(id, len, _) in entries {
+            let offset = used::ring(self.used_idx % self.size);
+            // SAFETY: the entry is inside the translated used ring.
+            unsafe {
+                self.used
+                    .add(offset)
+                    .cast::<UsedElem>()
+                    .write_volatile(UsedElem { id: Le32::new(id as u32), len: Le32::new(len) })
+            };
+            self.used_idx = self.used_idx.wrapping_add(1);
+        }
+        // Release: the entries are visible before the index that publishes them all.
         self.used_u16(used::IDX).store(self.used_idx.to_le(), Ordering::Release);
     }
 

@@ -284,6 +284,7 @@ impl FakeTransport {
             mode: Mode::Loopback,
             in_order: self.driver_features.has(features::IN_ORDER),
             event_idx: self.driver_features.has(features::EVENT_IDX),
+            mergeable: self.driver_features.has(net_spec::F_MRG_RXBUF),
             notify: self.config.notify,
             ..Default::default()
         };
@@ -367,7 +368,13 @@ impl Transport for FakeTransport {
     }
 
     fn read_device_config(&mut self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        let mut space = [0u8; 12];
+        // Through `supported_hash_types`; RSS limits as QEMU's virtio-net reports them.
+        let mut space = [0u8; 24];
+        space[net_config::RSS_MAX_KEY_SIZE] = 40;
+        space[net_config::RSS_MAX_INDIRECTION_TABLE_LENGTH..net_config::RSS_MAX_INDIRECTION_TABLE_LENGTH + 2]
+            .copy_from_slice(&128u16.to_le_bytes());
+        space[net_config::SUPPORTED_HASH_TYPES..net_config::SUPPORTED_HASH_TYPES + 4]
+            .copy_from_slice(&0x1ffu32.to_le_bytes());
         space[net_config::MAC..net_config::MAC + 6].copy_from_slice(&self.config.mac);
         let announce = if self.announce.load(Ordering::Relaxed) { S_ANNOUNCE } else { 0 };
         space[net_config::STATUS..net_config::STATUS + 2].copy_from_slice(&(S_LINK_UP | announce).to_le_bytes());

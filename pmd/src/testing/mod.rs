@@ -27,7 +27,7 @@ pub use soft_device::{
 use crate::error::Result;
 use crate::mbuf::{Mbuf, Mempool};
 use crate::mem::{DmaRegion, HugePages, IovaAllocator};
-use crate::net::{Ring, RxQueue, TxQueue};
+use crate::net::{Ring, RxPath, RxQueue, TxPath, TxQueue};
 use crate::transport::{Notify, RingFormat};
 use crate::virtqueue::{ring_bytes, Chains, PackedRing, RingMemory, SplitRing};
 
@@ -95,20 +95,36 @@ pub fn mbuf_ring(spec: RingSpec, chains: Chains) -> Result<(Ring, Arc<DmaRegion>
 }
 
 /// Builds a receive and a transmit queue for `port` of `spec`, the receive side filled from
-/// `pool`.
+/// `pool`, on the simple paths.
 pub fn queue_pair(spec: RingSpec, pool: &Mempool, port: u16) -> Result<QueuePair> {
+    queue_pair_with_paths(spec, pool, port, RxPath::Simple, TxPath::Simple)
+}
+
+/// [`queue_pair`] on the given paths (a device for [`RxPath::Mergeable`] must write
+/// `num_buffers` as with VIRTIO_NET_F_MRG_RXBUF: [`DeviceConfig::mergeable`]).
+pub fn queue_pair_with_paths(
+    spec: RingSpec,
+    pool: &Mempool,
+    port: u16,
+    rx_path: RxPath,
+    tx_path: TxPath,
+) -> Result<QueuePair> {
     let (rx_ring, rx_region) = mbuf_ring(spec, Chains::OneDescriptor)?;
-    let (tx_ring, tx_region) = mbuf_ring(spec, Chains::OneDescriptorNoLengths)?;
+    let tx_chains = match tx_path {
+        TxPath::Simple => Chains::OneDescriptorNoLengths,
+        TxPath::Chains => Chains::Any,
+    };
+    let (tx_ring, tx_region) = mbuf_ring(spec, tx_chains)?;
     let rx_kicks = CountingNotify::default();
     let tx_kicks = CountingNotify::default();
     let rx_spec = QueueSpec { format: spec.format, size: spec.size, addresses: rx_ring.addresses() };
     let tx_spec = QueueSpec { format: spec.format, size: spec.size, addresses: tx_ring.addresses() };
-    let mut rx = RxQueue::new(rx_ring, pool.clone(), Box::new(rx_kicks.clone()), port);
+    let mut rx = RxQueue::new(rx_ring, pool.clone(), Box::new(rx_kicks.clone()), port, rx_path);
     // No DRIVER_OK to wait for here: the notification owed for the posted buffers goes now.
     rx.start();
     Ok(QueuePair {
         rx,
-        tx: TxQueue::new(tx_ring, Box::new(tx_kicks.clone())),
+        tx: TxQueue::new(tx_ring, Box::new(tx_kicks.clone()), tx_path),
         rx_kicks,
         tx_kicks,
         rx_spec,

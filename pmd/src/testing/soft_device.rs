@@ -5,7 +5,10 @@
 //! consumed), source (frames are generated into receive buffers). Without IN_ORDER it completes
 //! chains out of order (shuffled within a window); with IN_ORDER it may complete a whole batch
 //! with one used entry. It can ask for notifications always, never or at an index, and inject
-//! one fault (bad id, bad length, a buffer used twice).
+//! one fault (bad id, bad length, a buffer used twice, a wrong `num_buffers`). With mergeable
+//! receive buffers ([`DeviceConfig::mergeable`]), loopback spreads a frame over as many receive
+//! buffers as it takes and says how many in `num_buffers` ("Processing of Incoming Packets",
+//! 5.1.6.4).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +39,9 @@ pub enum Fault {
     BadLen,
     /// A chain completed twice ("used flag flipped twice").
     UsedTwice,
+    /// The frame whose first receive buffer is completion `at` says it took this many buffers
+    /// (`num_buffers`), whatever it took (mergeable loopback only).
+    NumBuffers(u16),
 }
 
 /// Which ring of the pair.
@@ -97,6 +103,9 @@ pub struct DeviceConfig {
     pub fault: Option<FaultPlan>,
     /// Seed for shuffling.
     pub seed: u64,
+    /// VIRTIO_NET_F_MRG_RXBUF negotiated: loopback spreads a frame over several receive
+    /// buffers.
+    pub mergeable: bool,
 }
 
 impl Default for DeviceConfig {
@@ -110,6 +119,7 @@ impl Default for DeviceConfig {
             window: 16,
             fault: None,
             seed: 1,
+            mergeable: false,
         }
     }
 }
@@ -152,6 +162,10 @@ pub struct DeviceCore {
     generated: u64,
     /// The receive chain popped but not yet filled (loopback waits for a frame).
     rx_held: bool,
+    /// Mergeable loopback: the transmitted frame (header included) waiting in `scratch` for
+    /// receive buffers, and the receive chains gathered for it so far.
+    pending: Option<usize>,
+    merge_chains: Vec<Chain>,
 }
 
 impl DeviceCore {
@@ -184,6 +198,8 @@ impl DeviceCore {
             tx_count: 0,
             generated: 0,
             rx_held: false,
+            pending: None,
+            merge_chains: Vec::new(),
         })
     }
 
@@ -219,6 +235,7 @@ impl DeviceCore {
     /// Moves one frame; false when nothing could move.
     fn step(&mut self) -> Result<bool, RingFault> {
         match &mut self.config.mode {
+            Mode::Loopback if self.config.mergeable => self.step_mergeable_loopback(),
             Mode::Loopback => {
                 let (Some(rx), Some(tx)) = (self.rx.as_mut(), self.tx.as_mut()) else {
                     return Ok(false);
@@ -285,6 +302,57 @@ impl DeviceCore {
         }
     }
 
+    /// Loopback with mergeable receive buffers: takes a transmitted frame, gathers receive
+    /// chains until they hold it, and scatters it over them, `num_buffers` in the header.
+    fn step_mergeable_loopback(&mut self) -> Result<bool, RingFault> {
+        let (Some(rx), Some(tx)) = (self.rx.as_mut(), self.tx.as_mut()) else {
+            return Ok(false);
+        };
+        let len = match self.pending {
+            Some(len) => len,
+            None => {
+                if !tx.pop_avail(&self.space, &mut self.tx_chain)? {
+                    return Ok(false);
+                }
+                let len = self.tx_chain.gather(&mut self.scratch);
+                self.tx_done.push(Done { id: self.tx_chain.id, descs: self.tx_chain.descs, len: 0 });
+                if len < NET_HDR_LEN {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(true);
+                }
+                self.pending = Some(len);
+                len
+            }
+        };
+        let room = |chains: &[Chain]| chains.iter().map(|c| c.writable_len() as usize).sum::<usize>();
+        while room(&self.merge_chains) < len {
+            let mut chain = Chain::default();
+            if !rx.pop_avail(&self.space, &mut chain)? {
+                return Ok(false);
+            }
+            self.merge_chains.push(chain);
+        }
+        let first = self.rx_count + self.rx_done.len() as u64;
+        let mut num_buffers = self.merge_chains.len() as u16;
+        if let Some(FaultPlan { fault: Fault::NumBuffers(n), role: Role::Rx, at }) = self.config.fault {
+            if at == first {
+                num_buffers = n;
+                self.config.fault = None;
+                self.stats.faults_injected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.scratch[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+        let mut at = 0;
+        for chain in self.merge_chains.drain(..) {
+            let part = (chain.writable_len() as usize).min(len - at);
+            chain.scatter(&self.scratch[at..at + part]);
+            self.rx_done.push(Done { id: chain.id, descs: chain.descs, len: part as u32 });
+            at += part;
+        }
+        self.pending = None;
+        Ok(true)
+    }
+
     /// Writes the used entries of `role`'s pending completions, in order or shuffled, in one
     /// batch entry or one each, with the planned fault if it falls here.
     fn complete(&mut self, role: Role) {
@@ -296,13 +364,21 @@ impl DeviceCore {
         if done.is_empty() {
             return;
         }
-        if !self.config.in_order {
+        // A merged frame's buffers stay together, and go to the driver all at once.
+        let merged = self.config.mergeable && role == Role::Rx;
+        if !self.config.in_order && !merged {
             self.rng.shuffle(done);
         }
-        let fault =
-            self.config.fault.filter(|f| f.role == role && (*count..*count + done.len() as u64).contains(&f.at));
+        let fault = self.config.fault.filter(|f| {
+            f.role == role
+                && !matches!(f.fault, Fault::NumBuffers(_))
+                && (*count..*count + done.len() as u64).contains(&f.at)
+        });
         // Receive entries carry lengths the driver needs, so only transmit completions batch.
-        if self.config.in_order && self.config.batch_used && role == Role::Tx && fault.is_none() {
+        if merged && fault.is_none() {
+            let entries: Vec<_> = done.iter().map(|d| (d.id, d.len, d.descs)).collect();
+            ring.push_used_together(&entries);
+        } else if self.config.in_order && self.config.batch_used && role == Role::Tx && fault.is_none() {
             let skip = done.iter().map(|d| d.descs).sum();
             let last = done.last().map_or(0, |d| d.id);
             let len = done.last().map_or(0, |d| d.len);
@@ -316,7 +392,7 @@ impl DeviceCore {
                         ring.push_used(d.id, d.len, d.descs, 1);
                         ring.push_used(d.id, d.len, d.descs, 1);
                     }
-                    None => ring.push_used(d.id, d.len, d.descs, 1),
+                    Some(Fault::NumBuffers(_)) | None => ring.push_used(d.id, d.len, d.descs, 1),
                 }
             }
         }

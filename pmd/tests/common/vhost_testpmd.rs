@@ -21,15 +21,17 @@ pub struct Options {
     pub queues: u16,
     /// Forwarding mode (io, mac, macswap, txonly, rxonly, ...).
     pub fwd: &'static str,
-    /// Frame size for txonly.
-    pub txpkt_size: Option<u16>,
+    /// Frame size for txonly, or its segments' sizes, comma-separated (`--txpkts`).
+    pub txpkts: Option<&'static str>,
+    /// More testpmd arguments (after `--`).
+    pub app_extra: &'static str,
     /// Start forwarding once up (`start`).
     pub forward: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { queues: 1, fwd: "io", txpkt_size: None, forward: false }
+        Self { queues: 1, fwd: "io", txpkts: None, app_extra: "", forward: false }
     }
 }
 
@@ -88,8 +90,11 @@ impl VhostTestpmd {
             "--fwd".into(),
             options.fwd.into(),
         ];
-        if let Some(size) = options.txpkt_size {
-            args.extend(["--txpkt-size".into(), size.to_string()]);
+        if let Some(sizes) = options.txpkts {
+            args.extend(["--txpkt-size".into(), sizes.into()]);
+        }
+        if !options.app_extra.is_empty() {
+            args.extend(["--app-extra".into(), options.app_extra.into()]);
         }
         if options.forward {
             args.push("--forward".into());

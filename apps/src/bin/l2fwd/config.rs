@@ -17,6 +17,13 @@
 //! idle_sleep_us = 0         # sleep this long when a thread's queues stay empty (0: pure polling)
 //! promiscuous = false       # turn promiscuous mode on at start (the device's control queue)
 //! json = false              # also print JSON lines (statistics, summaries, the pool check)
+//! queues = 1                # queue pairs per port (more than one: the device's control queue)
+//!
+//! # An RSS indirection table for a port (entries: its queue pairs, repeated to fill the table),
+//! # set through the control queue once the port runs (default: 0, 1, .., queues - 1, repeated)
+//! # [[rss_tables]]
+//! # port = 1
+//! # queues = [3, 2, 1, 0]
 //!
 //! [[ports]]
 //! pci = "0000:00:03.0"
@@ -44,6 +51,32 @@ pub const DEFAULT_POOL_CACHE: u32 = 256;
 pub const MAX_IDLE_SLEEP_US: u64 = 100_000;
 /// Default seconds between statistics lines.
 pub const DEFAULT_STATS_INTERVAL: u64 = 1;
+/// Most queue pairs per port l2fwd asks for.
+pub const MAX_QUEUES: u16 = 64;
+
+/// An RSS indirection table for one port (`[[rss_tables]]`, `--rss-table PORT=Q,..`): its
+/// entries, repeated to fill the table.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RssTable {
+    /// The port.
+    pub port: usize,
+    /// Queue pairs of the port, in table order (repeated to the table's length).
+    pub queues: Vec<u16>,
+}
+
+impl std::str::FromStr for RssTable {
+    type Err = String;
+
+    /// `PORT=Q,Q,..` (e.g. `1=3,2,1,0`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("'{s}' is not PORT=QUEUE,QUEUE,.. (e.g. 1=3,2,1,0)");
+        let (port, queues) = s.split_once('=').ok_or_else(bad)?;
+        let port = port.trim().parse().map_err(|_| bad())?;
+        let queues = queues.split(',').map(|q| q.trim().parse()).collect::<Result<Vec<u16>, _>>().map_err(|_| bad())?;
+        Ok(RssTable { port, queues })
+    }
+}
 
 /// One `[[ports]]` entry of the file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -102,6 +135,14 @@ pub struct Options {
     /// starting with `{`) [default: off].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub json: Option<bool>,
+    /// Queue pairs per port, each receive queue a lane of its own (more than one: set through
+    /// the device's control queue; with RSS the device spreads flows over them) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub queues: Option<u16>,
+    /// RSS indirection table of a port, set once it runs: PORT=Q,Q,.. (queue pairs, repeated to
+    /// fill the table; repeatable) [default: 0..queues round robin].
+    #[arg(long = "rss-table", value_name = "PORT=Q,..")]
+    pub rss_tables: Option<Vec<RssTable>>,
 }
 
 /// One port, checked.
@@ -140,6 +181,11 @@ pub struct Settings {
     pub promiscuous: bool,
     /// Also print JSON lines.
     pub json: bool,
+    /// Queue pairs per port.
+    pub queues: u16,
+    /// RSS indirection tables set once the ports run, per port (checked: ports exist, entries
+    /// name queue pairs that exist).
+    pub rss_tables: Vec<RssTable>,
     /// Where the file came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -204,6 +250,26 @@ impl Settings {
                 return Err(format!("core {c} is listed twice in cores{from}"));
             }
         }
+        let queues = o.queues.unwrap_or(1);
+        if !(1..=MAX_QUEUES).contains(&queues) {
+            return Err(format!("queues {queues} is out of range{from}: use 1..={MAX_QUEUES} queue pairs per port"));
+        }
+        let rss_tables = o.rss_tables.unwrap_or_default();
+        for (i, t) in rss_tables.iter().enumerate() {
+            if t.port >= ports.len() {
+                return Err(format!("RSS table for port {}{from}: there are only {} ports", t.port, ports.len()));
+            }
+            if rss_tables[..i].iter().any(|o| o.port == t.port) {
+                return Err(format!("two RSS tables for port {}{from}: give one", t.port));
+            }
+            if t.queues.is_empty() || t.queues.iter().any(|q| *q >= queues) {
+                return Err(format!(
+                    "RSS table for port {}{from}: entries must be queue pairs 0..{queues} (queues = {queues}), and \
+                     at least one",
+                    t.port
+                ));
+            }
+        }
         Ok(Settings {
             ports,
             ring: o.ring.unwrap_or(Ring::Auto),
@@ -217,6 +283,8 @@ impl Settings {
             idle_sleep: Some(idle_sleep_us).filter(|us| *us > 0).map(Duration::from_micros),
             promiscuous: o.promiscuous.unwrap_or(false),
             json: o.json.unwrap_or(false),
+            queues,
+            rss_tables,
             source,
         })
     }

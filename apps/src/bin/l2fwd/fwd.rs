@@ -26,6 +26,8 @@ pub struct Lane {
     pub rx_port: usize,
     /// Transmitting port.
     pub tx_port: usize,
+    /// The queue pair number of both queues.
+    pub queue: u16,
     rx: RxQueue,
     tx: TxQueue,
     /// Destination MAC then source MAC, written over the first 12 bytes of every frame.
@@ -35,13 +37,24 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// A lane from `rx` (of port `rx_port`) to `tx` (of port `tx_port`) that rewrites frames to
-    /// `dst` / `src`.
-    pub fn new(rx_port: usize, rx: RxQueue, tx_port: usize, tx: TxQueue, dst: [u8; 6], src: [u8; 6]) -> Lane {
+    /// A lane from `rx` (of port `rx_port`) to `tx` (of port `tx_port`), both of queue pair
+    /// `queue`, that rewrites frames to `dst` / `src`.
+    pub fn new(
+        (rx_port, rx): (usize, RxQueue),
+        (tx_port, tx): (usize, TxQueue),
+        queue: u16,
+        dst: [u8; 6],
+        src: [u8; 6],
+    ) -> Lane {
         let mut macs = [0u8; 12];
         macs[..6].copy_from_slice(&dst);
         macs[6..].copy_from_slice(&src);
-        Lane { rx_port, tx_port, rx, tx, macs, dropped: 0, counters: Arc::default() }
+        Lane { rx_port, tx_port, queue, rx, tx, macs, dropped: 0, counters: Arc::default() }
+    }
+
+    /// `rx_port:queue->tx_port:queue`.
+    pub fn name(&self) -> String {
+        format!("{}:{q}->{}:{q}", self.rx_port, self.tx_port, q = self.queue)
     }
 
     /// The counters the lane publishes.
@@ -135,7 +148,7 @@ mod tests {
             let core = DeviceCore::new(DeviceConfig { mode, ..Default::default() }, b.space, None, Some(b.tx_spec));
             SoftDevice::spawn(core.unwrap()).unwrap()
         });
-        let mut lane = Lane::new(0, a.rx, 1, b.tx, DST, SRC);
+        let mut lane = Lane::new((0, a.rx), (1, b.tx), 0, DST, SRC);
         let counters = lane.counters();
         let mut pkts = Vec::with_capacity(32);
         let (mut received, start) = (0u64, Instant::now());

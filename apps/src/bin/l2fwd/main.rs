@@ -9,11 +9,15 @@
 //! l2fwd --config config/l2fwd-vm.toml         # or from a TOML file (see config.rs)
 //! ```
 //!
-//! Start-up: the library's [`PortSet`] opens the ports (one VFIO container, one mempool, one
-//! queue pair each); the lanes (receive queue -> peer's transmit queue) are spread over one
-//! lcore per listed core, pinned (no cores: one unpinned lcore polls every lane). Once every
-//! lcore polls it prints `L2FWD-READY ports=<n> threads=<t>`; then `L2FWD-STATS` lines (per port:
-//! rx, tx, dropped, Mpps) every `stats_interval` seconds.
+//! Start-up: the library's [`PortSet`] opens the ports (one VFIO container, one mempool,
+//! `queues` queue pairs each: more than one set through the control queue, with the device's
+//! default RSS configuration or the `--rss-table` given); l2fwd waits up to 9 s for every link
+//! to come up (`L2FWD-LINK port=<p> state=up|down`); the lanes (receive queue q -> the peer's
+//! transmit queue q) are spread over one lcore per listed core, pinned (no cores: one unpinned
+//! lcore polls every lane). Once every lcore polls it prints `L2FWD-READY ports=<n> threads=<t>`;
+//! then `L2FWD-STATS` lines (per port: rx, tx, dropped, Mpps) every `stats_interval` seconds, and
+//! an `L2FWD-LINK port=<p> state=<s> t=<secs>` line for every change of link state, polled once
+//! per statistics period. The summary has an `L2FWD-RXQ` line per queue pair.
 //!
 //! SIGINT/SIGTERM (or `--duration`) stop it: the lcores stop polling and hand their lanes back,
 //! the queues and ports drop (each device is reset before its buffers are released), the final
@@ -150,10 +154,11 @@ fn main() -> ExitCode {
 fn print_settings(s: &Settings) {
     let ports: Vec<String> = s.ports.iter().map(|p| p.spec.target()).collect();
     println!(
-        "l2fwd: ports {} (pairs {}), ring {}, ring size {}, burst {}, pool {} mbufs (cache {}), huge pages {}, \
-         cores {}, idle {}, stats every {}{}",
+        "l2fwd: ports {} (pairs {}), {} queue pair(s) each, ring {}, ring size {}, burst {}, pool {} mbufs \
+         (cache {}), huge pages {}, cores {}, idle {}, stats every {}{}",
         ports.join(" "),
         (0..s.ports.len()).map(|i| format!("{i}->{}", s.peer_of(i))).collect::<Vec<_>>().join(" "),
+        s.queues,
         s.ring.name(),
         s.ring_size.map_or("device max".into(), |n| n.to_string()),
         s.burst,
@@ -167,7 +172,8 @@ fn print_settings(s: &Settings) {
     );
 }
 
-/// Opens the ports (one queue pair each), turns promiscuous mode on when asked, prints them.
+/// Opens the ports (`queues` queue pairs each), turns promiscuous mode on and sets the RSS
+/// tables when asked, prints them.
 fn open(s: &Settings) -> Result<PortSet, Failure> {
     let config = PortSetConfig {
         pool: MempoolConfig {
@@ -178,7 +184,7 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
             ..MempoolConfig::default()
         },
         port: PortConfig {
-            queue_pairs: 1,
+            queue_pairs: s.queues,
             ring_size: s.ring_size,
             ring: s.ring.into(),
             huge_pages: s.huge_pages.into(),
@@ -194,6 +200,19 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
             })?;
             println!("l2fwd: port {id}: promiscuous mode on (VIRTIO_NET_CTRL_RX_PROMISC acknowledged)");
         }
+        if let Some(table) = s.rss_tables.iter().find(|t| t.port == id) {
+            set_rss_table(port, &table.queues)
+                .map_err(|e| Failure::Runtime(format!("port {id} ({}): RSS table: {}", port.name(), describe(&e))))?;
+        }
+        if let Some(rss) = port.rss_config() {
+            println!(
+                "L2FWD-RSS port={id} hash_types={:#x} table_len={} table={} key={}",
+                rss.hash_types,
+                rss.table.len(),
+                rss.table.iter().map(|q| q.to_string()).collect::<Vec<_>>().join(","),
+                rss.key.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+        }
     }
     for (id, port) in set.ports().iter().enumerate() {
         let link = match port.link_up() {
@@ -201,8 +220,8 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
             Err(e) => format!("unknown ({})", describe(&e)),
         };
         println!(
-            "L2FWD-PORT {id} pci={} mac={} out_dst_mac={} peer={} ring={} ring_size={} mtu={} link={link} \
-             features={:?}",
+            "L2FWD-PORT {id} pci={} mac={} out_dst_mac={} peer={} ring={} ring_size={} queues={} mtu={} \
+             link={link} features={:?}",
             port.name(),
             set.mac(id),
             s.ports[id].dst_mac,
@@ -212,6 +231,7 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
                 RingFormat::Split => "split",
             },
             port.ring_size(),
+            port.queue_pairs(),
             port.mtu().map_or("-".into(), |m| m.to_string()),
             port.features(),
         );
@@ -219,28 +239,36 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
     Ok(set)
 }
 
-/// The lanes (port i's receive queue into its peer's transmit queue), spread over the lcores:
-/// per lcore, its core and its lanes.
+/// The lanes (receive queue q of port i into transmit queue q of its peer), spread over the
+/// lcores: per lcore, its core and its lanes.
 fn lanes(s: &Settings, set: &mut PortSet) -> Result<Vec<LcoreWork<Vec<Lane>>>, Failure> {
     let macs: Vec<_> = (0..set.ports().len()).map(|id| set.mac(id)).collect();
-    let mut pairs = Vec::with_capacity(macs.len());
+    let mut rx = Vec::with_capacity(macs.len());
+    let mut tx: Vec<Vec<Option<_>>> = Vec::with_capacity(macs.len());
     for (id, port) in set.ports_mut().iter_mut().enumerate() {
-        let (rx, tx) =
-            port.take_queues(0).ok_or_else(|| Failure::Runtime(format!("port {id}: the port has no queue pair 0")))?;
-        pairs.push((Some(rx), Some(tx)));
+        let (mut port_rx, mut port_tx) = (Vec::new(), Vec::new());
+        for q in 0..s.queues {
+            let (r, t) = port
+                .take_queues(q)
+                .ok_or_else(|| Failure::Runtime(format!("port {id}: the port has no queue pair {q}")))?;
+            port_rx.push(r);
+            port_tx.push(Some(t));
+        }
+        rx.push(port_rx);
+        tx.push(port_tx);
     }
-    let mut lanes: Vec<Option<Lane>> = Vec::with_capacity(pairs.len());
-    for id in 0..pairs.len() {
+    let mut lanes: Vec<Option<Lane>> = Vec::with_capacity(macs.len() * usize::from(s.queues));
+    for (id, port_rx) in rx.into_iter().enumerate() {
         let peer = s.peer_of(id);
-        match (pairs[id].0.take(), pairs[peer].1.take()) {
-            (Some(rx), Some(tx)) => {
-                lanes.push(Some(Lane::new(id, rx, peer, tx, s.ports[peer].dst_mac.0, macs[peer].0)))
-            }
-            _ => return Err(Failure::Runtime(format!("internal error: the queues of lane {id} -> {peer} are gone"))),
+        for (q, r) in port_rx.into_iter().enumerate() {
+            let t = tx[peer][q].take().ok_or_else(|| {
+                Failure::Runtime(format!("internal error: transmit queue {q} of port {peer} is gone"))
+            })?;
+            lanes.push(Some(Lane::new((id, r), (peer, t), q as u16, s.ports[peer].dst_mac.0, macs[peer].0)));
         }
     }
     let plan = lcore::spread(lanes.len(), &s.cores);
-    let needed = set.ports().iter().map(|p| 2 * u32::from(p.ring_size())).sum::<u32>()
+    let needed = set.ports().iter().map(|p| 2 * u32::from(p.ring_size()) * u32::from(p.queue_pairs())).sum::<u32>()
         + plan.len() as u32 * (s.burst as u32 + 3 * s.pool_cache);
     if needed > s.pool_size {
         println!(
@@ -261,9 +289,11 @@ fn monitor(
     set: &PortSet,
     lcores: &Lcores<Vec<Lane>>,
     counters: &Counters,
+    links: Vec<LinkState>,
     duration: Option<Duration>,
 ) -> (Option<Failure>, Duration) {
     let begin = Instant::now();
+    let mut links = links;
     let mut last = (begin, counters.snapshots(set.ports()), xstats(set));
     let failure = loop {
         std::thread::sleep(Duration::from_millis(50));
@@ -279,13 +309,18 @@ fn monitor(
         if let Some(t) = lcores.finished_early() {
             break Some(Failure::Runtime(format!("polling lcore {t} stopped unexpectedly")));
         }
-        if s.stats_interval.is_none_or(|interval| last.0.elapsed() < interval) {
+        // Once per statistics period (every second without statistics lines): the counters,
+        // the devices' health, and every change of link state.
+        if last.0.elapsed() < s.stats_interval.unwrap_or(LINK_POLL) {
             continue;
         }
+        report_link_changes(set.ports(), &mut links, begin);
         let now = Instant::now();
         let (snaps, x) = (counters.snapshots(set.ports()), xstats(set));
-        print_stats(begin, now - last.0, &last.1, &snaps);
-        if s.json {
+        if s.stats_interval.is_some() {
+            print_stats(begin, now - last.0, &last.1, &snaps);
+        }
+        if s.json && s.stats_interval.is_some() {
             for (id, (before, after)) in last.2.iter().zip(&x).enumerate() {
                 let line =
                     JsonLine::new("l2fwd", "stats").num("t", begin.elapsed().as_secs_f64()).int("port", id as u64);
@@ -323,13 +358,14 @@ fn xstats(set: &PortSet) -> Vec<Vec<Xstat>> {
 
 fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
     let mut set = open(s)?;
+    let links = wait_for_links(set.ports());
     let work = lanes(s, &mut set)?;
     let counters = Counters(work.iter().flat_map(|w| &w.work).map(|l| (l.tx_port, l.counters())).collect());
     let described: Vec<String> = work
         .iter()
         .enumerate()
         .map(|(t, w)| {
-            let lanes: Vec<String> = w.work.iter().map(|l| format!("{}->{}", l.rx_port, l.tx_port)).collect();
+            let lanes: Vec<String> = w.work.iter().map(Lane::name).collect();
             let core = w.core.map_or("unpinned".into(), |c| format!("core {c}"));
             format!("thread {t} ({core}; lanes {})", lanes.join(" "))
         })
@@ -345,7 +381,7 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         println!("L2FWD-READY ports={} threads={}", set.ports().len(), lcores.len());
         std::io::stdout().flush().ok();
     }
-    let (mut failure, stopped_at) = monitor(s, &set, &lcores, &counters, duration);
+    let (mut failure, stopped_at) = monitor(s, &set, &lcores, &counters, links, duration);
 
     // Shutdown: the lcores hand their lanes back; dropping the queues resets each device before
     // its buffers return to the pool; then every mbuf must be back.
@@ -376,6 +412,74 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
     closed?;
     println!("L2FWD-DONE clean");
     Ok(())
+}
+
+/// How often link states are polled when no statistics lines are printed.
+const LINK_POLL: Duration = Duration::from_secs(1);
+/// How long l2fwd waits for every link to come up at start (DPDK's l2fwd: 9 s).
+const LINK_WAIT: Duration = Duration::from_secs(9);
+
+/// A port's link state: up, down, or unreadable (the error).
+type LinkState = Result<bool, String>;
+
+fn link_state(port: &Port) -> LinkState {
+    port.link_up().map_err(|e| describe(&e))
+}
+
+fn link_name(state: &LinkState) -> String {
+    match state {
+        Ok(true) => "up".into(),
+        Ok(false) => "down".into(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Waits (at most [`LINK_WAIT`]) until every port's link is up, as DPDK's l2fwd does, and prints
+/// each port's state (`L2FWD-LINK port=<p> state=up|down`); returns the states seen.
+fn wait_for_links(ports: &[Port]) -> Vec<LinkState> {
+    let deadline = Instant::now() + LINK_WAIT;
+    print!("l2fwd: checking link status");
+    loop {
+        let states: Vec<_> = ports.iter().map(link_state).collect();
+        if states.iter().all(|s| *s != Ok(false)) || Instant::now() >= deadline || STOP.load(Ordering::SeqCst) {
+            println!(" done");
+            for (id, state) in states.iter().enumerate() {
+                println!("L2FWD-LINK port={id} state={}", link_name(state));
+            }
+            return states;
+        }
+        print!(".");
+        std::io::stdout().flush().ok();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Prints `L2FWD-LINK port=<p> state=up|down t=<s>` for every port whose link state changed
+/// since `last`.
+fn report_link_changes(ports: &[Port], last: &mut [LinkState], begin: Instant) {
+    for (id, (port, was)) in ports.iter().zip(last.iter_mut()).enumerate() {
+        let now = link_state(port);
+        if now != *was {
+            println!("L2FWD-LINK port={id} state={} t={:.1}s", link_name(&now), begin.elapsed().as_secs_f64());
+            std::io::stdout().flush().ok();
+            *was = now;
+        }
+    }
+}
+
+/// Sets `port`'s RSS indirection table to `queues`, repeated to the table's length (the one in
+/// use, the default's without one), keeping its key and hash types: a run-time change through
+/// the control queue.
+fn set_rss_table(port: &mut Port, queues: &[u16]) -> virtio_pmd::Result<()> {
+    let mut rss = port.rss_config().cloned().ok_or_else(|| {
+        virtio_pmd::Error::InvalidConfig(format!(
+            "{}: an RSS table was given, but the device does not do RSS (no VIRTIO_NET_F_RSS; QEMU: rss=on)",
+            port.name()
+        ))
+    })?;
+    let len = rss.table.len().max(virtio_pmd::net::DEFAULT_TABLE_LEN);
+    rss.table = queues.iter().copied().cycle().take(len).collect();
+    port.set_rss(&rss)
 }
 
 fn print_stats(begin: Instant, over: Duration, before: &[Snapshot], now: &[Snapshot]) {
@@ -413,6 +517,10 @@ fn print_summary(s: &Settings, set: &PortSet, counters: &Counters, over: Duratio
             println!("{}", line.int("app_dropped", counters.dropped(id)).xstats("xstats", &port.xstats()).finish());
         }
         total += n;
+        let stats = port.stats();
+        for (q, (r, t)) in stats.rx_queues.iter().zip(&stats.tx_queues).enumerate() {
+            println!("L2FWD-RXQ port={id} queue={q} rx={} tx={} kicks={}", r.packets, t.packets, r.kicks + t.kicks);
+        }
     }
     println!(
         "L2FWD-SUMMARY total ports={} rx={} tx={} dropped={} errors={} seconds={:.1}",

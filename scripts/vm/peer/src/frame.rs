@@ -20,6 +20,12 @@
 //! All multi-byte fields are big-endian (network order). The length of a data frame is a
 //! function of its sequence number ([`SizePlan`]), so the checker knows every byte of a frame from
 //! its direction, sequence number and timestamp: it rebuilds the frame and compares it whole.
+//!
+//! Flow frames (`flows` > 0, for RSS: the device hashes their IPv4 addresses and UDP ports) put
+//! an IPv4 header (20 bytes, ethertype 0x0800, DF, TTL 64, checksum) and a UDP header (8 bytes,
+//! checksum 0) between the Ethernet header and the test header, which moves 28 bytes on. The
+//! flow of frame (kind, direction, sequence number) is one of `flows`, picked by a hash of the
+//! three ([`flow_of`]): each flow has its own source address and port, so RSS spreads them.
 
 use std::fmt;
 use std::str::FromStr;
@@ -34,16 +40,66 @@ pub const MAGIC: [u8; 4] = *b"vPMD";
 pub const MIN_LEN: usize = 60;
 /// Longest standard Ethernet frame without FCS (1500-byte MTU).
 pub const MAX_LEN: usize = 1514;
-/// Bytes before the fill.
-pub const HEADER_LEN: usize = 42;
+/// The IPv4 and UDP headers of flow frames.
+pub const FLOW_HEADERS: usize = 28;
+/// Most flows (distinct source ports).
+pub const MAX_FLOWS: u32 = 50_000;
+/// Ethertype of flow frames: IPv4.
+const ETHERTYPE_IPV4: u16 = 0x0800;
 
-const OFF_MAGIC: usize = 14;
-const OFF_KIND: usize = 18;
-const OFF_DIR: usize = 19;
-const OFF_LEN: usize = 20;
-const OFF_SEQ: usize = 22;
-const OFF_TS: usize = 30;
-const OFF_CHECK: usize = 38;
+// Offsets of the test header's fields from its start (14, or 42 in flow frames).
+const OFF_MAGIC: usize = 0;
+const OFF_KIND: usize = 4;
+const OFF_DIR: usize = 5;
+const OFF_LEN: usize = 6;
+const OFF_SEQ: usize = 8;
+const OFF_TS: usize = 16;
+const OFF_CHECK: usize = 24;
+const TEST_HEADER: usize = 28;
+
+/// Where the test header starts in a frame of `flows` flows (0: no IPv4/UDP headers).
+pub fn test_header_at(flows: u32) -> usize {
+    if flows == 0 {
+        14
+    } else {
+        14 + FLOW_HEADERS
+    }
+}
+
+/// The shortest frame that holds every header, for `flows`.
+pub fn min_len(flows: u32) -> usize {
+    (test_header_at(flows) + TEST_HEADER).max(MIN_LEN)
+}
+
+/// The IPv4 addresses and UDP ports of a flow frame: what RSS hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// Source address: `198.18.<direction>.<1 + flow % 250>`.
+    pub src: std::net::Ipv4Addr,
+    /// Destination address: `198.19.<direction>.1`.
+    pub dst: std::net::Ipv4Addr,
+    /// Source port: 10000 + flow.
+    pub sport: u16,
+    /// Destination port: 9 (discard).
+    pub dport: u16,
+}
+
+/// The flow of frame (kind, direction, sequence number) among `flows` (> 0).
+pub fn flow_of(kind: Kind, dir: u8, seq: u64, flows: u32) -> Flow {
+    let flow = (splitmix64(seq ^ (u64::from(dir) << 56) ^ ((kind as u64) << 48) ^ 0xf10e) % u64::from(flows)) as u32;
+    Flow {
+        src: std::net::Ipv4Addr::new(198, 18, dir, 1 + (flow % 250) as u8),
+        dst: std::net::Ipv4Addr::new(198, 19, dir, 1),
+        sport: 10_000 + flow as u16,
+        dport: 9,
+    }
+}
+
+/// The sequence number a frame carries in its header (meaningful only if the header is intact).
+pub fn seq_field(frame: &[u8], flows: u32) -> Option<u64> {
+    let at = test_header_at(flows) + OFF_SEQ;
+    frame.get(at..at + 8).map(be_u64)
+}
 
 /// A MAC address on the command line, with vm-peer's explanations of a bad one.
 pub fn parse_mac(s: &str) -> Result<MacAddr, String> {
@@ -139,25 +195,51 @@ pub struct FrameId {
     pub ts_ns: u64,
     /// Whole frame length.
     pub len: usize,
+    /// Flows of flow frames (0: no IPv4/UDP headers).
+    pub flows: u32,
 }
 
 /// Writes frame `id` with the given MACs into `buf` (cleared first).
 pub fn build(buf: &mut Vec<u8>, dst: MacAddr, src: MacAddr, id: &FrameId) {
-    debug_assert!((HEADER_LEN..=u16::MAX as usize).contains(&id.len));
+    let at = test_header_at(id.flows);
+    debug_assert!((at + TEST_HEADER..=u16::MAX as usize).contains(&id.len));
     buf.clear();
     buf.extend_from_slice(&dst.0);
     buf.extend_from_slice(&src.0);
-    buf.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    if id.flows == 0 {
+        buf.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    } else {
+        let flow = flow_of(id.kind, id.dir, id.seq, id.flows);
+        buf.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        let ip_len = (id.len - 14) as u16;
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+        ip[6] = 0x40; // DF: never a fragment, so the ports are always hashed.
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&flow.src.octets());
+        ip[16..20].copy_from_slice(&flow.dst.octets());
+        let sum = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let sum = (sum & 0xffff) + (sum >> 16);
+        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        buf.extend_from_slice(&ip);
+        buf.extend_from_slice(&flow.sport.to_be_bytes());
+        buf.extend_from_slice(&flow.dport.to_be_bytes());
+        buf.extend_from_slice(&(ip_len - 20).to_be_bytes());
+        buf.extend_from_slice(&[0, 0]);
+    }
     buf.extend_from_slice(&MAGIC);
     buf.push(id.kind as u8);
     buf.push(id.dir);
     buf.extend_from_slice(&(id.len as u16).to_be_bytes());
     buf.extend_from_slice(&id.seq.to_be_bytes());
     buf.extend_from_slice(&id.ts_ns.to_be_bytes());
-    let check = fnv1a(&buf[OFF_MAGIC..OFF_CHECK]);
+    let check = fnv1a(&buf[at + OFF_MAGIC..at + OFF_CHECK]);
     buf.extend_from_slice(&check.to_be_bytes());
     buf.resize(id.len, 0);
-    fill(&mut buf[HEADER_LEN..], id.kind, id.dir, id.seq);
+    fill(&mut buf[at + TEST_HEADER..], id.kind, id.dir, id.seq);
 }
 
 /// Why a received frame is not the frame that was sent.
@@ -266,6 +348,8 @@ pub struct Expect {
     pub frames: u64,
     /// Lengths of data frames.
     pub sizes: SizePlan,
+    /// Flows of flow frames (0: frames without IPv4/UDP headers).
+    pub flows: u32,
 }
 
 /// Checks every byte of `frame` against what was sent; returns its identity when intact.
@@ -273,34 +357,37 @@ pub struct Expect {
 /// `scratch` is reused to rebuild the expected frame. Duplicates are not detected here (the
 /// caller keeps the set of sequence numbers seen).
 pub fn check(frame: &[u8], expect: &Expect, scratch: &mut Vec<u8>) -> Result<FrameId, Defect> {
-    if frame.len() < HEADER_LEN || frame.len() > MAX_LEN {
+    let at = test_header_at(expect.flows);
+    if frame.len() < at + TEST_HEADER || frame.len() > MAX_LEN {
         return Err(Defect::BadLength(frame.len()));
     }
-    if frame[12..14] != ETHERTYPE.to_be_bytes() || frame[OFF_MAGIC..OFF_KIND] != MAGIC {
+    let ethertype = if expect.flows == 0 { ETHERTYPE } else { ETHERTYPE_IPV4 };
+    let header = &frame[at..at + TEST_HEADER];
+    if frame[12..14] != ethertype.to_be_bytes() || header[OFF_MAGIC..OFF_KIND] != MAGIC {
         return Err(Defect::Foreign {
             ethertype: u16::from_be_bytes([frame[12], frame[13]]),
             dst: MacAddr(frame[0..6].try_into().unwrap_or([0; 6])),
         });
     }
-    let check_word = u32::from_be_bytes(frame[OFF_CHECK..HEADER_LEN].try_into().unwrap_or([0; 4]));
-    if fnv1a(&frame[OFF_MAGIC..OFF_CHECK]) != check_word {
+    let check_word = u32::from_be_bytes(header[OFF_CHECK..TEST_HEADER].try_into().unwrap_or([0; 4]));
+    if fnv1a(&header[OFF_MAGIC..OFF_CHECK]) != check_word {
         return Err(Defect::HeaderCheck);
     }
-    let kind = match frame[OFF_KIND] {
+    let kind = match header[OFF_KIND] {
         1 => Kind::Data,
         2 => Kind::Probe,
         other => return Err(Defect::BadKind(other)),
     };
-    let dir = frame[OFF_DIR];
+    let dir = header[OFF_DIR];
     if dir != expect.dir {
         return Err(Defect::Misrouted { dir });
     }
-    let field = u16::from_be_bytes([frame[OFF_LEN], frame[OFF_LEN + 1]]) as usize;
+    let field = u16::from_be_bytes([header[OFF_LEN], header[OFF_LEN + 1]]) as usize;
     if field != frame.len() {
         return Err(Defect::LengthField { field, actual: frame.len() });
     }
-    let seq = be_u64(&frame[OFF_SEQ..OFF_TS]);
-    let ts_ns = be_u64(&frame[OFF_TS..OFF_CHECK]);
+    let seq = be_u64(&header[OFF_SEQ..OFF_TS]);
+    let ts_ns = be_u64(&header[OFF_TS..OFF_CHECK]);
     if kind == Kind::Data {
         if seq >= expect.frames {
             return Err(Defect::SeqOutOfRange(seq));
@@ -322,7 +409,7 @@ pub fn check(frame: &[u8], expect: &Expect, scratch: &mut Vec<u8>) -> Result<Fra
             return Err(Defect::SrcMac { got: got_src, want });
         }
     }
-    let id = FrameId { kind, dir, seq, ts_ns, len: frame.len() };
+    let id = FrameId { kind, dir, seq, ts_ns, len: frame.len(), flows: expect.flows };
     build(scratch, got_dst, got_src, &id);
     if let Some(offset) = frame.iter().zip(scratch.iter()).position(|(a, b)| a != b) {
         return Err(Defect::Payload { offset, got: frame[offset], want: scratch[offset] });
@@ -375,14 +462,47 @@ mod tests {
             src: MacExpect::Exact(SRC),
             frames: 1000,
             sizes: SizePlan::new(MIN_LEN, MAX_LEN).unwrap(),
+            flows: 0,
         }
     }
 
     fn frame(seq: u64) -> Vec<u8> {
         let len = expect().sizes.len_of(seq);
         let mut buf = Vec::new();
-        build(&mut buf, DST, SRC, &FrameId { kind: Kind::Data, dir: 0, seq, ts_ns: 123_456_789, len });
+        build(&mut buf, DST, SRC, &FrameId { kind: Kind::Data, dir: 0, seq, ts_ns: 123_456_789, len, flows: 0 });
         buf
+    }
+
+    #[test]
+    fn flow_frames_carry_ipv4_and_udp_and_every_flip_is_caught() {
+        let e = Expect { flows: 64, sizes: SizePlan::new(min_len(64), MAX_LEN).unwrap(), ..expect() };
+        let mut scratch = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for seq in 0..200 {
+            let mut f = Vec::new();
+            let id = FrameId { kind: Kind::Data, dir: 0, seq, ts_ns: 5, len: e.sizes.len_of(seq), flows: 64 };
+            build(&mut f, DST, SRC, &id);
+            let flow = flow_of(Kind::Data, 0, seq, 64);
+            seen.insert(flow.sport);
+            assert_eq!(&f[12..14], &[0x08, 0x00]);
+            assert_eq!((f[14], f[23]), (0x45, 17), "IPv4, UDP");
+            assert_eq!(&f[26..30], &flow.src.octets());
+            assert_eq!(&f[34..36], &flow.sport.to_be_bytes());
+            assert_eq!(u16::from_be_bytes([f[16], f[17]]) as usize, f.len() - 14);
+            // The IPv4 header checksums to 0xffff.
+            let sum = f[14..34].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+            assert_eq!((sum & 0xffff) + (sum >> 16), 0xffff);
+            assert_eq!(check(&f, &e, &mut scratch).unwrap().seq, seq);
+            assert_eq!(seq_field(&f, 64), Some(seq));
+            if seq < 3 {
+                for offset in 0..f.len() {
+                    let mut bad = f.clone();
+                    bad[offset] ^= 0x10;
+                    assert!(check(&bad, &e, &mut scratch).is_err(), "flip at {offset} of seq {seq}");
+                }
+            }
+        }
+        assert!(seen.len() > 50, "{} flows used of 64", seen.len());
     }
 
     #[test]
@@ -430,7 +550,8 @@ mod tests {
         let a = frame(2);
         let b = frame(10);
         let n = a.len().min(b.len());
-        assert_ne!(&a[HEADER_LEN..n], &b[HEADER_LEN..n]);
+        let fill = test_header_at(0) + TEST_HEADER;
+        assert_ne!(&a[fill..n], &b[fill..n]);
     }
 
     #[test]
@@ -493,7 +614,7 @@ mod tests {
     #[test]
     fn probes_are_recognised() {
         let mut buf = Vec::new();
-        build(&mut buf, DST, SRC, &FrameId { kind: Kind::Probe, dir: 0, seq: 7, ts_ns: 1, len: MIN_LEN });
+        build(&mut buf, DST, SRC, &FrameId { kind: Kind::Probe, dir: 0, seq: 7, ts_ns: 1, len: MIN_LEN, flows: 0 });
         let id = check(&buf, &expect(), &mut Vec::new()).unwrap();
         assert_eq!((id.kind, id.seq), (Kind::Probe, 7));
     }

@@ -13,9 +13,11 @@
 #![deny(unsafe_code)]
 
 mod frame;
+mod link;
 mod peer;
 mod ports;
 mod reflect;
+mod toeplitz;
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -26,7 +28,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use frame::{Defect, MacExpect, SizePlan};
-use peer::{PeerConfig, PeerPort};
+use link::Link;
+use peer::{PeerConfig, PeerPort, RssPlan};
 use reflect::ReflectConfig;
 use virtio_pmd::net::MacAddr;
 
@@ -55,10 +58,10 @@ pub enum PeerError {
         source: io::Error,
     },
     /// Sending failed for a reason other than a full queue.
-    #[error("sending to {to} failed: {source}")]
+    #[error("sending on {to} failed: {source}")]
     Send {
-        /// The destination.
-        to: SocketAddr,
+        /// The link.
+        to: String,
         /// Why.
         #[source]
         source: io::Error,
@@ -122,6 +125,10 @@ struct PortArgs {
     /// Explicit QEMU_PORT:PEER_PORT per port, e.g. 40001:40002,40011:40012 (as run-vm.sh --ports).
     #[arg(long)]
     ports: Option<String>,
+    /// The ports are QEMU taps (`-netdev tap`, run-vm.sh --taps) reached with AF_PACKET, not UDP
+    /// sockets: the taps of port 0 and port 1 (run in their network namespace; needs root).
+    #[arg(long, value_delimiter = ',', value_name = "TAP0,TAP1")]
+    tap: Vec<String>,
     /// MAC addresses of the guest NICs of port 0 and port 1 (run-vm.sh's defaults).
     #[arg(long, value_delimiter = ',', value_parser = frame::parse_mac, default_values_t = [
         MacAddr([0x52, 0x54, 0, 0, 0, 1]), MacAddr([0x52, 0x54, 0, 0, 0, 2])])]
@@ -141,9 +148,9 @@ struct RunArgs {
     /// Which directions run: both, 0to1 (into port 0, out of port 1) or 1to0.
     #[arg(long, default_value = "both", value_parser = ["both", "0to1", "1to0"])]
     direction: String,
-    /// Shortest frame (bytes, without FCS; at least 60).
-    #[arg(long, default_value_t = frame::MIN_LEN)]
-    min_size: usize,
+    /// Shortest frame (bytes, without FCS; at least 60, 70 with --flows) [default: the least].
+    #[arg(long)]
+    min_size: Option<usize>,
     /// Longest frame (bytes, without FCS; at most 1514).
     #[arg(long, default_value_t = frame::MAX_LEN)]
     max_size: usize,
@@ -168,6 +175,21 @@ struct RunArgs {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Send IPv4/UDP frames of this many flows (distinct source address and port), for RSS;
+    /// 0: frames without IPv4/UDP headers.
+    #[arg(long, default_value_t = 0)]
+    flows: u32,
+    /// Predict the receive queue of every frame under RSS with this many queue pairs (the
+    /// default table: 128 entries, entry i = i % N), and print RSS-PREDICT lines; needs --flows.
+    #[arg(long, value_name = "N")]
+    rss_queues: Option<u16>,
+    /// A port's RSS indirection table instead of the default: PORT=Q,Q,.. (repeated to 128
+    /// entries, as l2fwd --rss-table).
+    #[arg(long, value_name = "PORT=Q,..")]
+    rss_table: Vec<String>,
+    /// The RSS key, hex [default: the Microsoft key, the driver's default].
+    #[arg(long, value_name = "HEX")]
+    rss_key: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -194,7 +216,18 @@ fn addrs(args: &PortArgs) -> Result<([ports::PortAddrs; 2], [MacAddr; 2]), Strin
 
 fn run(args: &RunArgs) -> Result<ExitCode, PeerError> {
     let (addrs, macs) = addrs(&args.ports).map_err(PeerError::Config)?;
-    let sizes = SizePlan::new(args.min_size, args.max_size).map_err(PeerError::Config)?;
+    if args.flows > frame::MAX_FLOWS {
+        return Err(PeerError::Config(format!("--flows {} is too many: at most {}", args.flows, frame::MAX_FLOWS)));
+    }
+    let min_size = args.min_size.unwrap_or(frame::min_len(args.flows));
+    if min_size < frame::min_len(args.flows) {
+        return Err(PeerError::Config(format!(
+            "--min-size {min_size} is too short for the headers: at least {}",
+            frame::min_len(args.flows)
+        )));
+    }
+    let sizes = SizePlan::new(min_size, args.max_size).map_err(PeerError::Config)?;
+    let rss = rss_plan(args).map_err(PeerError::Config)?;
     let dirs = match args.direction.as_str() {
         "0to1" => [true, false],
         "1to0" => [false, true],
@@ -220,29 +253,34 @@ fn run(args: &RunArgs) -> Result<ExitCode, PeerError> {
         ready_timeout: Duration::from_secs(args.ready_timeout),
         drain: Duration::from_millis(args.drain_ms),
         progress: if args.quiet { None } else { Some(Duration::from_secs(1)) },
+        flows: args.flows,
+        rss,
     };
-    let ports = [
-        PeerPort { socket: bind(addrs[0].peer)?, qemu: addrs[0].qemu },
-        PeerPort { socket: bind(addrs[1].peer)?, qemu: addrs[1].qemu },
-    ];
+    let ports = match args.ports.tap.as_slice() {
+        [] => [
+            PeerPort { link: Link::Udp { socket: bind(addrs[0].peer)?, qemu: addrs[0].qemu } },
+            PeerPort { link: Link::Udp { socket: bind(addrs[1].peer)?, qemu: addrs[1].qemu } },
+        ],
+        [t0, t1] => [PeerPort { link: tap(t0)? }, PeerPort { link: tap(t1)? }],
+        _ => return Err(PeerError::Config("--tap takes exactly two taps: port 0's,port 1's".into())),
+    };
     let mut err = io::stderr();
     writeln!(
         err,
-        "vm-peer: {} frames per direction ({}) at {} pps, sizes {}..{}; port0 {} -> {}, port1 {} -> {}; expect 0to1 dst={} src={}, 1to0 dst={} src={}; socket receive buffer {} KiB",
+        "vm-peer: {} frames per direction ({}) at {} pps, sizes {}..{}, {}; port0 {}, port1 {}; expect 0to1 dst={} src={}, 1to0 dst={} src={}; receive buffer {} KiB",
         cfg.frames,
         args.direction,
         cfg.rate,
         sizes.min,
         sizes.max,
-        addrs[0].peer,
-        addrs[0].qemu,
-        addrs[1].peer,
-        addrs[1].qemu,
+        if cfg.flows == 0 { "no IPv4/UDP headers".to_string() } else { format!("IPv4/UDP, {} flows", cfg.flows) },
+        ports[0].link,
+        ports[1].link,
         cfg.expect_dst[0],
         cfg.expect_src[0],
         cfg.expect_dst[1],
         cfg.expect_src[1],
-        ports::recv_buffer(&ports[0].socket) / 1024,
+        ports[0].link.recv_buffer() / 1024,
     )
     .ok();
     let report = peer::run(&cfg, ports, &mut err)?;
@@ -255,9 +293,61 @@ fn run(args: &RunArgs) -> Result<ExitCode, PeerError> {
     for line in report.dir_lines() {
         writeln!(out, "{line}").ok();
     }
+    for line in report.prediction_lines() {
+        writeln!(out, "{line}").ok();
+    }
     writeln!(out, "elapsed_s={:.2}", report.elapsed.as_secs_f64()).ok();
     writeln!(out, "{}", report.result_line()).ok();
     Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn tap(name: &str) -> Result<Link, PeerError> {
+    Link::tap(name).map_err(|source| PeerError::Socket {
+        what: "open an AF_PACKET socket on the tap (root, in the tap's namespace)",
+        source,
+    })
+}
+
+/// The RSS plan of `--rss-queues`, `--rss-table` and `--rss-key`.
+fn rss_plan(args: &RunArgs) -> Result<Option<RssPlan>, String> {
+    let Some(queues) = args.rss_queues else {
+        return if args.rss_table.is_empty() && args.rss_key.is_none() {
+            Ok(None)
+        } else {
+            Err("--rss-table and --rss-key need --rss-queues".into())
+        };
+    };
+    if args.flows == 0 {
+        return Err("--rss-queues needs --flows: RSS hashes IPv4/UDP frames".into());
+    }
+    if queues == 0 {
+        return Err("--rss-queues must be at least 1".into());
+    }
+    let len = virtio_pmd::net::DEFAULT_TABLE_LEN;
+    let spread = |entries: &[u16]| entries.iter().copied().cycle().take(len).collect::<Vec<u16>>();
+    let default: Vec<u16> = (0..queues).collect();
+    let mut tables = [spread(&default), spread(&default)];
+    for t in &args.rss_table {
+        let bad = || format!("--rss-table '{t}' is not PORT=Q,Q,.. with PORT 0 or 1 and queues below {queues}");
+        let (port, entries) = t.split_once('=').ok_or_else(bad)?;
+        let port: usize = port.trim().parse().map_err(|_| bad())?;
+        let entries: Vec<u16> =
+            entries.split(',').map(|q| q.trim().parse()).collect::<Result<_, _>>().map_err(|_| bad())?;
+        if port > 1 || entries.is_empty() || entries.iter().any(|q| *q >= queues) {
+            return Err(bad());
+        }
+        tables[port] = spread(&entries);
+    }
+    let key = match &args.rss_key {
+        None => virtio_pmd::net::DEFAULT_KEY.to_vec(),
+        Some(hex) => (0..hex.len())
+            .step_by(2)
+            .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| format!("--rss-key '{hex}' is not an even number of hex digits"))?,
+    };
+    Ok(Some(RssPlan { key, tables }))
 }
 
 fn reflect(args: &ReflectArgs) -> Result<ExitCode, PeerError> {

@@ -17,7 +17,6 @@
 //! which no intact copy arrived (so a corrupted frame also counts as lost).
 
 use std::io::{self, Write};
-use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -26,7 +25,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use virtio_pmd::net::MacAddr;
 
-use crate::frame::{self, Defect, Expect, FrameId, Kind, MacExpect, SizePlan, MIN_LEN};
+use crate::frame::{self, flow_of, Defect, Expect, Flow, FrameId, Kind, MacExpect, SizePlan};
+use crate::link::{Link, Received};
+use crate::toeplitz;
 use crate::PeerError;
 
 /// Interval between probe frames while waiting for the forwarder.
@@ -61,15 +62,49 @@ pub struct PeerConfig {
     pub drain: Duration,
     /// Interval of progress lines; `None` prints none.
     pub progress: Option<Duration>,
+    /// Flows of IPv4/UDP flow frames (0: frames without IPv4/UDP headers).
+    pub flows: u32,
+    /// The RSS steering to predict, for flow frames.
+    pub rss: Option<RssPlan>,
 }
 
-/// One port as the peer sees it.
+/// The RSS steering of the device: its key, and the indirection table of each port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RssPlan {
+    /// The Toeplitz key.
+    pub key: Vec<u8>,
+    /// Port p's indirection table (queue pairs; a power-of-two length).
+    pub tables: [Vec<u16>; 2],
+}
+
+impl RssPlan {
+    /// The receive queue of port `port` that RSS puts `flow` on (UDPv4: addresses and ports).
+    pub fn queue_of(&self, port: usize, flow: &Flow) -> u16 {
+        let input = toeplitz::ipv4_ports_input(flow.src, flow.dst, flow.sport, flow.dport);
+        toeplitz::queue_of(toeplitz::hash(&self.key, &input), &self.tables[port])
+    }
+
+    /// Frames per receive queue of each port for the frames sent into it: the data frames
+    /// `0..sent[p]` and the probes `probes[p]`.
+    pub fn predict(&self, flows: u32, sent: [u64; 2], probes: &[Vec<u64>; 2]) -> [Vec<u64>; 2] {
+        std::array::from_fn(|p| {
+            let queues = self.tables[p].iter().copied().max().map_or(1, |q| usize::from(q) + 1);
+            let mut counts = vec![0u64; queues];
+            let data = (0..sent[p]).map(|seq| flow_of(Kind::Data, p as u8, seq, flows));
+            let probes = probes[p].iter().map(|seq| flow_of(Kind::Probe, p as u8, *seq, flows));
+            for flow in data.chain(probes) {
+                counts[usize::from(self.queue_of(p, &flow))] += 1;
+            }
+            counts
+        })
+    }
+}
+
+/// One port as the peer sees it: frames are sent into it and received from it over `link`.
 #[derive(Debug)]
 pub struct PeerPort {
-    /// Bound to the port's peer address: frames are sent from it and received on it.
-    pub socket: UdpSocket,
-    /// Where frames for this port go (QEMU's socket).
-    pub qemu: SocketAddr,
+    /// The UDP socket or tap of the port.
+    pub link: Link,
 }
 
 /// Results of one direction.
@@ -111,6 +146,8 @@ pub struct Report {
     pub dirs: [DirReport; 2],
     /// Time from the first data frame to the end of the drain.
     pub elapsed: Duration,
+    /// With an RSS plan: per port, the frames each of its receive queues should have got.
+    pub predicted: Option<[Vec<u64>; 2]>,
 }
 
 impl Report {
@@ -127,6 +164,19 @@ impl Report {
             all.add(&d.latency_ns).ok();
         }
         all
+    }
+
+    /// With an RSS plan, one line per port and receive queue: `RSS-PREDICT port=<p> queue=<q>
+    /// frames=<n>`, the frames sent into the port (probes included) that RSS puts on that queue.
+    pub fn prediction_lines(&self) -> Vec<String> {
+        let Some(predicted) = &self.predicted else { return Vec::new() };
+        predicted
+            .iter()
+            .enumerate()
+            .flat_map(|(p, counts)| {
+                counts.iter().enumerate().map(move |(q, n)| format!("RSS-PREDICT port={p} queue={q} frames={n}"))
+            })
+            .collect()
     }
 
     /// One line per active direction with every counter.
@@ -217,15 +267,14 @@ struct RxResult {
 /// Runs the peer on two bound ports: probe, send, drain, report.
 pub fn run(cfg: &PeerConfig, ports: [PeerPort; 2], log: &mut dyn Write) -> Result<Report, PeerError> {
     let epoch = Instant::now();
-    wait_ready(cfg, &ports, epoch, log)?;
+    let probes = wait_ready(cfg, &ports, epoch, log)?;
 
     let live: Arc<[Live; 2]> = Arc::new(Default::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
     for (p, port) in ports.iter().enumerate() {
-        let socket = port.socket.try_clone().map_err(|source| PeerError::Socket { what: "clone", source })?;
-        socket
-            .set_read_timeout(Some(RECV_POLL))
+        let link = port.link.try_clone().map_err(|source| PeerError::Socket { what: "clone", source })?;
+        link.set_read_timeout(RECV_POLL)
             .map_err(|source| PeerError::Socket { what: "set the read timeout", source })?;
         let dir = 1 - p;
         let expect = Expect {
@@ -234,25 +283,25 @@ pub fn run(cfg: &PeerConfig, ports: [PeerPort; 2], log: &mut dyn Write) -> Resul
             src: cfg.expect_src[dir],
             frames: if cfg.dirs[dir] { cfg.frames } else { 0 },
             sizes: cfg.sizes,
+            flows: cfg.flows,
         };
-        let (live, stop, qemu) = (Arc::clone(&live), Arc::clone(&stop), port.qemu);
+        let (live, stop) = (Arc::clone(&live), Arc::clone(&stop));
         let handle = thread::Builder::new()
             .name(format!("rx-port{p}"))
-            .spawn(move || receive(&socket, qemu, &expect, &live[dir], &stop, epoch))
+            .spawn(move || receive(&link, &expect, &live[dir], &stop, epoch))
             .map_err(|source| PeerError::Socket { what: "spawn a receiver thread", source })?;
         receivers.push(handle);
     }
 
-    let sockets = [
-        ports[0].socket.try_clone().map_err(|source| PeerError::Socket { what: "clone", source })?,
-        ports[1].socket.try_clone().map_err(|source| PeerError::Socket { what: "clone", source })?,
+    let links = [
+        ports[0].link.try_clone().map_err(|source| PeerError::Socket { what: "clone", source })?,
+        ports[1].link.try_clone().map_err(|source| PeerError::Socket { what: "clone", source })?,
     ];
     let sender = {
         let (cfg, live, stop) = (cfg.clone(), Arc::clone(&live), Arc::clone(&stop));
-        let qemu = [ports[0].qemu, ports[1].qemu];
         thread::Builder::new()
             .name("tx".into())
-            .spawn(move || send(&cfg, &sockets, qemu, &live, &stop, epoch))
+            .spawn(move || send(&cfg, &links, &live, &stop, epoch))
             .map_err(|source| PeerError::Socket { what: "spawn the sender thread", source })?
     };
 
@@ -306,7 +355,9 @@ pub fn run(cfg: &PeerConfig, ports: [PeerPort; 2], log: &mut dyn Write) -> Resul
         latency_ns: r.latency_ns,
         samples: r.samples,
     };
-    Ok(Report { dirs: [dir_report(0, rx_port1), dir_report(1, rx_port0)], elapsed })
+    let sent = [live[0].sent.load(Ordering::Relaxed), live[1].sent.load(Ordering::Relaxed)];
+    let predicted = cfg.rss.as_ref().map(|rss| rss.predict(cfg.flows, sent, &probes));
+    Ok(Report { dirs: [dir_report(0, rx_port1), dir_report(1, rx_port0)], elapsed, predicted })
 }
 
 fn progress(log: &mut dyn Write, start: Instant, live: &[Live; 2]) {
@@ -330,17 +381,11 @@ fn now_ns(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Sends one datagram, retrying while the kernel's queue is full (`ENOBUFS`); returns false
+/// Sends one frame, retrying while the kernel's queue is full (`ENOBUFS`); returns false
 /// when `stop` was set before it could go.
-fn send_frame(
-    socket: &UdpSocket,
-    to: SocketAddr,
-    frame: &[u8],
-    retries: &AtomicU64,
-    stop: &AtomicBool,
-) -> Result<bool, PeerError> {
+fn send_frame(link: &Link, frame: &[u8], retries: &AtomicU64, stop: &AtomicBool) -> Result<bool, PeerError> {
     loop {
-        match socket.send_to(frame, to) {
+        match link.send(frame) {
             Ok(_) => return Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS) => {
                 retries.fetch_add(1, Ordering::Relaxed);
@@ -349,7 +394,7 @@ fn send_frame(
                 }
                 thread::sleep(Duration::from_micros(100));
             }
-            Err(source) => return Err(PeerError::Send { to, source }),
+            Err(source) => return Err(PeerError::Send { to: link.to_string(), source }),
         }
     }
 }
@@ -357,8 +402,7 @@ fn send_frame(
 /// The sender thread: frame `i` of every active direction is due at `i / rate` seconds.
 fn send(
     cfg: &PeerConfig,
-    sockets: &[UdpSocket; 2],
-    qemu: [SocketAddr; 2],
+    links: &[Link; 2],
     live: &[Live; 2],
     stop: &AtomicBool,
     epoch: Instant,
@@ -377,10 +421,16 @@ fn send(
             }
         }
         for dir in (0..2).filter(|&d| cfg.dirs[d]) {
-            let id =
-                FrameId { kind: Kind::Data, dir: dir as u8, seq, ts_ns: now_ns(epoch), len: cfg.sizes.len_of(seq) };
+            let id = FrameId {
+                kind: Kind::Data,
+                dir: dir as u8,
+                seq,
+                ts_ns: now_ns(epoch),
+                len: cfg.sizes.len_of(seq),
+                flows: cfg.flows,
+            };
             frame::build(&mut buf, cfg.tx_dst[dir], cfg.tx_src[dir], &id);
-            if !send_frame(&sockets[dir], qemu[dir], &buf, &live[dir].send_retries, stop)? {
+            if !send_frame(&links[dir], &buf, &live[dir].send_retries, stop)? {
                 return Ok(());
             }
             live[dir].sent.fetch_add(1, Ordering::Relaxed);
@@ -391,8 +441,7 @@ fn send(
 
 /// A receiver thread: checks every datagram that comes out of one port.
 fn receive(
-    socket: &UdpSocket,
-    qemu: SocketAddr,
+    link: &Link,
     expect: &Expect,
     live: &Live,
     stop: &AtomicBool,
@@ -409,18 +458,17 @@ fn receive(
         }
     };
     while !stop.load(Ordering::Relaxed) {
-        let (n, from) = match socket.recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        let n = match link.recv(&mut buf) {
+            Ok(Received::Frame(n)) => n,
+            Ok(Received::Nothing) => continue,
+            Ok(Received::Stranger(_, what)) => {
+                live.received.fetch_add(1, Ordering::Relaxed);
+                bad(&mut out, what);
+                continue;
+            }
             Err(source) => return Err(PeerError::Recv { source }),
         };
         let datagram = &buf[..n];
-        if from != qemu {
-            live.received.fetch_add(1, Ordering::Relaxed);
-            bad(&mut out, format!("{n}-byte datagram from {from}, not from {qemu}"));
-            continue;
-        }
         match frame::check(datagram, expect, &mut scratch) {
             Ok(id) if id.kind == Kind::Probe => out.late_probes += 1,
             Ok(id) => {
@@ -444,7 +492,7 @@ fn receive(
                     }
                     _ => format!(
                         "{n}-byte frame (seq {} by its header): {defect}",
-                        u64::from_be_bytes(seq_bytes(datagram))
+                        frame::seq_field(datagram, expect.flows).unwrap_or(u64::MAX)
                     ),
                 };
                 bad(&mut out, what);
@@ -454,20 +502,21 @@ fn receive(
     Ok(out)
 }
 
-fn seq_bytes(frame: &[u8]) -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&frame[22..30]);
-    b
-}
-
-/// Sends probes into each active direction until one comes back out of the other port.
-fn wait_ready(cfg: &PeerConfig, ports: &[PeerPort; 2], epoch: Instant, log: &mut dyn Write) -> Result<(), PeerError> {
+/// Sends probes into each active direction until one comes back out of the other port;
+/// returns the sequence numbers of the probes sent into each port.
+fn wait_ready(
+    cfg: &PeerConfig,
+    ports: &[PeerPort; 2],
+    epoch: Instant,
+    log: &mut dyn Write,
+) -> Result<[Vec<u64>; 2], PeerError> {
+    let mut sent: [Vec<u64>; 2] = Default::default();
     if cfg.ready_timeout.is_zero() {
-        return Ok(());
+        return Ok(sent);
     }
     for port in ports {
-        port.socket
-            .set_read_timeout(Some(Duration::from_millis(10)))
+        port.link
+            .set_read_timeout(Duration::from_millis(10))
             .map_err(|source| PeerError::Socket { what: "set the read timeout", source })?;
     }
     writeln!(
@@ -493,31 +542,37 @@ fn wait_ready(cfg: &PeerConfig, ports: &[PeerPort; 2], epoch: Instant, log: &mut
         }
         if now >= next_probe {
             for dir in (0..2).filter(|&d| !ready[d]) {
-                let id = FrameId { kind: Kind::Probe, dir: dir as u8, seq: probes, ts_ns: now_ns(epoch), len: MIN_LEN };
-                let mut f = Vec::with_capacity(MIN_LEN);
+                let len = frame::min_len(cfg.flows);
+                let id = FrameId {
+                    kind: Kind::Probe,
+                    dir: dir as u8,
+                    seq: probes,
+                    ts_ns: now_ns(epoch),
+                    len,
+                    flows: cfg.flows,
+                };
+                let mut f = Vec::with_capacity(len);
                 frame::build(&mut f, cfg.tx_dst[dir], cfg.tx_src[dir], &id);
-                send_frame(&ports[dir].socket, ports[dir].qemu, &f, &never, &no_stop)?;
+                send_frame(&ports[dir].link, &f, &never, &no_stop)?;
+                sent[dir].push(probes);
             }
             probes += 1;
             next_probe = now + PROBE_INTERVAL;
         }
         for (p, port) in ports.iter().enumerate() {
             let dir = 1 - p;
-            let (n, from) = match port.socket.recv_from(&mut buf) {
-                Ok(r) => r,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            let n = match port.link.recv(&mut buf) {
+                Ok(Received::Frame(n)) => n,
+                Ok(Received::Nothing | Received::Stranger(..)) => continue,
                 Err(source) => return Err(PeerError::Recv { source }),
             };
-            if from != port.qemu {
-                continue;
-            }
             let expect = Expect {
                 dir: dir as u8,
                 dst: cfg.expect_dst[dir],
                 src: cfg.expect_src[dir],
                 frames: 0,
                 sizes: cfg.sizes,
+                flows: cfg.flows,
             };
             match frame::check(&buf[..n], &expect, &mut scratch) {
                 Ok(id) if id.kind == Kind::Probe => {
@@ -537,7 +592,7 @@ fn wait_ready(cfg: &PeerConfig, ports: &[PeerPort; 2], epoch: Instant, log: &mut
             }
         }
     }
-    Ok(())
+    Ok(sent)
 }
 
 #[cfg(test)]
@@ -546,6 +601,7 @@ mod tests {
     //! rewrite included) and can drop, corrupt or duplicate frames to prove the checker sees it.
     use super::*;
     use crate::reflect::{self, ReflectConfig};
+    use std::net::{SocketAddr, UdpSocket};
     use std::sync::{Mutex, MutexGuard};
 
     /// The tests below run one at a time: on a busy 2-core machine, several paced UDP streams at
@@ -577,6 +633,8 @@ mod tests {
             ready_timeout: Duration::from_secs(5),
             drain: Duration::from_millis(500),
             progress: None,
+            flows: 0,
+            rss: None,
         }
     }
 
@@ -585,8 +643,8 @@ mod tests {
         let (q0, q1, p0, p1) = (bind(), bind(), bind(), bind());
         let peer_addrs = [p0.local_addr().unwrap(), p1.local_addr().unwrap()];
         let ports = [
-            PeerPort { qemu: q0.local_addr().unwrap(), socket: p0 },
-            PeerPort { qemu: q1.local_addr().unwrap(), socket: p1 },
+            PeerPort { link: Link::Udp { qemu: q0.local_addr().unwrap(), socket: p0 } },
+            PeerPort { link: Link::Udp { qemu: q1.local_addr().unwrap(), socket: p1 } },
         ];
         (ports, [q0, q1], peer_addrs)
     }
@@ -641,6 +699,28 @@ mod tests {
             h.join().unwrap();
         }
         report
+    }
+
+    #[test]
+    fn rss_predictions_count_every_frame_and_follow_the_table() {
+        let spread = |e: &[u16]| e.iter().copied().cycle().take(128).collect::<Vec<u16>>();
+        let key = virtio_pmd::net::DEFAULT_KEY.to_vec();
+        let default = RssPlan { key: key.clone(), tables: [spread(&[0, 1, 2, 3]), spread(&[0, 1, 2, 3])] };
+        let reversed = RssPlan { key, tables: [spread(&[0, 1, 2, 3]), spread(&[3, 2, 1, 0])] };
+        let probes = [vec![0, 1, 2], vec![0]];
+        let d = default.predict(256, [5000, 4000], &probes);
+        let r = reversed.predict(256, [5000, 4000], &probes);
+        assert_eq!(d[0].iter().sum::<u64>(), 5003);
+        assert_eq!(d[1].iter().sum::<u64>(), 4001);
+        assert!(d.iter().flatten().all(|n| *n > 500), "256 flows spread over 4 queues: {d:?}");
+        // Port 0 keeps its table; port 1's flows move from queue q to queue 3 - q.
+        assert_eq!(r[0], d[0]);
+        assert_eq!(r[1], d[1].iter().rev().copied().collect::<Vec<u64>>());
+        // One flow frame, by hand: its hash picks the queue.
+        let flow = flow_of(Kind::Data, 0, 7, 256);
+        let input = toeplitz::ipv4_ports_input(flow.src, flow.dst, flow.sport, flow.dport);
+        let hash = toeplitz::hash(&default.key, &input);
+        assert_eq!(default.queue_of(0, &flow), (hash % 4) as u16);
     }
 
     #[test]

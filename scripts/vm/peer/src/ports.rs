@@ -40,11 +40,6 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
-/// The receive buffer the kernel actually granted (Linux reports twice the usable size).
-pub fn recv_buffer(socket: &UdpSocket) -> usize {
-    socket2::SockRef::from(socket).recv_buffer_size().unwrap_or(0)
-}
-
 /// Addresses of ports 0 and 1 from `--ports Q0:P0,Q1:P1` or, without it, `--port-base`.
 pub fn resolve(host: IpAddr, port_base: u16, ports: Option<&str>) -> Result<[PortAddrs; 2], String> {
     let pairs: Vec<(u16, u16)> = match ports {

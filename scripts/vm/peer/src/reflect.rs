@@ -70,7 +70,8 @@ pub fn serve(
                     }
                     buf[0..6].copy_from_slice(&cfg.out_dst[q].0);
                     buf[6..12].copy_from_slice(&cfg.out_src[q].0);
-                    out.send_to(&buf[..n], peers[q]).map_err(|source| PeerError::Send { to: peers[q], source })?;
+                    out.send_to(&buf[..n], peers[q])
+                        .map_err(|source| PeerError::Send { to: peers[q].to_string(), source })?;
                     forwarded[p].fetch_add(1, Ordering::Relaxed);
                     last.store(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
                 }
