@@ -1,7 +1,8 @@
 //! `pktgen` against DPDK 22.11's vhost-user backend (`dpdk-testpmd --vdev net_vhost0` in
 //! `macswap` mode), over packed and split rings: at a paced rate, every frame sent comes back
 //! (none lost, late or duplicated), testpmd's counters agree, the latency percentiles are
-//! printed and ordered, the JSON summary parses back, and the plot file is a non-empty SVG.
+//! printed and ordered, the JSON summary parses back, and the plot file is a non-empty SVG (the
+//! split run's with the packed run's curve overlaid from its JSON).
 //!
 //! Needs DPDK and 2 MiB huge pages: without them the test fails with a message saying to run
 //! `scripts/dpdk/install.sh` (never skipped). Run with `--nocapture` to see the summaries.
@@ -9,6 +10,7 @@
 #[path = "../../pmd/tests/common/vhost_testpmd.rs"]
 mod vhost_testpmd;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -28,8 +30,9 @@ fn count(summary: &Value, key: &str) -> u64 {
     summary[key].as_u64().unwrap_or_else(|| panic!("no count {key} in {summary}"))
 }
 
-/// One pktgen run at 20 kpps for 1.5 s over 4 flows and three frame sizes.
-fn paced_run(testpmd: &VhostTestpmd, ring: &str) {
+/// One pktgen run at 20 kpps for 1.5 s over 4 flows and three frame sizes, its plot overlaid
+/// with the curves of `earlier` runs (files of their JSON output); returns its JSON output.
+fn paced_run(testpmd: &VhostTestpmd, ring: &str, earlier: &[PathBuf]) -> String {
     testpmd.cmd("clear port stats all");
     let plot = std::env::temp_dir().join(format!("pktgen-test-{ring}-{}.svg", std::process::id()));
     let out = Command::new(PKTGEN)
@@ -37,6 +40,7 @@ fn paced_run(testpmd: &VhostTestpmd, ring: &str) {
         .args(["--ring", ring, "--rate", "20k", "--duration", "1.5", "--flows", "4", "--sizes", "64,256,1514"])
         .args(["--huge-pages", "required", "--json", "--plot"])
         .arg(&plot)
+        .args(earlier.iter().flat_map(|e| [Path::new("--overlay"), e]))
         .output()
         .expect("run pktgen");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -73,14 +77,21 @@ fn paced_run(testpmd: &VhostTestpmd, ring: &str) {
     assert_eq!(summary["plot"].as_str(), Some(plot.to_str().unwrap()));
     let svg = std::fs::read_to_string(&plot).expect("the plot file");
     std::fs::remove_file(&plot).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.len() > 1000, "{ring}: an SVG with a curve");
+    assert!(svg.starts_with("<svg") && svg.len() > 1000, "{ring}: an SVG file");
+    let curve = summary["curve"].as_array().expect("the percentile curve in the summary");
+    assert!(curve.len() > 10 && curve.last().unwrap()[0] == 1.0, "{ring}: the curve up to 100%");
+    // Each curve is drawn 2 px wide, and again as its legend's sample line; the grid is 1 px.
+    let wide = svg.lines().filter(|l| l.starts_with("<polyline") && l.contains("stroke-width=\"2\"")).count();
+    assert_eq!(wide, 2 * (1 + earlier.len()), "{ring}: its curve and the overlaid ones, with their legend");
+    stdout.into_owned()
 }
 
 #[test]
 fn paced_through_dpdk_macswap() {
     let mut testpmd = VhostTestpmd::start("pktgen", Options { fwd: "macswap", forward: true, ..Options::default() });
-    for ring in ["packed", "split"] {
-        paced_run(&testpmd, ring);
-    }
+    let packed = std::env::temp_dir().join(format!("pktgen-test-packed-{}.json", std::process::id()));
+    std::fs::write(&packed, paced_run(&testpmd, "packed", &[])).unwrap();
+    paced_run(&testpmd, "split", std::slice::from_ref(&packed));
+    std::fs::remove_file(&packed).unwrap();
     testpmd.stop();
 }

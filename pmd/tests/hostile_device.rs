@@ -19,7 +19,8 @@ use common::test_pool;
 use proptest::prelude::*;
 use virtio_pmd::mbuf::Mbuf;
 use virtio_pmd::mem::DmaRegion;
-use virtio_pmd::testing::{queue_pair, ring_memory, DeviceConfig, DeviceCore, Mode, QueuePair, RingSpec};
+use virtio_pmd::net::{Offloads, RxPath, TxPath};
+use virtio_pmd::testing::{queue_pair_with_paths, ring_memory, DeviceConfig, DeviceCore, Mode, QueuePair, RingSpec};
 use virtio_pmd::transport::{QueueAddresses, RingFormat};
 use virtio_pmd::virtqueue::{Chains, PackedRing, Segment, SplitRing, Virtqueue};
 
@@ -217,9 +218,20 @@ fn bogus_completion(region: &DmaRegion, addresses: QueueAddresses, spec: RingSpe
     }
 }
 
-fn run_pair(spec: RingSpec, steps: &[PairStep]) {
-    let pool = test_pool(spec.size as u32 * 3 + 64);
-    let QueuePair { mut rx, mut tx, rx_spec, tx_spec, space, .. } = queue_pair(spec, &pool, 0).expect("queues");
+/// Every offload negotiated: the richest receive and transmit paths.
+const ALL: Offloads = Offloads { tx_checksum: true, tso4: true, tso6: true, rx_checksum: true, lro4: true, lro6: true };
+
+/// `rich`: mergeable receive buffers with every offload (the header is read, `num_buffers`
+/// followed), and transmit chains of multi-segment packets.
+fn run_pair(spec: RingSpec, rich: bool, steps: &[PairStep]) {
+    let pool = test_pool(spec.size as u32 * 6 + 64);
+    let (rx_path, tx_path) = if rich {
+        (RxPath::Offloads { mergeable: true, offloads: ALL }, TxPath::Offloads(ALL))
+    } else {
+        (RxPath::Simple, TxPath::Simple)
+    };
+    let QueuePair { mut rx, mut tx, rx_spec, tx_spec, space, .. } =
+        queue_pair_with_paths(spec, &pool, 0, rx_path, tx_path).expect("queues");
     let regions: Vec<Arc<DmaRegion>> = space.regions().to_vec();
     let ring_regions =
         [region_of(&regions, rx_spec.addresses.desc).clone(), region_of(&regions, tx_spec.addresses.desc).clone()];
@@ -229,8 +241,13 @@ fn run_pair(spec: RingSpec, steps: &[PairStep]) {
         .find(|r| !ring_regions.iter().any(|ring| Arc::ptr_eq(r, ring)))
         .expect("the pool's region is in the address space")
         .clone();
-    let config =
-        DeviceConfig { mode: Mode::Loopback, in_order: spec.in_order, event_idx: spec.event_idx, ..Default::default() };
+    let config = DeviceConfig {
+        mode: Mode::Loopback,
+        in_order: spec.in_order,
+        event_idx: spec.event_idx,
+        mergeable: rich,
+        ..Default::default()
+    };
     // The software device validates what it reads, but a ring written at random is not a ring:
     // once it finds one malformed (or trips over one), it stops, as a device would.
     let mut device = Some(DeviceCore::new(config, space, Some(rx_spec), Some(tx_spec)).expect("device"));
@@ -241,8 +258,9 @@ fn run_pair(spec: RingSpec, steps: &[PairStep]) {
             PairStep::Send(n) => {
                 while pending.len() < *n as usize {
                     let Some(mut m) = pool.alloc() else { break };
-                    if let Some(data) = m.append(60) {
-                        data.fill(0x5a);
+                    let len = if rich { 60 + 1000 * pending.len() % 5000 } else { 60 };
+                    if m.extend_from_slice(&pool, &vec![0x5a; len]).is_err() {
+                        break;
                     }
                     pending.push(m);
                 }
@@ -251,7 +269,9 @@ fn run_pair(spec: RingSpec, steps: &[PairStep]) {
             PairStep::Receive => {
                 rx.rx_burst(&mut received);
                 for m in received.drain(..) {
-                    assert!(m.len() <= m.capacity(), "a received frame fits its buffer");
+                    assert_eq!(m.segments().map(<[u8]>::len).sum::<usize>(), m.len(), "the length is the segments'");
+                    assert_eq!(m.segments().count(), m.nb_segs() as usize);
+                    assert!(m.data_len() <= m.capacity(), "a received frame fits its buffer");
                 }
             }
             PairStep::Reclaim => tx.reclaim(),
@@ -290,9 +310,10 @@ proptest! {
         size in prop::sample::select(vec![8u16, 32]),
         in_order: bool,
         event_idx: bool,
+        rich: bool,
         steps in prop::collection::vec(pair_step(), 1..300),
     ) {
         let format = if packed { RingFormat::Packed } else { RingFormat::Split };
-        run_pair(RingSpec { format, size, in_order, event_idx: event_idx && !packed }, &steps);
+        run_pair(RingSpec { format, size, in_order, event_idx: event_idx && !packed }, rich, &steps);
     }
 }

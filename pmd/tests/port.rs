@@ -326,3 +326,46 @@ fn jumbo_loopback(mut port: Port, pool: &Mempool) {
     assert_eq!((rx.stats().bad_headers, rx.stats().drops), (0, 0));
     drop((rx, tx, port));
 }
+
+#[test]
+fn offloads_are_negotiated_only_when_asked_and_pick_the_paths() {
+    use virtio_pmd::net::OffloadConfig;
+    let pool = test_pool(512);
+    let mut offered = MODERN.to_vec();
+    offered.extend([
+        net_spec::F_MRG_RXBUF,
+        net_spec::F_CSUM,
+        net_spec::F_GUEST_CSUM,
+        net_spec::F_HOST_TSO4,
+        net_spec::F_HOST_TSO6,
+        net_spec::F_GUEST_TSO4,
+        net_spec::F_GUEST_TSO6,
+    ]);
+    // Not asked for: none negotiated, the simple paths.
+    let port = open(&offered, &config(), &pool).expect("open");
+    assert_eq!(port.offloads(), Default::default());
+    assert_eq!((port.rx_path(), port.tx_path()), (RxPath::Simple, TxPath::Simple));
+    drop(port);
+    // Transmit checksum only.
+    let tx_csum = PortConfig { offloads: OffloadConfig { tx_checksum: true, ..Default::default() }, ..config() };
+    let port = open(&offered, &tx_csum, &pool).expect("open");
+    let offloads = port.offloads();
+    assert!(offloads.tx_checksum && !offloads.tso4 && !offloads.rx_checksum && !offloads.lro4);
+    assert_eq!((port.rx_path(), port.tx_path()), (RxPath::Simple, TxPath::Offloads(offloads)));
+    drop(port);
+    // LRO needs 64 KiB per frame: refused with 2 KiB buffers, unless mergeable.
+    let all = OffloadConfig { tx_checksum: true, tso: true, rx_checksum: true, lro: true };
+    let lro = PortConfig { offloads: all, ..config() };
+    let err = open(&offered, &lro, &pool).unwrap_err().to_string();
+    assert!(err.contains("65550") && err.contains("LRO") && err.contains("rx_mergeable"), "{err}");
+    let port = open(&offered, &PortConfig { rx_mergeable: true, ..lro }, &pool).expect("open");
+    let offloads = port.offloads();
+    assert!(offloads.tx_checksum && offloads.tso4 && offloads.tso6 && offloads.rx_checksum && offloads.lro6);
+    assert_eq!(port.rx_path(), RxPath::Offloads { mergeable: true, offloads });
+    drop(port);
+    // Asked for, not offered: not negotiated.
+    let port = open(MODERN, &PortConfig { rx_mergeable: true, ..lro }, &pool).expect("open");
+    assert_eq!(port.offloads(), Default::default());
+    drop(port);
+    assert_eq!(pool.stats().in_use, 0);
+}

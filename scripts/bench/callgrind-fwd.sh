@@ -3,7 +3,7 @@
 # DPDK's vhost testpmd in mac mode, `start tx_first 32`), measured with callgrind (perf counters
 # are not available on these machines; instruction counts do not depend on the noise either).
 #
-#   scripts/bench/callgrind-fwd.sh [--split] [--seconds S]
+#   scripts/bench/callgrind-fwd.sh [--split] [--seconds S] [--dpdk]
 #
 # Two runs of target/release/fwd under `valgrind --tool=callgrind --dump-instr=no`:
 #   1. with traffic for S seconds (default 6): under callgrind fwd is the slow side, yet it still
@@ -12,15 +12,28 @@
 # The per-packet table subtracts the empty polls of run 1 (rx_burst calls minus the tx_burst
 # calls, one per non-empty poll in mac mode) at the cost measured in run 2, then divides by the
 # packets received, and groups the self cost by the library function it was inlined into.
+#
+# --dpdk counts DPDK's virtio-user testpmd instead, in the same loopback and the same way (mac
+# forwarding, rings of 1024, burst 32; DPDK's default devargs unless DPDK_DEVARGS=",in_order=1,..."):
+#   dpdk-testpmd -l 0,1 --main-lcore 0 --vdev net_virtio_user0,path=SOCK,packed_vq=1|0,queue_size=1024
+#                --forward-mode=mac --record-burst-stats
+# under `valgrind --tool=callgrind --separate-threads=yes`. Debian's DPDK is stripped (no symbol
+# for testpmd's loop or the PMD's burst functions), so the count is the forwarding thread's whole
+# total (the thread with the most instructions: loop, rx, tx, mac rewrite, mempool), not split
+# by phase; the empty polls (testpmd's RX-bursts minus its TX-bursts: in mac mode each burst
+# that got frames is sent on as one) are taken out at the cost per empty burst measured without
+# traffic, as for fwd. Printed last:
+#   RESULT dpdk ring=<r> instr_per_pkt=<n> packets=<p> rx_bursts=<b> tx_bursts=<t> empty_poll_instr=<e>
 # Output files stay in target/bench/callgrind/ (inspect them with callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$(pwd)"
 
-ring=packed seconds=6
+ring=packed seconds=6 dpdk=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --split) ring="split"; shift ;;
+        --dpdk) dpdk=1; shift ;;
         --seconds) seconds="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
@@ -43,6 +56,84 @@ cleanup() {
     "$vhost" stop --prefix "$tag" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+
+# DPDK's virtio-user testpmd under callgrind, run NAME TRAFFIC(0|1) SECONDS (as `run` below).
+run_dpdk() {
+    local name="$1" traffic="$2" secs="$3" packed_vq=1 prefix="$tag-vu"
+    [ "$ring" = split ] && packed_vq=0
+    "$vhost" start --socket "$sock" --prefix "$tag" --fwd mac --lcores 0,1 --main-lcore 1 > /dev/null
+    rm -f "$out/$name.out"*
+    setsid valgrind --tool=callgrind --dump-instr=no --separate-threads=yes --callgrind-out-file="$out/$name.out" \
+        dpdk-testpmd -l 0,1 --main-lcore 0 -n 1 --no-pci --single-file-segments --file-prefix="$prefix" \
+        --vdev "net_virtio_user0,path=$sock,queues=1,packed_vq=$packed_vq,queue_size=1024${DPDK_DEVARGS:-}" \
+        -- --forward-mode=mac --nb-cores=1 --txd=1024 --rxd=1024 --burst=32 --total-num-mbufs=16384 \
+        --stats-period 1000 --record-burst-stats < /dev/null > "$out/$name.log" 2>&1 &
+    fwd_pid=$!
+    "$vhost" wait-log --prefix "$tag" --timeout 120 "virtio is now ready for processing" > /dev/null \
+        || { tail -20 "$out/$name.log" >&2; echo "callgrind-fwd.sh: DPDK's testpmd did not come up under valgrind" >&2; exit 1; }
+    sleep 2
+    if [ "$traffic" = 1 ]; then
+        "$vhost" cmd --prefix "$tag" "start tx_first 32" > /dev/null
+    fi
+    sleep "$secs"
+    kill -INT "$fwd_pid"
+    wait "$fwd_pid" || true
+    fwd_pid=""
+    "$vhost" stop --prefix "$tag" > /dev/null
+    rm -f /dev/hugepages/"$prefix"*
+    rm -rf /var/run/dpdk/"$prefix"
+}
+
+if [ "$dpdk" = 1 ]; then
+    need_commands dpdk-testpmd:dpdk-dev
+    echo "callgrind: DPDK virtio-user testpmd mac, $ring ring, ${seconds}s with traffic, 3s without ..." >&2
+    run_dpdk "dpdk-$ring" 1 "$seconds"
+    run_dpdk "dpdk-$ring-empty" 0 3
+    exec python3 - "$out/dpdk-$ring" "$out/dpdk-$ring-empty" "$ring" <<'EOF'
+import glob, re, sys
+
+traffic, empty, ring = sys.argv[1:4]
+
+def busiest_thread(prefix):
+    """Instructions of the thread that ran the most (the forwarding lcore)."""
+    totals = []
+    for path in glob.glob(prefix + ".out*"):
+        m = re.search(r"^(?:summary|totals):\s+(\d+)", open(path).read(), re.M)
+        if m:
+            totals.append(int(m.group(1)))
+    if not totals:
+        sys.exit(f"callgrind-fwd.sh: no callgrind output at {prefix}.out*")
+    return max(totals)
+
+def forward_stats(prefix):
+    """(RX-packets, RX-bursts, TX-bursts) from testpmd's last forward statistics."""
+    log = open(prefix + ".log", errors="replace").read().replace("\x1b", "")
+    at = log.rfind("Forward statistics for port 0")
+    block = log[at:] if at >= 0 else log
+    packets = int(re.findall(r"RX-packets:\s+(\d+)", block)[0])
+    def bursts(way):
+        found = re.findall(way + r"-bursts\s*:\s*(\d+)", block)
+        if not found:
+            sys.exit(f"callgrind-fwd.sh: no {way}-bursts line (--record-burst-stats) in {prefix}.log")
+        return int(found[0])
+    return packets, bursts("RX"), bursts("TX") if packets else 0
+
+t_instr, e_instr = busiest_thread(traffic), busiest_thread(empty)
+packets, rx_bursts, tx_bursts = forward_stats(traffic)
+_, e_bursts, _ = forward_stats(empty)
+if packets == 0:
+    sys.exit("callgrind-fwd.sh: DPDK's testpmd forwarded nothing under valgrind")
+# In mac mode a receive burst that got frames is followed by one transmit burst: the others
+# were empty polls.
+empty_polls = rx_bursts - tx_bursts
+empty_cost = e_instr / max(e_bursts, 1)
+per_packet = (t_instr - empty_polls * empty_cost) / packets
+print(f"DPDK virtio-user testpmd, mac, {ring}: forwarding thread {t_instr} instructions, {packets} packets,")
+print(f"  {rx_bursts} receive bursts, {tx_bursts} of them with frames; empty poll = {empty_cost:.0f} instructions")
+print(f"RESULT dpdk ring={ring} instr_per_pkt={per_packet:.1f} packets={packets} rx_bursts={rx_bursts} "
+      f"tx_bursts={tx_bursts} empty_poll_instr={empty_cost:.0f}")
+EOF
+fi
 
 cargo build --release -q -p virtio-pmd-apps --bin fwd
 

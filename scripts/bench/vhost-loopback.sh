@@ -2,40 +2,58 @@
 # The virtio-user loopback benchmark (DPDK DTS style): our driver against DPDK's own virtio PMD,
 # alternating in one run, against the same DPDK vhost-user backend.
 #
-#   scripts/bench/vhost-loopback.sh [--split] [--runs N] [--seconds S] [--warmup S] [--burst B] [--nice N]
-#                                   [--sides dpdk,ours] [--ring-size N]
+#   scripts/bench/vhost-loopback.sh [--split] [--mode loopback|txonly|rxonly] [--runs N] [--seconds S]
+#                                   [--warmup S] [--burst B] [--nice N] [--sides dpdk,dpdk-fast,ours]
+#                                   [--ring-size N]
 #   FWD_BIN=/path/to/fwd scripts/bench/vhost-loopback.sh ...   # a prebuilt fwd (A/B tests); no build
 #   FWD_EXTRA="--mbuf-cache 512" scripts/bench/vhost-loopback.sh ...   # more fwd options
 #
-# Each measurement starts a fresh vhost side: dpdk-testpmd with net_vhost, mac forwarding on core 0
-# (`-l 0,1 --main-lcore 1`), then the virtio side on core 1, mac forwarding too:
-#   dpdk  dpdk-testpmd --vdev net_virtio_user0,path=SOCK,queues=1,packed_vq=1|0,queue_size=N
-#         (--main-lcore 0) --forward-mode=mac --txd=N --rxd=N --record-core-cycles
-#   ours  target/release/fwd --port vhost:SOCK --forward-mode mac --cores 1 --rxd N --txd N
-#         --huge-pages required
+# Each measurement starts a fresh vhost side: dpdk-testpmd with net_vhost on core 0
+# (`-l 0,1 --main-lcore 1`), then the virtio side on core 1:
+#   dpdk       dpdk-testpmd --vdev net_virtio_user0,path=SOCK,queues=1,packed_vq=1|0,queue_size=N
+#              (--main-lcore 0) --forward-mode=MODE --txd=N --rxd=N --record-core-cycles
+#              (DPDK's defaults: mergeable buffers on, in_order off, not vectorized)
+#   dpdk-fast  the same with DPDK's fastest devargs: in_order=1,mrg_rxbuf=0 (and vectorized=1 on
+#              split rings; packed vectorized needs AVX512, which these machines lack)
+#   ours       target/release/fwd --port vhost:SOCK --forward-mode MODE --cores 1 --rxd N --txd N
+#              --huge-pages required
+# --mode (default loopback):
+#   loopback  both sides forward in mac mode; the vhost side starts with `start tx_first 32`. The
+#             vhost core is the bottleneck here: both drivers land near its speed whatever they
+#             cost themselves (their busy cycles per packet tell them apart).
+#   txonly    the virtio side generates (txonly), the vhost side only receives (rxonly) and
+#             counts: the virtio driver's transmit path is the bottleneck, its speed shows in Mpps.
+#   rxonly    the reverse: the vhost side generates (txonly), the virtio side only receives
+#             (rxonly); what the virtio side took is the vhost side's TX-packets (the rest is
+#             dropped there).
 # Both sides get rings of --ring-size N descriptors (default 1024, as in DTS). The queue_size
 # devarg matters: virtio-user's own default is 256, and testpmd's --txd/--rxd cannot exceed it.
-# and, once the backend reports the device ready, sends `start tx_first 32` to the vhost side.
-# After --warmup seconds (default 1) the vhost side's counters are cleared; --seconds later
-# (default 5) its RX-packets (= what the virtio side forwarded) over the measured time is the
-# throughput, the same way for both sides. Busy cycles per packet come from each virtio side's own
-# report at exit (testpmd's `CPU cycles/packet`, fwd's `cycles_per_pkt`, same definition).
-# --runs N measurements of each (default 3), alternating dpdk, ours, dpdk, ours, ...
+# Once the backend reports the device ready, traffic starts. After --warmup seconds (default 1)
+# the vhost side's counters are cleared; --seconds later (default 3) its RX-packets (TX-packets in
+# rxonly mode: what the virtio side took) over the measured time is the throughput, the same way
+# for every side. Busy cycles per packet come from each virtio side's own report at exit
+# (testpmd's `CPU cycles/packet`, fwd's `cycles_per_pkt`, same definition).
+# --runs N rounds (default 6), each measuring every side once in turn (dpdk, dpdk-fast, ours, dpdk,
+# ...): short runs, alternated, so that a slow spell of the machine hits every side alike.
 #
 # 64-byte frames, burst 32, one queue pair; packed rings unless --split.
 # Not a pass/fail test: the machine is shared and noisy; compare only ratios from one run. Other
 # processes on the two cores inflate both Mpps and cycles (the TSC keeps counting while a poller
 # is preempted); --nice -10 (root) renices every thread of both pollers once they run, so that
 # they win the cores over other work (which then crawls for the length of the run).
-# A BEST line (the fastest run of each side: noise only ever slows a run down) precedes the
-# last line, which is
-#   RESULT ring=<packed|split> ours_mpps=<x> dpdk_mpps=<y> ratio=<x/y> ours_cycles_per_pkt=<a> dpdk_cycles_per_pkt=<b>
-# with medians over the runs. Logs are kept in $BENCH_DIR (default target/bench/vhost-loopback).
+# Three lines at the end, each comparing ours with dpdk (ratio) and with dpdk-fast (ratio_fast):
+#   BEST    the fastest run of each side (noise only ever slows a run down);
+#   PAIRED  the median over the rounds of each round's ratio (ours / dpdk in the same round:
+#           a slow spell that hits one round cancels out);
+#   RESULT mode=<m> ring=<packed|split> ours_mpps=<x> dpdk_mpps=<y> ratio=<x/y> ours_cycles_per_pkt=<a>
+#          dpdk_cycles_per_pkt=<b> dpdk_fast_mpps=<z> ratio_fast=<x/z> dpdk_fast_cycles_per_pkt=<c>
+#           medians over the runs (sides left out by --sides are left out of the lines).
+# Logs are kept in $BENCH_DIR (default target/bench/vhost-loopback).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$(pwd)"
 
-ring=packed ring_size=1024 runs=3 seconds=5 warmup=1 burst=32 nice=0 sides="dpdk,ours"
+ring=packed ring_size=1024 runs=6 seconds=3 warmup=1 burst=32 nice=0 sides="dpdk,dpdk-fast,ours" mode=loopback
 while [ $# -gt 0 ]; do
     case "$1" in
         --split) ring="split"; shift ;;
@@ -47,6 +65,7 @@ while [ $# -gt 0 ]; do
         --ring-size) ring_size="$2"; shift 2 ;;
         --nice) nice="$2"; shift 2 ;;
         --sides) sides="$2"; shift 2 ;;
+        --mode) mode="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -62,6 +81,15 @@ vprefix="$tag-vh"
 uprefix="$tag-vu"
 packed_vq=1
 [ "$ring" = split ] && packed_vq=0
+fast_devargs=",in_order=1,mrg_rxbuf=0"
+[ "$ring" = split ] && fast_devargs="$fast_devargs,vectorized=1"
+# Forwarding modes of the vhost and virtio sides, the vhost counter that measures, the start.
+case "$mode" in
+    loopback) vhost_fwd=mac virtio_fwd=mac measured=RX-packets start_cmd="start tx_first 32" ;;
+    txonly) vhost_fwd=rxonly virtio_fwd=txonly measured=RX-packets start_cmd="start" ;;
+    rxonly) vhost_fwd=txonly virtio_fwd=rxonly measured=TX-packets start_cmd="start" ;;
+    *) echo "--mode: unknown mode '$mode' (loopback, txonly, rxonly)" >&2; exit 2 ;;
+esac
 mkdir -p "$out_dir"
 
 die() { echo "vhost-loopback.sh: $*" >&2; exit 1; }
@@ -109,24 +137,26 @@ counter() {
     "$vhost" stats --prefix "$vprefix" | awk -v name="$1:" '{ for (i = 1; i < NF; i++) if ($i == name) { print $(i + 1); exit } }'
 }
 
-# One measurement of side $1 (dpdk|ours), run $2; prints "MPPS CYCLES".
+# One measurement of side $1 (dpdk|dpdk-fast|ours), run $2; prints "MPPS CYCLES".
 measure() {
     local side="$1" run="$2"
     # A subshell of its own (command substitution): stop what it started if it fails.
     trap cleanup EXIT
-    local log="$out_dir/$ring-$side-$run.log" vlog="$out_dir/$ring-$side-$run-vhost.log"
-    "$vhost" start --socket "$sock" --prefix "$vprefix" --fwd mac --lcores 0,1 --main-lcore 1 --ring "$ring_size" \
+    local log="$out_dir/$mode-$ring-$side-$run.log" vlog="$out_dir/$mode-$ring-$side-$run-vhost.log"
+    "$vhost" start --socket "$sock" --prefix "$vprefix" --fwd "$vhost_fwd" --lcores 0,1 --main-lcore 1 --ring "$ring_size" \
         --app-extra "--burst=$burst" > /dev/null
     case "$side" in
-        dpdk)
+        dpdk|dpdk-fast)
+            local devargs=""
+            [ "$side" = dpdk-fast ] && devargs="$fast_devargs"
             setsid dpdk-testpmd -l 0,1 --main-lcore 0 -n 1 --no-pci --single-file-segments --file-prefix="$uprefix" \
-                --vdev "net_virtio_user0,path=$sock,queues=1,packed_vq=$packed_vq,queue_size=$ring_size" \
-                -- --forward-mode=mac --nb-cores=1 --txd="$ring_size" --rxd="$ring_size" --burst="$burst" \
+                --vdev "net_virtio_user0,path=$sock,queues=1,packed_vq=$packed_vq,queue_size=$ring_size$devargs" \
+                -- --forward-mode="$virtio_fwd" --nb-cores=1 --txd="$ring_size" --rxd="$ring_size" --burst="$burst" \
                 --total-num-mbufs=16384 --stats-period 1000 \
                 --record-core-cycles < /dev/null > "$log" 2>&1 &
             ;;
         ours)
-            setsid "$fwd" --port "vhost:$sock" --forward-mode mac --cores 1 --ring "$ring" --rxd "$ring_size" \
+            setsid "$fwd" --port "vhost:$sock" --forward-mode "$virtio_fwd" --cores 1 --ring "$ring" --rxd "$ring_size" \
                 --txd "$ring_size" --burst "$burst" --huge-pages required "${fwd_extra[@]}" < /dev/null > "$log" 2>&1 &
             ;;
     esac
@@ -136,14 +166,15 @@ measure() {
     sleep 0.3
     boost "$("$vhost" pid --prefix "$vprefix")"
     boost "$virtio_pid"
-    # Traffic starts with 32 bursts from the vhost side; retry if they were sent too early.
+    # In loopback, traffic starts with 32 bursts from the vhost side; retry if they were sent too
+    # early.
     local tries=0
     while :; do
-        "$vhost" cmd --prefix "$vprefix" "start tx_first 32" > /dev/null
+        "$vhost" cmd --prefix "$vprefix" "$start_cmd" > /dev/null
         sleep 0.3
-        [ "$(counter RX-packets)" -gt 0 ] && break
+        [ "$(counter "$measured")" -gt 0 ] && break
         tries=$((tries + 1))
-        [ "$tries" -lt 5 ] || die "$side: no traffic after start tx_first 32 (see $log)"
+        [ "$tries" -lt 5 ] || die "$side: no traffic after $start_cmd (see $log)"
         "$vhost" cmd --prefix "$vprefix" stop > /dev/null
     done
     sleep "$warmup"
@@ -151,9 +182,9 @@ measure() {
     local t0 t1 packets
     t0=$(now_ns)
     sleep "$seconds"
-    packets=$(counter RX-packets)
+    packets=$(counter "$measured")
     t1=$(now_ns)
-    case "$side" in dpdk) kill -INT "$virtio_pid" ;; ours) kill -TERM "$virtio_pid" ;; esac
+    case "$side" in dpdk*) kill -INT "$virtio_pid" ;; ours) kill -TERM "$virtio_pid" ;; esac
     local _
     for _ in $(seq 100); do kill -0 "$virtio_pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$virtio_pid" 2>/dev/null && { kill -KILL "$virtio_pid"; die "$side did not exit on its signal"; }
@@ -164,7 +195,7 @@ measure() {
     rm -rf /var/run/dpdk/"$uprefix"
     local cycles
     case "$side" in
-        dpdk) cycles=$(tr -d '\033' < "$log" | sed -n 's/.*CPU cycles\/packet=\([0-9.]*\).*/\1/p' | tail -1) ;;
+        dpdk*) cycles=$(tr -d '\033' < "$log" | sed -n 's/.*CPU cycles\/packet=\([0-9.]*\).*/\1/p' | tail -1) ;;
         ours) cycles=$(sed -n 's/^FWD-SUMMARY .*cycles_per_pkt=\([0-9.]*\).*/\1/p' "$log" | tail -1) ;;
     esac
     [ -n "$cycles" ] || die "$side: no cycles/packet figure in $log"
@@ -179,23 +210,52 @@ measure() {
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 for side in ${sides//,/ }; do
-    case "$side" in dpdk|ours) ;; *) die "--sides: unknown side '$side' (dpdk, ours)" ;; esac
+    case "$side" in dpdk|dpdk-fast|ours) ;; *) die "--sides: unknown side '$side' (dpdk, dpdk-fast, ours)" ;; esac
 done
-echo "vhost-user loopback, $ring ring of $ring_size, 64-byte frames, burst $burst: $runs x ($sides), ${seconds}s each after ${warmup}s warm-up" >&2
-: > "$out_dir/$ring-results"
+echo "vhost-user $mode, $ring ring of $ring_size, 64-byte frames, burst $burst: $runs x ($sides), ${seconds}s each after ${warmup}s warm-up" >&2
+results="$out_dir/$mode-$ring-results"
+: > "$results"
 for run in $(seq "$runs"); do
     for side in ${sides//,/ }; do
         result=$(measure "$side" "$run") || exit 1
-        echo "$side $result" >> "$out_dir/$ring-results"
+        echo "$side $run $result" >> "$results"
     done
 done
 
-ours_mpps=$(awk '$1 == "ours" { print $2 }' "$out_dir/$ring-results" | median)
-dpdk_mpps=$(awk '$1 == "dpdk" { print $2 }' "$out_dir/$ring-results" | median)
-ours_cycles=$(awk '$1 == "ours" { print $3 }' "$out_dir/$ring-results" | median)
-dpdk_cycles=$(awk '$1 == "dpdk" { print $3 }' "$out_dir/$ring-results" | median)
-ratio=$(awk -v a="$ours_mpps" -v b="$dpdk_mpps" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')
-awk '$1 == "ours" && $2 > om { om = $2; oc = $3 } $1 == "dpdk" && $2 > dm { dm = $2; dc = $3 }
-     END { printf "BEST ring='"$ring"' ours_mpps=%s dpdk_mpps=%s ratio=%.3f ours_cycles_per_pkt=%s dpdk_cycles_per_pkt=%s\n",
-           om, dm, (dm > 0 ? om / dm : 0), oc, dc }' "$out_dir/$ring-results"
-echo "RESULT ring=$ring ours_mpps=$ours_mpps dpdk_mpps=$dpdk_mpps ratio=$ratio ours_cycles_per_pkt=$ours_cycles dpdk_cycles_per_pkt=$dpdk_cycles"
+# Column $2 (3: Mpps, 4: cycles) of side $1's runs.
+column_of() { awk -v side="$1" -v col="$2" '$1 == side { print $col }' "$results"; }
+# Side $1's ratio to side $2 in each round.
+paired() { awk -v a="$1" -v b="$2" '$1 == a { x[$2] = $3 } $1 == b { y[$2] = $3 }
+                                     END { for (r in x) if (y[r] > 0) printf "%.3f\n", x[r] / y[r] }' "$results"; }
+has() { [[ ",$sides," == *",$1,"* ]]; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }
+best() { awk -v side="$1" '$1 == side && $3 > m { m = $3; c = $4 } END { printf "%s %s\n", m, c }' "$results"; }
+
+best_line="BEST mode=$mode ring=$ring"
+paired_line="PAIRED mode=$mode ring=$ring"
+result_line="RESULT mode=$mode ring=$ring"
+has ours && { read -r ob oc < <(best ours); best_line+=" ours_mpps=$ob ours_cycles_per_pkt=$oc"
+    ours_mpps=$(column_of ours 3 | median); ours_cycles=$(column_of ours 4 | median)
+    result_line+=" ours_mpps=$ours_mpps"; }
+for other in dpdk dpdk-fast; do
+    has "$other" || continue
+    key="${other/-/_}"
+    suffix=""
+    [ "$other" = dpdk-fast ] && suffix="_fast"
+    read -r db dc < <(best "$other")
+    best_line+=" ${key}_mpps=$db ${key}_cycles_per_pkt=$dc"
+    mpps=$(column_of "$other" 3 | median)
+    cycles=$(column_of "$other" 4 | median)
+    if has ours; then
+        best_line+=" ratio$suffix=$(div "$ob" "$db")"
+        paired_line+=" ratio$suffix=$(paired ours "$other" | median)"
+        result_line+=" ${key}_mpps=$mpps ratio$suffix=$(div "$ours_mpps" "$mpps")"
+        [ "$other" = dpdk ] && result_line+=" ours_cycles_per_pkt=$ours_cycles"
+    else
+        result_line+=" ${key}_mpps=$mpps"
+    fi
+    result_line+=" ${key}_cycles_per_pkt=$cycles"
+done
+echo "$best_line"
+has ours && [ "$sides" != ours ] && echo "$paired_line"
+echo "$result_line"

@@ -159,7 +159,7 @@ impl Mbuf {
     /// Puts `bytes` before the packet's data: into the first segment's headroom, then into new
     /// segments from `pool` placed in front (each filled from the end of its buffer, keeping at
     /// least the pool's headroom before its data, the first the least full). The packet's port,
-    /// hash, flags and user data move to the new first segment. All or nothing, as
+    /// hash, offload metadata and user data move to the new first segment. All or nothing, as
     /// [`Mbuf::extend_from_slice`].
     pub fn prepend_from_slice(&mut self, pool: &Mempool, bytes: &[u8]) -> Result<(), ChainError> {
         let room = self.headroom().min(bytes.len());
@@ -188,8 +188,8 @@ impl Mbuf {
             let (new_head, old_head) = (self.header_mut() as *mut MbufHeader, old.header());
             // SAFETY: two distinct headers (two elements), both owned here.
             let new_head = unsafe { &mut *new_head };
-            (new_head.port, new_head.rss_hash, new_head.ol_flags, new_head.user_data) =
-                (old_head.port, old_head.rss_hash, old_head.ol_flags, old_head.user_data);
+            (new_head.port, new_head.rss_hash, new_head.offload, new_head.user_data) =
+                (old_head.port, old_head.rss_hash, old_head.offload, old_head.user_data);
             // Cannot fail: checked above.
             let _ = self.chain(old);
         }

@@ -24,12 +24,14 @@
 #![allow(unsafe_code)]
 
 mod chain;
+mod offload;
 mod pool;
 
 use std::ptr::NonNull;
 
 pub(crate) use chain::ChainBuilder;
-pub use chain::{ChainError, Segments};
+pub use chain::{ChainError, Segments, SegmentsMut};
+pub use offload::{Checksum, Gso, GsoKind, Offload};
 
 pub(crate) use pool::recycle;
 pub use pool::{free_bulk, Mempool, MempoolConfig, PoolStats};
@@ -79,15 +81,15 @@ pub(crate) struct MbufHeader {
     port: u16,
     /// Segments in the packet (head only).
     nb_segs: u16,
-    _reserved: u16,
-    /// Offload flags (none are set by this driver yet: it negotiates no offload).
-    ol_flags: u64,
+    /// Checksum and segmentation offload metadata (head only).
+    offload: Offload,
     // Second cache line.
     /// Free for the application's use (e.g. a timestamp or sequence number).
     user_data: u64,
 }
 const _: () = assert!(core::mem::size_of::<MbufHeader>() == 128);
 const _: () = assert!(core::mem::offset_of!(MbufHeader, user_data) == 64);
+const _: () = assert!(core::mem::size_of::<Offload>() == 10);
 
 impl MbufHeader {
     /// A fresh element's header: an empty one-segment packet with `headroom` (`buf`'s
@@ -111,8 +113,7 @@ impl MbufHeader {
             data_off: headroom,
             port: 0,
             nb_segs: 1,
-            _reserved: 0,
-            ol_flags: 0,
+            offload: Offload::NONE,
             user_data: 0,
         }
     }
@@ -167,7 +168,7 @@ impl Mbuf {
     }
 
     /// Marks the buffer as a received frame: `len` bytes at offset `data_off`, from `port`, no
-    /// offload flags or hash, one segment (a buffer posted for receive is never chained: it
+    /// offload metadata or hash, one segment (a buffer posted for receive is never chained: it
     /// came from its pool's store). Every field of the data window is set here, so buffers
     /// posted for receive need no reset when they are allocated. `data_off + len` must fit the
     /// buffer.
@@ -180,7 +181,7 @@ impl Mbuf {
         h.pkt_len = len;
         h.port = port;
         h.rss_hash = 0;
-        h.ol_flags = 0;
+        h.offload = Offload::NONE;
     }
 
     /// Bytes of data in the whole packet (every segment).
@@ -309,6 +310,14 @@ impl Mbuf {
     /// address and length of that segment.
     #[inline(always)]
     pub(crate) fn prepend_zeroed_first<const N: usize>(&mut self) -> Option<(u64, u32)> {
+        self.prepend_header_first(&[0; N])
+    }
+
+    /// Grows the first segment's data by the `N` bytes of `header` at the front (written only
+    /// where they differ from what is there) and returns the device address and length of that
+    /// segment; `None` without enough headroom.
+    #[inline(always)]
+    pub(crate) fn prepend_header_first<const N: usize>(&mut self, header: &[u8; N]) -> Option<(u64, u32)> {
         let h = self.header_mut();
         if (h.data_off as usize) < N {
             return None;
@@ -320,9 +329,9 @@ impl Mbuf {
         // SAFETY: `off + N` is the old data offset, within the buffer (the header's invariant),
         // which this mbuf owns and no device writes while the application holds it; `[u8; N]`
         // needs no alignment.
-        let header = unsafe { &mut *h.buf.as_ptr().add(off as usize).cast::<[u8; N]>() };
-        if *header != [0; N] {
-            *header = [0; N];
+        let room = unsafe { &mut *h.buf.as_ptr().add(off as usize).cast::<[u8; N]>() };
+        if room != header {
+            *room = *header;
         }
         Some((iova, len))
     }
@@ -368,7 +377,7 @@ impl Mbuf {
         h.data_off = headroom.min(h.buf_len as u16);
         h.data_len = 0;
         h.pkt_len = 0;
-        h.ol_flags = 0;
+        h.offload = Offload::NONE;
         h.rss_hash = 0;
     }
 
@@ -384,16 +393,18 @@ impl Mbuf {
         self.header_mut().port = port;
     }
 
-    /// Offload flags (none are set by this driver yet: it negotiates no offload).
+    /// The packet's offload metadata: what the device reported on receive (with receive
+    /// offloads negotiated), or what the application asks of it on transmit (honoured by a
+    /// port opened with the matching transmit offload, ignored by the others, as DPDK does).
     #[inline(always)]
-    pub fn ol_flags(&self) -> u64 {
-        self.header().ol_flags
+    pub fn offload(&self) -> Offload {
+        self.header().offload
     }
 
-    /// Sets the offload flags.
+    /// Sets the offload metadata (for transmit: a partial checksum to complete, a segmentation).
     #[inline(always)]
-    pub fn set_ol_flags(&mut self, flags: u64) {
-        self.header_mut().ol_flags = flags;
+    pub fn set_offload(&mut self, offload: Offload) {
+        self.header_mut().offload = offload;
     }
 
     /// RSS hash reported by the device (0 when none).

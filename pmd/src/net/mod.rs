@@ -3,6 +3,7 @@
 
 mod ctrl;
 mod mac;
+mod offload;
 mod port;
 mod queue;
 mod rss;
@@ -11,6 +12,7 @@ mod xstats;
 
 pub use ctrl::{CtrlCommand, CtrlUnavailable, RxFilter};
 pub use mac::{MacAddr, MacError};
+pub use offload::{OffloadConfig, Offloads};
 pub use port::{Port, PortConfig, PortStats, RingChoice};
 pub use queue::{Ring, RxPath, RxQueue, TxPath, TxQueue};
 pub use rss::{RssCapabilities, RssConfig, DEFAULT_HASH_TYPES, DEFAULT_KEY, DEFAULT_TABLE_LEN};

@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::ctrl::{CtrlCommand, CtrlQueue, CtrlRingSpec, CtrlUnavailable, RxFilter, MAX_DATA};
+use super::offload::{OffloadConfig, Offloads};
 use super::queue::{Quiesce, Ring, RxPath, RxQueue, TxPath, TxQueue};
 use super::rss::{RssCapabilities, RssConfig};
 use super::stats::QueueCounters;
@@ -103,6 +104,9 @@ pub struct PortConfig {
     /// family of [`PortStats::xstats`]). Off by default: it reads every frame's length and
     /// destination MAC, a cache line the forwarding may not otherwise touch.
     pub packet_classes: bool,
+    /// Checksum and segmentation offloads, each negotiated only when asked for here and offered
+    /// ([`Port::offloads`]). A transmit offload implies transmit chains (TSO packets are large).
+    pub offloads: OffloadConfig,
 }
 
 impl Default for PortConfig {
@@ -120,6 +124,7 @@ impl Default for PortConfig {
             rx_mergeable: false,
             tx_multi_segment: false,
             packet_classes: false,
+            offloads: OffloadConfig::default(),
         }
     }
 }
@@ -189,6 +194,10 @@ struct Negotiated {
 /// Ethernet header bytes a frame carries besides its MTU ("Device configuration layout": "plus
 /// low level ethernet header length").
 const ETH_HEADER_LEN: u32 = 14;
+
+/// The largest receive offload super-packet without its header: 65562 bytes of buffer
+/// ("Setting Up Receive Buffers", 5.1.6.3) less the 12-byte header.
+const LRO_FRAME: u32 = 65562 - 12;
 
 /// The MTU when the device reports none (VIRTIO_NET_F_MTU not negotiated).
 const DEFAULT_MTU: u16 = 1500;
@@ -374,6 +383,9 @@ impl Port {
         if config.rx_mergeable && offered.has(net_spec::F_MRG_RXBUF) {
             wanted = wanted.with(net_spec::F_MRG_RXBUF);
         }
+        for offload in config.offloads.wanted(offered) {
+            wanted = wanted.with(offload);
+        }
         let ctrl_missing = if !transport_ctrl {
             CtrlUnavailable::Transport
         } else if !offered.has(net_spec::F_CTRL_VQ) {
@@ -462,9 +474,19 @@ impl Port {
                 limit: "the device's max_virtqueue_pairs is lower",
             });
         }
-        let rx_path = if wanted.has(net_spec::F_MRG_RXBUF) { RxPath::Mergeable } else { RxPath::Simple };
-        let tx_path = if config.tx_multi_segment { TxPath::Chains } else { TxPath::Simple };
-        Self::check_pool(name, pool, mtu, rx_path, offered.has(net_spec::F_MRG_RXBUF))?;
+        let offloads = Offloads::from_features(wanted);
+        let mergeable = wanted.has(net_spec::F_MRG_RXBUF);
+        let rx_path = match (offloads.any_rx(), mergeable) {
+            (true, _) => RxPath::Offloads { mergeable, offloads },
+            (false, true) => RxPath::Mergeable,
+            (false, false) => RxPath::Simple,
+        };
+        let tx_path = match (offloads.tx_checksum, config.tx_multi_segment) {
+            (true, _) => TxPath::Offloads(offloads),
+            (false, true) => TxPath::Chains,
+            (false, false) => TxPath::Simple,
+        };
+        Self::check_pool(name, pool, mtu, (mergeable, offloads), offered.has(net_spec::F_MRG_RXBUF))?;
 
         let queues_needed = 2 * config.queue_pairs;
         // "Virtqueues" (5.1.2): the control queue follows the most data queues the device has.
@@ -530,7 +552,7 @@ impl Port {
             let rx_ring = make_ring(rx_index, Chains::OneDescriptor)?;
             let tx_chains = match tx_path {
                 TxPath::Simple => Chains::OneDescriptorNoLengths,
-                TxPath::Chains => Chains::Any,
+                TxPath::Chains | TxPath::Offloads(_) => Chains::Any,
             };
             let tx_ring = make_ring(tx_index, tx_chains)?;
             // SAFETY: both rings were just laid in `rings`, a region made for this port's rings
@@ -610,29 +632,38 @@ impl Port {
 
     /// "Device configuration layout" (5.1.4): with VIRTIO_NET_F_MTU the driver must supply
     /// receive buffers for a packet of `mtu` plus the Ethernet header; without it "Setting Up
-    /// Receive Buffers" (5.1.6.3) sizes them for 1514-byte packets. With mergeable buffers a
+    /// Receive Buffers" (5.1.6.3) sizes them for 1514-byte packets, and for 65562 bytes (a
+    /// 64 KiB super-packet and its header) with GUEST_TSO4/GUEST_TSO6. With mergeable buffers a
     /// frame may span several, each of which must hold at least the header.
     fn check_pool(
         name: &str,
         pool: &Mempool,
         mtu: Option<u16>,
-        rx_path: RxPath,
+        (mergeable, offloads): (bool, Offloads),
         mergeable_offered: bool,
     ) -> Result<()> {
-        if rx_path == RxPath::Mergeable {
+        if mergeable {
             return Ok(());
         }
-        let frame = u32::from(mtu.unwrap_or(DEFAULT_MTU)) + ETH_HEADER_LEN;
+        let mtu_frame = u32::from(mtu.unwrap_or(DEFAULT_MTU)) + ETH_HEADER_LEN;
+        let lro = offloads.lro4 || offloads.lro6;
+        let frame = if lro { mtu_frame.max(LRO_FRAME) } else { mtu_frame };
         if pool.data_room() >= frame {
             return Ok(());
         }
+        let why = if frame > mtu_frame {
+            "a 64 KiB LRO super-packet (GUEST_TSO4/GUEST_TSO6)".to_owned()
+        } else {
+            format!(
+                "a full frame (MTU {}{} + {ETH_HEADER_LEN}-byte Ethernet header)",
+                mtu.unwrap_or(DEFAULT_MTU),
+                if mtu.is_some() { ", from the device" } else { "" }
+            )
+        };
         Err(Error::InvalidConfig(format!(
-            "{name}: the pool's data room of {} bytes cannot hold a full frame of {frame} bytes (MTU {}{} + \
-             {ETH_HEADER_LEN}-byte Ethernet header): make the pool with a data room of at least {frame} bytes \
-             (MempoolConfig::data_room; see Mempool::data_room){}",
+            "{name}: the pool's data room of {} bytes cannot hold {frame} bytes, {why}: make the pool with a data \
+             room of at least {frame} bytes (MempoolConfig::data_room; see Mempool::data_room){}",
             pool.data_room(),
-            mtu.unwrap_or(DEFAULT_MTU),
-            if mtu.is_some() { ", from the device" } else { "" },
             if mergeable_offered {
                 ", or receive into several buffers per frame: PortConfig::rx_mergeable = true (the device offers \
                  VIRTIO_NET_F_MRG_RXBUF)"
@@ -733,6 +764,30 @@ impl Port {
     /// The transmit path chosen at open.
     pub fn tx_path(&self) -> TxPath {
         self.tx_path
+    }
+
+    /// The checksum and segmentation offloads negotiated.
+    pub fn offloads(&self) -> Offloads {
+        Offloads::from_features(self.features)
+    }
+
+    /// Turns the negotiated receive offloads on or off at run time
+    /// (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, "Setting Offloads State"): receive checksum
+    /// reporting and LRO (each only as far as negotiated). Frames already in the rings keep
+    /// what they were received with.
+    pub fn set_rx_offloads(&mut self, checksum: bool, lro: bool) -> Result<()> {
+        let negotiated = self.offloads();
+        let mut mask = 0u64;
+        for (on, bit) in [
+            (checksum && negotiated.rx_checksum, net_spec::F_GUEST_CSUM),
+            (lro && negotiated.lro4, net_spec::F_GUEST_TSO4),
+            (lro && negotiated.lro6, net_spec::F_GUEST_TSO6),
+        ] {
+            if on {
+                mask |= 1 << bit;
+            }
+        }
+        self.set_guest_offloads(mask)
     }
 
     /// The device's MAC address, when it reports one (VIRTIO_NET_F_MAC).

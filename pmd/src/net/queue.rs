@@ -23,6 +23,8 @@
 #![allow(unsafe_code)]
 
 use crate::mbuf::{recycle, ChainBuilder, Mbuf, Mempool};
+
+use super::offload::Offloads;
 use crate::spec::net::{NetHeader, NET_HDR_LEN};
 use crate::transport::{Notify, QueueAddresses};
 #[cfg(doc)]
@@ -80,6 +82,15 @@ pub enum RxPath {
     Simple,
     /// VIRTIO_NET_F_MRG_RXBUF: a frame spread over `num_buffers` buffers comes back chained.
     Mergeable,
+    /// Receive offloads (GUEST_CSUM, GUEST_TSO): the header's checksum and segmentation fields
+    /// become the mbuf's [`Offload`](crate::mbuf::Offload) metadata; with or without mergeable
+    /// buffers.
+    Offloads {
+        /// VIRTIO_NET_F_MRG_RXBUF negotiated.
+        mergeable: bool,
+        /// The offloads negotiated.
+        offloads: Offloads,
+    },
 }
 
 /// How a transmit queue puts packets on its ring, chosen at set-up.
@@ -91,6 +102,9 @@ pub enum TxPath {
     Simple,
     /// A descriptor chain per packet, one descriptor per segment.
     Chains,
+    /// Chains, the header filled from each mbuf's [`Offload`](crate::mbuf::Offload) request
+    /// (CSUM, HOST_TSO); a request the port did not negotiate is refused (`bad_headers`).
+    Offloads(Offloads),
 }
 
 impl std::fmt::Display for RxPath {
@@ -98,6 +112,8 @@ impl std::fmt::Display for RxPath {
         f.write_str(match self {
             RxPath::Simple => "simple (one buffer per frame)",
             RxPath::Mergeable => "mergeable (num_buffers, chained mbufs)",
+            RxPath::Offloads { mergeable: true, .. } => "mergeable with offloads (num_buffers, checksum, LRO)",
+            RxPath::Offloads { mergeable: false, .. } => "offloads (one buffer per frame, checksum, LRO)",
         })
     }
 }
@@ -107,8 +123,22 @@ impl std::fmt::Display for TxPath {
         f.write_str(match self {
             TxPath::Simple => "simple (one descriptor per packet)",
             TxPath::Chains => "chains (one descriptor per segment)",
+            TxPath::Offloads(_) => "chains with offloads (checksum, TSO)",
         })
     }
+}
+
+/// Where the header-reading receive paths find things, and what they check.
+#[derive(Clone, Copy)]
+struct HeaderPath {
+    /// The pool's data offset: where a frame's first buffer's data starts.
+    data_off: u16,
+    /// Where a posted buffer starts (the header, or a later buffer's data).
+    post_offset: u16,
+    /// `num_buffers` is meaningful (VIRTIO_NET_F_MRG_RXBUF).
+    mergeable: bool,
+    /// Receive offloads to read from the header.
+    offloads: Option<Offloads>,
 }
 
 /// What receive and transmit queues share: the ring, its notifier, its counters, and the device
@@ -293,11 +323,13 @@ impl RxQueue {
             RxPath::Simple => {
                 with_ring!(&mut core.ring, ring => Self::receive(ring, &core.counters, port, data_off, out, max))
             }
-            RxPath::Mergeable => {
-                let post_offset = self.post_offset as u16;
-                with_ring!(&mut core.ring, ring => {
-                    Self::receive_mergeable(ring, &core.counters, port, (data_off, post_offset), out, max)
-                })
+            RxPath::Mergeable | RxPath::Offloads { .. } => {
+                let (mergeable, offloads) = match self.path {
+                    RxPath::Offloads { mergeable, offloads } => (mergeable, Some(offloads)),
+                    _ => (true, None),
+                };
+                let shape = HeaderPath { data_off, post_offset: self.post_offset as u16, mergeable, offloads };
+                with_ring!(&mut core.ring, ring => Self::receive_mergeable(ring, &core.counters, port, shape, out, max))
             }
         };
         core.counters.add_classes(&out[before..], false);
@@ -305,31 +337,52 @@ impl RxQueue {
         received
     }
 
-    /// The mergeable path ("Processing of Incoming Packets", 5.1.6.4): the first buffer of a
-    /// frame holds the header, whose `num_buffers` says how many buffers (itself included) the
-    /// frame took; the others hold only data, from where the header would be. Buffers are
-    /// popped in passes that never go past the frames `out` can take. `num_buffers` of 0 or
-    /// beyond the ring, and a frame whose buffers are not all returned when the device's used
-    /// entries run out (as DPDK's virtio PMD, which drops it too), are counted in
+    /// The paths that read the header ("Processing of Incoming Packets", 5.1.6.4). With
+    /// mergeable buffers the first buffer of a frame holds the header, whose `num_buffers` says
+    /// how many buffers (itself included) the frame took; the others hold only data, from where
+    /// the header would be. Buffers are popped in passes that never go past the frames `out`
+    /// can take. `num_buffers` of 0 or beyond the ring, a frame whose buffers are not all
+    /// returned when the device's used entries run out (as DPDK's virtio PMD, which drops it
+    /// too), and offload fields the negotiated features do not allow are counted in
     /// `bad_headers` and the frame is dropped, every buffer of it back to the pool.
     #[inline(never)]
     fn receive_mergeable<R: Virtqueue<Mbuf>>(
         ring: &mut R,
         counters: &QueueCounters,
         port: u16,
-        (data_off, post_offset): (u16, u16),
+        shape: HeaderPath,
         out: &mut Vec<Mbuf>,
         max: usize,
     ) -> usize {
         let mut frames = std::mem::take(out);
         let before = frames.len();
-        let (mut bytes, mut drops, mut bad) = (0u64, 0u64, 0u64);
+        // Bytes delivered, frames dropped, frames dropped for their header.
+        let mut tally = (0u64, 0u64, 0u64);
         let ring_size = ring.size();
-        // The frame being put together, and how many more buffers it takes.
-        let mut partial: Option<(ChainBuilder, u16)> = None;
+        // The frame being put together, its header, and how many more buffers it takes.
+        let mut partial: Option<(ChainBuilder, NetHeader, u16)> = None;
+        // A whole frame: its offload metadata checked against its length, then delivered.
+        let deliver = |mut frame: Mbuf, header: &NetHeader, frames: &mut Vec<Mbuf>, tally: &mut (u64, u64, u64)| {
+            if frame.is_empty() {
+                tally.1 += 1;
+                return;
+            }
+            if let Some(offloads) = shape.offloads {
+                match offloads.received(header, frame.len() as u32) {
+                    Some(offload) => frame.set_offload(offload),
+                    None => {
+                        tally.2 += 1;
+                        return;
+                    }
+                }
+            }
+            tally.0 += frame.len() as u64;
+            // Cannot grow: at most `max` frames complete.
+            frames.push(frame);
+        };
         loop {
             let want = match &partial {
-                Some((_, remaining)) => *remaining as usize,
+                Some((_, _, remaining)) => *remaining as usize,
                 None => max - (frames.len() - before),
             };
             if want == 0 {
@@ -339,53 +392,49 @@ impl RxQueue {
                 let Some(len) = len else {
                     // A length the ring refused (counted there): the frame it belongs to is lost.
                     partial = None;
-                    drops += 1;
+                    tally.1 += 1;
                     return;
                 };
                 match partial.take() {
                     None => {
-                        let Some(header) = mbuf.read_buffer::<NET_HDR_LEN>(post_offset as usize) else {
-                            drops += 1;
+                        let Some(bytes) = mbuf.read_buffer::<NET_HDR_LEN>(shape.post_offset as usize) else {
+                            tally.1 += 1;
                             return;
                         };
-                        let num_buffers = NetHeader::from_bytes(header).num_buffers.get();
+                        let header = NetHeader::from_bytes(bytes);
+                        let num_buffers = if shape.mergeable { header.num_buffers.get() } else { 1 };
                         if len < NET_HDR_LEN as u32 || num_buffers == 0 || num_buffers > ring_size {
-                            bad += 1;
+                            tally.2 += 1;
                             return;
                         }
-                        mbuf.init_received(data_off, len - NET_HDR_LEN as u32, port);
+                        mbuf.init_received(shape.data_off, len - NET_HDR_LEN as u32, port);
                         if num_buffers > 1 {
-                            partial = Some((ChainBuilder::new(mbuf), num_buffers - 1));
-                        } else if mbuf.is_empty() {
-                            drops += 1;
+                            partial = Some((ChainBuilder::new(mbuf), header, num_buffers - 1));
                         } else {
-                            bytes += mbuf.len() as u64;
-                            // Cannot grow: at most `max` frames complete.
-                            frames.push(mbuf);
+                            deliver(mbuf, &header, &mut frames, &mut tally);
                         }
                     }
-                    Some((mut chain, remaining)) => {
-                        mbuf.init_received(post_offset, len, port);
+                    Some((mut chain, header, remaining)) => {
+                        mbuf.init_received(shape.post_offset, len, port);
                         if chain.push(mbuf).is_err() {
-                            bad += 1;
+                            tally.2 += 1;
                         } else if remaining > 1 {
-                            partial = Some((chain, remaining - 1));
+                            partial = Some((chain, header, remaining - 1));
                         } else {
-                            let frame = chain.finish();
-                            bytes += frame.len() as u64;
-                            frames.push(frame);
+                            deliver(chain.finish(), &header, &mut frames, &mut tally);
                         }
                     }
                 }
             });
             if got < want {
                 // The device's used entries ran out: a frame still missing buffers never gets them.
-                bad += u64::from(partial.take().is_some());
+                tally.2 += u64::from(partial.take().is_some());
                 break;
             }
         }
         let received = frames.len() - before;
         *out = frames;
+        let (bytes, drops, bad) = tally;
         if received as u64 + drops + bad > 0 {
             counters.add_traffic(received as u64, bytes, drops + bad);
             if bad > 0 {
@@ -502,9 +551,15 @@ impl TxQueue {
             TxPath::Simple => {
                 with_ring!(&mut core.ring, ring => Self::transmit(ring, &core.counters, threshold, pkts))
             }
-            TxPath::Chains => with_ring!(&mut core.ring, ring => {
-                Self::transmit_chains(ring, &core.counters, threshold, pkts, &mut self.chain)
-            }),
+            TxPath::Chains | TxPath::Offloads(_) => {
+                let offloads = match self.path {
+                    TxPath::Offloads(offloads) => Some(offloads),
+                    _ => None,
+                };
+                with_ring!(&mut core.ring, ring => {
+                    Self::transmit_chains(ring, &core.counters, (threshold, offloads), pkts, &mut self.chain)
+                })
+            }
         };
         core.counters.add_classes(pkts, true);
         if accepted > 0 {
@@ -513,15 +568,17 @@ impl TxQueue {
         accepted
     }
 
-    /// The chains path: one descriptor chain per packet, the header in the first segment's
-    /// headroom, then one descriptor per further non-empty segment. Packets go while their
-    /// segments fit the free descriptors; one with more segments than the ring has descriptors
-    /// can never go, and is dropped and counted (`bad_headers`).
+    /// The chains paths: one descriptor chain per packet, the header in the first segment's
+    /// headroom (all zero, or from the mbuf's offload request with `offloads`), then one
+    /// descriptor per further non-empty segment. Packets go while their segments fit the free
+    /// descriptors; one with more segments than the ring has descriptors can never go, and one
+    /// whose offload request the port cannot honour must not go: both are dropped and counted
+    /// (`bad_headers`).
     #[inline(never)]
     fn transmit_chains<R: Virtqueue<Mbuf>>(
         ring: &mut R,
         counters: &QueueCounters,
-        reclaim_threshold: u16,
+        (reclaim_threshold, offloads): (u16, Option<Offloads>),
         pkts: &mut Vec<Mbuf>,
         chain: &mut Vec<Segment>,
     ) -> (usize, bool) {
@@ -551,15 +608,25 @@ impl TxQueue {
                 }
             })
             .count();
-        let (mut sent, mut bytes, mut drops, mut too_long) = (0u64, 0u64, 0u64, 0u64);
+        let (mut sent, mut bytes, mut drops, mut refused) = (0u64, 0u64, 0u64, 0u64);
         for mut mbuf in pkts.drain(..count) {
             if mbuf.nb_segs() as usize > size {
-                too_long += 1;
+                refused += 1;
                 continue;
             }
             let frame_len = mbuf.len();
-            // No offloads: an all-zero header (5.1.6.2).
-            let Some((addr, len)) = mbuf.prepend_zeroed_first::<NET_HDR_LEN>() else {
+            // Without offloads, an all-zero header (5.1.6.2).
+            let header = match offloads {
+                None => NetHeader::default(),
+                Some(offloads) => match offloads.transmit_header(mbuf.offload(), frame_len) {
+                    Some(header) => header,
+                    None => {
+                        refused += 1;
+                        continue;
+                    }
+                },
+            };
+            let Some((addr, len)) = mbuf.prepend_header_first(&header.to_bytes()) else {
                 drops += 1;
                 continue;
             };
@@ -586,9 +653,9 @@ impl TxQueue {
             }
         }
         if count > 0 {
-            counters.add_traffic(sent, bytes, drops + too_long);
-            if too_long > 0 {
-                counters.add_bad_headers(too_long);
+            counters.add_traffic(sent, bytes, drops + refused);
+            if refused > 0 {
+                counters.add_bad_headers(refused);
             }
             counters.set_errors(&ring.errors());
         }

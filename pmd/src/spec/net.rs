@@ -6,6 +6,14 @@ use super::Le16;
 pub const F_CSUM: u32 = 0;
 /// `VIRTIO_NET_F_GUEST_CSUM` (1).
 pub const F_GUEST_CSUM: u32 = 1;
+/// `VIRTIO_NET_F_GUEST_TSO4` (7): the driver can receive TSOv4 super-packets.
+pub const F_GUEST_TSO4: u32 = 7;
+/// `VIRTIO_NET_F_GUEST_TSO6` (8): the driver can receive TSOv6 super-packets.
+pub const F_GUEST_TSO6: u32 = 8;
+/// `VIRTIO_NET_F_HOST_TSO4` (11): the device can segment TSOv4.
+pub const F_HOST_TSO4: u32 = 11;
+/// `VIRTIO_NET_F_HOST_TSO6` (12): the device can segment TSOv6.
+pub const F_HOST_TSO6: u32 = 12;
 /// `VIRTIO_NET_F_MTU` (3): `mtu` in the config is valid.
 pub const F_MTU: u32 = 3;
 /// `VIRTIO_NET_F_MAC` (5): `mac` in the config is valid.
@@ -68,6 +76,16 @@ pub const S_ANNOUNCE: u16 = 2;
 
 /// `VIRTIO_NET_HDR_GSO_NONE`.
 pub const HDR_GSO_NONE: u8 = 0;
+/// `VIRTIO_NET_HDR_GSO_TCPV4`.
+pub const HDR_GSO_TCPV4: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_TCPV6`.
+pub const HDR_GSO_TCPV6: u8 = 4;
+/// `VIRTIO_NET_HDR_GSO_ECN`: the TCP ECN bit, or'ed into `gso_type`.
+pub const HDR_GSO_ECN: u8 = 0x80;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` is partial.
+pub const HDR_F_NEEDS_CSUM: u8 = 1;
+/// `VIRTIO_NET_HDR_F_DATA_VALID`: the device validated the checksums (receive).
+pub const HDR_F_DATA_VALID: u8 = 2;
 
 /// `struct virtio_net_hdr` as used by a VERSION_1 device: 12 bytes, `num_buffers` always
 /// present ("Device Operation", 5.1.6). Only the fields up to `num_buffers` are used; the hash
@@ -91,6 +109,20 @@ pub struct NetHeader {
     pub num_buffers: Le16,
 }
 impl NetHeader {
+    /// The header's wire bytes.
+    #[inline(always)]
+    pub fn to_bytes(&self) -> [u8; NET_HDR_LEN] {
+        let mut b = [0u8; NET_HDR_LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        for (i, v) in
+            [self.hdr_len, self.gso_size, self.csum_start, self.csum_offset, self.num_buffers].iter().enumerate()
+        {
+            b[2 + 2 * i..4 + 2 * i].copy_from_slice(&v.get().to_le_bytes());
+        }
+        b
+    }
+
     /// The header laid out in `bytes` (as a device wrote it).
     #[inline(always)]
     pub fn from_bytes(bytes: [u8; NET_HDR_LEN]) -> NetHeader {

@@ -112,7 +112,7 @@ pub fn queue_pair_with_paths(
     let (rx_ring, rx_region) = mbuf_ring(spec, Chains::OneDescriptor)?;
     let tx_chains = match tx_path {
         TxPath::Simple => Chains::OneDescriptorNoLengths,
-        TxPath::Chains => Chains::Any,
+        TxPath::Chains | TxPath::Offloads(_) => Chains::Any,
     };
     let (tx_ring, tx_region) = mbuf_ring(spec, tx_chains)?;
     let rx_kicks = CountingNotify::default();

@@ -95,6 +95,10 @@ struct Cli {
     /// Write the latency percentile plot to this SVG file.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// Also draw the curve of an earlier run on the plot, from its JSON summary (a file holding
+    /// `--json` output; its last line is read); repeat for more.
+    #[arg(long, value_name = "JSON", requires = "plot")]
+    overlay: Vec<PathBuf>,
 }
 
 /// `250k`, `1.5m`, `2g`, `1000`: frames per second; 0 means as fast as possible.
@@ -242,17 +246,20 @@ fn run(cli: &Cli) -> Result<bool, String> {
         Ok(stats) | Err(SetupError::MbufsMissing { stats }) => stats.in_use,
         Err(e) => return Err(e.to_string()),
     };
+    let curve = plot::points(&outcome.latency, tsc_hz);
     let plot = match &cli.plot {
         Some(path) => {
             let title = format!(
-                "pktgen latency: {} | {} | {} B",
+                "pktgen latency: {} | {ring} | {} B",
                 cli.port_name(),
-                rate.map_or("max rate".to_string(), |r| format!("{:.3} Mpps", r / 1e6)),
                 cli.sizes.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
             );
-            let curve =
-                plot::Curve { name: format!("{ring}, {} frames", outcome.latency.len()), histogram: &outcome.latency };
-            plot::write(path, &title, &[curve], tsc_hz)?;
+            let mut curves = cli.overlay.iter().map(|file| overlay(file)).collect::<Result<Vec<_>, _>>()?;
+            let name = curve_name(rate, outcome.latency.len());
+            curves.push(Overlay { curve: plot::Curve { name, points: curve.clone() }, frames: outcome.latency.len() });
+            let frames = curves.iter().map(|c| c.frames).max().unwrap_or(0).max(outcome.latency.len());
+            let curves: Vec<plot::Curve> = curves.into_iter().map(|c| c.curve).collect();
+            plot::write(path, &title, &curves, frames)?;
             Some(path.display().to_string())
         }
         None => None,
@@ -266,7 +273,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
         rate_pps: rate,
         tsc_hz,
     };
-    let summary = Summary::new(setup, &outcome, in_use, plot);
+    let summary = Summary::new(setup, &outcome, in_use, plot, curve);
     say(cli, &summary.text());
     if cli.json {
         println!("{}", serde_json::to_string(&summary).map_err(|e| format!("JSON summary: {e}"))?);
@@ -275,6 +282,28 @@ fn run(cli: &Cli) -> Result<bool, String> {
         eprintln!("pktgen: {in_use} mbufs did not come back to the pool");
     }
     Ok(in_use == 0)
+}
+
+/// The legend of a run's curve: its rate and frame count.
+fn curve_name(rate: Option<f64>, frames: u64) -> String {
+    let rate = rate.map_or("max rate".to_string(), |r| format!("{:.3} Mpps", r / 1e6));
+    format!("{rate} ({frames} frames)")
+}
+
+/// A curve from an earlier run, and the frames behind it.
+struct Overlay {
+    curve: plot::Curve,
+    frames: u64,
+}
+
+/// Reads the curve of an earlier run's JSON summary (the last line of `file`).
+fn overlay(file: &std::path::Path) -> Result<Overlay, String> {
+    let what = |e: String| format!("--overlay {}: {e}", file.display());
+    let text = std::fs::read_to_string(file).map_err(|e| what(e.to_string()))?;
+    let last = text.lines().next_back().ok_or_else(|| what("empty file".into()))?;
+    let summary: Summary = serde_json::from_str(last).map_err(|e| what(format!("not a pktgen JSON summary: {e}")))?;
+    let curve = plot::Curve { name: curve_name(summary.rate_pps, summary.latency.count), points: summary.curve };
+    Ok(Overlay { curve, frames: summary.latency.count })
 }
 
 impl Cli {

@@ -9,24 +9,26 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 
-/// One curve: its name in the legend, the histogram (TSC ticks).
-pub struct Curve<'a> {
+/// One curve: its name in the legend and its points, (quantile, latency in microseconds).
+pub struct Curve {
     /// Legend text.
     pub name: String,
-    /// Latencies in TSC ticks.
-    pub histogram: &'a Histogram<u64>,
+    /// (quantile from 0 to 1, microseconds), quantiles rising.
+    pub points: Vec<[f64; 2]>,
 }
 
-/// The curve's points: (stretched percentile, latency in microseconds).
-fn points(h: &Histogram<u64>, tsc_hz: f64) -> Vec<(f64, f64)> {
-    // q = 1 would be infinitely far right: the last point is drawn at 1 - 1/count.
-    let last = 1.0 - 1.0 / h.len().max(2) as f64;
-    h.iter_quantiles(4)
-        .map(|v| {
-            let q = v.quantile_iterated_to().min(last);
-            (-(1.0 - q).log10(), v.value_iterated_to() as f64 / tsc_hz * 1e6)
-        })
-        .collect()
+/// The points of `h` (TSC ticks at `tsc_hz`) worth drawing: (quantile, microseconds).
+pub fn points(h: &Histogram<u64>, tsc_hz: f64) -> Vec<[f64; 2]> {
+    if h.is_empty() || tsc_hz <= 0.0 {
+        return Vec::new();
+    }
+    h.iter_quantiles(4).map(|v| [v.quantile_iterated_to(), v.value_iterated_to() as f64 / tsc_hz * 1e6]).collect()
+}
+
+/// The stretched x of quantile `q`; q = 1 would be infinitely far right, so it is drawn at
+/// `last` (1 - 1/frames).
+fn stretch(q: f64, last: f64) -> f64 {
+    -(1.0 - q.min(last)).log10()
 }
 
 /// The label of stretched percentile `x`: 0 -> "0%", 1 -> "90%", 2 -> "99%", 3 -> "99.9%".
@@ -36,12 +38,14 @@ fn percentile_label(x: f64) -> String {
     format!("{p:.decimals$}%")
 }
 
-/// Writes the curves into an SVG file at `path`.
-pub fn write(path: &Path, title: &str, curves: &[Curve<'_>], tsc_hz: f64) -> Result<(), String> {
-    let series: Vec<(String, Vec<(f64, f64)>)> = curves
+/// Writes the curves into an SVG file at `path`; `frames` (the most frames behind any curve) sets
+/// how far right the last point goes.
+pub fn write(path: &Path, title: &str, curves: &[Curve], frames: u64) -> Result<(), String> {
+    let last = 1.0 - 1.0 / frames.max(2) as f64;
+    let series: Vec<(&str, Vec<(f64, f64)>)> = curves
         .iter()
-        .filter(|c| !c.histogram.is_empty())
-        .map(|c| (c.name.clone(), points(c.histogram, tsc_hz)))
+        .filter(|c| !c.points.is_empty())
+        .map(|c| (c.name.as_str(), c.points.iter().map(|&[q, us]| (stretch(q, last), us)).collect()))
         .collect();
     if series.is_empty() {
         return Err("no latency measured: nothing to plot".into());
@@ -68,10 +72,15 @@ pub fn write(path: &Path, title: &str, curves: &[Curve<'_>], tsc_hz: f64) -> Res
             let color = Palette99::pick(i).to_rgba();
             chart
                 .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
-                .label(name.as_str())
+                .label(*name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
         root.present()?;
         Ok(())
     };
@@ -98,11 +107,14 @@ mod tests {
             h.record(1000 + v).unwrap();
         }
         let path = std::env::temp_dir().join(format!("pktgen-plot-test-{}.svg", std::process::id()));
-        write(&path, "test", &[Curve { name: "one".into(), histogram: &h }], 1e9).unwrap();
+        let curve = points(&h, 1e9);
+        assert_eq!(curve.last().map(|p| p[0]), Some(1.0));
+        assert!(curve.windows(2).all(|w| w[0][0] <= w[1][0] && w[0][1] <= w[1][1]), "{curve:?}");
+        write(&path, "test", &[Curve { name: "one".into(), points: curve }], h.len()).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("99.9%"), "{svg}");
-        let empty = crate::engine::histogram();
-        assert!(write(&path, "none", &[Curve { name: "empty".into(), histogram: &empty }], 1e9).is_err());
+        let empty = points(&crate::engine::histogram(), 1e9);
+        assert!(write(&path, "none", &[Curve { name: "empty".into(), points: empty }], 0).is_err());
     }
 }

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::track::Counts;
 
 /// Latency percentiles, in microseconds.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Latency {
     /// Frames measured.
     pub count: u64,
@@ -110,10 +110,10 @@ impl Live {
     }
 }
 
-/// The end-of-run summary.
-#[derive(Clone, Debug, Serialize)]
+/// The end-of-run summary (read back by `--overlay`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
-    kind: &'static str,
+    kind: String,
     /// The port, as given.
     pub port: String,
     /// Ring layout used.
@@ -160,6 +160,8 @@ pub struct Summary {
     pub pool_in_use: u32,
     /// The plot written, if any.
     pub plot: Option<String>,
+    /// The latency percentile curve: (quantile, microseconds) points, quantiles rising.
+    pub curve: Vec<[f64; 2]>,
 }
 
 /// What goes into the summary besides the run's outcome.
@@ -182,11 +184,17 @@ pub struct Setup {
 
 impl Summary {
     /// The summary of a run.
-    pub fn new(setup: Setup, o: &crate::engine::Outcome, pool_in_use: u32, plot: Option<String>) -> Summary {
+    pub fn new(
+        setup: Setup,
+        o: &crate::engine::Outcome,
+        pool_in_use: u32,
+        plot: Option<String>,
+        curve: Vec<[f64; 2]>,
+    ) -> Summary {
         let secs = o.sending.as_secs_f64();
         let mpps = |n: u64| if secs > 0.0 { n as f64 / secs / 1e6 } else { 0.0 };
         Summary {
-            kind: "summary",
+            kind: "summary".into(),
             port: setup.port,
             ring: setup.ring,
             queues: setup.queues,
@@ -210,6 +218,7 @@ impl Summary {
             tsc_hz: setup.tsc_hz,
             pool_in_use,
             plot,
+            curve,
         }
     }
 
