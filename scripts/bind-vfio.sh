@@ -10,10 +10,15 @@
 #   - no network interface that belongs to it (at any depth below the PCI function, e.g.
 #     0000:00:03.0/virtio2/net/eth0) is up, has an IPv4/IPv6 address, or carries a default route:
 #     binding such a device to vfio-pci would cut the machine off its network;
-#   - it is in an IOMMU group (vfio-pci cannot bind without one: boot with intel_iommu=on).
+#   - it is in an IOMMU group (vfio-pci cannot bind without one: boot with intel_iommu=on), unless
+#     VFIO's no-IOMMU mode is on (vfio loaded with enable_unsafe_noiommu_mode=1): then vfio-pci
+#     makes a no-IOMMU group as it binds, /dev/vfio/noiommu-<n>.
 # Then vfio-pci is loaded if needed and each device is bound with driver_override + drivers_probe.
 # One line per device is printed on stdout:
 #   VFIO-BOUND <bdf> group=<n> /dev/vfio/<n>
+# With --uio the devices go to uio_pci_generic instead, for a machine without an IOMMU (a VM
+# without a vIOMMU): no IOMMU group is needed, and the driver then lets the device reach all
+# memory (virtio-pmd's physical-address mode, l2fwd --no-iommu). Printed: UIO-BOUND <bdf>
 set -eu
 # pipefail is in bash, busybox ash and recent dash; older shells simply go without it.
 # shellcheck disable=SC3040
@@ -21,11 +26,12 @@ set -eu
 
 usage() {
     cat <<USAGE
-usage: $0 [--check] BDF...
+usage: $0 [--check] [--uio] BDF...
   Bind each PCI function (e.g. 0000:00:04.0 or 00:04.0) to vfio-pci and print its IOMMU group.
   Refuses (exit 1, before touching sysfs) any device that does not exist, has no IOMMU group, or
   has a network interface that is up, has an address or carries a default route.
   --check   only run the checks, bind nothing
+  --uio     bind to uio_pci_generic instead (no IOMMU needed; the device can reach all memory)
 USAGE
 }
 
@@ -33,11 +39,13 @@ SYSFS=/sys
 err() { echo "bind-vfio: error: $*" >&2; }
 
 CHECK_ONLY=0
+DRIVER=vfio-pci
 BDFS=""
 for arg in "$@"; do
     case "$arg" in
         -h|--help) usage; exit 0 ;;
         --check) CHECK_ONLY=1 ;;
+        --uio) DRIVER=uio_pci_generic ;;
         -*) err "unknown option '$arg'"; usage >&2; exit 2 ;;
         *) BDFS="$BDFS $arg" ;;
     esac
@@ -108,6 +116,7 @@ iface_in_use() {
 }
 
 # --- checks: read-only ----------------------------------------------------------------------
+NOIOMMU=$(cat "$SYSFS/module/vfio/parameters/enable_unsafe_noiommu_mode" 2>/dev/null || echo N)
 checked=""
 fail=0
 for raw in $BDFS; do
@@ -125,13 +134,13 @@ for raw in $BDFS; do
     for i in $(net_ifaces_of "$dev"); do
         why=$(iface_in_use "$i")
         if [ -n "$why" ]; then
-            err "refusing $bdf: its network interface $i $why; binding it to vfio-pci would" \
+            err "refusing $bdf: its network interface $i $why; binding it to $DRIVER would" \
                 "cut this machine off that network. Pick a device that is not in use."
             refused=1
         fi
     done
     if [ "$refused" -ne 0 ]; then fail=1; continue; fi
-    if [ ! -e "$dev/iommu_group" ]; then
+    if [ "$DRIVER" = vfio-pci ] && [ ! -e "$dev/iommu_group" ] && [ "$NOIOMMU" != Y ]; then
         err "$bdf has no IOMMU group: vfio-pci needs an IOMMU (boot with intel_iommu=on or" \
             "amd_iommu=on, and for QEMU add -device intel-iommu)"
         fail=1; continue
@@ -152,9 +161,9 @@ if [ "$(id -u)" -ne 0 ]; then
     err "binding needs root (writes to $SYSFS/bus/pci): run it with sudo"
     exit 1
 fi
-if [ ! -d "$SYSFS/bus/pci/drivers/vfio-pci" ]; then
-    if ! modprobe vfio-pci 2>/dev/null; then
-        err "cannot load vfio-pci (modprobe vfio-pci failed): install the kernel's modules"
+if [ ! -d "$SYSFS/bus/pci/drivers/$DRIVER" ]; then
+    if ! modprobe "$DRIVER" 2>/dev/null; then
+        err "cannot load $DRIVER (modprobe $DRIVER failed): install the kernel's modules"
         exit 1
     fi
 fi
@@ -162,18 +171,24 @@ for bdf in $checked; do
     dev="$SYSFS/bus/pci/devices/$bdf"
     cur=""
     if [ -e "$dev/driver" ]; then cur=$(basename "$(readlink -f "$dev/driver")"); fi
-    if [ "$cur" != vfio-pci ]; then
-        echo vfio-pci >"$dev/driver_override"
+    if [ "$cur" != "$DRIVER" ]; then
+        echo "$DRIVER" >"$dev/driver_override"
         if [ -n "$cur" ]; then echo "$bdf" >"$dev/driver/unbind"; fi
         echo "$bdf" >"$SYSFS/bus/pci/drivers_probe" || true
         cur=""
         if [ -e "$dev/driver" ]; then cur=$(basename "$(readlink -f "$dev/driver")"); fi
-        if [ "$cur" != vfio-pci ]; then
-            err "$bdf did not bind to vfio-pci (driver now: ${cur:-none}); see dmesg"
+        if [ "$cur" != "$DRIVER" ]; then
+            err "$bdf did not bind to $DRIVER (driver now: ${cur:-none}); see dmesg"
             exit 1
         fi
     fi
+    if [ "$DRIVER" = uio_pci_generic ]; then
+        echo "UIO-BOUND $bdf (no IOMMU: the device can reach all memory)"
+        continue
+    fi
     group=$(basename "$(readlink -f "$dev/iommu_group")")
+    # A no-IOMMU group's node is noiommu-<n>.
+    [ -e "/dev/vfio/$group" ] || [ ! -e "/dev/vfio/noiommu-$group" ] || group=noiommu-$group
     if [ ! -e "/dev/vfio/$group" ]; then
         err "$bdf is bound but /dev/vfio/$group is missing (is devtmpfs mounted on /dev?)"
         exit 1

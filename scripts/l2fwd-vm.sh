@@ -2,6 +2,7 @@
 # l2fwd-vm.sh: the main job, end to end, in one command on a fresh machine.
 #
 #   scripts/l2fwd-vm.sh [--ring packed|split] [--frames N] [--rate PPS] [--queues N [--rss-check]]
+#                       [--link-flap] [--no-iommu | --no-iommu-vfio]
 #
 # With --queues N the NICs are wired to multi-queue taps instead of UDP sockets: QEMU runs in a
 # network namespace this script creates (mq-l2fwd-<pid>, removed at the end), each NIC gets
@@ -27,8 +28,12 @@
 #    console (counters, and that every mbuf is back in the pool), checks the console for IOMMU
 #    faults and oopses (run-vm.sh: exit 126);
 # 7. prints a summary; the last line is
-#      RESULT ring=<packed|split> queues=<n> iommu=on sent=<n> received=<n> lost=<n> corrupted=<n>
+#      RESULT ring=<packed|split> queues=<n> iommu=<on|off> sent=<n> received=<n> lost=<n> corrupted=<n>
 #             p50_us=<x> p99_us=<x> rxq_min=<fewest frames any receive queue of l2fwd got>
+#
+# --no-iommu: the VM has no vIOMMU (run-vm.sh --no-iommu: no intel-iommu, NIC0 iommu_platform=off,
+# NIC1 iommu_platform=on, i.e. offering ACCESS_PLATFORM with no IOMMU behind it); the guest binds
+# the NICs to uio_pci_generic and l2fwd runs with --no-iommu (physical-address DMA memory).
 #
 # Exit 0 only when nothing was lost or corrupted, l2fwd exited cleanly with every mbuf returned,
 # and the console shows no IOMMU fault. Logs stay in target/l2fwd-vm/.
@@ -52,7 +57,7 @@ DEFAULT_RATE=5000
 
 usage() {
     cat <<USAGE
-usage: $0 [--ring packed|split] [--frames N] [--rate PPS] [--port-base P] [--no-build]
+usage: $0 [--ring packed|split] [--frames N] [--rate PPS] [--port-base P] [--no-iommu] [--no-build]
   Boot the harness VM, run l2fwd on its two virtio-net NICs (VFIO), send N frames each way from
   the host with vm-peer and check every one. Last line: RESULT ring=.. sent=.. received=.. lost=..
   corrupted=.. p50_us=.. p99_us=..; exit 0 only for a clean run.
@@ -60,6 +65,10 @@ usage: $0 [--ring packed|split] [--frames N] [--rate PPS] [--port-base P] [--no-
   --frames N            data frames per direction (default 100000)
   --rate PPS            frames per second per direction (default $DEFAULT_RATE)
   --port-base P         host UDP ports P, P+1, P+10, P+11 on 127.0.0.1 (default 43001)
+  --no-iommu            a VM without a vIOMMU: NICs on uio_pci_generic, l2fwd --no-iommu
+                        (physical addresses); RESULT says iommu=off
+  --no-iommu-vfio       the same with the NICs on vfio-pci in VFIO's no-IOMMU mode (builds the
+                        guest's vfio module with it once: scripts/vm/build-vfio-noiommu.sh)
   --l2fwd-args 'ARGS'   extra l2fwd options, after --config (e.g. '--cores 0,1 --idle-sleep-us 20')
   --queues N            N queue pairs per NIC over multi-queue taps in a network namespace (needs
                         root; iproute2); vm-peer sends IPv4/UDP frames of --flows flows
@@ -83,6 +92,8 @@ LINK_FLAP=0
 QUEUES=""
 FLOWS=256
 RSS_CHECK=0
+IOMMU=on
+NOIOMMU_BIND=uio
 while [ $# -gt 0 ]; do
     case "$1" in
         --ring) RING=${2:-}; shift ;;
@@ -95,6 +106,8 @@ while [ $# -gt 0 ]; do
         --rss-check) RSS_CHECK=1 ;;
         --link-flap) LINK_FLAP=1 ;;
         --no-build) BUILD=0 ;;
+        --no-iommu) IOMMU=off ;;
+        --no-iommu-vfio) IOMMU=off; NOIOMMU_BIND=vfio ;;
         -h|--help) usage; exit 0 ;;
         *) echo "l2fwd-vm: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
@@ -165,6 +178,8 @@ done
 
 # --- 3: the guest image ------------------------------------------------------------------------
 INITRD=$OUT_DIR/l2fwd.cpio.gz
+# VFIO's no-IOMMU mode needs the guest's vfio module built with it (once; cached in target/vm).
+[ "$NOIOMMU_BIND" = vfio ] && "$VM/build-vfio-noiommu.sh"
 "$VM/mkinitramfs.sh" "$INITRD" "$L2FWD" >/dev/null
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/l2fwd-vm.XXXXXX")
@@ -210,6 +225,12 @@ fi
 
 # The guest: l2fwd in the background; a watcher sends it SIGINT when the host says so over the
 # control line. If l2fwd exits on its own (an error), the guest finishes at once.
+VM_ARGS=()
+if [ "$IOMMU" = off ]; then
+    L2FWD_ARGS="--no-iommu $L2FWD_ARGS"
+    VM_ARGS=(--no-iommu)
+    [ "$NOIOMMU_BIND" = vfio ] && VM_ARGS=(--no-iommu-vfio)
+fi
 printf 'L2FWD_ARGS=%q\n' "$L2FWD_ARGS" >"$WORK/guest.sh"
 cat >>"$WORK/guest.sh" <<'GUEST'
 # shellcheck disable=SC2086 # word splitting of the extra options is intended
@@ -223,24 +244,26 @@ exit "$rc"
 GUEST
 
 # --- 4: boot, wait for l2fwd -------------------------------------------------------------------
-LOG=$OUT_DIR/console-$RING.log
-PEER_OUT=$OUT_DIR/vm-peer-$RING.txt
-VM_OUT=$OUT_DIR/run-vm-$RING.txt
+TAG=$RING
+[ "$IOMMU" = off ] && TAG=$RING-noiommu-$NOIOMMU_BIND
+LOG=$OUT_DIR/console-$TAG.log
+PEER_OUT=$OUT_DIR/vm-peer-$TAG.txt
+VM_OUT=$OUT_DIR/run-vm-$TAG.txt
 # Boot and start-up take about 10 s under TCG; the traffic about FRAMES/RATE s plus probing
 # and draining; shutdown a few seconds.
 TIMEOUT=$((180 + 2 * FRAMES / RATE))
-say "ring=$RING queues=${QUEUES:-1} frames=$FRAMES per direction rate=$RATE pps per direction; console $LOG"
+say "ring=$RING queues=${QUEUES:-1} iommu=$IOMMU frames=$FRAMES per direction rate=$RATE pps per direction; console $LOG"
 # A log left by an earlier run must not satisfy the waits below (run-vm.sh truncates it only
 # after its own set-up).
 rm -f "$LOG" "$PEER_OUT"
 t_boot=$SECONDS
-"${IN_NS[@]}" "$VM/run-vm.sh" --initrd "$INITRD" --ring "$RING" "${VM_NET[@]}" --ctl "$WORK/ctl" --monitor "$WORK/monitor.sock" \
+"${IN_NS[@]}" "$VM/run-vm.sh" "${VM_ARGS[@]}" --initrd "$INITRD" --ring "$RING" "${VM_NET[@]}" --ctl "$WORK/ctl" --monitor "$WORK/monitor.sock" \
     --log "$LOG" --timeout "$TIMEOUT" --quiet --script "$WORK/guest.sh" \
     --file "$ROOT/config/l2fwd-vm.toml:/etc/l2fwd-vm.toml" >"$VM_OUT" 2>&1 &
 VMPID=$!
 # Live view of the guest: l2fwd's lines (statistics included) as they reach the console.
 tail -n +1 -s 0.2 --pid="$VMPID" -F "$LOG" 2>/dev/null | sed -u 's/\r$//' |
-    grep --line-buffered -E '^(VM-READY|VFIO-BOUND|L2FWD|l2fwd|guest:|VM-INIT-ERROR)|panicked|ERROR|WARN' |
+    grep --line-buffered -E '^(VM-READY|VFIO-BOUND|UIO-BOUND|L2FWD|l2fwd|guest:|VM-INIT-ERROR)|panicked|ERROR|WARN' |
     sed -u 's/^/  guest| /' &
 TAILPID=$!
 
@@ -344,13 +367,16 @@ if [ "$RSS_CHECK" -eq 1 ]; then
 fi
 grep -q '^L2FWD-POOL .* in_use=0 ' "$CONSOLE" || FAIL+=("l2fwd did not report every mbuf back in the pool")
 grep -q '^L2FWD-DONE clean' "$CONSOLE" || FAIL+=("l2fwd did not finish cleanly")
+if [ "$IOMMU" = off ] && [ "$(grep -c 'without an IOMMU: the device can read and write ALL' "$CONSOLE")" -ne 2 ]; then
+    FAIL+=("l2fwd did not warn, once per port, that the devices can reach all memory")
+fi
 if grep -E 'vtd_iommu_translate|DMAR:.*([Ff]ault|\[DMA (Read|Write))' "$CONSOLE" >/dev/null; then
     FAIL+=("IOMMU faults on the console")
 fi
 
 # --- 7: summary --------------------------------------------------------------------------------
 echo
-say "summary (ring=$RING, $FRAMES frames per direction at $RATE pps; traffic ${t_traffic} s, total $((SECONDS - started)) s)"
+say "summary (ring=$RING queues=${QUEUES:-1} iommu=$IOMMU, $FRAMES frames per direction at $RATE pps; traffic ${t_traffic} s, total $((SECONDS - started)) s)"
 grep -E '^(L2FWD-PORT|L2FWD-LINK|L2FWD-RSS|L2FWD-SUMMARY|L2FWD-RXQ|L2FWD-POOL|L2FWD-DONE|L2FWD-EXIT|l2fwd: error)' "$CONSOLE" | sed 's/^/  /' || true
 grep -E '^(dir=|elapsed_s=)' "$PEER_OUT" 2>/dev/null | sed 's/^/  /' || true
 tail -n 2 "$VM_OUT" | sed 's/^/  /'
@@ -379,5 +405,5 @@ if [ "${#FAIL[@]}" -gt 0 ]; then
 else
     say "PASS"
 fi
-echo "RESULT ring=$RING queues=${QUEUES:-1} iommu=on ${result#RESULT } rxq_min=$rxq_min"
+echo "RESULT ring=$RING queues=${QUEUES:-1} iommu=$IOMMU ${result#RESULT } rxq_min=$rxq_min"
 [ "${#FAIL[@]}" -eq 0 ]

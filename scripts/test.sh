@@ -10,9 +10,10 @@
 # DPDK interop tests (cargo, `ci` profile: optimised, with debug assertions); the benches
 # compiled and run once as tests; then the VM stage: l2fwd over VFIO in the QEMU guest, packed
 # and split rings, 100000 frames each way from the host (scripts/l2fwd-vm.sh), 4 queue pairs with
-# RSS over multi-queue taps (--queues 4 --rss-check), a link taken down and up (--link-flap), and
-# l2fwd's error paths on real devices (scripts/vm/l2fwd-errors.sh). Fails loudly on the first
-# error; never skips silently.
+# RSS over multi-queue taps (--queues 4 --rss-check), a link taken down and up (--link-flap), the
+# same without a vIOMMU (physical addresses: uio_pci_generic, --no-iommu, both rings; VFIO's
+# no-IOMMU mode, --no-iommu-vfio), and l2fwd's error paths on real devices
+# (scripts/vm/l2fwd-errors.sh). Fails loudly on the first error; never skips silently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ quick=0
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "unknown option $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -96,6 +97,20 @@ else
     t=$SECONDS
     scripts/l2fwd-vm.sh --link-flap --frames 10000 --no-build
     echo "VM link flap: $((SECONDS - t)) s"
+    # The same without a vIOMMU: NICs on uio_pci_generic, physical-address DMA (about 30 s each:
+    # the binaries are built).
+    for ring in packed split; do
+        step "VM without a vIOMMU: l2fwd, $ring ring, 20000 frames each way (scripts/l2fwd-vm.sh --no-iommu)"
+        t=$SECONDS
+        scripts/l2fwd-vm.sh --no-iommu --ring "$ring" --frames 20000 --no-build
+        echo "VM $ring ring, no IOMMU: $((SECONDS - t)) s"
+    done
+    # And through VFIO's no-IOMMU mode, with the guest's vfio module built with it (once, about a
+    # minute: scripts/vm/build-vfio-noiommu.sh, cached in target/vm/noiommu).
+    step "VM without a vIOMMU, VFIO no-IOMMU mode: l2fwd, packed ring (scripts/l2fwd-vm.sh --no-iommu-vfio)"
+    t=$SECONDS
+    scripts/l2fwd-vm.sh --no-iommu-vfio --frames 20000 --no-build
+    echo "VM VFIO no-IOMMU: $((SECONDS - t)) s"
     step "VM: l2fwd error paths (scripts/vm/l2fwd-errors.sh)"
     t=$SECONDS
     scripts/vm/l2fwd-errors.sh --no-build

@@ -35,6 +35,12 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// Physical-address DMA memory (for a device without an IOMMU) cannot be had.
+    #[error("cannot make physical-address DMA memory: {reason}")]
+    PhysicalAddressesUnavailable {
+        /// What is missing, and what to do.
+        reason: String,
+    },
     /// The IOMMU's valid IOVA ranges have no room left.
     #[error("no room for {len} more bytes in the IOMMU's valid IOVA ranges: use fewer or smaller pools")]
     IovaExhausted {
@@ -92,6 +98,18 @@ pub enum Error {
     /// The PCI function is not bound to `vfio-pci`.
     #[error("PCI device {device} is not bound to vfio-pci ({driver}): run `scripts/bind-vfio.sh {device}`")]
     NotBoundToVfio {
+        /// The PCI address.
+        device: String,
+        /// "bound to `driver`" or "no driver bound".
+        driver: String,
+    },
+    /// The PCI function was opened through `uio_pci_generic` but is not bound to it.
+    #[error(
+        "PCI device {device} is not bound to uio_pci_generic ({driver}): run `scripts/bind-vfio.sh --uio {device}` \
+         (loads uio_pci_generic and binds it); with an IOMMU, use vfio-pci instead (`scripts/bind-vfio.sh {device}`, \
+         and open the port without physical-address mode: no l2fwd --no-iommu)"
+    )]
+    NotBoundToUio {
         /// The PCI address.
         device: String,
         /// "bound to `driver`" or "no driver bound".
@@ -373,6 +391,8 @@ impl Error {
         match self {
             PciDeviceNotFound { .. } | NotVirtioNet { .. } | VhostUserNoBackend { .. } => ErrorKind::NotFound,
             NotBoundToVfio { .. }
+            | NotBoundToUio { .. }
+            | PhysicalAddressesUnavailable { .. }
             | VfioGroupNotViable { .. }
             | VfioGroupBusy { .. }
             | IommuUnavailable { .. }

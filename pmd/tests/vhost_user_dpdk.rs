@@ -342,8 +342,9 @@ fn no_listener_is_a_clear_error() {
 
 // ---- Traffic through the port layer (pmd/src/net) over this transport ----
 
+use virtio_pmd::mbuf::{Checksum, Gso, GsoKind, Offload};
 use virtio_pmd::mbuf::{Mbuf, Mempool, MempoolConfig};
-use virtio_pmd::net::{CtrlUnavailable, Port, PortConfig, RingChoice, RxPath, TxPath};
+use virtio_pmd::net::{CtrlUnavailable, OffloadConfig, Port, PortConfig, RingChoice, RxPath, TxPath};
 
 const POOL_SIZE: u32 = 4096;
 
@@ -688,4 +689,160 @@ fn jumbo_chains_to_dpdk_rxonly_packed() {
 #[test]
 fn jumbo_chains_to_dpdk_rxonly_split() {
     jumbo_to_rxonly(RingChoice::Split, "jumbo-tx-split");
+}
+
+// ---- Checksum offload against DPDK's csum forwarding engine ----
+
+/// One's complement sum of `bytes` (16-bit big-endian words), folded.
+fn ones_sum(bytes: &[u8], mut sum: u32) -> u16 {
+    for pair in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// A TCP/IPv4 frame of `len` bytes whose TCP checksum is left partial as Linux leaves it for a
+/// device (the pseudo-header sum in the field), the IPv4 checksum complete.
+fn partial_tcp_frame(len: usize, seq: u64) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + seq) as u8).collect();
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (len - 14) as u16;
+    f[14..34].copy_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    let ip_sum = !ones_sum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    f[46] = 0x50; // data offset: 5 words
+    f[47] = 0x18; // PSH, ACK
+    let tcp_len = u32::from(ip_len) - 20;
+    let pseudo = ones_sum(&f[26..34], 6 + tcp_len);
+    f[50..52].copy_from_slice(&pseudo.to_be_bytes());
+    f
+}
+
+/// Whether the TCP checksum of `frame` is right (a valid segment sums to 0xffff).
+fn tcp_checksum_ok(frame: &[u8]) -> bool {
+    let tcp_len = frame.len() as u32 - 34;
+    ones_sum(&frame[34..], u32::from(ones_sum(&frame[26..34], 6 + tcp_len))) == 0xffff
+}
+
+/// Completes the partial TCP checksum of `frame` as a device would.
+fn complete_checksum(frame: &mut [u8]) {
+    let sum = !ones_sum(&frame[34..], 0);
+    frame[50..52].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// TCP/IPv4 frames with partial checksums (our transmit checksum offload) go to DPDK's csum
+/// engine on a vhost port with `tso=1`, which recomputes the IPv4 checksum in software, leaves
+/// TCP to hardware (`csum set tcp hw`), and sends them back: they arrive as partial checksums
+/// at the offsets DPDK asked for, and completed as a device would, they are right. DPDK counts no
+/// bad checksum; every mbuf back. With `tso`, 65000-byte TSO packets (MSS 1448) go instead,
+/// DPDK asks for TSO again on the way back (`tso set 1448`), and each arrives whole as one
+/// chained LRO packet with its segment size.
+fn csum_engine(ring: RingChoice, name: &str, tso: bool) {
+    let options = Options { fwd: "csum", vdev_extra: ",tso=1", ..Options::default() };
+    let mut testpmd = VhostTestpmd::start(name, options);
+    let tso_command = if tso { "tso set 1448 0" } else { "tso set 0 0" };
+    for command in ["port stop 0", "csum set ip sw 0", "csum set tcp hw 0", tso_command, "port start 0", "start"] {
+        testpmd.cmd(command);
+    }
+    const MSS: u16 = 1448;
+    let gso = tso.then_some(Gso { kind: GsoKind::Tcpv4, size: MSS, ecn: false });
+    let pool = pool();
+    let transport = VhostUserTransport::connect(config(&testpmd)).unwrap();
+    let port_config = PortConfig {
+        ring,
+        ring_size: Some(RING),
+        huge_pages: HugePages::Required,
+        rx_mergeable: true,
+        offloads: OffloadConfig { tx_checksum: true, tso: true, rx_checksum: true, lro: true },
+        ..PortConfig::default()
+    };
+    let mut port = Port::open(Box::new(transport), &pool, &port_config, &IovaAllocator::identity()).unwrap();
+    let offloads = port.offloads();
+    eprintln!("{ring:?}: negotiated {offloads:?}, paths {} / {}", port.rx_path(), port.tx_path());
+    assert!(offloads.tx_checksum && offloads.rx_checksum, "DPDK's vhost with tso=1 offers CSUM and GUEST_CSUM");
+    let (mut rx, mut tx) = port.take_queues(0).unwrap();
+    let frames: u64 = if tso { 200 } else { 2000 };
+    let lens: &[usize] = if tso { &[65_000, 30_000] } else { &[60, 200, 1514] };
+    let (mut sent, mut received, mut partial) = (0u64, 0u64, 0u64);
+    let mut out: Vec<Mbuf> = Vec::with_capacity(32);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received < frames && Instant::now() < deadline {
+        if sent < frames && tx.in_flight() < 64 {
+            let len = lens[sent as usize % lens.len()];
+            let mut m = pool.alloc().unwrap();
+            m.extend_from_slice(&pool, &partial_tcp_frame(len, sent)).unwrap();
+            m.set_offload(Offload { checksum: Checksum::Partial { start: 34, offset: 16 }, gso });
+            let mut pkts = vec![m];
+            sent += tx.tx_burst(&mut pkts) as u64;
+        }
+        tx.reclaim();
+        rx.rx_burst(&mut out);
+        for m in out.drain(..) {
+            let mut frame = m.to_vec();
+            assert_eq!(frame.len(), lens[received as usize % lens.len()], "frame {received} whole");
+            assert_eq!(m.offload().gso, gso, "frame {received}: segmentation as DPDK asked");
+            match m.offload().checksum {
+                Checksum::Partial { start, offset } => {
+                    assert_eq!((start, offset), (34, 16), "TCP after Ethernet and IPv4");
+                    partial += 1;
+                    if gso.is_some() {
+                        // To be segmented: the field holds the pseudo-header sum without the
+                        // length (each segment's differs), as DPDK and Linux leave it for TSO.
+                        let field = u16::from_be_bytes([frame[50], frame[51]]);
+                        assert_eq!(field, ones_sum(&frame[26..34], 6), "frame {received}: TSO pseudo-header sum");
+                    } else {
+                        complete_checksum(&mut frame);
+                        assert!(tcp_checksum_ok(&frame), "frame {received}: TCP checksum");
+                    }
+                }
+                other => {
+                    assert_eq!(other, Checksum::None, "DPDK completed it");
+                    assert!(tcp_checksum_ok(&frame), "frame {received}: TCP checksum");
+                }
+            }
+            assert_eq!(!ones_sum(&frame[14..34], 0), 0, "frame {received}: IPv4 checksum (DPDK's software one)");
+            received += 1;
+        }
+    }
+    let stats = testpmd.cmd("stop");
+    eprintln!(
+        "{ring:?}: sent {sent}, received {received} ({partial} with partial checksums); rx {:?}\n{stats}",
+        rx.stats()
+    );
+    assert_eq!(received, frames, "every frame came back");
+    for counter in ["Bad-ipcsum:", "Bad-l4csum:"] {
+        let values: Vec<&str> =
+            stats.split(counter).skip(1).filter_map(|rest| rest.split_whitespace().next()).collect();
+        assert!(!values.is_empty() && values.iter().all(|v| *v == "0"), "DPDK's {counter} {values:?}:\n{stats}");
+    }
+    assert_eq!(rx.stats().bad_headers + tx.stats().bad_headers, 0);
+    drop((rx, tx, port));
+    assert_eq!(pool.stats().in_use, 0, "every mbuf is back");
+    testpmd.stop();
+}
+
+#[test]
+fn checksum_offload_through_dpdk_csum_engine_packed() {
+    csum_engine(RingChoice::Packed, "csum-packed", false);
+}
+
+#[test]
+fn checksum_offload_through_dpdk_csum_engine_split() {
+    csum_engine(RingChoice::Split, "csum-split", false);
+}
+
+#[test]
+fn tso_packets_cross_dpdk_csum_engine_whole_packed() {
+    csum_engine(RingChoice::Packed, "tso-packed", true);
+}
+
+#[test]
+fn tso_packets_cross_dpdk_csum_engine_whole_split() {
+    csum_engine(RingChoice::Split, "tso-split", true);
 }

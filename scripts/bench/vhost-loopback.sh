@@ -13,8 +13,10 @@
 #   dpdk       dpdk-testpmd --vdev net_virtio_user0,path=SOCK,queues=1,packed_vq=1|0,queue_size=N
 #              (--main-lcore 0) --forward-mode=MODE --txd=N --rxd=N --record-core-cycles
 #              (DPDK's defaults: mergeable buffers on, in_order off, not vectorized)
-#   dpdk-fast  the same with DPDK's fastest devargs: in_order=1,mrg_rxbuf=0 (and vectorized=1 on
-#              split rings; packed vectorized needs AVX512, which these machines lack)
+#   dpdk-fast  the same with DPDK's fastest settings: in_order=1,mrg_rxbuf=0,vectorized=1 (on a
+#              packed ring the vectorized path needs AVX512F/BW/VL, and EAL's
+#              --force-max-simd-bitwidth=512, given when the CPU has them; without, DPDK falls
+#              back to its scalar in-order path)
 #   ours       target/release/fwd --port vhost:SOCK --forward-mode MODE --cores 1 --rxd N --txd N
 #              --huge-pages required
 # --mode (default loopback):
@@ -81,8 +83,11 @@ vprefix="$tag-vh"
 uprefix="$tag-vu"
 packed_vq=1
 [ "$ring" = split ] && packed_vq=0
-fast_devargs=",in_order=1,mrg_rxbuf=0"
-[ "$ring" = split ] && fast_devargs="$fast_devargs,vectorized=1"
+fast_devargs=",in_order=1,mrg_rxbuf=0,vectorized=1"
+fast_eal=()
+if [ "$ring" = packed ] && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
+    fast_eal=(--force-max-simd-bitwidth=512)
+fi
 # Forwarding modes of the vhost and virtio sides, the vhost counter that measures, the start.
 case "$mode" in
     loopback) vhost_fwd=mac virtio_fwd=mac measured=RX-packets start_cmd="start tx_first 32" ;;
@@ -147,9 +152,9 @@ measure() {
         --app-extra "--burst=$burst" > /dev/null
     case "$side" in
         dpdk|dpdk-fast)
-            local devargs=""
-            [ "$side" = dpdk-fast ] && devargs="$fast_devargs"
-            setsid dpdk-testpmd -l 0,1 --main-lcore 0 -n 1 --no-pci --single-file-segments --file-prefix="$uprefix" \
+            local devargs="" eal=()
+            [ "$side" = dpdk-fast ] && devargs="$fast_devargs" eal=("${fast_eal[@]}")
+            setsid dpdk-testpmd -l 0,1 --main-lcore 0 -n 1 --no-pci --single-file-segments --file-prefix="$uprefix" "${eal[@]}" \
                 --vdev "net_virtio_user0,path=$sock,queues=1,packed_vq=$packed_vq,queue_size=$ring_size$devargs" \
                 -- --forward-mode="$virtio_fwd" --nb-cores=1 --txd="$ring_size" --rxd="$ring_size" --burst="$burst" \
                 --total-num-mbufs=16384 --stats-period 1000 \

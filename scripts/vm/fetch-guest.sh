@@ -47,13 +47,15 @@ done
 # added in front of them automatically.
 BOOT_MODULES="irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci"
 # Modules shipped but not loaded: virtio_pci/virtio_net for error-path tests that give a NIC to the
-# kernel's own driver; bridge for selftest.sh, which forwards with the kernel instead of l2fwd.
-EXTRA_MODULES="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net bridge"
+# kernel's own driver; bridge for selftest.sh, which forwards with the kernel instead of l2fwd;
+# uio_pci_generic for the runs without a vIOMMU (l2fwd-vm.sh --no-iommu).
+EXTRA_MODULES="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net bridge uio uio_pci_generic"
 
 die() { echo "fetch-guest: error: $*" >&2; exit 1; }
 
 cache_complete() {
     [ -s "$VM_DIR/vmlinuz" ] && [ -x "$VM_DIR/busybox" ] && [ -s "$VM_DIR/modules/load-order" ] \
+        && grep -qx uio_pci_generic "$VM_DIR/modules/extra/load-order" 2>/dev/null \
         && [ -s "$VM_DIR/kernel-version" ] && { [ -s "$VM_DIR/vmlinux" ] || [ -e "$VM_DIR/vmlinux.none" ]; }
 }
 

@@ -13,6 +13,11 @@
 # Kernel parameters without a dot reach /init as environment variables (run-vm.sh --append):
 #   vmskip=BDF[,BDF...]  leave these functions alone (unbound; tests may bind them elsewhere)
 #   vmbind=none          bind no device at all
+#   vmbind=vfio-noiommu  load /lib/modules/noiommu/vfio.ko (built with CONFIG_VFIO_NOIOMMU by
+#                        build-vfio-noiommu.sh) instead of the stock vfio, with
+#                        enable_unsafe_noiommu_mode=1: vfio-pci binds without an IOMMU
+#   vmbind=uio           bind them to uio_pci_generic instead (loaded from /lib/modules/extra; for
+#                        a VM without a vIOMMU); prints `UIO-BOUND <bdf>`
 #   vmhugepages=N        hugepages to reserve (0: none, and hugetlbfs is still mounted)
 # If a set-up step fails, /init prints `VM-INIT-ERROR <what>` and `VMCMD-EXIT 254`, then powers off.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -37,6 +42,12 @@ echo "VM-INIT kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpus, upti
 
 while read -r m; do
     [ -n "$m" ] || continue
+    if [ "$m" = vfio ] && [ "${vmbind:-}" = vfio-noiommu ]; then
+        [ -f /lib/modules/noiommu/vfio.ko ] ||
+            fatal "vmbind=vfio-noiommu but no /lib/modules/noiommu/vfio.ko (run scripts/vm/build-vfio-noiommu.sh)"
+        insmod /lib/modules/noiommu/vfio.ko enable_unsafe_noiommu_mode=1 || fatal "insmod the no-IOMMU vfio failed"
+        continue
+    fi
     insmod "/lib/modules/$m.ko" || fatal "insmod $m failed"
 done </lib/modules/load-order
 
@@ -59,7 +70,11 @@ if [ "${vmbind:-}" != none ]; then
             *) bind="$bind $bdf" ;;
         esac
     done
-    if [ -n "$bind" ]; then
+    if [ -n "$bind" ] && [ "${vmbind:-}" = uio ]; then
+        loadmod uio_pci_generic || fatal "loading uio_pci_generic failed"
+        # shellcheck disable=SC2086 # one argument per BDF
+        sh /bin/bind-vfio.sh --uio $bind || fatal "bind-vfio.sh --uio$bind failed"
+    elif [ -n "$bind" ]; then
         # shellcheck disable=SC2086 # one argument per BDF
         sh /bin/bind-vfio.sh $bind || fatal "bind-vfio.sh$bind failed"
     else

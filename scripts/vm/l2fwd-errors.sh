@@ -16,6 +16,19 @@
 # and last, on the same devices in the same boot, a normal run with traffic from the host
 # (vm-peer, both ways, every frame checked), stopped with SIGINT over the control line.
 #
+# Then a second boot, without a vIOMMU (run-vm.sh --no-iommu: NIC0 on uio_pci_generic, NIC1 left
+# out of /init's binding):
+#   no-group       l2fwd over VFIO: NIC0 has no IOMMU group; the error says to use
+#                  uio_pci_generic and --no-iommu (exit 1)
+#   uio-virtio-pci l2fwd --no-iommu with NIC1 bound to neither vfio-pci nor uio_pci_generic: on
+#                  virtio-pci (loading uio_pci_generic with loadmod loads virtio_pci before it,
+#                  which takes the unbound NIC1) (exit 1)
+#                  ... then NIC1 is bound to uio_pci_generic (scripts/bind-vfio.sh --uio)
+#   pa-no-hugepages  --no-iommu with no huge pages reserved (exit 1)
+#   pa-hugepages-short  --no-iommu with huge pages for the pool and port 0 only: port 1 fails
+#                  after port 0 posted its receive buffers; every mbuf back in the pool (exit 1)
+# and a final run with traffic, split ring, in physical-address mode.
+#
 # The host checks every expected message and exit code on the console, and that the console has
 # no IOMMU fault (run-vm.sh). Exit 0 when every check passed. Logs in target/l2fwd-errors/.
 set -euo pipefail
@@ -90,7 +103,8 @@ trap 'exit 130' INT TERM
 
 printf 'ring = "packed"\nburts = 32\n[[ports]]\npci = "0000:00:03.0"\n' >"$WORK/l2fwd-bad.toml"
 
-cat >"$WORK/guest.sh" <<'GUEST'
+# What both boots' guest scripts start with: the devices' names and the case runner.
+cat >"$WORK/prelude.sh" <<'GUEST'
 fail=0
 A=0000:00:03.0
 B=0000:00:04.0
@@ -107,6 +121,10 @@ case_() {
 }
 drv() { d=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && basename "$d" || echo "no driver"; }
 
+GUEST
+
+cp "$WORK/prelude.sh" "$WORK/guest.sh"
+cat >>"$WORK/guest.sh" <<'GUEST'
 echo "guest: $A on $(drv $A), $B on $(drv $B)"
 case_ missing-bdf 1 l2fwd --stats-interval 0 $A 0000:00:0a.0
 case_ bad-bdf 2 l2fwd 00:99.0
@@ -152,6 +170,7 @@ exit $fail
 GUEST
 
 # name|regex that must be on the console
+# shellcheck disable=SC2034 # read by boot through a nameref
 CHECKS=(
     "missing-bdf|^   l2fwd: error: port 1: PCI device 0000:00:0a\.0 not found"
     "bad-bdf|^   l2fwd: error: port 0: '00:99\.0' is not a PCI address"
@@ -169,51 +188,101 @@ CHECKS=(
 )
 CASES="missing-bdf bad-bdf unknown-key no-driver virtio-pci ring-size no-hugepages group-busy holder-sigterm final-run"
 
-LOG=$OUT_DIR/console.log
-rm -f "$LOG"
-say "booting (NIC1 unbound); console $LOG"
-"$HERE/run-vm.sh" --initrd "$INITRD" --port-base "$PORT_BASE" --sock-buf $((4 << 20)) --append "vmskip=0000:00:04.0" \
-    --ctl "$WORK/ctl" --log "$LOG" --timeout 300 --quiet --script "$WORK/guest.sh" \
-    --file "$ROOT/config/l2fwd-vm.toml:/etc/l2fwd-vm.toml" --file "$WORK/l2fwd-bad.toml:/etc/l2fwd-bad.toml" \
-    >"$OUT_DIR/run-vm.txt" 2>&1 &
-VMPID=$!
+# The guest of the boot without a vIOMMU: NIC0 on uio_pci_generic, NIC1 on no driver (vmskip).
+cp "$WORK/prelude.sh" "$WORK/guest-noiommu.sh"
+cat >>"$WORK/guest-noiommu.sh" <<'GUEST'
+echo "guest: no vIOMMU: $A on $(drv $A), $B on $(drv $B)"
+case_ no-group 1 l2fwd --config $CFG --stats-interval 0
+case_ uio-virtio-pci 1 l2fwd --config $CFG --no-iommu
+sh /bin/bind-vfio.sh --uio $B || fail=1
+echo "guest: $A on $(drv $A), $B on $(drv $B)"
+pages=$(cat /proc/sys/vm/nr_hugepages)
+echo 0 >/proc/sys/vm/nr_hugepages
+case_ pa-no-hugepages 1 l2fwd --config $CFG --no-iommu
+# One huge page for a 512-mbuf pool and two for port 0 (its rings, its control queue): port 1
+# finds none, after port 0 posted its receive buffers.
+echo 3 >/proc/sys/vm/nr_hugepages
+case_ pa-hugepages-short 1 l2fwd --config $CFG --no-iommu --pool-size 512 --pool-cache 64
+echo "$pages" >/proc/sys/vm/nr_hugepages
+echo "guest: huge pages back to $(cat /proc/sys/vm/nr_hugepages)"
+echo "guest: final run on $A ($(drv $A)) and $B ($(drv $B)), no IOMMU"
+l2fwd --config $CFG --no-iommu &
+pid=$!
+(line=$(vm-wait-host 600); echo "guest: host says '$line': SIGINT to l2fwd"; kill -INT "$pid") &
+wait $pid
+rc=$?
+if [ $rc -eq 0 ]; then echo "== CASE-OK final-run rc=$rc"; else echo "== CASE-FAIL final-run rc=$rc"; fail=1; fi
+echo "L2FWD-ERRORS-GUEST fail=$fail"
+exit $fail
+GUEST
+# shellcheck disable=SC2034 # read by boot through a nameref
+CHECKS_NOIOMMU=(
+    "no-group|^   l2fwd: error: port 0: no usable IOMMU for VFIO: 0000:00:03\.0 has no IOMMU group .*uio_pci_generic.*--no-iommu"
+    "uio-virtio-pci|^   l2fwd: error: port 1: PCI device 0000:00:04\.0 is not bound to uio_pci_generic \(bound to virtio-pci\): run .scripts/bind-vfio\.sh --uio 0000:00:04\.0."
+    "pa-no-hugepages|^   l2fwd: error: mbuf pool of [0-9]+ mbufs: cannot get [0-9]+ bytes of 2 MiB huge pages"
+    "pa-hugepages-short|^   l2fwd: error: port 1 \(0000:00:04\.0\): cannot get [0-9]+ bytes of 2 MiB huge pages"
+    "pa-hugepages-short|^   L2FWD-POOL size=512 available=512 in_use=0 .*every mbuf is back in the pool"
+    "final-run|WARN.* 0000:00:04\.0: opened through uio_pci_generic without an IOMMU: the device can read and write ALL"
+    "final-run|^L2FWD-POOL .* in_use=0 .*every mbuf is back in the pool"
+    "final-run|^L2FWD-DONE clean"
+)
+CASES_NOIOMMU="no-group uio-virtio-pci pa-no-hugepages pa-hugepages-short final-run"
 
 FAIL=()
-peer_rc=0
-if "$HERE/wait-for.sh" "$LOG" '^L2FWD-READY' 240; then
-    say "error cases done, final l2fwd ready: $FRAMES frames each way at $RATE pps"
-    "$VM_PEER" run --port-base "$PORT_BASE" --frames "$FRAMES" --rate "$RATE" --ready-timeout 30 --quiet \
-        >"$OUT_DIR/vm-peer.txt" 2>&1 || peer_rc=$?
-    timeout 5 sh -c "echo stop >'$WORK/ctl.in'" || true
-    [ "$peer_rc" -eq 0 ] || FAIL+=("final-run: vm-peer exit $peer_rc")
-else
-    FAIL+=("the final l2fwd never got ready")
-fi
-vm_rc=0
-wait "$VMPID" || vm_rc=$?
-VMPID=""
-CONSOLE=$WORK/console.txt
-tr -d '\r' <"$LOG" >"$CONSOLE"
-
-echo
-say "console, l2fwd's lines:"
-grep -E '^(== |guest:|   |L2FWD-|l2fwd: error|VFIO-BOUND|VFIO-SKIPPED)' "$CONSOLE" | grep -v 'L2FWD-STATS' | sed 's/^/  /' || true
-for c in "${CHECKS[@]}"; do
-    name=${c%%|*}
-    re=${c#*|}
-    if grep -Eq -- "$re" "$CONSOLE"; then
-        say "ok   $name: /$re/"
+# boot NAME GUEST CHECKS_ARRAY CASES RUN-VM-ARGS...: one boot running GUEST, traffic from the host
+# once the final l2fwd is ready, then every check of CHECKS_ARRAY and every case of CASES on the
+# console. Failures go to FAIL, prefixed with NAME.
+boot() {
+    local name=$1 guest=$2 cases=$4
+    local -n checks=$3
+    shift 4
+    local log=$OUT_DIR/console-$name.log peer_rc=0 vm_rc=0 console=$WORK/console-$name.txt c re case_name
+    rm -f "$log"
+    say "boot '$name': console $log"
+    "$HERE/run-vm.sh" "$@" --initrd "$INITRD" --port-base "$PORT_BASE" --sock-buf $((4 << 20)) \
+        --ctl "$WORK/ctl" --log "$log" --timeout 300 --quiet --script "$guest" \
+        --file "$ROOT/config/l2fwd-vm.toml:/etc/l2fwd-vm.toml" --file "$WORK/l2fwd-bad.toml:/etc/l2fwd-bad.toml" \
+        >"$OUT_DIR/run-vm-$name.txt" 2>&1 &
+    VMPID=$!
+    if "$HERE/wait-for.sh" "$log" '^L2FWD-READY' 240; then
+        say "$name: error cases done, final l2fwd ready: $FRAMES frames each way at $RATE pps"
+        "$VM_PEER" run --port-base "$PORT_BASE" --frames "$FRAMES" --rate "$RATE" --ready-timeout 30 --quiet \
+            >"$OUT_DIR/vm-peer-$name.txt" 2>&1 || peer_rc=$?
+        timeout 5 sh -c "echo stop >'$WORK/ctl.in'" || true
+        [ "$peer_rc" -eq 0 ] || FAIL+=("$name final-run: vm-peer exit $peer_rc")
     else
-        say "MISS $name: /$re/"
-        FAIL+=("$name: no console line matches /$re/")
+        FAIL+=("$name: the final l2fwd never got ready")
     fi
-done
-for name in $CASES; do
-    grep -q "^== CASE-OK $name " "$CONSOLE" || FAIL+=("$name: $(grep -m1 "^== CASE-FAIL $name " "$CONSOLE" || echo 'never ran')")
-done
-[ "$vm_rc" -eq 0 ] || FAIL+=("run-vm.sh exit $vm_rc (126: IOMMU fault or oops; see $LOG)")
-tail -n 2 "$OUT_DIR/run-vm.txt" | sed 's/^/  /'
-grep '^RESULT' "$OUT_DIR/vm-peer.txt" 2>/dev/null | sed 's/^/  final run: /' || true
+    wait "$VMPID" || vm_rc=$?
+    VMPID=""
+    tr -d '\r' <"$log" >"$console"
+
+    echo
+    say "$name: console, l2fwd's lines:"
+    grep -E '^(== |guest:|   |L2FWD-|l2fwd: error|VFIO-BOUND|VFIO-SKIPPED|UIO-BOUND)' "$console" | grep -v 'L2FWD-STATS' |
+        sed 's/^/  /' || true
+    for c in "${checks[@]}"; do
+        case_name=${c%%|*}
+        re=${c#*|}
+        if grep -Eq -- "$re" "$console"; then
+            say "ok   $name $case_name: /$re/"
+        else
+            say "MISS $name $case_name: /$re/"
+            FAIL+=("$name $case_name: no console line matches /$re/")
+        fi
+    done
+    for case_name in $cases; do
+        grep -q "^== CASE-OK $case_name " "$console" ||
+            FAIL+=("$name $case_name: $(grep -m1 "^== CASE-FAIL $case_name " "$console" || echo 'never ran')")
+    done
+    [ "$vm_rc" -eq 0 ] || FAIL+=("$name: run-vm.sh exit $vm_rc (126: IOMMU fault or oops; see $log)")
+    tail -n 2 "$OUT_DIR/run-vm-$name.txt" | sed 's/^/  /'
+    grep '^RESULT' "$OUT_DIR/vm-peer-$name.txt" 2>/dev/null | sed "s/^/  $name final run: /" || true
+}
+
+boot iommu "$WORK/guest.sh" CHECKS "$CASES" --append "vmskip=0000:00:04.0"
+boot noiommu "$WORK/guest-noiommu.sh" CHECKS_NOIOMMU "$CASES_NOIOMMU" --no-iommu --ring split --append "vmskip=0000:00:04.0"
+
 say "took $((SECONDS - started)) s; logs in $OUT_DIR"
 if [ "${#FAIL[@]}" -gt 0 ]; then
     for f in "${FAIL[@]}"; do say "FAIL: $f"; done

@@ -67,6 +67,11 @@ done < <("$VM_DIR/busybox" --list-full)
 
 install -m 0644 "$VM_DIR"/modules/*.ko "$VM_DIR/modules/load-order" "$STAGE/lib/modules/"
 install -m 0644 "$VM_DIR"/modules/extra/*.ko "$VM_DIR/modules/extra/load-order" "$STAGE/lib/modules/extra/"
+# The vfio module with no-IOMMU mode, when build-vfio-noiommu.sh made one (vmbind=vfio-noiommu).
+if [ -s "$VM_DIR/noiommu/vfio.ko" ]; then
+    mkdir -p "$STAGE/lib/modules/noiommu"
+    install -m 0644 "$VM_DIR/noiommu/vfio.ko" "$STAGE/lib/modules/noiommu/"
+fi
 install -m 0755 "$HERE/init.sh" "$STAGE/init"
 install -m 0755 "$ROOT/scripts/bind-vfio.sh" "$STAGE/bin/bind-vfio.sh"
 install -m 0755 "$HERE/loadmod.sh" "$STAGE/bin/loadmod"

@@ -7,7 +7,10 @@
 # QEMU listens on the NIC's "qemu" port and sends what the guest transmits to its "peer" port;
 # every datagram is one raw Ethernet frame. NIC i sits at guest BDF 0000:00:0(3+i).0 with MAC
 # 52:54:00:00:00:0(i+1). The guest's /init binds the NICs to vfio-pci, prints VM-READY, runs the
-# command and prints VMCMD-EXIT <rc> (see init.sh).
+# command and prints VMCMD-EXIT <rc> (see init.sh). With --no-iommu the machine has no vIOMMU:
+# no intel-iommu device, NIC0 with iommu_platform=off and the others with iommu_platform=on (a
+# device offering ACCESS_PLATFORM without an IOMMU: its addresses are then physical), and /init
+# binds the NICs to uio_pci_generic (vmbind=uio).
 #
 # The console goes to the log file (and to stdout unless --quiet) as it comes, so a caller can run
 # this in the background and wait for a marker with wait-for.sh. At the end the log is searched for
@@ -43,9 +46,13 @@ usage: $0 [options]
                            hand them to QEMU (qemu-udp-fds.py; needs python3). Default 0: QEMU's
                            own sockets, with the system default buffer (about 208 KiB), which a
                            host stall of a few tens of ms overflows under steady traffic
+    --no-iommu             no vIOMMU: NIC0 iommu_platform=off, the others on; NICs bound to
+                           uio_pci_generic in the guest (vmbind=uio)
+    --no-iommu-vfio        the same, the NICs bound to vfio-pci in VFIO's no-IOMMU mode
+                           (vmbind=vfio-noiommu; needs build-vfio-noiommu.sh's module)
     --mem SIZE             guest memory (default 1G)      --smp N   guest cpus (default 2)
     --append 'ARGS'        extra kernel arguments; those without a dot are /init's environment:
-                           vmskip=BDF,..  vmbind=none  vmhugepages=N
+                           vmskip=BDF,..  vmbind=none|uio  vmhugepages=N
   run:
     --timeout SECS         wall-clock limit for the whole run (default 120)
     --log FILE             console log (default $VM_DIR/console.log)
@@ -88,6 +95,8 @@ SOCK_BUF=0
 TAPS=""
 QUEUES=1
 MONITOR=none
+NO_IOMMU=0
+NO_IOMMU_BIND=uio
 while [ $# -gt 0 ]; do
     case "$1" in
         --cmd) CMD=${2?--cmd needs shell text}; shift ;;
@@ -104,6 +113,8 @@ while [ $# -gt 0 ]; do
         --queues) QUEUES=${2:?--queues needs a number}; shift ;;
         --sock-buf) SOCK_BUF=${2:?--sock-buf needs a number of bytes}; shift ;;
         --smp) SMP=${2:?--smp needs a number}; shift ;;
+        --no-iommu) NO_IOMMU=1 ;;
+        --no-iommu-vfio) NO_IOMMU=1; NO_IOMMU_BIND=vfio-noiommu ;;
         --append) APPEND=${2?--append needs arguments}; shift ;;
         --timeout) TIMEOUT=${2:?--timeout needs seconds}; shift ;;
         --log) LOG=${2:?--log needs a file}; shift ;;
@@ -258,10 +269,17 @@ CPU=max
 [ "$ACCEL" = kvm ] && CPU=host
 
 # --- QEMU -------------------------------------------------------------------------------------
+if [ "$NO_IOMMU" -eq 1 ]; then
+    IOMMU_ARGS=()
+    KERNEL_IOMMU="vmbind=$NO_IOMMU_BIND"
+else
+    IOMMU_ARGS=(-device "intel-iommu,intremap=on,caching-mode=on,aw-bits=48")
+    KERNEL_IOMMU="intel_iommu=on"
+fi
 ARGS=(-machine "q35,accel=$ACCEL,kernel-irqchip=split" -cpu "$CPU" -m "$MEM" -smp "$SMP"
-    -no-reboot -vga none -serial stdio -device "intel-iommu,intremap=on,caching-mode=on,aw-bits=48"
+    -no-reboot -vga none -serial stdio "${IOMMU_ARGS[@]}"
     -kernel "$KERNEL" -initrd "$RUN_INITRD"
-    -append "console=ttyS0 intel_iommu=on tsc=reliable panic=-1 quiet $APPEND")
+    -append "console=ttyS0 $KERNEL_IOMMU tsc=reliable panic=-1 quiet $APPEND")
 if [ -n "$CTL" ]; then
     for f in "$CTL.in" "$CTL.out"; do
         [ -p "$f" ] || { rm -f "$f"; mkfifo "$f"; }
@@ -273,11 +291,13 @@ if [ -n "${QEMU_EXTRA_ARGS:-}" ]; then
     ARGS+=("${extra[@]}")
 fi
 for ((i = 0; i < NICS; i++)); do
+    platform=on
+    [ "$NO_IOMMU" -eq 1 ] && [ "$i" -eq 0 ] && platform=off
     mac=52:54:00:00:00:$(printf '%02x' $((i + 1)))
     addr=$(printf '0x%x' $((3 + i)))
     if [ -n "$TAPS" ]; then
         netdev="tap,id=n$i,ifname=${TAP_NAMES[i]},script=no,downscript=no,vhost=off"
-        nic="virtio-net-pci,netdev=n$i,addr=$addr,mac=$mac,packed=$PACKED,iommu_platform=on,disable-legacy=on"
+        nic="virtio-net-pci,netdev=n$i,addr=$addr,mac=$mac,packed=$PACKED,iommu_platform=$platform,disable-legacy=on"
         if [ "$QUEUES" -gt 1 ]; then
             netdev+=",queues=$QUEUES"
             nic+=",mq=on,vectors=$((2 * QUEUES + 2)),rss=on,hash=on"
@@ -287,8 +307,8 @@ for ((i = 0; i < NICS; i++)); do
         continue
     fi
     ARGS+=(-netdev "dgram,id=n$i,local.type=inet,local.host=127.0.0.1,local.port=${QPORTS[i]},remote.type=inet,remote.host=127.0.0.1,remote.port=${PPORTS[i]}"
-        -device "virtio-net-pci,netdev=n$i,addr=$(printf '0x%x' $((3 + i))),mac=52:54:00:00:00:$(printf '%02x' $((i + 1))),packed=$PACKED,iommu_platform=on,disable-legacy=on")
-    echo "run-vm: NIC$i guest 0000:00:$(printf '%02x' $((3 + i))).0 mac 52:54:00:00:00:$(printf '%02x' $((i + 1))) ring=$RING qemu 127.0.0.1:${QPORTS[i]} peer 127.0.0.1:${PPORTS[i]}"
+        -device "virtio-net-pci,netdev=n$i,addr=$(printf '0x%x' $((3 + i))),mac=52:54:00:00:00:$(printf '%02x' $((i + 1))),packed=$PACKED,iommu_platform=$platform,disable-legacy=on")
+    echo "run-vm: NIC$i guest 0000:00:$(printf '%02x' $((3 + i))).0 mac 52:54:00:00:00:$(printf '%02x' $((i + 1))) ring=$RING iommu_platform=$platform qemu 127.0.0.1:${QPORTS[i]} peer 127.0.0.1:${PPORTS[i]}"
 done
 QEMU_CMD=("$QEMU")
 if [ "$SOCK_BUF" -gt 0 ]; then

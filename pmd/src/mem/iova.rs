@@ -2,7 +2,9 @@
 //!
 //! With an IOMMU whose valid ranges cover user virtual addresses the IOVA is the VA, which keeps
 //! address translation free. Otherwise IOVAs are handed out from the IOMMU's valid ranges, bump
-//! style, aligned to the region's page size.
+//! style, aligned to the region's page size. Without an IOMMU the IOVA is the physical address
+//! ([`IovaAllocator::physical`]): regions are then made physically contiguous
+//! ([`DmaRegion::new`](super::DmaRegion::new)), and their IOVA is read, not assigned.
 
 use std::sync::Mutex;
 
@@ -23,6 +25,8 @@ enum Mode {
     Identity,
     /// Allocate from these ranges; `next` is the first unallocated address of `ranges[current]`.
     Ranges { ranges: Vec<IovaRange>, current: usize, next: u64 },
+    /// IOVA = physical address (no IOMMU): nothing to assign.
+    Physical,
 }
 
 /// Decides the IOVA of each new DMA region. Shared by every port of one address space (one VFIO
@@ -38,6 +42,18 @@ impl IovaAllocator {
         Self { mode: Mutex::new(Mode::Identity) }
     }
 
+    /// IOVA = physical address, for devices that reach memory without an IOMMU (`uio_pci_generic`,
+    /// VFIO no-IOMMU). Regions made with it are locked, physically contiguous 2 MiB huge pages,
+    /// which needs root (the physical addresses come from `/proc/self/pagemap`).
+    pub fn physical() -> Self {
+        Self { mode: Mutex::new(Mode::Physical) }
+    }
+
+    /// Whether IOVAs are physical addresses ([`physical`](Self::physical)).
+    pub fn is_physical(&self) -> bool {
+        matches!(*self.mode.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), Mode::Physical)
+    }
+
     /// IOVA = VA whenever the region's VA range lies inside one of `ranges`; otherwise the next
     /// free, aligned addresses of `ranges` (never address 0).
     pub fn identity_within(ranges: Vec<IovaRange>) -> Self {
@@ -45,11 +61,17 @@ impl IovaAllocator {
         Self { mode: Mutex::new(Mode::Ranges { ranges, current: 0, next }) }
     }
 
-    /// The IOVA for a region at `va` of `len` bytes aligned to `align` (a power of two).
+    /// The IOVA for a region at `va` of `len` bytes aligned to `align` (a power of two). In
+    /// physical mode there is none to assign: an error (the region's memory decides it).
     pub fn assign(&self, va: u64, len: u64, align: u64) -> Result<u64> {
         let mut mode = self.mode.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match &mut *mode {
             Mode::Identity => Ok(va),
+            Mode::Physical => Err(Error::InvalidConfig(
+                "an IovaAllocator::physical() assigns no IOVAs: the IOVA is the physical address of the region's \
+                 memory, which DmaRegion::new finds"
+                    .into(),
+            )),
             Mode::Ranges { ranges, current, next } => {
                 // `[start, start + len)` inside `r`, every sum checked: ranges may end at the top
                 // of the address space.

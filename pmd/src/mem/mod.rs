@@ -10,6 +10,7 @@
 //! rule (the mbuf module's threat model) that a device does not write buffers it does not hold.
 
 mod iova;
+mod physical;
 mod region;
 
 pub use iova::{IovaAllocator, IovaRange};

@@ -1,11 +1,12 @@
-//! A DMA region: a memfd (hugetlb when it can be had) mapped shared into this process.
+//! A DMA region: a memfd (hugetlb when it can be had) mapped shared into this process; in
+//! physical-address mode, locked and physically contiguous huge pages (`super::physical`).
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
-use super::IovaAllocator;
+use super::{physical, IovaAllocator};
 use crate::error::{Error, Result};
 
 /// Size of the huge pages DMA regions are backed by.
@@ -27,13 +28,16 @@ pub enum HugePages {
 /// A shared memory region devices can DMA to: `len` bytes at a fixed virtual address, with a
 /// fixed IOVA, backed by a memfd another process (a vhost-user backend) can map too.
 ///
-/// Invariant: `ptr..ptr+len` is mapped read-write and shared for the life of the value.
+/// Invariants: `ptr..ptr+len` is mapped read-write and shared for the life of the value. When
+/// `fd` is there, its offset 0 is the region's first byte. A physical region (no `fd`: it is
+/// made of huge pages of one memfd each, in physical order) is locked, physically contiguous,
+/// and its IOVA is the physical address of its first byte.
 #[derive(Debug)]
 pub struct DmaRegion {
     ptr: NonNull<u8>,
     len: usize,
     iova: u64,
-    fd: OwnedFd,
+    fd: Option<OwnedFd>,
     huge: bool,
 }
 
@@ -46,8 +50,13 @@ unsafe impl Sync for DmaRegion {}
 
 impl DmaRegion {
     /// Maps a zeroed region of at least `len` bytes (rounded up to the page size) and gives it
-    /// an IOVA from `iova`.
+    /// an IOVA from `iova`. With [`IovaAllocator::physical`] the region is 2 MiB huge pages
+    /// whatever `huge_pages` says (without them, an error), locked, physically contiguous, its
+    /// IOVA the physical address: that needs root and free huge pages.
     pub fn new(name: &str, len: usize, huge_pages: HugePages, iova: &IovaAllocator) -> Result<Self> {
+        if iova.is_physical() {
+            return Self::new_physical(name, len, huge_pages);
+        }
         let (fd, len, huge) = match huge_pages {
             HugePages::Never => (create_memfd(name, false)?, round_up(len, SMALL_PAGE_SIZE), false),
             HugePages::Required | HugePages::Preferred => {
@@ -74,9 +83,34 @@ impl DmaRegion {
 
     fn finish(fd: OwnedFd, ptr: NonNull<u8>, len: usize, huge: bool, iova: &IovaAllocator) -> Result<Self> {
         let align = if huge { HUGE_PAGE_SIZE } else { SMALL_PAGE_SIZE } as u64;
-        let mut region = Self { ptr, len, iova: 0, fd, huge };
+        let mut region = Self { ptr, len, iova: 0, fd: Some(fd), huge };
         region.iova = iova.assign(ptr.as_ptr() as u64, len as u64, align)?;
         Ok(region)
+    }
+
+    fn new_physical(name: &str, len: usize, huge_pages: HugePages) -> Result<Self> {
+        if huge_pages == HugePages::Never {
+            tracing::debug!(
+                "DMA region {name:?}: huge pages anyway (physical-address memory must be physically contiguous, \
+                 which only a huge page guarantees beyond 4 KiB)"
+            );
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::PhysicalAddressesUnavailable {
+                reason: "physical addresses come from /proc/self/pagemap, which gives them only to root \
+                         (CAP_SYS_ADMIN): run as root"
+                    .into(),
+            });
+        }
+        let len = round_up(len, HUGE_PAGE_SIZE);
+        let mapping = physical::map_contiguous(name, len).map_err(|err| match err {
+            Error::Mmap { .. } | Error::Memfd(_) => Error::HugePagesUnavailable { len, source: Box::new(err) },
+            other => other,
+        })?;
+        tracing::debug!("DMA region {name:?}: {len:#x} bytes at physical address {:#x}", mapping.phys);
+        // The mapping keeps the pages, one memfd each: none is kept for sharing.
+        Ok(Self { ptr: mapping.ptr, len: mapping.len, iova: mapping.phys, fd: None, huge: true })
     }
 
     /// Start of the mapping in this process.
@@ -108,11 +142,18 @@ impl DmaRegion {
         self.huge
     }
 
+    /// Whether the IOVA is the physical address: locked, physically contiguous memory made with
+    /// [`IovaAllocator::physical`], which a device without an IOMMU can be given.
+    pub fn is_physical(&self) -> bool {
+        self.fd.is_none()
+    }
+
     /// The memfd backing the region (offset 0 is the region's first byte), to share the region
-    /// with a vhost-user backend. Crate-private: writing through it, or resizing it (which its
-    /// seals refuse), would change memory under the references this crate hands out.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// with a vhost-user backend; `None` for a physical region. Crate-private: writing through
+    /// it, or resizing it (which its seals refuse), would change memory under the references
+    /// this crate hands out.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd())
     }
 
     /// Whether `[va, va+len)` lies inside the region.
@@ -143,7 +184,7 @@ fn round_up(len: usize, page: usize) -> usize {
     len.max(1).next_multiple_of(page)
 }
 
-fn create_memfd(name: &str, huge: bool) -> Result<OwnedFd> {
+pub(super) fn create_memfd(name: &str, huge: bool) -> Result<OwnedFd> {
     let cname = CString::new(name).unwrap_or_else(|_| c"virtio-pmd".to_owned());
     // Sealable: `map` seals the size, so that nobody who gets the fd (a vhost-user backend)
     // can shrink the file under the mapping (SIGBUS on the next access) or grow it.
@@ -212,7 +253,7 @@ mod tests {
         // The memfd sees the write: the mapping is shared.
         let mut byte = [0u8; 1];
         // SAFETY: reading one byte from our own fd into a local buffer.
-        let n = unsafe { libc::pread(region.fd().as_raw_fd(), byte.as_mut_ptr().cast(), 1, 100) };
+        let n = unsafe { libc::pread(region.fd().unwrap().as_raw_fd(), byte.as_mut_ptr().cast(), 1, 100) };
         assert_eq!((n, byte[0]), (1, 7));
     }
 
@@ -220,7 +261,7 @@ mod tests {
     fn the_memfd_cannot_be_resized() {
         for huge in [HugePages::Never, HugePages::Preferred] {
             let region = DmaRegion::new("test", 4096, huge, &IovaAllocator::identity()).unwrap();
-            let fd = region.fd().as_raw_fd();
+            let fd = region.fd().unwrap().as_raw_fd();
             for len in [0, region.len() as libc::off_t * 2] {
                 // SAFETY: a resize attempt on our own fd; the seals must refuse it.
                 let rc = unsafe { libc::ftruncate(fd, len) };
@@ -237,5 +278,104 @@ mod tests {
     fn preferred_huge_pages_always_yield_a_region() {
         let region = DmaRegion::new("test", 4096, HugePages::Preferred, &IovaAllocator::identity()).unwrap();
         assert!(region.len() >= 4096);
+    }
+
+    /// The physical address of the byte at `va`, read from pagemap independently of the region.
+    fn pagemap_phys(va: *const u8) -> u64 {
+        use std::os::unix::fs::FileExt;
+        let mut entry = [0u8; 8];
+        let pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+        pagemap.read_exact_at(&mut entry, va as u64 / 4096 * 8).unwrap();
+        let entry = u64::from_ne_bytes(entry);
+        assert_ne!(entry & (1 << 63), 0, "page of {va:p} present");
+        (entry & ((1 << 55) - 1)) * 4096 + va as u64 % 4096
+    }
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    fn assert_physical_needs_root() {
+        let err = DmaRegion::new("phys", 4096, HugePages::Required, &IovaAllocator::physical()).unwrap_err();
+        assert!(matches!(err, Error::PhysicalAddressesUnavailable { .. }), "{err}");
+        assert!(err.to_string().contains("run as root"), "{err}");
+    }
+
+    /// Without root, physical-address memory is refused with a typed error: checked in this test
+    /// binary run again as `nobody` when the tests run as root.
+    #[test]
+    fn physical_regions_need_root() {
+        use std::os::unix::process::CommandExt;
+        const CHILD: &str = "VIRTIO_PMD_TEST_AS_NOBODY";
+        if std::env::var_os(CHILD).is_some() || !is_root() {
+            assert!(!is_root(), "the child must run without root");
+            assert_physical_needs_root();
+            return;
+        }
+        let name = "mem::region::tests::physical_regions_need_root";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads=1"])
+            .env(CHILD, "1")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("1 passed"), "the run as nobody failed: {text}");
+    }
+
+    /// Checks a physical region against pagemap, page by page, and that it is usable. (Its lock is
+    /// not visible: the kernel does not account mlock of hugetlb memory in VmLck.)
+    fn check_physical(region: &DmaRegion) {
+        assert!(region.is_physical() && region.is_huge() && region.fd().is_none());
+        assert_ne!(region.iova(), 0);
+        assert_eq!(region.iova() % HUGE_PAGE_SIZE as u64, 0);
+        for offset in (0..region.len()).step_by(4096) {
+            let va = region.as_ptr().wrapping_add(offset);
+            assert_eq!(pagemap_phys(va), region.iova_of(va), "offset {offset:#x}");
+            // SAFETY: inside the region, which nobody else uses.
+            unsafe {
+                assert_eq!(va.read_volatile(), 0);
+                va.write_volatile(0x5a);
+            }
+        }
+    }
+
+    #[test]
+    fn physical_regions_are_contiguous_locked_huge_pages_at_their_physical_address() {
+        if !is_root() {
+            assert_physical_needs_root();
+            return;
+        }
+        // One huge page is always contiguous.
+        // (Asking for no huge pages changes nothing: physical memory is huge pages.)
+        let one = DmaRegion::new("phys", 10_000, HugePages::Never, &IovaAllocator::physical()).unwrap();
+        assert_eq!(one.len(), HUGE_PAGE_SIZE);
+        check_physical(&one);
+        // Several: contiguous when the kernel has such pages free (a freshly booted guest), else
+        // the error lists the addresses of the pages it tried, which must then really hold no run.
+        match DmaRegion::new("phys", 5 << 20, HugePages::Required, &IovaAllocator::physical()) {
+            Ok(three) => {
+                assert_eq!(three.len(), 6 << 20);
+                check_physical(&three);
+            }
+            Err(Error::PhysicalAddressesUnavailable { reason }) => {
+                let at = reason.split_once("(at ").and_then(|(_, r)| r.split_once(')')).unwrap().0;
+                let phys: Vec<u64> =
+                    at.split(", ").map(|p| u64::from_str_radix(p.trim_start_matches("0x"), 16).unwrap()).collect();
+                assert!(phys.len() >= 3, "{reason}");
+                assert_eq!(physical::find_run(&phys, 3), None, "{reason}");
+                eprintln!("this machine's free huge pages are scattered: {reason}");
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn physical_mode_assigns_nothing() {
+        let physical = IovaAllocator::physical();
+        assert!(physical.is_physical() && !IovaAllocator::identity().is_physical());
+        assert!(matches!(physical.assign(0x7f00_0000_0000, 4096, 4096), Err(Error::InvalidConfig(_))));
     }
 }

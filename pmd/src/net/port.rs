@@ -100,13 +100,13 @@ pub struct PortConfig {
     /// Send multi-segment mbufs, one descriptor chain each. Off by default: the one-descriptor
     /// transmit path is the fastest, and drops (and counts) a multi-segment mbuf.
     pub tx_multi_segment: bool,
+    /// Checksum and segmentation offloads, each negotiated only when asked for here and offered
+    /// ([`Port::offloads`]). A transmit offload implies transmit chains (TSO packets are large).
+    pub offloads: OffloadConfig,
     /// Count packet classes per queue (size bins, multicast, broadcast: the `rx_size_64_packets`
     /// family of [`PortStats::xstats`]). Off by default: it reads every frame's length and
     /// destination MAC, a cache line the forwarding may not otherwise touch.
     pub packet_classes: bool,
-    /// Checksum and segmentation offloads, each negotiated only when asked for here and offered
-    /// ([`Port::offloads`]). A transmit offload implies transmit chains (TSO packets are large).
-    pub offloads: OffloadConfig,
 }
 
 impl Default for PortConfig {
@@ -123,8 +123,8 @@ impl Default for PortConfig {
             control_timeout: Duration::from_secs(1),
             rx_mergeable: false,
             tx_multi_segment: false,
-            packet_classes: false,
             offloads: OffloadConfig::default(),
+            packet_classes: false,
         }
     }
 }
@@ -610,11 +610,6 @@ impl Port {
             }
         }
         let rss = rss.or_else(|| rss_caps.map(|caps| (caps, RssConfig::spread(1, &caps))));
-        // Named once per port, as DPDK names the receive and transmit functions it picked.
-        tracing::info!(
-            "{name}: {format:?} ring{}, rx path: {rx_path}, tx path: {tx_path}",
-            if in_order { " (in order)" } else { "" }
-        );
         Ok(Negotiated {
             features: wanted,
             format,
@@ -715,11 +710,12 @@ impl Port {
         Ok((mac, mtu))
     }
 
-    /// The one line saying which data path the port runs, logged once when it opens.
+    /// The one line saying which data path the port runs, logged once when it opens (as DPDK
+    /// names the receive and transmit functions it picked).
     fn log_data_path(&self, config: &PortConfig) {
         tracing::info!(
             "port {} ({}): {} ring of {} descriptors, {} queue pair(s), in_order {}, event_idx {}, control queue {}, \
-             packet classes {}, features {:?}",
+             rx path: {}, tx path: {}, packet classes {}, features {:?}",
             config.port_id,
             self.device.name,
             match self.format {
@@ -731,6 +727,8 @@ impl Port {
             self.features.has(features::IN_ORDER),
             self.features.has(features::EVENT_IDX),
             self.ctrl.is_some(),
+            self.rx_path,
+            self.tx_path,
             config.packet_classes,
             self.features,
         );

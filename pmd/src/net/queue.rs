@@ -97,7 +97,7 @@ pub enum RxPath {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TxPath {
     /// One descriptor per packet, an all-zero header: the fast path. A multi-segment packet is
-    /// dropped and counted (`bad_headers`): open the port with `PortConfig::tx_multi_segment`.
+    /// dropped and counted (`drops`): open the port with `PortConfig::tx_multi_segment`.
     #[default]
     Simple,
     /// A descriptor chain per packet, one descriptor per segment.
@@ -680,21 +680,12 @@ impl TxQueue {
         }
         let count = pkts.len().min(ring.free_descriptors() as usize);
         let mut bytes = 0u64;
-        let mut drops = 0u64;
-        let mut multi_segment = 0u64;
         let frames = pkts.drain(..count).filter_map(|mut mbuf| {
-            let frame_len = mbuf.len();
             // No offloads: an all-zero header (5.1.6.2). One descriptor: a multi-segment packet
-            // is refused with the same test (the rest of it would be lost).
-            let Some((addr, len)) = mbuf.prepend_zeroed::<NET_HDR_LEN>() else {
-                if mbuf.is_contiguous() {
-                    drops += 1;
-                } else {
-                    multi_segment += 1;
-                }
-                return None;
-            };
-            bytes += frame_len as u64;
+            // is refused with the same test as a packet without headroom (the rest of it would
+            // be lost); both are drops, counted below.
+            let (addr, len) = mbuf.prepend_zeroed::<NET_HDR_LEN>()?;
+            bytes += u64::from(len) - NET_HDR_LEN as u64;
             Some((Segment { addr, len, writable: false }, mbuf))
         });
         // All are taken: `count` descriptors are free and each packet takes one.
@@ -704,10 +695,7 @@ impl TxQueue {
         // reach fails there, as a DMA error of the device, not in this process.)
         let added = unsafe { ring.add_each(frames) };
         if count > 0 {
-            counters.add_traffic(added as u64, bytes, drops + multi_segment);
-            if multi_segment > 0 {
-                counters.add_bad_headers(multi_segment);
-            }
+            counters.add_traffic(added as u64, bytes, (count - added) as u64);
             counters.set_errors(&ring.errors());
         }
         (count, ring.publish())

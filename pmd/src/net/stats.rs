@@ -40,7 +40,8 @@ pub struct QueueStats {
     /// Bytes moved (frame bytes, without the virtio-net header).
     pub bytes: u64,
     /// Packets dropped by the driver (receive: a length from the device that does not fit;
-    /// transmit: no headroom for the virtio-net header).
+    /// transmit: no headroom for the virtio-net header, a multi-segment packet on the
+    /// one-descriptor path).
     pub drops: u64,
     /// Protocol errors the ring detected (bad ids, bad lengths, bad used indices): the sum of
     /// [`errors_by_kind`](Self::errors_by_kind).

@@ -7,9 +7,11 @@
 //! 1. one VFIO [`Container`] for every PCI port, before any DMA memory exists: the IOMMU's valid
 //!    IOVA ranges are known only once the groups are attached, and every region is mapped into
 //!    that one container;
-//! 2. the transports (VFIO PCI functions, vhost-user connections);
-//! 3. the IOVA allocator: the container's when a PCI port is present, identity otherwise (a
-//!    vhost-user backend maps our memory by its virtual address);
+//! 2. the transports (VFIO PCI functions, vhost-user connections; with `iommu=off`, PCI
+//!    functions through [`open_without_iommu`]);
+//! 3. the IOVA allocator: the container's when a PCI port is present, physical addresses with
+//!    `iommu=off` (every port then has it: one pool holds one kind of address), identity
+//!    otherwise (a vhost-user backend maps our memory by its virtual address);
 //! 4. one [`Mempool`] for every port, so a frame received on one port is sent on another
 //!    without a copy;
 //! 5. [`Port::open`] on each transport (each logs the data path it chose, once).
@@ -33,7 +35,7 @@ use crate::mem::IovaAllocator;
 use crate::net::{MacAddr, Port, PortConfig};
 use crate::transport::vfio::{Container, VfioPciTransport};
 use crate::transport::vhost_user::{VhostUserConfig, VhostUserTransport};
-use crate::transport::Transport;
+use crate::transport::{open_without_iommu, Transport};
 
 /// How to open a [`PortSet`].
 #[derive(Clone, Debug, Default)]
@@ -90,6 +92,21 @@ pub enum SetupError {
         /// Why.
         #[source]
         source: Error,
+        /// The pool's counters once the ports opened before this one were dropped: every mbuf
+        /// should be back (`in_use == 0`). Boxed: the error stays small.
+        pool: Box<PoolStats>,
+    },
+    /// Some ports have `iommu=off` and others not: the one pool's DMA memory has either physical
+    /// addresses or IOVAs of an IOMMU (or a vhost-user backend's virtual addresses), not both.
+    #[error(
+        "port {without} has iommu=off but port {with} does not: give iommu=off to every port or to none \
+         (one mbuf pool serves them all, with one kind of DMA address)"
+    )]
+    MixedIommu {
+        /// A port with `iommu=off`.
+        without: usize,
+        /// A port without it.
+        with: usize,
     },
     /// At teardown, mbufs had not come back to the pool (a queue still alive, or a leak).
     #[error("{} of {} mbufs did not come back to the pool: drop every queue before closing the ports", .stats.in_use, .stats.size)]
@@ -107,7 +124,7 @@ impl SetupError {
             | SetupError::Device { source, .. }
             | SetupError::Pool { source, .. }
             | SetupError::Port { source, .. } => Some(source),
-            SetupError::NoDevices | SetupError::MbufsMissing { .. } => None,
+            SetupError::NoDevices | SetupError::MixedIommu { .. } | SetupError::MbufsMissing { .. } => None,
         }
     }
 }
@@ -131,7 +148,11 @@ impl PortSet {
         if specs.is_empty() {
             return Err(SetupError::NoDevices);
         }
-        let container = if specs.iter().any(|s| matches!(s.device, Device::Pci { .. })) {
+        let no_iommu = specs.iter().position(|s| s.no_iommu);
+        if let (Some(without), Some(with)) = (no_iommu, specs.iter().position(|s| !s.no_iommu)) {
+            return Err(SetupError::MixedIommu { without, with });
+        }
+        let container = if no_iommu.is_none() && specs.iter().any(|s| matches!(s.device, Device::Pci { .. })) {
             let c = Container::open()
                 .map_err(|source| SetupError::Container { what: "opening the VFIO container", source })?;
             Some(c)
@@ -142,19 +163,23 @@ impl PortSet {
         for (port, spec) in specs.iter().enumerate() {
             let device = |source| SetupError::Device { port, source };
             transports.push(match (&spec.device, &container) {
+                (Device::Pci { address }, _) if spec.no_iommu => open_without_iommu(address).map_err(device)?,
                 (Device::Pci { address }, Some(c)) => Box::new(VfioPciTransport::open(c, address).map_err(device)?),
                 (Device::Vhost { path }, _) => {
                     let mut vhost = VhostUserConfig::new(path);
                     vhost.mac = spec.mac.unwrap_or(MacAddr::default_vhost(port)).0;
                     Box::new(VhostUserTransport::connect(vhost).map_err(device)?)
                 }
-                (Device::Pci { .. }, None) => unreachable!("a container is opened whenever a PCI port is given"),
+                (Device::Pci { .. }, None) => {
+                    unreachable!("a container is opened whenever a PCI port without iommu=off is given")
+                }
             });
         }
         let iova = match &container {
             Some(c) => {
                 c.iova_allocator().map_err(|source| SetupError::Container { what: "VFIO IOVA allocator", source })?
             }
+            None if no_iommu.is_some() => Arc::new(IovaAllocator::physical()),
             None => Arc::new(IovaAllocator::identity()),
         };
         let pool = Mempool::new(&config.pool, &iova)
@@ -167,11 +192,20 @@ impl PortSet {
                 queue_pairs: spec.queues.unwrap_or(config.port.queue_pairs),
                 ..config.port.clone()
             };
-            let port = Port::open(transport, &pool, &port_config, &iova).map_err(|source| SetupError::Port {
-                port: id,
-                name: spec.target(),
-                source,
-            })?;
+            let port = match Port::open(transport, &pool, &port_config, &iova) {
+                Ok(port) => port,
+                Err(source) => {
+                    // The ports opened so far go first (each resets its device and returns its
+                    // buffers): the error then shows whether every mbuf came back.
+                    drop(ports);
+                    return Err(SetupError::Port {
+                        port: id,
+                        name: spec.target(),
+                        source,
+                        pool: Box::new(pool.stats()),
+                    });
+                }
+            };
             let mac = source_mac(id, &port, spec);
             ports.push(port);
             macs.push(mac);

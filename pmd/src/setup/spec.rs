@@ -1,5 +1,7 @@
-//! Device strings in DPDK's style: `pci:0000:00:03.0[,queues=N][,mac=MAC]` for a virtio-net PCI
-//! function bound to vfio-pci, `vhost:/path.sock[,queues=N][,mac=MAC]` for a vhost-user backend.
+//! Device strings in DPDK's style: `pci:0000:00:03.0[,queues=N][,mac=MAC][,iommu=off]` for a
+//! virtio-net PCI function bound to vfio-pci (with `iommu=off`: a machine without an IOMMU, the
+//! function bound to vfio-pci in VFIO's no-IOMMU mode or to uio_pci_generic, physical addresses),
+//! `vhost:/path.sock[,queues=N][,mac=MAC]` for a vhost-user backend.
 //!
 //! Options follow the address, comma-separated, each `key=value`; which keys a kind takes is
 //! decided in one place ([`DeviceSpec::set_option`]), so a new one (a transport mode, a per-port
@@ -44,6 +46,10 @@ pub struct DeviceSpec {
     /// `mac=MAC`. vhost-user: the MAC the port reports (default
     /// [`MacAddr::default_vhost`]); PCI: the source MAC to use when the device reports none.
     pub mac: Option<MacAddr>,
+    /// `iommu=off` (PCI only): no IOMMU between the device and memory; the port is opened with
+    /// [`open_without_iommu`](crate::transport::open_without_iommu) and its DMA memory has
+    /// physical addresses (root, huge pages). The device can then reach all memory.
+    pub no_iommu: bool,
 }
 
 /// Why a device string does not parse. Each variant carries the whole string.
@@ -98,19 +104,19 @@ pub enum SpecError {
 }
 
 /// The keys every kind takes.
-const KNOWN_OPTIONS: &str = "queues=N, mac=MAC";
+const KNOWN_OPTIONS: &str = "queues=N, mac=MAC, iommu=on|off (pci only)";
 
 impl DeviceSpec {
     /// A PCI function by address (any form [`normalize_bdf`] takes), no options.
     pub fn pci(address: &str) -> Result<DeviceSpec, SpecError> {
         let bad = || SpecError::BadPciAddress { spec: format!("pci:{address}"), address: address.to_owned() };
         let address = normalize_bdf(address).map_err(|_| bad())?;
-        Ok(DeviceSpec { device: Device::Pci { address }, queues: None, mac: None })
+        Ok(DeviceSpec { device: Device::Pci { address }, queues: None, mac: None, no_iommu: false })
     }
 
     /// A vhost-user backend at `path`, no options.
     pub fn vhost(path: impl Into<PathBuf>) -> DeviceSpec {
-        DeviceSpec { device: Device::Vhost { path: path.into() }, queues: None, mac: None }
+        DeviceSpec { device: Device::Vhost { path: path.into() }, queues: None, mac: None, no_iommu: false }
     }
 
     /// The PCI address or the socket path: what the port is called in messages
@@ -134,6 +140,13 @@ impl DeviceSpec {
                 self.queues = Some(n);
             }
             "mac" => self.mac = Some(value.parse().map_err(|_| bad("mac", "a MAC address (02:00:00:00:00:01)"))?),
+            "iommu" if matches!(self.device, Device::Pci { .. }) => {
+                self.no_iommu = match value {
+                    "on" => false,
+                    "off" => true,
+                    _ => return Err(bad("iommu", "on or off")),
+                }
+            }
             _ => return Err(unknown()),
         }
         Ok(())
@@ -177,6 +190,9 @@ impl fmt::Display for DeviceSpec {
         if let Some(mac) = self.mac {
             write!(f, ",mac={mac}")?;
         }
+        if self.no_iommu {
+            write!(f, ",iommu=off")?;
+        }
         Ok(())
     }
 }
@@ -212,6 +228,7 @@ mod tests {
             "pci:0000:00:04.0,queues=4",
             "vhost:/x,queues=1,mac=52:54:00:00:00:01",
             "pci:0000:00:05.1,mac=02:00:00:00:00:02",
+            "pci:0000:00:03.0,queues=2,iommu=off",
         ] {
             assert_eq!(s.parse::<DeviceSpec>().unwrap().to_string(), s);
         }
@@ -231,5 +248,9 @@ mod tests {
         assert!(matches!(err("pci:00:03.0,queues"), SpecError::UnknownOption { .. }));
         assert!(matches!(err("pci:00:03.0,queues=0"), SpecError::BadValue { key: "queues", .. }));
         assert!(matches!(err("vhost:/a,mac=02:00"), SpecError::BadValue { key: "mac", .. }));
+        assert!(matches!(err("pci:00:03.0,iommu=maybe"), SpecError::BadValue { key: "iommu", .. }));
+        assert!(matches!(err("vhost:/a,iommu=off"), SpecError::UnknownOption { .. }), "vhost-user has no IOMMU");
+        assert!("pci:00:03.0,iommu=off".parse::<DeviceSpec>().unwrap().no_iommu);
+        assert!(!"pci:00:03.0,iommu=on".parse::<DeviceSpec>().unwrap().no_iommu);
     }
 }

@@ -1,5 +1,6 @@
 //! How a virtio device is reached: the [`Transport`] trait, and its implementations over VFIO
-//! (a PCI function owned by this process) and vhost-user (a backend process over a socket).
+//! (a PCI function owned by this process), `uio_pci_generic` (the same, without an IOMMU: physical
+//! addresses) and vhost-user (a backend process over a socket).
 //!
 //! Only the transport knows which one it is. The net device, the rings and the mempool see
 //! features, status, device configuration, queue set-up, a [`Notify`] per queue, and DMA regions
@@ -11,12 +12,13 @@
 #![allow(unsafe_code)]
 
 pub mod pci;
+pub mod uio;
 pub mod vfio;
 pub mod vhost_user;
 
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mem::DmaRegion;
 use crate::spec::features::Features;
 
@@ -40,6 +42,38 @@ pub enum RingFormat {
     Packed,
     /// "Split Virtqueues".
     Split,
+}
+
+/// Opens the virtio-net PCI function `bdf` of a machine without an IOMMU, giving its device
+/// physical addresses: through VFIO's no-IOMMU mode when it is bound to vfio-pci, through
+/// `uio_pci_generic` otherwise (whose error says how to bind it when it is bound to neither).
+/// Each logs a warning that the device can reach all memory. DMA memory for it must come from
+/// [`IovaAllocator::physical`](crate::mem::IovaAllocator::physical).
+pub fn open_without_iommu(bdf: &str) -> Result<Box<dyn Transport>> {
+    open_without_iommu_with(bdf, &vfio::HostPaths::default())
+}
+
+/// [`open_without_iommu`], looking in `paths` for sysfs and the VFIO nodes (tests).
+pub fn open_without_iommu_with(bdf: &str, paths: &vfio::HostPaths) -> Result<Box<dyn Transport>> {
+    let function = vfio::sysfs::identify(paths, bdf)?;
+    if vfio::sysfs::driver_of(&function.dir).is_some_and(|driver| driver.contains("vfio")) {
+        return Ok(Box::new(vfio::VfioNoIommuTransport::open_with(bdf, paths)?));
+    }
+    Ok(Box::new(uio::UioPciTransport::open_with(bdf, paths)?))
+}
+
+/// `Transport::map_dma` of a transport without an IOMMU (its device `name` is `how`): there is
+/// nothing to map, and only a physical-address region can be given, since the device takes
+/// every address for a physical one.
+pub(crate) fn require_physical(name: &str, how: &str, region: &DmaRegion) -> Result<()> {
+    if region.is_physical() {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig(format!(
+        "{name} {how}, without an IOMMU: it takes DMA addresses for physical ones, but this DMA region's IOVA \
+         ({:#x}) is not its physical address: create the mempool and the ports with IovaAllocator::physical()",
+        region.iova()
+    )))
 }
 
 /// Sends an available-buffer notification ("kick") for one queue. Called at most once per burst,

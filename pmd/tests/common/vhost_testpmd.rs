@@ -25,13 +25,15 @@ pub struct Options {
     pub txpkts: Option<&'static str>,
     /// More testpmd arguments (after `--`).
     pub app_extra: &'static str,
+    /// More `net_vhost` vdev arguments (`,tso=1`).
+    pub vdev_extra: &'static str,
     /// Start forwarding once up (`start`).
     pub forward: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { queues: 1, fwd: "io", txpkts: None, app_extra: "", forward: false }
+        Self { queues: 1, fwd: "io", txpkts: None, app_extra: "", vdev_extra: "", forward: false }
     }
 }
 
@@ -92,6 +94,9 @@ impl VhostTestpmd {
         ];
         if let Some(sizes) = options.txpkts {
             args.extend(["--txpkt-size".into(), sizes.into()]);
+        }
+        if !options.vdev_extra.is_empty() {
+            args.extend(["--vdev-extra".into(), options.vdev_extra.into()]);
         }
         if !options.app_extra.is_empty() {
             args.extend(["--app-extra".into(), options.app_extra.into()]);

@@ -17,7 +17,10 @@
 //! idle_sleep_us = 0         # sleep this long when a thread's queues stay empty (0: pure polling)
 //! promiscuous = false       # turn promiscuous mode on at start (the device's control queue)
 //! json = false              # also print JSON lines (statistics, summaries, the pool check)
+//! no_iommu = false          # no IOMMU: ports in VFIO no-IOMMU mode or on uio_pci_generic, physical addresses (root)
 //! queues = 1                # queue pairs per port (more than one: the device's control queue)
+//! max_pkt_len = 1514        # largest frame; beyond a buffer: mergeable receive buffers, transmit chains
+//! offloads = false          # checksum, TSO and LRO, passed through from receive to transmit
 //!
 //! # An RSS indirection table for a port (entries: its queue pairs, repeated to fill the table),
 //! # set through the control queue once the port runs (default: 0, 1, .., queues - 1, repeated)
@@ -53,6 +56,12 @@ pub const MAX_IDLE_SLEEP_US: u64 = 100_000;
 pub const DEFAULT_STATS_INTERVAL: u64 = 1;
 /// Most queue pairs per port l2fwd asks for.
 pub const MAX_QUEUES: u16 = 64;
+/// A standard Ethernet frame (MTU 1500 + 14).
+pub const DEFAULT_MAX_PKT_LEN: u32 = 1514;
+/// The largest frame: a 64 KiB super-packet (65550 bytes of buffer less the header).
+pub const MAX_PKT_LEN: u32 = 65_550;
+/// Data room of the pool's buffers.
+pub const BUFFER_DATA_ROOM: u32 = 2048;
 
 /// An RSS indirection table for one port (`[[rss_tables]]`, `--rss-table PORT=Q,..`): its
 /// entries, repeated to fill the table.
@@ -143,6 +152,20 @@ pub struct Options {
     /// fill the table; repeatable) [default: 0..queues round robin].
     #[arg(long = "rss-table", value_name = "PORT=Q,..")]
     pub rss_tables: Option<Vec<RssTable>>,
+    /// Largest frame forwarded, in bytes without the virtio-net header (up to the device's MTU
+    /// plus 14); larger than a buffer's 2048 bytes: received into mergeable buffers and sent as
+    /// descriptor chains [default: 1514].
+    #[arg(long, value_name = "BYTES")]
+    pub max_pkt_len: Option<u32>,
+    /// Checksum, TSO and LRO offloads on every port (with mergeable buffers and transmit
+    /// chains): a received super-packet and its checksum state go out as received [default: off].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub offloads: Option<bool>,
+    /// No IOMMU (a VM without a vIOMMU): open every port through VFIO's no-IOMMU mode (bound to
+    /// vfio-pci) or uio_pci_generic, with physical-address DMA memory (root, huge pages). The
+    /// devices can then reach ALL memory [default: off].
+    #[arg(long = "no-iommu", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub no_iommu: Option<bool>,
 }
 
 /// One port, checked.
@@ -181,11 +204,17 @@ pub struct Settings {
     pub promiscuous: bool,
     /// Also print JSON lines.
     pub json: bool,
+    /// No IOMMU: every port's spec has `iommu=off`.
+    pub no_iommu: bool,
     /// Queue pairs per port.
     pub queues: u16,
     /// RSS indirection tables set once the ports run, per port (checked: ports exist, entries
     /// name queue pairs that exist).
     pub rss_tables: Vec<RssTable>,
+    /// Largest frame forwarded.
+    pub max_pkt_len: u32,
+    /// Checksum, TSO and LRO on every port.
+    pub offloads: bool,
     /// Where the file came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -212,6 +241,7 @@ impl Settings {
                 )
             })?;
             spec.mac = entry.mac;
+            spec.no_iommu = o.no_iommu.unwrap_or(false);
             if let Some(prev) = ports.iter().position(|p| p.spec.device == spec.device) {
                 return Err(format!("ports {prev} and {id} are both {}{from}: give each device once", spec.target()));
             }
@@ -270,7 +300,13 @@ impl Settings {
                 ));
             }
         }
+        let max_pkt_len = o.max_pkt_len.unwrap_or(DEFAULT_MAX_PKT_LEN);
+        if !(60..=MAX_PKT_LEN).contains(&max_pkt_len) {
+            return Err(format!("max_pkt_len {max_pkt_len} is out of range{from}: use 60..={MAX_PKT_LEN} bytes"));
+        }
         Ok(Settings {
+            max_pkt_len,
+            offloads: o.offloads.unwrap_or(false),
             ports,
             ring: o.ring.unwrap_or(Ring::Auto),
             ring_size,
@@ -283,6 +319,7 @@ impl Settings {
             idle_sleep: Some(idle_sleep_us).filter(|us| *us > 0).map(Duration::from_micros),
             promiscuous: o.promiscuous.unwrap_or(false),
             json: o.json.unwrap_or(false),
+            no_iommu: o.no_iommu.unwrap_or(false),
             queues,
             rss_tables,
             source,
@@ -380,6 +417,16 @@ mod tests {
         assert!(resolve(Options { burst: Some(0), ..with_ports(&["00:03.0"]) }).contains("burst"));
         let cache = Options { pool_size: Some(100), pool_cache: Some(50), ..with_ports(&["00:03.0"]) };
         assert!(resolve(cache).contains("pool_cache"));
+        assert!(resolve(Options { max_pkt_len: Some(70_000), ..with_ports(&["00:03.0"]) }).contains("max_pkt_len"));
+    }
+
+    #[test]
+    fn jumbo_frames_and_offloads() {
+        let plain = Settings::resolve(&with_ports(&["00:03.0"]), None).unwrap();
+        assert_eq!((plain.max_pkt_len, plain.offloads), (1514, false));
+        let path = file("jumbo", "max_pkt_len = 9014\noffloads = true\n[[ports]]\npci = \"00:03.0\"\n");
+        let s = Settings::resolve(&Options::default(), Some(&path)).unwrap();
+        assert_eq!((s.max_pkt_len, s.offloads), (9014, true));
     }
 
     #[test]

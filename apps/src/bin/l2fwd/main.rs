@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use virtio_pmd::lcore::{self, LcoreWork, Lcores, STOP};
-use virtio_pmd::mbuf::MempoolConfig;
-use virtio_pmd::net::{Port, PortConfig};
+use virtio_pmd::mbuf::{MempoolConfig, PoolStats};
+use virtio_pmd::net::{OffloadConfig, Port, PortConfig};
 use virtio_pmd::setup::{PortSet, PortSetConfig, SetupError};
 use virtio_pmd::transport::RingFormat;
 
@@ -155,7 +155,7 @@ fn print_settings(s: &Settings) {
     let ports: Vec<String> = s.ports.iter().map(|p| p.spec.target()).collect();
     println!(
         "l2fwd: ports {} (pairs {}), {} queue pair(s) each, ring {}, ring size {}, burst {}, pool {} mbufs \
-         (cache {}), huge pages {}, cores {}, idle {}, stats every {}{}",
+         (cache {}), huge pages {}, cores {}, idle {}, stats every {}, max frame {} bytes, offloads {}{}{}",
         ports.join(" "),
         (0..s.ports.len()).map(|i| format!("{i}->{}", s.peer_of(i))).collect::<Vec<_>>().join(" "),
         s.queues,
@@ -168,6 +168,9 @@ fn print_settings(s: &Settings) {
         if s.cores.is_empty() { "unpinned (one thread)".into() } else { format!("{:?}", s.cores) },
         s.idle_sleep.map_or("busy polling".into(), |d| format!("sleep {} us", d.as_micros())),
         s.stats_interval.map_or("never".into(), |d| format!("{} s", d.as_secs())),
+        s.max_pkt_len,
+        if s.offloads { "on" } else { "off" },
+        if s.no_iommu { ", no IOMMU (physical addresses: the devices can reach all memory)" } else { "" },
         s.source.as_ref().map(|p| format!(", from {}", p.display())).unwrap_or_default(),
     );
 }
@@ -188,12 +191,38 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
             ring_size: s.ring_size,
             ring: s.ring.into(),
             huge_pages: s.huge_pages.into(),
+            // Frames larger than a buffer, and super-packets, span several.
+            rx_mergeable: s.offloads || s.max_pkt_len > config::BUFFER_DATA_ROOM,
+            tx_multi_segment: s.offloads || s.max_pkt_len > config::BUFFER_DATA_ROOM,
+            offloads: OffloadConfig {
+                tx_checksum: s.offloads,
+                tso: s.offloads,
+                rx_checksum: s.offloads,
+                lro: s.offloads,
+            },
             ..PortConfig::default()
         },
     };
     let specs: Vec<_> = s.ports.iter().map(|p| p.spec.clone()).collect();
-    let mut set = PortSet::open(&specs, &config)?;
+    let mut set = PortSet::open(&specs, &config).inspect_err(|e| {
+        if let SetupError::Port { pool, .. } = e {
+            print_pool(pool, s.json);
+        }
+    })?;
     for (id, port) in set.ports_mut().iter_mut().enumerate() {
+        let mtu_frame = u32::from(port.mtu().unwrap_or(1500)) + 14;
+        if s.max_pkt_len > mtu_frame {
+            println!(
+                "l2fwd: port {id}: warning: max_pkt_len {} exceeds the device's MTU frame of {mtu_frame} bytes",
+                s.max_pkt_len
+            );
+        }
+        println!(
+            "l2fwd: port {id}: rx path {}, tx path {}, offloads {:?}",
+            port.rx_path(),
+            port.tx_path(),
+            port.offloads()
+        );
         if s.promiscuous {
             port.set_promiscuous(true).map_err(|e| {
                 Failure::Runtime(format!("port {id} ({}): promiscuous mode: {}", port.name(), describe(&e)))
@@ -396,6 +425,17 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         Ok(stats) | Err(SetupError::MbufsMissing { stats }) => *stats,
         Err(e) => return Err(Failure::Runtime(describe(e))),
     };
+    print_pool(&pool, s.json);
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    closed?;
+    println!("L2FWD-DONE clean");
+    Ok(())
+}
+
+/// Prints the `L2FWD-POOL` line (and its JSON line): whether every mbuf is back.
+fn print_pool(pool: &PoolStats, json: bool) {
     let record = Record::default().int("size", pool.size.into()).int("available", pool.available.into());
     let record = record.int("in_use", pool.in_use.into()).int("alloc_failures", pool.alloc_failures);
     let verdict = match pool.in_use {
@@ -403,15 +443,9 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         n => format!("{n} mbufs LEAKED"),
     };
     println!("L2FWD-POOL {}: {verdict}", record.key_values());
-    if s.json {
+    if json {
         println!("{}", record.json("l2fwd", "pool").finish());
     }
-    if let Some(f) = failure {
-        return Err(f);
-    }
-    closed?;
-    println!("L2FWD-DONE clean");
-    Ok(())
 }
 
 /// How often link states are polled when no statistics lines are printed.

@@ -46,6 +46,17 @@ impl VirtioCap {
     }
 
     /// The spec's name of the structure type.
+    /// The least this capability's structure must hold for the driver to use it.
+    pub(crate) fn min_len(&self) -> u64 {
+        match self.cfg_type {
+            pci::CAP_COMMON_CFG => pci::COMMON_CFG_MIN_LEN as u64,
+            pci::CAP_NOTIFY_CFG => 2,
+            pci::CAP_ISR_CFG => 1,
+            _ => 0,
+        }
+    }
+
+    /// Its structure's name.
     pub fn type_name(&self) -> &'static str {
         cfg_type_name(self.cfg_type)
     }

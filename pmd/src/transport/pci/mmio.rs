@@ -10,6 +10,8 @@
 
 use std::any::Any;
 use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -178,6 +180,75 @@ impl Mmio {
     pub fn get_u32(&self, offset: usize) -> Option<u32> {
         // SAFETY: checked just now.
         self.fits(offset, 4).then(|| unsafe { self.read_u32(offset) })
+    }
+}
+
+/// A shared read-write mapping of `len` bytes of a device region (a BAR, through a VFIO device fd
+/// or a sysfs `resourceN` file); unmapped on drop, and only then does it let go of `keep` (the
+/// open device), so a BAR is always unmapped before the device fd can close.
+pub(crate) struct RegionMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    _keep: Arc<dyn Any + Send + Sync>,
+}
+
+// SAFETY: the mapping is an address range; accesses to it go through `Mmio`'s volatile accessors,
+// which are safe from any thread. `_keep` is `Send + Sync`.
+unsafe impl Send for RegionMapping {}
+// SAFETY: as above; `&RegionMapping` exposes only the address and length.
+unsafe impl Sync for RegionMapping {}
+
+impl std::fmt::Debug for RegionMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionMapping").field("ptr", &self.ptr).field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+impl RegionMapping {
+    /// Maps `len` bytes of `fd` at `offset` (a VFIO region's offset, or 0 in a `resourceN` file),
+    /// shared, read-write;
+    /// `keep` (the owner of `fd`) stays alive until the mapping is gone.
+    pub(crate) fn new(
+        fd: &impl AsRawFd,
+        offset: u64,
+        len: usize,
+        keep: Arc<dyn Any + Send + Sync>,
+    ) -> io::Result<Arc<Self>> {
+        // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED): it cannot overlap memory
+        // Rust already uses. The result is checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+        Ok(Arc::new(Self { ptr, len, _keep: keep }))
+    }
+
+    /// The whole mapping as an [`Mmio`] window, which keeps the mapping alive.
+    pub(crate) fn window(self: &Arc<Self>) -> Mmio {
+        // SAFETY: `ptr..ptr+len` is a live shared read-write mapping made by `new`, page aligned,
+        // and stays mapped while the `Arc` passed as owner lives; this crate never makes
+        // references into device memory.
+        unsafe { Mmio::new(self.ptr, self.len, self.clone()) }
+    }
+}
+
+impl Drop for RegionMapping {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `new`; every `Mmio` window into it holds an `Arc`
+        // of this value, so none is left when it drops.
+        if unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) } != 0 {
+            tracing::warn!("munmap of a device region failed: {}", io::Error::last_os_error());
+        }
     }
 }
 

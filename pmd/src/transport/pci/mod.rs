@@ -18,6 +18,7 @@ mod mmio;
 pub use caps::{CapList, OtherCap, VirtioCap, VirtioLayout};
 pub use common::{CommonConfig, DeviceConfig, NotifyArea, PciNotifier, VirtioPci, RESET_TIMEOUT};
 pub use mmio::Mmio;
+pub(crate) use mmio::RegionMapping;
 
 use crate::error::{Error, Result};
 use crate::spec::pci::config;
@@ -52,6 +53,60 @@ pub trait ConfigSpace {
         self.write(offset, &value.to_le_bytes())
     }
 }
+
+/// The [`Transport`](crate::transport::Transport) methods that a PCI transport answers from its
+/// [`VirtioPci`] (a field `pci`), the same however the function is reached. Expands inside an
+/// `impl Transport for ...` block, which adds `name`, `map_dma` and what else differs.
+macro_rules! delegate_to_virtio_pci {
+    () => {
+        fn reset(&mut self) -> $crate::error::Result<()> {
+            self.pci.reset()
+        }
+
+        fn status(&mut self) -> $crate::error::Result<u8> {
+            Ok(self.pci.status())
+        }
+
+        fn set_status(&mut self, status: u8) -> $crate::error::Result<()> {
+            self.pci.set_status(status);
+            Ok(())
+        }
+
+        fn device_features(&mut self) -> $crate::error::Result<$crate::spec::features::Features> {
+            Ok(self.pci.device_features())
+        }
+
+        fn set_driver_features(&mut self, features: $crate::spec::features::Features) -> $crate::error::Result<()> {
+            self.pci.set_driver_features(features);
+            Ok(())
+        }
+
+        fn num_queues(&mut self) -> $crate::error::Result<u16> {
+            Ok(self.pci.num_queues())
+        }
+
+        fn max_queue_size(&mut self, queue: u16) -> $crate::error::Result<u16> {
+            Ok(self.pci.max_queue_size(queue))
+        }
+
+        fn read_device_config(&mut self, offset: usize, buf: &mut [u8]) -> $crate::error::Result<()> {
+            self.pci.read_device_config(offset, buf)
+        }
+
+        unsafe fn setup_queue(
+            &mut self,
+            queue: u16,
+            size: u16,
+            format: $crate::transport::RingFormat,
+            addresses: $crate::transport::QueueAddresses,
+        ) -> $crate::error::Result<Box<dyn $crate::transport::Notify>> {
+            // SAFETY: the caller vouches for the areas (`Transport::setup_queue`'s contract, the
+            // same as `VirtioPci::setup_queue`'s).
+            Ok(Box::new(unsafe { self.pci.setup_queue(queue, size, format, addresses) }?))
+        }
+    };
+}
+pub(crate) use delegate_to_virtio_pci;
 
 /// Sets Memory Space and Bus Master in the command register and reads it back.
 ///

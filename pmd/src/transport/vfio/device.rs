@@ -23,6 +23,7 @@
 
 use std::any::Any;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,14 +36,13 @@ use vfio_bindings::bindings::vfio::{
 use vfio_ioctls::{VfioDevice, VfioError, VfioOps};
 
 use super::container::Container;
-use super::sys::{self, RegionMapping};
+use super::sys;
 use super::sysfs::{self, HostPaths, SysfsDevice};
 use crate::error::{Error, Result};
 use crate::mem::DmaRegion;
-use crate::spec::features::Features;
-use crate::spec::pci::{self as spec_pci, config};
-use crate::transport::pci::{self, caps, CapList, ConfigSpace, Mmio, VirtioCap, VirtioLayout, VirtioPci};
-use crate::transport::{Notify, QueueAddresses, RingFormat, Transport};
+use crate::spec::pci::config;
+use crate::transport::pci::{self, caps, CapList, ConfigSpace, Mmio, RegionMapping, VirtioLayout, VirtioPci};
+use crate::transport::Transport;
 
 /// What opening found out about the function.
 #[derive(Clone, Debug)]
@@ -120,13 +120,13 @@ struct OpenDevice {
 }
 
 /// The function's configuration space, through the VFIO config region of the device fd.
-struct VfioConfig<'a> {
-    device: &'a VfioDevice,
+struct VfioConfig<'a, D: AsRawFd> {
+    device: &'a D,
     region: vfio_region_info,
     bdf: &'a str,
 }
 
-impl VfioConfig<'_> {
+impl<D: AsRawFd> VfioConfig<'_, D> {
     fn check(&self, offset: u16, len: usize) -> Result<u64> {
         if u64::from(offset) + len as u64 > self.region.size {
             return Err(Error::InvalidConfig(format!(
@@ -138,7 +138,7 @@ impl VfioConfig<'_> {
     }
 }
 
-impl ConfigSpace for VfioConfig<'_> {
+impl<D: AsRawFd> ConfigSpace for VfioConfig<'_, D> {
     fn read(&self, offset: u16, buf: &mut [u8]) -> Result<()> {
         let at = self.check(offset, buf.len())?;
         sys::pread_exact(self.device, buf, at).map_err(|source| Error::Io {
@@ -227,14 +227,62 @@ fn mappable(info: &vfio_region_info) -> bool {
     info.flags & wanted == wanted && info.size > 0
 }
 
-/// The least a capability's structure must hold for the driver to use it.
-fn min_len(cap: &VirtioCap) -> u64 {
-    match cap.cfg_type {
-        spec_pci::CAP_COMMON_CFG => spec_pci::COMMON_CFG_MIN_LEN as u64,
-        spec_pci::CAP_NOTIFY_CFG => 2,
-        spec_pci::CAP_ISR_CFG => 1,
-        _ => 0,
+/// Reads the function's identity and capabilities through the VFIO device fd `device`, enables
+/// Memory Space and Bus Master, maps each BAR that holds a virtio structure (each mapping keeps
+/// `keep`, the device's owner, alive) and sets up the virtio PCI views. Shared by the IOMMU and
+/// the no-IOMMU transports: from the device fd on, VFIO is the same.
+pub(super) fn map_function(
+    device: &impl AsRawFd,
+    keep: Arc<dyn Any + Send + Sync>,
+    bdf: &str,
+    group: u32,
+    expected: (u16, u16),
+) -> Result<(VirtioPci, PciFunctionInfo)> {
+    let io_error = |what: String, source| Error::Io { what: format!("{bdf}: {what}"), source };
+    let config_region = sys::region_info(device, VFIO_PCI_CONFIG_REGION_INDEX)
+        .map_err(|e| io_error("VFIO_DEVICE_GET_REGION_INFO for the config space".into(), e))?;
+    let cfg = VfioConfig { device, region: config_region, bdf };
+    let vendor = cfg.read_u16(config::VENDOR_ID)?;
+    let device_id = cfg.read_u16(config::DEVICE_ID)?;
+    if (vendor, device_id) != expected {
+        return Err(Error::Transport(format!(
+            "{bdf}: configuration space says {vendor:04x}:{device_id:04x}, sysfs says {:04x}:{:04x}",
+            expected.0, expected.1
+        )));
     }
+    let caps = caps::walk(&cfg, bdf)?;
+    let bar_info: Vec<Option<vfio_region_info>> = (0..6).map(|i| sys::region_info(device, i).ok()).collect();
+    let layout = caps.layout(bdf, |cap| {
+        bar_info[usize::from(cap.bar)]
+            .filter(mappable)
+            .is_some_and(|info| u64::from(cap.offset) + cap.min_len() <= info.size)
+    })?;
+    let command = pci::enable_memory_and_bus_master(&cfg, bdf)?;
+
+    let mut windows: Vec<(u8, Mmio)> = Vec::new();
+    for bar in layout.bars() {
+        // The layout only holds capabilities whose BAR passed `mappable`.
+        let Some(info) = bar_info[usize::from(bar)] else {
+            continue;
+        };
+        let len =
+            usize::try_from(info.size).map_err(|_| Error::InvalidConfig(format!("{bdf}: BAR {bar} too large")))?;
+        let mapping = RegionMapping::new(device, info.offset, len, keep.clone())
+            .map_err(|e| io_error(format!("mmap of BAR {bar} ({len:#x} bytes) through the device fd"), e))?;
+        windows.push((bar, mapping.window()));
+    }
+    let info = PciFunctionInfo {
+        bdf: bdf.to_owned(),
+        group,
+        vendor,
+        device_id,
+        command,
+        caps,
+        layout,
+        bars: windows.iter().map(|(n, w)| (*n, w.len() as u64)).collect(),
+    };
+    let pci = VirtioPci::new(bdf, &info.layout, |n| windows.iter().find(|(b, _)| *b == n).map(|(_, w)| w.clone()))?;
+    Ok((pci, info))
 }
 
 /// A virtio-net PCI function driven through VFIO: implements [`Transport`].
@@ -296,52 +344,8 @@ impl VfioPciTransport {
         let open = Arc::new(OpenDevice { device, _shadow: shadow, _registration: registration });
         container.refresh_iommu_info()?;
 
-        let io_error = |what: String, source| Error::Io { what: format!("{bdf}: {what}"), source };
-        let config_region = sys::region_info(&open.device, VFIO_PCI_CONFIG_REGION_INDEX)
-            .map_err(|e| io_error("VFIO_DEVICE_GET_REGION_INFO for the config space".into(), e))?;
-        let cfg = VfioConfig { device: &open.device, region: config_region, bdf: &bdf };
-        let vendor = cfg.read_u16(config::VENDOR_ID)?;
-        let device_id = cfg.read_u16(config::DEVICE_ID)?;
-        if (vendor, device_id) != (dev.vendor, dev.device) {
-            return Err(Error::Transport(format!(
-                "{bdf}: configuration space says {vendor:04x}:{device_id:04x}, sysfs says {:04x}:{:04x}",
-                dev.vendor, dev.device
-            )));
-        }
-        let caps = caps::walk(&cfg, &bdf)?;
-        let bar_info: Vec<Option<vfio_region_info>> = (0..6).map(|i| sys::region_info(&open.device, i).ok()).collect();
-        let layout = caps.layout(&bdf, |cap| {
-            bar_info[usize::from(cap.bar)]
-                .filter(mappable)
-                .is_some_and(|info| u64::from(cap.offset) + min_len(cap) <= info.size)
-        })?;
-        let command = pci::enable_memory_and_bus_master(&cfg, &bdf)?;
-
-        let mut windows: Vec<(u8, Mmio)> = Vec::new();
-        for bar in layout.bars() {
-            // The layout only holds capabilities whose BAR passed `mappable`.
-            let Some(info) = bar_info[usize::from(bar)] else {
-                continue;
-            };
-            let len =
-                usize::try_from(info.size).map_err(|_| Error::InvalidConfig(format!("{bdf}: BAR {bar} too large")))?;
-            let keep: Arc<dyn Any + Send + Sync> = open.clone();
-            let mapping = RegionMapping::new(&open.device, info.offset, len, keep)
-                .map_err(|e| io_error(format!("mmap of BAR {bar} ({len:#x} bytes) through the device fd"), e))?;
-            windows.push((bar, mapping.window()));
-        }
-        let info = PciFunctionInfo {
-            bdf: bdf.clone(),
-            group: dev.group,
-            vendor,
-            device_id,
-            command,
-            caps,
-            layout,
-            bars: windows.iter().map(|(n, w)| (*n, w.len() as u64)).collect(),
-        };
-        let pci =
-            VirtioPci::new(&bdf, &info.layout, |n| windows.iter().find(|(b, _)| *b == n).map(|(_, w)| w.clone()))?;
+        let expected = (dev.vendor, dev.device);
+        let (pci, info) = map_function(&open.device, open.clone(), &bdf, dev.group, expected)?;
         tracing::debug!("{bdf}: open, group {}, {:?}", info.group, info.layout);
         Ok(Self { pci, info, container: container.clone(), device: open })
     }
@@ -378,54 +382,10 @@ impl Transport for VfioPciTransport {
         true
     }
 
-    fn reset(&mut self) -> Result<()> {
-        self.pci.reset()
-    }
-
-    fn status(&mut self) -> Result<u8> {
-        Ok(self.pci.status())
-    }
-
-    fn set_status(&mut self, status: u8) -> Result<()> {
-        self.pci.set_status(status);
-        Ok(())
-    }
-
-    fn device_features(&mut self) -> Result<Features> {
-        Ok(self.pci.device_features())
-    }
-
-    fn set_driver_features(&mut self, features: Features) -> Result<()> {
-        self.pci.set_driver_features(features);
-        Ok(())
-    }
-
-    fn num_queues(&mut self) -> Result<u16> {
-        Ok(self.pci.num_queues())
-    }
-
-    fn max_queue_size(&mut self, queue: u16) -> Result<u16> {
-        Ok(self.pci.max_queue_size(queue))
-    }
-
-    fn read_device_config(&mut self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        self.pci.read_device_config(offset, buf)
-    }
+    pci::delegate_to_virtio_pci!();
 
     fn map_dma(&mut self, region: &Arc<DmaRegion>) -> Result<()> {
         self.container.map_dma(region)
-    }
-
-    unsafe fn setup_queue(
-        &mut self,
-        queue: u16,
-        size: u16,
-        format: RingFormat,
-        addresses: QueueAddresses,
-    ) -> Result<Box<dyn Notify>> {
-        // SAFETY: the caller vouches for the areas (`Transport::setup_queue`'s contract, the same
-        // as `VirtioPci::setup_queue`'s).
-        Ok(Box::new(unsafe { self.pci.setup_queue(queue, size, format, addresses) }?))
     }
 }
 

@@ -25,16 +25,21 @@
 //! one not bound to vfio-pci (with the driver it has), a group held by another process or not
 //! viable (with the devices in the way), no IOMMU, a legacy-only device.
 //!
+//! Without an IOMMU, [`VfioNoIommuTransport`] drives a function through VFIO's no-IOMMU mode
+//! (physical addresses; only on request).
+//!
 //! What `vfio-ioctls` 0.10 does not do is done here: `VFIO_IOMMU_GET_INFO` with its capability
 //! chain, group status, region info and checked config-space access (`sys`, `iommu`).
 
 mod container;
 mod device;
 mod iommu;
+mod noiommu;
 mod sys;
-mod sysfs;
+pub(crate) mod sysfs;
 
 pub use container::Container;
 pub use device::{PciFunctionInfo, VfioPciTransport};
 pub use iommu::{parse_info as parse_iommu_info, IommuInfo};
+pub use noiommu::VfioNoIommuTransport;
 pub use sysfs::{inspect as inspect_sysfs, normalize_bdf, HostPaths, SysfsDevice};

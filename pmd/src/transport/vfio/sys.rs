@@ -1,25 +1,25 @@
 //! The system calls VFIO needs beyond what `vfio-ioctls` offers: three ioctls it keeps private
 //! (`VFIO_GROUP_GET_STATUS`, `VFIO_DEVICE_GET_REGION_INFO`, `VFIO_IOMMU_GET_INFO`), positioned
 //! reads and writes of the device fd with real error reporting (its `region_read`/`region_write`
-//! only log failures), `mmap`/`munmap` of device regions, and the DMA map call.
+//! only log failures), and the DMA map call. (Device regions are mapped with the PCI module's
+//! `RegionMapping`.)
 //!
 //! Every function here is a safe wrapper: each checks what the kernel returned, and the buffers
 //! it hands the kernel are sized by `argsz`, which it sets itself. Parsing of the returned bytes
 //! lives in `iommu.rs`, in safe code.
 #![allow(unsafe_code)]
 
-use std::any::Any;
+use std::ffi::CString;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::ptr::NonNull;
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use vfio_bindings::bindings::vfio::{vfio_group_status, vfio_iommu_type1_info, vfio_region_info, VFIO_BASE, VFIO_TYPE};
 use vfio_ioctls::{VfioContainer, VfioError};
-use vmm_sys_util::ioctl::{ioctl_with_mut_ptr, ioctl_with_mut_ref};
+use vmm_sys_util::ioctl::{
+    ioctl, ioctl_with_mut_ptr, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref, ioctl_with_val,
+};
 
 use crate::mem::DmaRegion;
-use crate::transport::pci::Mmio;
 
 // "VFIO_GROUP_GET_STATUS - _IOR(VFIO_TYPE, VFIO_BASE + 3, struct vfio_group_status)": the kernel
 // encodes these as _IO (no size, no direction) and passes the struct by pointer with argsz.
@@ -125,72 +125,52 @@ pub(crate) fn pwrite_all(fd: &impl AsRawFd, data: &[u8], offset: u64) -> io::Res
     Ok(())
 }
 
-/// A shared read-write mapping of `len` bytes of a device region; unmapped on drop, and only
-/// then does it let go of `keep` (the open device), so a BAR is always unmapped before the device
-/// fd can close.
-pub(crate) struct RegionMapping {
-    ptr: NonNull<u8>,
-    len: usize,
-    _keep: Arc<dyn Any + Send + Sync>,
+// The container and group ioctls the no-IOMMU transport makes itself (`vfio-ioctls` knows only
+// type1 containers and `/dev/vfio/<group>` nodes): "VFIO_GET_API_VERSION - _IO(VFIO_TYPE,
+// VFIO_BASE + 0)" and the others of uapi `linux/vfio.h`.
+vmm_sys_util::ioctl_io_nr!(VFIO_GET_API_VERSION, VFIO_TYPE as u32, VFIO_BASE);
+vmm_sys_util::ioctl_io_nr!(VFIO_CHECK_EXTENSION, VFIO_TYPE as u32, VFIO_BASE + 1);
+vmm_sys_util::ioctl_io_nr!(VFIO_SET_IOMMU, VFIO_TYPE as u32, VFIO_BASE + 2);
+vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_SET_CONTAINER, VFIO_TYPE as u32, VFIO_BASE + 4);
+vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_GET_DEVICE_FD, VFIO_TYPE as u32, VFIO_BASE + 6);
+
+/// `VFIO_API_VERSION`: what `VFIO_GET_API_VERSION` answers.
+pub(crate) const API_VERSION: libc::c_int = 0;
+/// `VFIO_NOIOMMU_IOMMU`: the IOMMU "type" of VFIO's no-IOMMU mode.
+pub(crate) const NOIOMMU_IOMMU: libc::c_ulong = 8;
+
+/// `VFIO_GET_API_VERSION` on a container fd.
+pub(crate) fn api_version(container: &impl AsRawFd) -> io::Result<libc::c_int> {
+    // SAFETY: an ioctl without argument.
+    check(unsafe { ioctl(container, VFIO_GET_API_VERSION()) })
 }
 
-// SAFETY: the mapping is an address range; accesses to it go through `Mmio`'s volatile accessors,
-// which are safe from any thread. `_keep` is `Send + Sync`.
-unsafe impl Send for RegionMapping {}
-// SAFETY: as above; `&RegionMapping` exposes only the address and length.
-unsafe impl Sync for RegionMapping {}
-
-impl std::fmt::Debug for RegionMapping {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegionMapping").field("ptr", &self.ptr).field("len", &self.len).finish_non_exhaustive()
-    }
+/// `VFIO_CHECK_EXTENSION`: whether the container supports IOMMU type `kind`.
+pub(crate) fn check_extension(container: &impl AsRawFd, kind: libc::c_ulong) -> io::Result<bool> {
+    // SAFETY: the argument is a plain integer.
+    check(unsafe { ioctl_with_val(container, VFIO_CHECK_EXTENSION(), kind) }).map(|supported| supported > 0)
 }
 
-impl RegionMapping {
-    /// Maps `len` bytes of `fd` at `offset` (a VFIO region's offset), shared, read-write;
-    /// `keep` (the owner of `fd`) stays alive until the mapping is gone.
-    pub(crate) fn new(
-        fd: &impl AsRawFd,
-        offset: u64,
-        len: usize,
-        keep: Arc<dyn Any + Send + Sync>,
-    ) -> io::Result<Arc<Self>> {
-        // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED): it cannot overlap memory
-        // Rust already uses. The result is checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                offset as libc::off_t,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
-        Ok(Arc::new(Self { ptr, len, _keep: keep }))
-    }
-
-    /// The whole mapping as an [`Mmio`] window, which keeps the mapping alive.
-    pub(crate) fn window(self: &Arc<Self>) -> Mmio {
-        // SAFETY: `ptr..ptr+len` is a live shared read-write mapping made by `new`, page aligned,
-        // and stays mapped while the `Arc` passed as owner lives; this crate never makes
-        // references into device memory.
-        unsafe { Mmio::new(self.ptr, self.len, self.clone()) }
-    }
+/// `VFIO_SET_IOMMU`: gives the container (with a group attached) IOMMU type `kind`.
+pub(crate) fn set_iommu(container: &impl AsRawFd, kind: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the argument is a plain integer.
+    check(unsafe { ioctl_with_val(container, VFIO_SET_IOMMU(), kind) }).map(drop)
 }
 
-impl Drop for RegionMapping {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `new`; every `Mmio` window into it holds an `Arc`
-        // of this value, so none is left when it drops.
-        if unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) } != 0 {
-            tracing::warn!("munmap of a device region failed: {}", io::Error::last_os_error());
-        }
-    }
+/// `VFIO_GROUP_SET_CONTAINER`: attaches the group to the container.
+pub(crate) fn group_set_container(group: &impl AsRawFd, container: &impl AsRawFd) -> io::Result<()> {
+    let fd: libc::c_int = container.as_raw_fd();
+    // SAFETY: the kernel reads one int from `fd`, which lives across the call.
+    check(unsafe { ioctl_with_ref(group, VFIO_GROUP_SET_CONTAINER(), &fd) }).map(drop)
+}
+
+/// `VFIO_GROUP_GET_DEVICE_FD`: the device fd of `bdf`, a member of the group.
+pub(crate) fn group_device_fd(group: &impl AsRawFd, bdf: &str) -> io::Result<OwnedFd> {
+    let name = CString::new(bdf).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: the kernel reads the NUL-terminated string, which lives across the call.
+    let fd = check(unsafe { ioctl_with_ptr(group, VFIO_GROUP_GET_DEVICE_FD(), name.as_ptr()) })?;
+    // SAFETY: a new fd the kernel just returned, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `VFIO_IOMMU_MAP_DMA` of `region` at its IOVA, read-write, in `container`.

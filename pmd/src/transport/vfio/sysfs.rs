@@ -99,7 +99,7 @@ fn read_id(dir: &Path, file: &str, bdf: &str) -> Result<u16> {
 }
 
 /// The name of the driver bound to the device at `dir`, if any.
-fn driver_of(dir: &Path) -> Option<String> {
+pub(crate) fn driver_of(dir: &Path) -> Option<String> {
     fs::read_link(dir.join("driver")).ok()?.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
@@ -109,10 +109,21 @@ fn keeps_group_viable(driver: &str) -> bool {
     driver.contains("vfio") || driver == "pci-stub" || driver == "pcieport"
 }
 
-/// Checks, through sysfs only, that `bdf` names a virtio-net function bound to vfio-pci and in an
-/// IOMMU group. Each failure has its own error, in this order: address malformed or absent, not
-/// virtio-net, no IOMMU group (then no binding can help), not bound to vfio-pci.
-pub fn inspect(paths: &HostPaths, bdf: &str) -> Result<SysfsDevice> {
+/// A PCI function that sysfs says is virtio-net.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct VirtioNetFunction {
+    /// Normalised PCI address.
+    pub(crate) bdf: String,
+    /// `/sys/bus/pci/devices/<bdf>`.
+    pub(crate) dir: PathBuf,
+    /// PCI vendor id.
+    pub(crate) vendor: u16,
+    /// PCI device id.
+    pub(crate) device: u16,
+}
+
+/// Checks that `bdf` is a well-formed address of a function that exists and is virtio-net.
+pub(crate) fn identify(paths: &HostPaths, bdf: &str) -> Result<VirtioNetFunction> {
     let bdf = normalize_bdf(bdf)?;
     let dir = paths.device_dir(&bdf);
     if !dir.exists() {
@@ -123,12 +134,22 @@ pub fn inspect(paths: &HostPaths, bdf: &str) -> Result<SysfsDevice> {
     if vendor != VENDOR_ID || (device != DEVICE_ID_NET_MODERN && device != DEVICE_ID_NET_TRANSITIONAL) {
         return Err(Error::NotVirtioNet { device: bdf, vendor, device_id: device });
     }
+    Ok(VirtioNetFunction { bdf, dir, vendor, device })
+}
+
+/// Checks, through sysfs only, that `bdf` names a virtio-net function bound to vfio-pci and in an
+/// IOMMU group. Each failure has its own error, in this order: address malformed or absent, not
+/// virtio-net, no IOMMU group (then no binding can help), not bound to vfio-pci.
+pub fn inspect(paths: &HostPaths, bdf: &str) -> Result<SysfsDevice> {
+    let VirtioNetFunction { bdf, dir, vendor, device } = identify(paths, bdf)?;
     let link = dir.join("iommu_group");
     let group = fs::read_link(&link)
         .map_err(|_| Error::IommuUnavailable {
             reason: format!(
                 "{bdf} has no IOMMU group ({} is missing): the IOMMU is off; boot with intel_iommu=on \
-                 (or amd_iommu=on), and give a QEMU guest `-device intel-iommu`",
+                 (or amd_iommu=on), and give a QEMU guest `-device intel-iommu`; or, in a VM without a \
+                 vIOMMU, bind it to uio_pci_generic (`scripts/bind-vfio.sh --uio {bdf}`) and open it in \
+                 physical-address mode (`UioPciTransport`, l2fwd --no-iommu), which lets the device reach all memory",
                 link.display()
             ),
         })?
@@ -263,7 +284,11 @@ pub(crate) mod tests {
 
         let err = inspect(&paths, "0000:00:07.0").unwrap_err();
         assert!(matches!(err, Error::IommuUnavailable { .. }));
-        assert!(err.to_string().contains("intel_iommu=on"), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("intel_iommu=on") && msg.contains("uio_pci_generic") && msg.contains("--no-iommu"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -426,15 +426,18 @@ impl VhostUserTransport {
         if !self.mem_table_stale {
             return Ok(());
         }
+        // Every region has a memfd: `map_dma` takes no other.
         let table: Vec<VhostUserMemoryRegionInfo> = self
             .regions
             .iter()
-            .map(|region| VhostUserMemoryRegionInfo {
-                guest_phys_addr: region.iova(),
-                memory_size: region.len() as u64,
-                userspace_addr: region.as_ptr() as u64,
-                mmap_offset: 0,
-                mmap_handle: region.fd().as_raw_fd(),
+            .filter_map(|region| {
+                Some(VhostUserMemoryRegionInfo {
+                    guest_phys_addr: region.iova(),
+                    memory_size: region.len() as u64,
+                    userspace_addr: region.as_ptr() as u64,
+                    mmap_offset: 0,
+                    mmap_handle: region.fd()?.as_raw_fd(),
+                })
             })
             .collect();
         self.request("SET_MEM_TABLE", |f| f.set_mem_table(&table))?;
@@ -620,6 +623,13 @@ impl Transport for VhostUserTransport {
         }
         if self.regions.len() == MAX_REGIONS {
             return Err(Error::TooManyDmaRegions { count: MAX_REGIONS + 1, max: MAX_REGIONS });
+        }
+        if region.fd().is_none() {
+            return Err(Error::InvalidConfig(format!(
+                "{}: a physical-address DMA region has no memfd to share with a vhost-user backend: create the \
+                 regions of vhost-user ports with IovaAllocator::identity()",
+                self.name
+            )));
         }
         if !region.is_huge() {
             tracing::warn!(
