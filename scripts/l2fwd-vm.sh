@@ -7,9 +7,10 @@
 # With --queues N the NICs are wired to multi-queue taps instead of UDP sockets: QEMU runs in a
 # network namespace this script creates (mq-l2fwd-<pid>, removed at the end), each NIC gets
 # `-netdev tap,queues=N,vhost=off` and `mq=on,rss=on,hash=on`, l2fwd opens N queue pairs per port
-# (VQ_PAIRS_SET and the default RSS configuration through the control queue), and vm-peer sends
+# (VQ_PAIRS_SET and the default RSS configuration through the control queue; per-queue ring sizes
+# 256, 128, 64, 256, ..), and vm-peer sends
 # IPv4/UDP frames of many flows into the taps with AF_PACKET. --rss-check also gives port 1 a
-# changed indirection table at run time (the queues in reverse order) and requires that every
+# changed indirection table (the queues in reverse order) and key at run time, and requires that every
 # receive queue of l2fwd got exactly the frames vm-peer predicts with its own Toeplitz hash from
 # the key and each port's table.
 #
@@ -77,6 +78,10 @@ usage: $0 [--ring packed|split] [--frames N] [--rate PPS] [--port-base P] [--no-
                         of every receive queue must equal vm-peer's Toeplitz prediction exactly
   --link-flap           after half the frames, take NIC1's link down and up with QEMU's monitor
                         (set_link): l2fwd must report both changes, and the rest must pass
+  --filters             receive filters, frame by frame: promiscuous mode off, a MAC table and a VLAN
+                        filter on port 0, all-multicast on port 1; vm-peer sends frame classes the
+                        device must pass (own, table and broadcast addresses, allowed VLAN) or drop
+                        (foreign unicast, other multicast without all-multicast, other VLANs)
   --no-build            use the binaries already built (target/$TRIPLE/ci/l2fwd, target/ci/vm-peer)
   environment: VM_ACCEL=tcg|kvm|auto (run-vm.sh), L2FWD_VM_DIR (logs; default target/l2fwd-vm)
 USAGE
@@ -89,6 +94,7 @@ PORT_BASE=43001
 BUILD=1
 L2FWD_ARGS=""
 LINK_FLAP=0
+FILTERS=0
 QUEUES=""
 FLOWS=256
 RSS_CHECK=0
@@ -105,6 +111,7 @@ while [ $# -gt 0 ]; do
         --flows) FLOWS=${2:-}; shift ;;
         --rss-check) RSS_CHECK=1 ;;
         --link-flap) LINK_FLAP=1 ;;
+        --filters) FILTERS=1 ;;
         --no-build) BUILD=0 ;;
         --no-iommu) IOMMU=off ;;
         --no-iommu-vfio) IOMMU=off; NOIOMMU_BIND=vfio ;;
@@ -215,12 +222,32 @@ if [ -n "$QUEUES" ]; then
     VM_NET=(--taps "${TAPS[0]},${TAPS[1]}" --queues "$QUEUES")
     PEER_NET=(--tap "${TAPS[0]},${TAPS[1]}" --flows "$FLOWS" --rss-queues "$QUEUES")
     # 2 ports x N pairs x 2 rings x 256 descriptors, plus the thread caches.
-    L2FWD_ARGS="--queues $QUEUES --pool-size $((2048 * QUEUES + 4096)) $L2FWD_ARGS"
+    # Per-queue ring sizes: pair i gets 256, 128, 64, 256, .. descriptors.
+    RING_SIZES=$(for ((i = 0; i < QUEUES; i++)); do echo $((256 >> (i % 3))); done | paste -sd,)
+    L2FWD_ARGS="--queues $QUEUES --ring-sizes $RING_SIZES --pool-size $((2048 * QUEUES + 4096)) $L2FWD_ARGS"
     if [ "$RSS_CHECK" -eq 1 ]; then
         RSS_TABLE1=$(seq $((QUEUES - 1)) -1 0 | paste -sd,)
-        L2FWD_ARGS="$L2FWD_ARGS --rss-table 1=$RSS_TABLE1"
-        PEER_NET+=(--rss-table "1=$RSS_TABLE1")
+        # And another key: the 40-byte "symmetric" key (0x6d5a repeated), known from RSS papers.
+        RSS_KEY1=$(printf '6d5a%.0s' $(seq 20))
+        L2FWD_ARGS="$L2FWD_ARGS --rss-table 1=$RSS_TABLE1 --rss-key 1=$RSS_KEY1"
+        PEER_NET+=(--rss-table "1=$RSS_TABLE1" --rss-key "1=$RSS_KEY1")
     fi
+fi
+
+if [ "$FILTERS" -eq 1 ]; then
+    L2FWD_ARGS="--promisc=false --mac-table 0=02:00:00:00:aa:01,01:00:5e:00:00:01 --mac-table 1=02:00:00:00:aa:02 \
+--allmulti 1 --vlan 0=100 $L2FWD_ARGS"
+    # PORT,NAME,DST,VLAN,verdict: what the device must do with frames sent into each port.
+    for class in \
+        0,own,52:54:00:00:00:01,-,pass 0,foreign-unicast,02:00:00:00:bb:01,-,drop \
+        0,table-unicast,02:00:00:00:aa:01,-,pass 0,table-multicast,01:00:5e:00:00:01,-,pass \
+        0,other-multicast,01:00:5e:00:00:02,-,drop 0,broadcast,ff:ff:ff:ff:ff:ff,-,pass \
+        0,vlan-100-allowed,52:54:00:00:00:01,100,pass 0,vlan-200-filtered,52:54:00:00:00:01,200,drop \
+        1,own,52:54:00:00:00:02,-,pass 1,foreign-unicast,02:00:00:00:bb:02,-,drop \
+        1,table-unicast,02:00:00:00:aa:02,-,pass 1,other-multicast-allmulti,01:00:5e:00:00:02,-,pass \
+        1,vlan-100-no-filter-entry,52:54:00:00:00:02,100,drop; do
+        PEER_NET+=(--class "$class")
+    done
 fi
 
 # The guest: l2fwd in the background; a watcher sends it SIGINT when the host says so over the
@@ -365,6 +392,11 @@ if [ "$RSS_CHECK" -eq 1 ]; then
     awk '$3 != $4 { bad = 1 } END { exit bad }' "$RSS_TABLE" ||
         FAIL+=("RSS: frames per receive queue differ from the Toeplitz prediction (see below)")
 fi
+if [ "$FILTERS" -eq 1 ]; then
+    grep -q '^FILTER ' "$PEER_OUT" || FAIL+=("vm-peer printed no FILTER lines")
+    ! grep -q '^FILTER .* WRONG$' "$PEER_OUT" || FAIL+=("receive filters: a frame class was not passed or dropped as expected")
+    [ "$(grep -c '^L2FWD-FILTER ' "$CONSOLE")" -eq 2 ] || FAIL+=("l2fwd did not set both ports' receive filters")
+fi
 grep -q '^L2FWD-POOL .* in_use=0 ' "$CONSOLE" || FAIL+=("l2fwd did not report every mbuf back in the pool")
 grep -q '^L2FWD-DONE clean' "$CONSOLE" || FAIL+=("l2fwd did not finish cleanly")
 if [ "$IOMMU" = off ] && [ "$(grep -c 'without an IOMMU: the device can read and write ALL' "$CONSOLE")" -ne 2 ]; then
@@ -377,13 +409,13 @@ fi
 # --- 7: summary --------------------------------------------------------------------------------
 echo
 say "summary (ring=$RING queues=${QUEUES:-1} iommu=$IOMMU, $FRAMES frames per direction at $RATE pps; traffic ${t_traffic} s, total $((SECONDS - started)) s)"
-grep -E '^(L2FWD-PORT|L2FWD-LINK|L2FWD-RSS|L2FWD-SUMMARY|L2FWD-RXQ|L2FWD-POOL|L2FWD-DONE|L2FWD-EXIT|l2fwd: error)' "$CONSOLE" | sed 's/^/  /' || true
-grep -E '^(dir=|elapsed_s=)' "$PEER_OUT" 2>/dev/null | sed 's/^/  /' || true
+grep -E '^(L2FWD-PORT|L2FWD-LINK|L2FWD-FILTER|L2FWD-RSS|L2FWD-SUMMARY|L2FWD-RXQ|L2FWD-POOL|L2FWD-DONE|L2FWD-EXIT|l2fwd: error)' "$CONSOLE" | sed 's/^/  /' || true
+grep -E '^(dir=|FILTER |elapsed_s=)' "$PEER_OUT" 2>/dev/null | sed 's/^/  /' || true
 tail -n 2 "$VM_OUT" | sed 's/^/  /'
 if [ -s "$RSS_TABLE" ]; then
     say "RSS: frames per receive queue, predicted by vm-peer's Toeplitz hash (key, table) vs. l2fwd's counters"
     awk -v t1="$RSS_TABLE1" '{ printf "  port %s rxq %s: predicted %s seen %s %s%s\n", $1, $2, $3, $4,
-        ($3 == $4 ? "ok" : "MISMATCH"), ($1 == 1 ? " (table changed at run time: " t1 ")" : "") }' "$RSS_TABLE"
+        ($3 == $4 ? "ok" : "MISMATCH"), ($1 == 1 ? " (table " t1 " and key changed at run time)" : " (default key and table)") }' "$RSS_TABLE"
 fi
 say "logs: $OUT_DIR"
 # The runs' counters summed, their latencies the larger of theirs.

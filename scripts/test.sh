@@ -10,9 +10,10 @@
 # DPDK interop tests (cargo, `ci` profile: optimised, with debug assertions); the benches
 # compiled and run once as tests; then the VM stage: l2fwd over VFIO in the QEMU guest, packed
 # and split rings, 100000 frames each way from the host (scripts/l2fwd-vm.sh), 4 queue pairs with
-# RSS over multi-queue taps (--queues 4 --rss-check), a link taken down and up (--link-flap), the
-# same without a vIOMMU (physical addresses: uio_pci_generic, --no-iommu, both rings; VFIO's
-# no-IOMMU mode, --no-iommu-vfio), and l2fwd's error paths on real devices
+# RSS over multi-queue taps (--queues 4 --rss-check), a link taken down and up (--link-flap),
+# receive filters frame by frame (--filters), the same without a vIOMMU (physical addresses:
+# uio_pci_generic, --no-iommu, both rings; VFIO's no-IOMMU mode, --no-iommu-vfio), and l2fwd's
+# error paths on real devices
 # (scripts/vm/l2fwd-errors.sh). Fails loudly on the first error; never skips silently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -97,6 +98,11 @@ else
     t=$SECONDS
     scripts/l2fwd-vm.sh --link-flap --frames 10000 --no-build
     echo "VM link flap: $((SECONDS - t)) s"
+    # Receive filters frame by frame: promiscuous off, MAC table, all-multicast, VLAN filter.
+    step "VM: l2fwd, receive filters checked frame by frame (scripts/l2fwd-vm.sh --filters)"
+    t=$SECONDS
+    scripts/l2fwd-vm.sh --filters --frames 8800 --no-build
+    echo "VM receive filters: $((SECONDS - t)) s"
     # The same without a vIOMMU: NICs on uio_pci_generic, physical-address DMA (about 30 s each:
     # the binaries are built).
     for ring in packed split; do

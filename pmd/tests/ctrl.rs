@@ -315,6 +315,33 @@ fn queue_pairs_are_set_through_the_control_queue_within_max_virtqueue_pairs() {
     assert!(matches!(err, Error::CtrlCommandFailed { command: CtrlCommand::MqVqPairsSet, .. }), "{err:?}");
 }
 
+#[test]
+fn each_queue_pair_can_have_its_own_ring_size() {
+    for ring in [RingChoice::Packed, RingChoice::Split] {
+        let config = PortConfig { queue_pairs: 3, pair_ring_sizes: vec![32, 128], ..port_config(ring) };
+        let mut f = open_with(CTRL_ALL, &config, CtrlAnswer::Ok).map_err(|(e, _)| e).expect("port");
+        assert_eq!((0..4).map(|p| f.port.pair_ring_size(p)).collect::<Vec<_>>(), [Some(32), Some(128), Some(64), None]);
+        assert_eq!(f.port.ring_size(), 64);
+        for (pair, size) in [(0, 32), (1, 128), (2, 64)] {
+            let (rx, tx) = f.port.take_queues(pair).unwrap();
+            assert_eq!((rx.ring_size(), tx.ring_size()), (size, size), "{ring:?} pair {pair}");
+            drop((rx, tx));
+        }
+        drop(f.port);
+        assert_eq!(f.pool.stats().in_use, 0);
+    }
+    // A size the device cannot take names the queue; more sizes than pairs is refused.
+    let config = PortConfig { queue_pairs: 2, pair_ring_sizes: vec![64, 512], ..port_config(RingChoice::Split) };
+    let (err, _) = open_with(CTRL_ALL, &config, CtrlAnswer::Ok).err().expect("refused");
+    assert!(matches!(err, Error::QueueSizeRefused { queue: 2, requested: 512, max: 256, .. }), "{err:?}");
+    let config = PortConfig { queue_pairs: 2, pair_ring_sizes: vec![64, 48], ..port_config(RingChoice::Split) };
+    let (err, _) = open_with(CTRL_ALL, &config, CtrlAnswer::Ok).err().expect("refused");
+    assert!(matches!(err, Error::QueueSizeRefused { queue: 2, requested: 48, .. }), "{err:?}");
+    let config = PortConfig { queue_pairs: 1, pair_ring_sizes: vec![64, 64], ..port_config(RingChoice::Auto) };
+    let (err, _) = open_with(CTRL_ALL, &config, CtrlAnswer::Ok).err().expect("refused");
+    assert!(err.to_string().contains("at most one per pair"), "{err}");
+}
+
 /// `struct virtio_net_rss_config` as the spec lays it out, for `pairs` pairs.
 fn rss_bytes(rss: &RssConfig, pairs: u16) -> Vec<u8> {
     let mut b = rss.hash_types.to_le_bytes().to_vec();

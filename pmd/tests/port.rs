@@ -358,7 +358,7 @@ fn offloads_are_negotiated_only_when_asked_and_pick_the_paths() {
     let lro = PortConfig { offloads: all, ..config() };
     let err = open(&offered, &lro, &pool).unwrap_err().to_string();
     assert!(err.contains("65550") && err.contains("LRO") && err.contains("rx_mergeable"), "{err}");
-    let port = open(&offered, &PortConfig { rx_mergeable: true, ..lro }, &pool).expect("open");
+    let port = open(&offered, &PortConfig { rx_mergeable: true, ..lro.clone() }, &pool).expect("open");
     let offloads = port.offloads();
     assert!(offloads.tx_checksum && offloads.tso4 && offloads.tso6 && offloads.rx_checksum && offloads.lro6);
     assert_eq!(port.rx_path(), RxPath::Offloads { mergeable: true, offloads });

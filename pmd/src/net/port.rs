@@ -100,6 +100,10 @@ pub struct PortConfig {
     /// Send multi-segment mbufs, one descriptor chain each. Off by default: the one-descriptor
     /// transmit path is the fastest, and drops (and counts) a multi-segment mbuf.
     pub tx_multi_segment: bool,
+    /// Descriptors per ring of each queue pair, by pair (both rings of pair `i` get entry `i`):
+    /// per-queue ring sizes, as DPDK's queue set-up takes them. Pairs beyond the list, or all
+    /// when it is empty, get [`ring_size`](Self::ring_size).
+    pub pair_ring_sizes: Vec<u16>,
     /// Checksum and segmentation offloads, each negotiated only when asked for here and offered
     /// ([`Port::offloads`]). A transmit offload implies transmit chains (TSO packets are large).
     pub offloads: OffloadConfig,
@@ -123,6 +127,7 @@ impl Default for PortConfig {
             control_timeout: Duration::from_secs(1),
             rx_mergeable: false,
             tx_multi_segment: false,
+            pair_ring_sizes: Vec::new(),
             offloads: OffloadConfig::default(),
             packet_classes: false,
         }
@@ -186,9 +191,10 @@ struct Negotiated {
     rings: Arc<DmaRegion>,
     ctrl_missing: CtrlUnavailable,
     max_pairs: u16,
+    rss: Option<(RssCapabilities, RssConfig)>,
     rx_path: RxPath,
     tx_path: TxPath,
-    rss: Option<(RssCapabilities, RssConfig)>,
+    pair_sizes: Vec<u16>,
 }
 
 /// Ethernet header bytes a frame carries besides its MTU ("Device configuration layout": "plus
@@ -271,6 +277,8 @@ pub struct Port {
     /// (none yet: the device steers as without RSS).
     rss_caps: Option<RssCapabilities>,
     rss: Option<RssConfig>,
+    /// Descriptors per ring, by queue pair.
+    pair_sizes: Vec<u16>,
     _rings: Arc<DmaRegion>,
 }
 
@@ -307,10 +315,11 @@ impl Port {
                     ctrl,
                     ctrl_missing: found.ctrl_missing,
                     max_pairs: found.max_pairs,
-                    rx_path: found.rx_path,
-                    tx_path: found.tx_path,
                     rss_caps: found.rss.as_ref().map(|(caps, _)| *caps),
                     rss: found.rss.map(|(_, config)| config),
+                    pair_sizes: found.pair_sizes,
+                    rx_path: found.rx_path,
+                    tx_path: found.tx_path,
                     _rings: found.rings,
                 };
                 for (rx, tx) in queues {
@@ -500,47 +509,45 @@ impl Port {
         }
         let max = (0..queues_needed).map(|q| transport.max_queue_size(q)).collect::<Result<Vec<_>>>()?;
         let device_max = max.iter().copied().min().unwrap_or(0);
-        let size = match config.ring_size {
-            Some(size) => {
-                if size == 0 || size > device_max || (format == RingFormat::Split && !size.is_power_of_two()) {
-                    return Err(Error::QueueSizeRefused {
-                        queue: 0,
-                        requested: size,
-                        max: device_max,
-                        hint: if format == RingFormat::Split {
-                            ": use a power of two no larger than the maximum"
-                        } else {
-                            ": use a size no larger than the maximum"
-                        },
-                    });
+        if config.pair_ring_sizes.len() > config.queue_pairs as usize {
+            return Err(Error::InvalidConfig(format!(
+                "{name}: {} per-pair ring sizes given for {} queue pairs: give at most one per pair",
+                config.pair_ring_sizes.len(),
+                config.queue_pairs
+            )));
+        }
+        let size = Self::ring_size_for(config.ring_size, device_max, format, 0)?;
+        // Per pair, both rings the same size; the rings lie one after the other in one region.
+        let sizes = (0..config.queue_pairs)
+            .map(|pair| match config.pair_ring_sizes.get(pair as usize) {
+                Some(&requested) => {
+                    let max = max[2 * pair as usize].min(max[2 * pair as usize + 1]);
+                    Self::ring_size_for(Some(requested), max, format, 2 * pair)
                 }
-                size
-            }
-            None => {
-                let size = device_max.min(1024);
-                if format == RingFormat::Split {
-                    1 << (15 - size.leading_zeros().min(15))
-                } else {
-                    size
-                }
-            }
-        };
+                None => Ok(size),
+            })
+            .collect::<Result<Vec<u16>>>()?;
+        let offsets: Vec<usize> = sizes
+            .iter()
+            .flat_map(|&s| [ring_bytes(format, s); 2])
+            .scan(0, |at, bytes| {
+                let offset = *at;
+                *at += bytes;
+                Some(offset)
+            })
+            .collect();
+        let total = sizes.iter().map(|&s| 2 * ring_bytes(format, s)).sum();
 
         transport.map_dma(pool.region())?;
-        let per_ring = ring_bytes(format, size);
-        let rings = Arc::new(DmaRegion::new(
-            &format!("{name}-rings"),
-            per_ring * queues_needed as usize,
-            config.huge_pages,
-            iova,
-        )?);
+        let rings = Arc::new(DmaRegion::new(&format!("{name}-rings"), total, config.huge_pages, iova)?);
         transport.map_dma(&rings)?;
 
         let in_order = wanted.has(features::IN_ORDER);
         let event_idx = wanted.has(features::EVENT_IDX);
         // One descriptor per chain; transmit completions need no length.
         let make_ring = |index: u16, chains: Chains| -> Result<Ring> {
-            let memory = RingMemory::new(rings.clone(), per_ring * index as usize, format, size)?;
+            let size = sizes[index as usize / 2];
+            let memory = RingMemory::new(rings.clone(), offsets[index as usize], format, size)?;
             Ok(match format {
                 RingFormat::Packed => Ring::Packed(PackedRing::new(memory, in_order, chains)?),
                 RingFormat::Split => Ring::Split(SplitRing::new(memory, event_idx, in_order, chains)?),
@@ -549,6 +556,7 @@ impl Port {
         let quiesce: Arc<dyn Quiesce> = device.clone();
         for pair in 0..config.queue_pairs {
             let (rx_index, tx_index) = (2 * pair, 2 * pair + 1);
+            let size = sizes[pair as usize];
             let rx_ring = make_ring(rx_index, Chains::OneDescriptor)?;
             let tx_chains = match tx_path {
                 TxPath::Simple => Chains::OneDescriptorNoLengths,
@@ -622,6 +630,7 @@ impl Port {
             rx_path,
             tx_path,
             rss,
+            pair_sizes: sizes,
         })
     }
 
@@ -666,6 +675,33 @@ impl Port {
                 ""
             },
         )))
+    }
+
+    /// The ring size for queue `queue`: `requested` if the device takes it (at most `max`, a
+    /// power of two for split rings), else the device's maximum capped at 1024 (rounded down to
+    /// a power of two for split rings).
+    fn ring_size_for(requested: Option<u16>, max: u16, format: RingFormat, queue: u16) -> Result<u16> {
+        match requested {
+            Some(size) => {
+                if size == 0 || size > max || (format == RingFormat::Split && !size.is_power_of_two()) {
+                    return Err(Error::QueueSizeRefused {
+                        queue,
+                        requested: size,
+                        max,
+                        hint: if format == RingFormat::Split {
+                            ": use a power of two no larger than the maximum"
+                        } else {
+                            ": use a size no larger than the maximum"
+                        },
+                    });
+                }
+                Ok(size)
+            }
+            None => {
+                let size = max.min(1024);
+                Ok(if format == RingFormat::Split { 1 << (15 - size.leading_zeros().min(15)) } else { size })
+            }
+        }
     }
 
     /// The RSS limits the device reports (with VIRTIO_NET_F_RSS), checked against the spec's
@@ -749,9 +785,17 @@ impl Port {
         self.format
     }
 
-    /// Descriptors per ring.
+    /// Descriptors per ring of the pairs without a size of their own
+    /// ([`PortConfig::pair_ring_sizes`]).
     pub fn ring_size(&self) -> u16 {
         self.ring_size
+    }
+
+    /// Descriptors per ring of queue pair `pair` (its own size from
+    /// [`PortConfig::pair_ring_sizes`], or [`ring_size`](Self::ring_size)); `None` if there is no
+    /// such pair.
+    pub fn pair_ring_size(&self, pair: u16) -> Option<u16> {
+        self.pair_sizes.get(pair as usize).copied()
     }
 
     /// The receive path chosen at open.

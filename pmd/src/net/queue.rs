@@ -236,6 +236,11 @@ macro_rules! queue_accessors {
                 self.core.counters.snapshot()
             }
 
+            /// Descriptors in the queue's ring.
+            pub fn ring_size(&self) -> u16 {
+                self.core.ring.size()
+            }
+
             /// The live counters, for a port summary read from another thread.
             pub(crate) fn counters(&self) -> Arc<QueueCounters> {
                 self.core.counters.clone()

@@ -15,10 +15,24 @@
 //! cores = [1]               # one polling thread per core (empty: one thread, not pinned)
 //! huge_pages = "preferred"  # "preferred" | "required" | "never"
 //! idle_sleep_us = 0         # sleep this long when a thread's queues stay empty (0: pure polling)
-//! promiscuous = false       # turn promiscuous mode on at start (the device's control queue)
+//! promiscuous = true        # promiscuous mode on (true) or off (false) at start, through the
+//!                           # device's control queue (left out: as the device starts)
 //! json = false              # also print JSON lines (statistics, summaries, the pool check)
 //! no_iommu = false          # no IOMMU: ports in VFIO no-IOMMU mode or on uio_pci_generic, physical addresses (root)
 //! queues = 1                # queue pairs per port (more than one: the device's control queue)
+//! ring_sizes = [256, 128]   # descriptors per ring of queue pairs 0, 1, .. (the rest: ring_size)
+//! allmulti = [1]            # ports in all-multicast mode (receive filters, control queue)
+//!
+//! # Receive filters and RSS keys of a port, set through the control queue at start:
+//! # [[mac_tables]]          the MAC filtering table (unicast and multicast addresses)
+//! # port = 0
+//! # macs = ["02:00:00:00:aa:01", "01:00:5e:00:00:01"]
+//! # [[vlans]]               VLAN ids the VLAN filter lets through
+//! # port = 0
+//! # ids = [100]
+//! # [[rss_keys]]            the RSS key (hex; 40 bytes for the default hash types)
+//! # port = 1
+//! # key = "6d5a6d5a.."
 //! max_pkt_len = 1514        # largest frame; beyond a buffer: mergeable receive buffers, transmit chains
 //! offloads = false          # checksum, TSO and LRO, passed through from receive to transmit
 //!
@@ -87,6 +101,113 @@ impl std::str::FromStr for RssTable {
     }
 }
 
+/// `PORT=V,V,..` of the command line, split.
+fn port_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<(usize, Vec<T>), String>
+where
+    T::Err: std::fmt::Display,
+{
+    let (port, values) = s.split_once('=').ok_or_else(|| format!("'{s}' is not PORT={what},{what},.."))?;
+    let port = port.trim().parse().map_err(|_| format!("'{s}': '{port}' is not a port number"))?;
+    let values = values
+        .split(',')
+        .map(|v| v.trim().parse::<T>().map_err(|e| format!("'{s}': '{v}' is not a {what}: {e}")))
+        .collect::<Result<Vec<T>, String>>()?;
+    Ok((port, values))
+}
+
+/// A port's MAC filtering table (`[[mac_tables]]`, `--mac-table PORT=MAC,..`): unicast and
+/// multicast addresses (by their I/G bit), VIRTIO_NET_CTRL_MAC_TABLE_SET.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MacTable {
+    /// The port.
+    pub port: usize,
+    /// The addresses.
+    pub macs: Vec<MacAddr>,
+}
+
+impl std::str::FromStr for MacTable {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        port_list(s, "MAC").map(|(port, macs)| MacTable { port, macs })
+    }
+}
+
+/// VLAN ids a port's VLAN filter lets through (`[[vlans]]`, `--vlan PORT=VID,..`),
+/// VIRTIO_NET_CTRL_VLAN_ADD.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Vlans {
+    /// The port.
+    pub port: usize,
+    /// The VLAN ids (0..=4095).
+    pub ids: Vec<u16>,
+}
+
+impl std::str::FromStr for Vlans {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        port_list(s, "VLAN id").map(|(port, ids)| Vlans { port, ids })
+    }
+}
+
+/// A port's RSS key (`[[rss_keys]]`, `--rss-key PORT=HEX`), set once it runs.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RssKey {
+    /// The port.
+    pub port: usize,
+    /// The key, hex.
+    pub key: String,
+}
+
+impl std::str::FromStr for RssKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (port, key) = s.split_once('=').ok_or_else(|| format!("'{s}' is not PORT=HEX"))?;
+        let port = port.trim().parse().map_err(|_| format!("'{s}': '{port}' is not a port number"))?;
+        Ok(RssKey { port, key: key.trim().to_owned() })
+    }
+}
+
+/// A key written as hex digits (`6d5a56da...`).
+fn parse_key(hex: &str) -> Result<Vec<u8>, String> {
+    let bad = || format!("'{hex}' is not an RSS key: an even number of hex digits, e.g. 6d5a56da255b0ec2..");
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return Err(bad());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)
+}
+
+/// The receive filters and RSS key of one port, checked, set at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortControl {
+    /// The port.
+    pub port: usize,
+    /// The MAC filtering table (empty: left as it is).
+    pub mac_table: Vec<MacAddr>,
+    /// All-multicast mode on.
+    pub allmulti: bool,
+    /// VLAN ids added to the VLAN filter.
+    pub vlans: Vec<u16>,
+    /// A new RSS key.
+    pub rss_key: Option<Vec<u8>>,
+}
+
+impl PortControl {
+    /// Whether there is a receive filter to set.
+    pub fn has_filters(&self) -> bool {
+        !self.mac_table.is_empty() || self.allmulti || !self.vlans.is_empty()
+    }
+}
+
 /// One `[[ports]]` entry of the file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -137,7 +258,8 @@ pub struct Options {
     /// (pure polling) [default: 0].
     #[arg(long, value_name = "US")]
     pub idle_sleep_us: Option<u64>,
-    /// Turn promiscuous mode on at start, through the device's control queue [default: off].
+    /// Promiscuous mode on (`--promisc`) or off (`--promisc=false`) at start, through the device's
+    /// control queue (DPDK's -P) [default: as the device starts; QEMU's start promiscuous].
     #[arg(long = "promisc", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub promiscuous: Option<bool>,
     /// Also print statistics, summaries and the pool check as JSON lines (one object per line,
@@ -152,6 +274,24 @@ pub struct Options {
     /// fill the table; repeatable) [default: 0..queues round robin].
     #[arg(long = "rss-table", value_name = "PORT=Q,..")]
     pub rss_tables: Option<Vec<RssTable>>,
+    /// Descriptors per ring of queue pairs 0, 1, .. of every port (per-queue ring sizes; the
+    /// others get ring_size), e.g. 256,128,64,256.
+    #[arg(long, value_delimiter = ',', value_name = "N,N,..")]
+    pub ring_sizes: Option<Vec<u16>>,
+    /// RSS key of a port, set once it runs: PORT=HEX (repeatable) [default: the Microsoft key].
+    #[arg(long = "rss-key", value_name = "PORT=HEX")]
+    pub rss_keys: Option<Vec<RssKey>>,
+    /// Receive filter: a port's MAC table, unicast and multicast addresses, PORT=MAC,..
+    /// (VIRTIO_NET_CTRL_MAC_TABLE_SET; repeatable).
+    #[arg(long = "mac-table", value_name = "PORT=MAC,..")]
+    pub mac_tables: Option<Vec<MacTable>>,
+    /// Receive filter: all-multicast mode on for PORT (VIRTIO_NET_CTRL_RX_ALLMULTI; repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub allmulti: Option<Vec<usize>>,
+    /// Receive filter: VLAN ids a port's VLAN filter lets through, PORT=VID,..
+    /// (VIRTIO_NET_CTRL_VLAN_ADD; repeatable).
+    #[arg(long = "vlan", value_name = "PORT=VID,..")]
+    pub vlans: Option<Vec<Vlans>>,
     /// Largest frame forwarded, in bytes without the virtio-net header (up to the device's MTU
     /// plus 14); larger than a buffer's 2048 bytes: received into mergeable buffers and sent as
     /// descriptor chains [default: 1514].
@@ -200,8 +340,8 @@ pub struct Settings {
     pub huge_pages: Huge,
     /// How long a polling thread sleeps when idle (`None`: it never sleeps).
     pub idle_sleep: Option<Duration>,
-    /// Turn promiscuous mode on at start.
-    pub promiscuous: bool,
+    /// Promiscuous mode on or off at start (`None`: as the device starts).
+    pub promiscuous: Option<bool>,
     /// Also print JSON lines.
     pub json: bool,
     /// No IOMMU: every port's spec has `iommu=off`.
@@ -211,6 +351,10 @@ pub struct Settings {
     /// RSS indirection tables set once the ports run, per port (checked: ports exist, entries
     /// name queue pairs that exist).
     pub rss_tables: Vec<RssTable>,
+    /// Descriptors per ring of queue pairs 0, 1, ... (the others: `ring_size`).
+    pub ring_sizes: Vec<u16>,
+    /// Receive filters and RSS keys, per port that has any.
+    pub control: Vec<PortControl>,
     /// Largest frame forwarded.
     pub max_pkt_len: u32,
     /// Checksum, TSO and LRO on every port.
@@ -300,6 +444,17 @@ impl Settings {
                 ));
             }
         }
+        let control = port_control(
+            (o.mac_tables.as_deref(), o.allmulti.as_deref(), o.vlans.as_deref(), o.rss_keys.as_deref()),
+            ports.len(),
+        )
+        .map_err(|e| format!("{e}{from}"))?;
+        let ring_sizes = o.ring_sizes.unwrap_or_default();
+        if ring_sizes.len() > usize::from(queues) || ring_sizes.contains(&0) {
+            return Err(format!(
+                "ring_sizes {ring_sizes:?}{from}: give at most one non-zero size per queue pair (queues = {queues})"
+            ));
+        }
         let max_pkt_len = o.max_pkt_len.unwrap_or(DEFAULT_MAX_PKT_LEN);
         if !(60..=MAX_PKT_LEN).contains(&max_pkt_len) {
             return Err(format!("max_pkt_len {max_pkt_len} is out of range{from}: use 60..={MAX_PKT_LEN} bytes"));
@@ -317,11 +472,13 @@ impl Settings {
             cores,
             huge_pages: o.huge_pages.unwrap_or(Huge::Preferred),
             idle_sleep: Some(idle_sleep_us).filter(|us| *us > 0).map(Duration::from_micros),
-            promiscuous: o.promiscuous.unwrap_or(false),
+            promiscuous: o.promiscuous,
             json: o.json.unwrap_or(false),
             no_iommu: o.no_iommu.unwrap_or(false),
             queues,
             rss_tables,
+            ring_sizes,
+            control,
             source,
         })
     }
@@ -331,6 +488,49 @@ impl Settings {
     pub fn peer_of(&self, id: usize) -> usize {
         peer_of(id, self.ports.len())
     }
+}
+
+/// The receive filters and RSS keys given (MAC tables, all-multicast ports, VLANs, keys), by
+/// port, checked against `ports` ports.
+type ControlOptions<'a> = (Option<&'a [MacTable]>, Option<&'a [usize]>, Option<&'a [Vlans]>, Option<&'a [RssKey]>);
+
+fn port_control(
+    (mac_tables, allmulti, vlans, rss_keys): ControlOptions,
+    ports: usize,
+) -> Result<Vec<PortControl>, String> {
+    fn slot<'a>(
+        all: &'a mut Vec<PortControl>,
+        port: usize,
+        ports: usize,
+        what: &str,
+    ) -> Result<&'a mut PortControl, String> {
+        if port >= ports {
+            return Err(format!("{what} for port {port}: there are only {ports} ports"));
+        }
+        let i = all.iter().position(|c| c.port == port).unwrap_or_else(|| {
+            all.push(PortControl { port, ..PortControl::default() });
+            all.len() - 1
+        });
+        Ok(&mut all[i])
+    }
+    let mut all = Vec::new();
+    for t in mac_tables.into_iter().flatten() {
+        slot(&mut all, t.port, ports, "mac_table")?.mac_table.extend_from_slice(&t.macs);
+    }
+    for p in allmulti.into_iter().flatten() {
+        slot(&mut all, *p, ports, "allmulti")?.allmulti = true;
+    }
+    for v in vlans.into_iter().flatten() {
+        if let Some(id) = v.ids.iter().find(|id| **id > 4095) {
+            return Err(format!("vlan for port {}: {id} is not a VLAN id (0..=4095)", v.port));
+        }
+        slot(&mut all, v.port, ports, "vlan")?.vlans.extend_from_slice(&v.ids);
+    }
+    for k in rss_keys.into_iter().flatten() {
+        let key = parse_key(&k.key)?;
+        slot(&mut all, k.port, ports, "rss_key")?.rss_key = Some(key);
+    }
+    Ok(all)
 }
 
 /// The port that port `id` of `n` forwards to.
@@ -454,6 +654,6 @@ mod tests {
         let s = Settings::resolve(&Options::default(), Some(path)).unwrap();
         let targets: Vec<String> = s.ports.iter().map(|p| p.spec.target()).collect();
         assert_eq!(targets, ["0000:00:03.0", "0000:00:04.0"]);
-        assert!(s.promiscuous);
+        assert_eq!(s.promiscuous, Some(true));
     }
 }

@@ -189,6 +189,7 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
         port: PortConfig {
             queue_pairs: s.queues,
             ring_size: s.ring_size,
+            pair_ring_sizes: s.ring_sizes.clone(),
             ring: s.ring.into(),
             huge_pages: s.huge_pages.into(),
             // Frames larger than a buffer, and super-packets, span several.
@@ -223,15 +224,23 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
             port.tx_path(),
             port.offloads()
         );
-        if s.promiscuous {
-            port.set_promiscuous(true).map_err(|e| {
-                Failure::Runtime(format!("port {id} ({}): promiscuous mode: {}", port.name(), describe(&e)))
-            })?;
-            println!("l2fwd: port {id}: promiscuous mode on (VIRTIO_NET_CTRL_RX_PROMISC acknowledged)");
+        let failed =
+            |what: &str, e: virtio_pmd::Error| Failure::Runtime(format!("port {id}: {what}: {}", describe(&e)));
+        if let Some(on) = s.promiscuous {
+            port.set_promiscuous(on).map_err(|e| failed("promiscuous mode", e))?;
+            println!(
+                "l2fwd: port {id}: promiscuous mode {} (VIRTIO_NET_CTRL_RX_PROMISC acknowledged)",
+                if on { "on" } else { "off" }
+            );
         }
-        if let Some(table) = s.rss_tables.iter().find(|t| t.port == id) {
-            set_rss_table(port, &table.queues)
-                .map_err(|e| Failure::Runtime(format!("port {id} ({}): RSS table: {}", port.name(), describe(&e))))?;
+        let control = s.control.iter().find(|c| c.port == id);
+        if let Some(c) = control.filter(|c| c.has_filters()) {
+            set_filters(port, c).map_err(|e| failed("receive filters", e))?;
+        }
+        let table = s.rss_tables.iter().find(|t| t.port == id).map(|t| t.queues.as_slice());
+        let key = control.and_then(|c| c.rss_key.as_deref());
+        if table.is_some() || key.is_some() {
+            change_rss(port, table, key).map_err(|e| failed("RSS table and key", e))?;
         }
         if let Some(rss) = port.rss_config() {
             println!(
@@ -297,7 +306,11 @@ fn lanes(s: &Settings, set: &mut PortSet) -> Result<Vec<LcoreWork<Vec<Lane>>>, F
         }
     }
     let plan = lcore::spread(lanes.len(), &s.cores);
-    let needed = set.ports().iter().map(|p| 2 * u32::from(p.ring_size()) * u32::from(p.queue_pairs())).sum::<u32>()
+    let needed = set
+        .ports()
+        .iter()
+        .flat_map(|p| (0..p.queue_pairs()).map(|q| 2 * u32::from(p.pair_ring_size(q).unwrap_or(0))))
+        .sum::<u32>()
         + plan.len() as u32 * (s.burst as u32 + 3 * s.pool_cache);
     if needed > s.pool_size {
         println!(
@@ -501,19 +514,48 @@ fn report_link_changes(ports: &[Port], last: &mut [LinkState], begin: Instant) {
     }
 }
 
-/// Sets `port`'s RSS indirection table to `queues`, repeated to the table's length (the one in
-/// use, the default's without one), keeping its key and hash types: a run-time change through
-/// the control queue.
-fn set_rss_table(port: &mut Port, queues: &[u16]) -> virtio_pmd::Result<()> {
+/// Changes `port`'s RSS configuration at run time, through the control queue: the indirection
+/// table to `queues` (repeated to the table's length: the one in use, the default's without
+/// one) and the key to `key`, each when given, keeping the rest.
+fn change_rss(port: &mut Port, queues: Option<&[u16]>, key: Option<&[u8]>) -> virtio_pmd::Result<()> {
     let mut rss = port.rss_config().cloned().ok_or_else(|| {
         virtio_pmd::Error::InvalidConfig(format!(
-            "{}: an RSS table was given, but the device does not do RSS (no VIRTIO_NET_F_RSS; QEMU: rss=on)",
+            "{}: an RSS table or key was given, but the device does not do RSS (no VIRTIO_NET_F_RSS; QEMU: rss=on)",
             port.name()
         ))
     })?;
-    let len = rss.table.len().max(virtio_pmd::net::DEFAULT_TABLE_LEN);
-    rss.table = queues.iter().copied().cycle().take(len).collect();
+    if let Some(queues) = queues {
+        let len = rss.table.len().max(virtio_pmd::net::DEFAULT_TABLE_LEN);
+        rss.table = queues.iter().copied().cycle().take(len).collect();
+    }
+    if let Some(key) = key {
+        rss.key = key.to_vec();
+    }
     port.set_rss(&rss)
+}
+
+/// Sets a port's receive filters: its MAC table (unicast and multicast addresses sorted by
+/// their I/G bit), all-multicast mode, VLAN ids; prints `L2FWD-FILTER`.
+fn set_filters(port: &mut Port, c: &config::PortControl) -> virtio_pmd::Result<()> {
+    if !c.mac_table.is_empty() {
+        let (multicast, unicast): (Vec<[u8; 6]>, Vec<[u8; 6]>) =
+            c.mac_table.iter().map(|m| m.0).partition(|m| m[0] & 1 != 0);
+        port.set_mac_table(&unicast, &multicast)?;
+    }
+    if c.allmulti {
+        port.set_all_multicast(true)?;
+    }
+    for vid in &c.vlans {
+        port.vlan_filter(*vid, true)?;
+    }
+    println!(
+        "L2FWD-FILTER port={} mac_table={} allmulti={} vlans={}",
+        c.port,
+        c.mac_table.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(","),
+        if c.allmulti { "on" } else { "off" },
+        c.vlans.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+    );
+    Ok(())
 }
 
 fn print_stats(begin: Instant, over: Duration, before: &[Snapshot], now: &[Snapshot]) {
@@ -553,7 +595,13 @@ fn print_summary(s: &Settings, set: &PortSet, counters: &Counters, over: Duratio
         total += n;
         let stats = port.stats();
         for (q, (r, t)) in stats.rx_queues.iter().zip(&stats.tx_queues).enumerate() {
-            println!("L2FWD-RXQ port={id} queue={q} rx={} tx={} kicks={}", r.packets, t.packets, r.kicks + t.kicks);
+            println!(
+                "L2FWD-RXQ port={id} queue={q} rx={} tx={} kicks={} ring_size={}",
+                r.packets,
+                t.packets,
+                r.kicks + t.kicks,
+                port.pair_ring_size(q as u16).unwrap_or(0)
+            );
         }
     }
     println!(

@@ -57,18 +57,31 @@ const OFF_TS: usize = 16;
 const OFF_CHECK: usize = 24;
 const TEST_HEADER: usize = 28;
 
-/// Where the test header starts in a frame of `flows` flows (0: no IPv4/UDP headers).
-pub fn test_header_at(flows: u32) -> usize {
+/// Bytes of an 802.1Q tag (TPID 0x8100, then the TCI with the VLAN id).
+const VLAN_TAG: usize = 4;
+/// The 802.1Q tag protocol identifier.
+const TPID_8021Q: u16 = 0x8100;
+
+/// Where the test header starts in a frame of `flows` flows (0: no IPv4/UDP headers), with or
+/// without an 802.1Q tag.
+pub fn test_header_at(flows: u32, tagged: bool) -> usize {
+    let l2 = if tagged { 14 + VLAN_TAG } else { 14 };
     if flows == 0 {
-        14
+        l2
     } else {
-        14 + FLOW_HEADERS
+        l2 + FLOW_HEADERS
     }
 }
 
-/// The shortest frame that holds every header, for `flows`.
+/// The shortest frame that holds every header, for `flows`, with room for a VLAN tag.
 pub fn min_len(flows: u32) -> usize {
-    (test_header_at(flows) + TEST_HEADER).max(MIN_LEN)
+    (test_header_at(flows, true) + TEST_HEADER).max(MIN_LEN)
+}
+
+/// The VLAN id of an 802.1Q-tagged frame.
+fn vlan_of(frame: &[u8]) -> Option<u16> {
+    (frame.len() >= 16 && frame[12..14] == TPID_8021Q.to_be_bytes())
+        .then(|| u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff)
 }
 
 /// The IPv4 addresses and UDP ports of a flow frame: what RSS hashes.
@@ -97,7 +110,7 @@ pub fn flow_of(kind: Kind, dir: u8, seq: u64, flows: u32) -> Flow {
 
 /// The sequence number a frame carries in its header (meaningful only if the header is intact).
 pub fn seq_field(frame: &[u8], flows: u32) -> Option<u64> {
-    let at = test_header_at(flows) + OFF_SEQ;
+    let at = test_header_at(flows, vlan_of(frame).is_some()) + OFF_SEQ;
     frame.get(at..at + 8).map(be_u64)
 }
 
@@ -197,21 +210,28 @@ pub struct FrameId {
     pub len: usize,
     /// Flows of flow frames (0: no IPv4/UDP headers).
     pub flows: u32,
+    /// The 802.1Q VLAN id the frame is tagged with, if any.
+    pub vlan: Option<u16>,
 }
 
 /// Writes frame `id` with the given MACs into `buf` (cleared first).
 pub fn build(buf: &mut Vec<u8>, dst: MacAddr, src: MacAddr, id: &FrameId) {
-    let at = test_header_at(id.flows);
+    let at = test_header_at(id.flows, id.vlan.is_some());
     debug_assert!((at + TEST_HEADER..=u16::MAX as usize).contains(&id.len));
     buf.clear();
     buf.extend_from_slice(&dst.0);
     buf.extend_from_slice(&src.0);
+    if let Some(vid) = id.vlan {
+        buf.extend_from_slice(&TPID_8021Q.to_be_bytes());
+        buf.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    }
+    let l2 = buf.len() + 2;
     if id.flows == 0 {
         buf.extend_from_slice(&ETHERTYPE.to_be_bytes());
     } else {
         let flow = flow_of(id.kind, id.dir, id.seq, id.flows);
         buf.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-        let ip_len = (id.len - 14) as u16;
+        let ip_len = (id.len - l2) as u16;
         let mut ip = [0u8; 20];
         ip[0] = 0x45;
         ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
@@ -357,15 +377,17 @@ pub struct Expect {
 /// `scratch` is reused to rebuild the expected frame. Duplicates are not detected here (the
 /// caller keeps the set of sequence numbers seen).
 pub fn check(frame: &[u8], expect: &Expect, scratch: &mut Vec<u8>) -> Result<FrameId, Defect> {
-    let at = test_header_at(expect.flows);
+    let vlan = vlan_of(frame);
+    let at = test_header_at(expect.flows, vlan.is_some());
     if frame.len() < at + TEST_HEADER || frame.len() > MAX_LEN {
         return Err(Defect::BadLength(frame.len()));
     }
     let ethertype = if expect.flows == 0 { ETHERTYPE } else { ETHERTYPE_IPV4 };
+    let et_at = if vlan.is_some() { 12 + VLAN_TAG } else { 12 };
     let header = &frame[at..at + TEST_HEADER];
-    if frame[12..14] != ethertype.to_be_bytes() || header[OFF_MAGIC..OFF_KIND] != MAGIC {
+    if frame[et_at..et_at + 2] != ethertype.to_be_bytes() || header[OFF_MAGIC..OFF_KIND] != MAGIC {
         return Err(Defect::Foreign {
-            ethertype: u16::from_be_bytes([frame[12], frame[13]]),
+            ethertype: u16::from_be_bytes([frame[et_at], frame[et_at + 1]]),
             dst: MacAddr(frame[0..6].try_into().unwrap_or([0; 6])),
         });
     }
@@ -409,7 +431,7 @@ pub fn check(frame: &[u8], expect: &Expect, scratch: &mut Vec<u8>) -> Result<Fra
             return Err(Defect::SrcMac { got: got_src, want });
         }
     }
-    let id = FrameId { kind, dir, seq, ts_ns, len: frame.len(), flows: expect.flows };
+    let id = FrameId { kind, dir, seq, ts_ns, len: frame.len(), flows: expect.flows, vlan };
     build(scratch, got_dst, got_src, &id);
     if let Some(offset) = frame.iter().zip(scratch.iter()).position(|(a, b)| a != b) {
         return Err(Defect::Payload { offset, got: frame[offset], want: scratch[offset] });
@@ -469,8 +491,34 @@ mod tests {
     fn frame(seq: u64) -> Vec<u8> {
         let len = expect().sizes.len_of(seq);
         let mut buf = Vec::new();
-        build(&mut buf, DST, SRC, &FrameId { kind: Kind::Data, dir: 0, seq, ts_ns: 123_456_789, len, flows: 0 });
+        build(
+            &mut buf,
+            DST,
+            SRC,
+            &FrameId { kind: Kind::Data, dir: 0, seq, ts_ns: 123_456_789, len, flows: 0, vlan: None },
+        );
         buf
+    }
+
+    #[test]
+    fn tagged_frames_carry_their_vlan_and_every_flip_is_caught() {
+        let mut scratch = Vec::new();
+        for flows in [0, 16] {
+            let e = Expect { flows, sizes: SizePlan::new(min_len(flows), MAX_LEN).unwrap(), ..expect() };
+            let mut f = Vec::new();
+            let id =
+                FrameId { kind: Kind::Data, dir: 0, seq: 2, ts_ns: 9, len: e.sizes.len_of(2), flows, vlan: Some(100) };
+            build(&mut f, DST, SRC, &id);
+            assert_eq!(&f[12..16], &[0x81, 0x00, 0, 100]);
+            assert_eq!(check(&f, &e, &mut scratch), Ok(id));
+            assert_eq!(seq_field(&f, flows), Some(2));
+            for offset in 0..f.len() {
+                let mut bad = f.clone();
+                bad[offset] ^= 0x10;
+                // A flipped VLAN id leaves a valid frame of another VLAN: the caller checks the id.
+                assert_ne!(check(&bad, &e, &mut scratch), Ok(id), "flip at {offset} (flows {flows})");
+            }
+        }
     }
 
     #[test]
@@ -480,7 +528,8 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for seq in 0..200 {
             let mut f = Vec::new();
-            let id = FrameId { kind: Kind::Data, dir: 0, seq, ts_ns: 5, len: e.sizes.len_of(seq), flows: 64 };
+            let id =
+                FrameId { kind: Kind::Data, dir: 0, seq, ts_ns: 5, len: e.sizes.len_of(seq), flows: 64, vlan: None };
             build(&mut f, DST, SRC, &id);
             let flow = flow_of(Kind::Data, 0, seq, 64);
             seen.insert(flow.sport);
@@ -550,7 +599,7 @@ mod tests {
         let a = frame(2);
         let b = frame(10);
         let n = a.len().min(b.len());
-        let fill = test_header_at(0) + TEST_HEADER;
+        let fill = test_header_at(0, false) + TEST_HEADER;
         assert_ne!(&a[fill..n], &b[fill..n]);
     }
 
@@ -614,7 +663,12 @@ mod tests {
     #[test]
     fn probes_are_recognised() {
         let mut buf = Vec::new();
-        build(&mut buf, DST, SRC, &FrameId { kind: Kind::Probe, dir: 0, seq: 7, ts_ns: 1, len: MIN_LEN, flows: 0 });
+        build(
+            &mut buf,
+            DST,
+            SRC,
+            &FrameId { kind: Kind::Probe, dir: 0, seq: 7, ts_ns: 1, len: MIN_LEN, flows: 0, vlan: None },
+        );
         let id = check(&buf, &expect(), &mut Vec::new()).unwrap();
         assert_eq!((id.kind, id.seq), (Kind::Probe, 7));
     }

@@ -29,7 +29,7 @@ use clap::{Args, Parser, Subcommand};
 
 use frame::{Defect, MacExpect, SizePlan};
 use link::Link;
-use peer::{PeerConfig, PeerPort, RssPlan};
+use peer::{FrameClass, PeerConfig, PeerPort, RssPlan};
 use reflect::ReflectConfig;
 use virtio_pmd::net::MacAddr;
 
@@ -187,9 +187,15 @@ struct RunArgs {
     /// entries, as l2fwd --rss-table).
     #[arg(long, value_name = "PORT=Q,..")]
     rss_table: Vec<String>,
-    /// The RSS key, hex [default: the Microsoft key, the driver's default].
-    #[arg(long, value_name = "HEX")]
-    rss_key: Option<String>,
+    /// A class of frames for receive-filter tests: PORT,NAME,DST_MAC,VLAN|-,pass|drop (e.g.
+    /// `0,foreign,02:00:00:00:bb:01,-,drop`), repeatable; data frame `seq` sent into PORT is of
+    /// its class `seq % classes`, and each class must arrive whole (pass) or not at all (drop).
+    /// Prints FILTER lines. Default: every frame to the port's MAC, untagged, passing.
+    #[arg(long = "class", value_name = "PORT,NAME,MAC,VLAN,pass|drop")]
+    classes: Vec<String>,
+    /// A port's RSS key, PORT=HEX (repeatable) [default: the Microsoft key, the driver's default].
+    #[arg(long, value_name = "PORT=HEX")]
+    rss_key: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -255,6 +261,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, PeerError> {
         progress: if args.quiet { None } else { Some(Duration::from_secs(1)) },
         flows: args.flows,
         rss,
+        classes: frame_classes(&args.classes).map_err(PeerError::Config)?,
     };
     let ports = match args.ports.tap.as_slice() {
         [] => [
@@ -293,12 +300,40 @@ fn run(args: &RunArgs) -> Result<ExitCode, PeerError> {
     for line in report.dir_lines() {
         writeln!(out, "{line}").ok();
     }
-    for line in report.prediction_lines() {
+    for line in report.filter_lines().into_iter().chain(report.prediction_lines()) {
         writeln!(out, "{line}").ok();
     }
     writeln!(out, "elapsed_s={:.2}", report.elapsed.as_secs_f64()).ok();
     writeln!(out, "{}", report.result_line()).ok();
     Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The classes of `--class` options, per port.
+fn frame_classes(specs: &[String]) -> Result<[Vec<FrameClass>; 2], String> {
+    let mut classes: [Vec<FrameClass>; 2] = Default::default();
+    for spec in specs {
+        let bad = |why: &str| format!("--class '{spec}': {why} (expected PORT,NAME,MAC,VLAN|-,pass|drop)");
+        let parts: Vec<&str> = spec.split(',').map(str::trim).collect();
+        let [port, name, mac, vlan, verdict] = parts[..] else { return Err(bad("five fields")) };
+        let port: usize = port.parse().ok().filter(|p| *p < 2).ok_or_else(|| bad("PORT is 0 or 1"))?;
+        let dst = frame::parse_mac(mac).map_err(|e| bad(&e))?;
+        let vlan = match vlan {
+            "-" => None,
+            v => Some(v.parse::<u16>().ok().filter(|v| *v < 4096).ok_or_else(|| bad("VLAN is 0..4095 or -"))?),
+        };
+        let pass = match verdict {
+            "pass" => true,
+            "drop" => false,
+            _ => return Err(bad("the verdict is pass or drop")),
+        };
+        classes[port].push(FrameClass { name: name.to_owned(), dst, vlan, pass });
+    }
+    for (p, c) in classes.iter().enumerate() {
+        if !c.is_empty() && !c.iter().any(|c| c.pass) {
+            return Err(format!("--class: port {p} has no class that passes: nothing would show the forwarder works"));
+        }
+    }
+    Ok(classes)
 }
 
 fn tap(name: &str) -> Result<Link, PeerError> {
@@ -311,7 +346,7 @@ fn tap(name: &str) -> Result<Link, PeerError> {
 /// The RSS plan of `--rss-queues`, `--rss-table` and `--rss-key`.
 fn rss_plan(args: &RunArgs) -> Result<Option<RssPlan>, String> {
     let Some(queues) = args.rss_queues else {
-        return if args.rss_table.is_empty() && args.rss_key.is_none() {
+        return if args.rss_table.is_empty() && args.rss_key.is_empty() {
             Ok(None)
         } else {
             Err("--rss-table and --rss-key need --rss-queues".into())
@@ -338,16 +373,14 @@ fn rss_plan(args: &RunArgs) -> Result<Option<RssPlan>, String> {
         }
         tables[port] = spread(&entries);
     }
-    let key = match &args.rss_key {
-        None => virtio_pmd::net::DEFAULT_KEY.to_vec(),
-        Some(hex) => (0..hex.len())
-            .step_by(2)
-            .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-            .collect::<Option<Vec<u8>>>()
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| format!("--rss-key '{hex}' is not an even number of hex digits"))?,
-    };
-    Ok(Some(RssPlan { key, tables }))
+    let mut keys = [virtio_pmd::net::DEFAULT_KEY.to_vec(), virtio_pmd::net::DEFAULT_KEY.to_vec()];
+    for k in &args.rss_key {
+        let bad = |why: String| format!("--rss-key '{k}': {why} (expected PORT=HEX with PORT 0 or 1)");
+        let (port, hex) = k.split_once('=').ok_or_else(|| bad("no '='".into()))?;
+        let port: usize = port.trim().parse().ok().filter(|p| *p < 2).ok_or_else(|| bad("bad port".into()))?;
+        keys[port] = toeplitz::parse_key(hex.trim()).map_err(bad)?;
+    }
+    Ok(Some(RssPlan { keys, tables }))
 }
 
 fn reflect(args: &ReflectArgs) -> Result<ExitCode, PeerError> {

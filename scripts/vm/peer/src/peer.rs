@@ -66,13 +66,60 @@ pub struct PeerConfig {
     pub flows: u32,
     /// The RSS steering to predict, for flow frames.
     pub rss: Option<RssPlan>,
+    /// Receive-filter tests: the classes of frames sent into port p, data frame `seq` being of
+    /// class `seq % len`. Empty: every frame goes to the port's own MAC, untagged, and must pass.
+    pub classes: [Vec<FrameClass>; 2],
 }
 
-/// The RSS steering of the device: its key, and the indirection table of each port.
+/// A class of frames sent into a port, for receive-filter tests: their destination MAC and
+/// VLAN tag, and whether the device must let them through or drop them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameClass {
+    /// What the class tests (e.g. `foreign-unicast`).
+    pub name: String,
+    /// Destination MAC.
+    pub dst: MacAddr,
+    /// 802.1Q VLAN id, if tagged.
+    pub vlan: Option<u16>,
+    /// The device must pass them (else drop them).
+    pub pass: bool,
+}
+
+/// What came of one class of frames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassReport {
+    /// The class.
+    pub class: FrameClass,
+    /// Frames of the class sent.
+    pub sent: u64,
+    /// Frames of the class that arrived intact.
+    pub received: u64,
+}
+
+impl ClassReport {
+    /// Whether the device did what the class expects: every frame through, or none.
+    pub fn ok(&self) -> bool {
+        if self.class.pass {
+            self.received == self.sent
+        } else {
+            self.received == 0
+        }
+    }
+}
+
+impl PeerConfig {
+    /// The class of data frame `seq` sent into port `dir`, with receive-filter classes.
+    fn class_of(&self, dir: usize, seq: u64) -> Option<&FrameClass> {
+        let classes = &self.classes[dir];
+        (!classes.is_empty()).then(|| &classes[(seq % classes.len() as u64) as usize])
+    }
+}
+
+/// The RSS steering of the devices: each port's key and indirection table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RssPlan {
-    /// The Toeplitz key.
-    pub key: Vec<u8>,
+    /// Port p's Toeplitz key.
+    pub keys: [Vec<u8>; 2],
     /// Port p's indirection table (queue pairs; a power-of-two length).
     pub tables: [Vec<u16>; 2],
 }
@@ -81,7 +128,7 @@ impl RssPlan {
     /// The receive queue of port `port` that RSS puts `flow` on (UDPv4: addresses and ports).
     pub fn queue_of(&self, port: usize, flow: &Flow) -> u16 {
         let input = toeplitz::ipv4_ports_input(flow.src, flow.dst, flow.sport, flow.dport);
-        toeplitz::queue_of(toeplitz::hash(&self.key, &input), &self.tables[port])
+        toeplitz::queue_of(toeplitz::hash(&self.keys[port], &input), &self.tables[port])
     }
 
     /// Frames per receive queue of each port for the frames sent into it: the data frames
@@ -130,12 +177,28 @@ pub struct DirReport {
     pub latency_ns: Histogram<u64>,
     /// The first few defects, described.
     pub samples: Vec<String>,
+    /// With receive-filter classes: each class's counts.
+    pub classes: Vec<ClassReport>,
 }
 
 impl DirReport {
-    /// Frames sent of which no intact copy arrived.
+    /// Frames sent that should have arrived (all, or those of classes the device must pass).
+    pub fn expected(&self) -> u64 {
+        if self.classes.is_empty() {
+            self.sent
+        } else {
+            self.classes.iter().filter(|c| c.class.pass).map(|c| c.sent).sum()
+        }
+    }
+
+    /// Intact frames of classes the device must drop: it let them through.
+    pub fn leaked(&self) -> u64 {
+        self.classes.iter().filter(|c| !c.class.pass).map(|c| c.received).sum()
+    }
+
+    /// Frames that should have arrived of which no intact copy did.
     pub fn lost(&self) -> u64 {
-        self.sent.saturating_sub(self.good)
+        self.expected().saturating_sub(self.good - self.leaked())
     }
 }
 
@@ -153,7 +216,7 @@ pub struct Report {
 impl Report {
     /// True when nothing was lost or corrupted.
     pub fn clean(&self) -> bool {
-        self.dirs.iter().all(|d| d.lost() == 0 && d.corrupted == 0)
+        self.dirs.iter().all(|d| d.lost() == 0 && d.corrupted == 0 && d.leaked() == 0)
     }
 
     /// Both directions' latencies merged.
@@ -179,6 +242,28 @@ impl Report {
             .collect()
     }
 
+    /// With receive-filter classes, one line per direction and class: `FILTER dir=<d>
+    /// class=<name> dst=<mac> vlan=<id|-> expect=pass|drop sent=<n> received=<n> ok|WRONG`.
+    pub fn filter_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (i, d) in self.dirs.iter().enumerate().filter(|(_, d)| d.active) {
+            for c in &d.classes {
+                lines.push(format!(
+                    "FILTER dir={} class={} dst={} vlan={} expect={} sent={} received={} {}",
+                    dir_name(i),
+                    c.class.name,
+                    c.class.dst,
+                    c.class.vlan.map_or("-".to_string(), |v| v.to_string()),
+                    if c.class.pass { "pass" } else { "drop" },
+                    c.sent,
+                    c.received,
+                    if c.ok() { "ok" } else { "WRONG" }
+                ));
+            }
+        }
+        lines
+    }
+
     /// One line per active direction with every counter.
     pub fn dir_lines(&self) -> Vec<String> {
         self.dirs
@@ -187,12 +272,13 @@ impl Report {
             .filter(|(_, d)| d.active)
             .map(|(i, d)| {
                 format!(
-                    "dir={} sent={} received={} lost={} corrupted={} duplicates={} late_probes={} send_retries={} p50_us={} p99_us={} max_us={}",
+                    "dir={} sent={} received={} lost={} corrupted={} leaked={} duplicates={} late_probes={} send_retries={} p50_us={} p99_us={} max_us={}",
                     dir_name(i),
                     d.sent,
                     d.received,
                     d.lost(),
                     d.corrupted,
+                    d.leaked(),
                     d.duplicates,
                     d.late_probes,
                     d.send_retries,
@@ -258,6 +344,8 @@ struct Live {
 
 /// What a receiver thread hands back.
 struct RxResult {
+    /// Data frames that arrived intact, by sequence number (a bitmap).
+    seen: Vec<u64>,
     duplicates: u64,
     late_probes: u64,
     latency_ns: Histogram<u64>,
@@ -285,10 +373,10 @@ pub fn run(cfg: &PeerConfig, ports: [PeerPort; 2], log: &mut dyn Write) -> Resul
             sizes: cfg.sizes,
             flows: cfg.flows,
         };
-        let (live, stop) = (Arc::clone(&live), Arc::clone(&stop));
+        let (live, stop, classes) = (Arc::clone(&live), Arc::clone(&stop), cfg.classes[dir].clone());
         let handle = thread::Builder::new()
             .name(format!("rx-port{p}"))
-            .spawn(move || receive(&link, &expect, &live[dir], &stop, epoch))
+            .spawn(move || receive(&link, &expect, &classes, &live[dir], &stop, epoch))
             .map_err(|source| PeerError::Socket { what: "spawn a receiver thread", source })?;
         receivers.push(handle);
     }
@@ -344,7 +432,7 @@ pub fn run(cfg: &PeerConfig, ports: [PeerPort; 2], log: &mut dyn Write) -> Resul
         _ => return Err(PeerError::Thread("a receiver thread is missing")),
     };
     let dir_report = |d: usize, r: RxResult| DirReport {
-        active: cfg.dirs[d],
+        classes: class_reports(cfg, d, live[d].sent.load(Ordering::Relaxed), &r.seen),
         sent: live[d].sent.load(Ordering::Relaxed),
         received: live[d].received.load(Ordering::Relaxed),
         good: live[d].good.load(Ordering::Relaxed),
@@ -354,6 +442,7 @@ pub fn run(cfg: &PeerConfig, ports: [PeerPort; 2], log: &mut dyn Write) -> Resul
         send_retries: live[d].send_retries.load(Ordering::Relaxed),
         latency_ns: r.latency_ns,
         samples: r.samples,
+        active: cfg.dirs[d],
     };
     let sent = [live[0].sent.load(Ordering::Relaxed), live[1].sent.load(Ordering::Relaxed)];
     let predicted = cfg.rss.as_ref().map(|rss| rss.predict(cfg.flows, sent, &probes));
@@ -421,6 +510,7 @@ fn send(
             }
         }
         for dir in (0..2).filter(|&d| cfg.dirs[d]) {
+            let class = cfg.class_of(dir, seq);
             let id = FrameId {
                 kind: Kind::Data,
                 dir: dir as u8,
@@ -428,8 +518,9 @@ fn send(
                 ts_ns: now_ns(epoch),
                 len: cfg.sizes.len_of(seq),
                 flows: cfg.flows,
+                vlan: class.and_then(|c| c.vlan),
             };
-            frame::build(&mut buf, cfg.tx_dst[dir], cfg.tx_src[dir], &id);
+            frame::build(&mut buf, class.map_or(cfg.tx_dst[dir], |c| c.dst), cfg.tx_src[dir], &id);
             if !send_frame(&links[dir], &buf, &live[dir].send_retries, stop)? {
                 return Ok(());
             }
@@ -439,16 +530,36 @@ fn send(
     Ok(())
 }
 
+/// Per class of direction `dir`: frames sent (data frames `0..sent`) and intact ones in `seen`.
+fn class_reports(cfg: &PeerConfig, dir: usize, sent: u64, seen: &[u64]) -> Vec<ClassReport> {
+    let classes = &cfg.classes[dir];
+    let mut reports: Vec<ClassReport> =
+        classes.iter().map(|class| ClassReport { class: class.clone(), sent: 0, received: 0 }).collect();
+    if reports.is_empty() {
+        return reports;
+    }
+    for seq in 0..sent {
+        let r = &mut reports[(seq % classes.len() as u64) as usize];
+        r.sent += 1;
+        if seen.get((seq / 64) as usize).is_some_and(|w| w & (1 << (seq % 64)) != 0) {
+            r.received += 1;
+        }
+    }
+    reports
+}
+
 /// A receiver thread: checks every datagram that comes out of one port.
 fn receive(
     link: &Link,
     expect: &Expect,
+    classes: &[FrameClass],
     live: &Live,
     stop: &AtomicBool,
     epoch: Instant,
 ) -> Result<RxResult, PeerError> {
     let mut seen = vec![0u64; usize::try_from(expect.frames.div_ceil(64)).unwrap_or(0)];
-    let mut out = RxResult { duplicates: 0, late_probes: 0, latency_ns: new_histogram(), samples: Vec::new() };
+    let mut out =
+        RxResult { seen: Vec::new(), duplicates: 0, late_probes: 0, latency_ns: new_histogram(), samples: Vec::new() };
     let mut buf = vec![0u8; 65536];
     let mut scratch = Vec::with_capacity(frame::MAX_LEN);
     let bad = |out: &mut RxResult, what: String| {
@@ -480,6 +591,11 @@ fn receive(
                     bad(&mut out, format!("seq {}: {}", id.seq, Defect::Duplicate(id.seq)));
                     continue;
                 }
+                let planned = classes.get((id.seq % classes.len().max(1) as u64) as usize).and_then(|c| c.vlan);
+                if id.vlan != planned {
+                    bad(&mut out, format!("seq {}: VLAN {:?}, sent with {planned:?}", id.seq, id.vlan));
+                    continue;
+                }
                 seen[word] |= bit;
                 live.good.fetch_add(1, Ordering::Relaxed);
                 out.latency_ns.saturating_record(now_ns(epoch).saturating_sub(id.ts_ns).max(1));
@@ -499,6 +615,7 @@ fn receive(
             }
         }
     }
+    out.seen = seen;
     Ok(out)
 }
 
@@ -550,6 +667,7 @@ fn wait_ready(
                     ts_ns: now_ns(epoch),
                     len,
                     flows: cfg.flows,
+                    vlan: None,
                 };
                 let mut f = Vec::with_capacity(len);
                 frame::build(&mut f, cfg.tx_dst[dir], cfg.tx_src[dir], &id);
@@ -635,6 +753,7 @@ mod tests {
             progress: None,
             flows: 0,
             rss: None,
+            classes: Default::default(),
         }
     }
 
@@ -701,12 +820,61 @@ mod tests {
         report
     }
 
+    /// Port 0 gets frames to its own MAC (pass), to a foreign MAC (drop) and tagged VLAN 100
+    /// (pass), in turn.
+    fn filter_config(frames: u64) -> PeerConfig {
+        let class = |name: &str, dst: MacAddr, vlan, pass| FrameClass { name: name.into(), dst, vlan, pass };
+        let mut cfg = config(frames);
+        cfg.dirs = [true, false];
+        cfg.classes[0] = vec![
+            class("own", port_mac(0), None, true),
+            class("foreign", MacAddr([2, 0, 0, 0, 0xbb, 1]), None, false),
+            class("vlan100", port_mac(0), Some(100), true),
+        ];
+        cfg
+    }
+
+    fn run_filtered(fault: fn(usize, u64, &mut Vec<u8>) -> usize) -> Report {
+        let _serial = serial();
+        let (ports, qemu, peers) = wiring();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = faulty_forwarder(qemu, peers, Arc::clone(&stop), fault);
+        let r = run(&filter_config(300), ports, &mut io::sink()).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        handles.into_iter().for_each(|h| h.join().unwrap());
+        r
+    }
+
+    #[test]
+    fn filter_classes_must_pass_whole_or_not_at_all() {
+        // A device that drops the foreign class: clean, every class as expected.
+        let r = run_filtered(|_, _, f| usize::from(frame::seq_field(f, 0).unwrap() % 3 != 1));
+        assert!(r.clean(), "{:?} {:?}", r.dir_lines(), r.filter_lines());
+        let counts: Vec<_> = r.dirs[0].classes.iter().map(|c| (c.sent, c.received, c.ok())).collect();
+        assert_eq!(counts, [(100, 100, true), (100, 0, true), (100, 100, true)]);
+        assert_eq!((r.dirs[0].expected(), r.dirs[0].lost(), r.dirs[0].leaked()), (200, 0, 0));
+        assert!(
+            r.filter_lines()[2].starts_with("FILTER dir=0to1 class=vlan100 dst=52:54:00:00:00:01 vlan=100 expect=pass")
+        );
+
+        // A device that lets everything through leaks the foreign class; one that drops a
+        // tagged frame loses it.
+        let r = run_filtered(|_, _, _| 1);
+        assert!(!r.clean());
+        assert_eq!((r.dirs[0].leaked(), r.dirs[0].lost()), (100, 0));
+        assert!(r.filter_lines()[1].ends_with("sent=100 received=100 WRONG"), "{:?}", r.filter_lines());
+        let r = run_filtered(|_, _, f| usize::from(frame::seq_field(f, 0).unwrap() % 3 == 0));
+        assert_eq!((r.dirs[0].leaked(), r.dirs[0].lost()), (0, 100));
+    }
+
     #[test]
     fn rss_predictions_count_every_frame_and_follow_the_table() {
         let spread = |e: &[u16]| e.iter().copied().cycle().take(128).collect::<Vec<u16>>();
         let key = virtio_pmd::net::DEFAULT_KEY.to_vec();
-        let default = RssPlan { key: key.clone(), tables: [spread(&[0, 1, 2, 3]), spread(&[0, 1, 2, 3])] };
-        let reversed = RssPlan { key, tables: [spread(&[0, 1, 2, 3]), spread(&[3, 2, 1, 0])] };
+        let default =
+            RssPlan { keys: [key.clone(), key.clone()], tables: [spread(&[0, 1, 2, 3]), spread(&[0, 1, 2, 3])] };
+        let reversed =
+            RssPlan { keys: [key.clone(), key.clone()], tables: [spread(&[0, 1, 2, 3]), spread(&[3, 2, 1, 0])] };
         let probes = [vec![0, 1, 2], vec![0]];
         let d = default.predict(256, [5000, 4000], &probes);
         let r = reversed.predict(256, [5000, 4000], &probes);
@@ -719,8 +887,12 @@ mod tests {
         // One flow frame, by hand: its hash picks the queue.
         let flow = flow_of(Kind::Data, 0, 7, 256);
         let input = toeplitz::ipv4_ports_input(flow.src, flow.dst, flow.sport, flow.dport);
-        let hash = toeplitz::hash(&default.key, &input);
+        let hash = toeplitz::hash(&key, &input);
         assert_eq!(default.queue_of(0, &flow), (hash % 4) as u16);
+        // Another key moves flows too.
+        let rekeyed = RssPlan { keys: [key, vec![0x5a; 40]], ..default.clone() };
+        assert_eq!(rekeyed.predict(256, [5000, 4000], &probes)[0], d[0]);
+        assert_ne!(rekeyed.predict(256, [5000, 4000], &probes)[1], d[1]);
     }
 
     #[test]
