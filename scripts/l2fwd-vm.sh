@@ -124,7 +124,10 @@ case "$RING" in packed|split) ;; *) echo "l2fwd-vm: --ring must be packed or spl
 [[ "$FRAMES" =~ ^[1-9][0-9]*$ ]] || { echo "l2fwd-vm: --frames must be a positive number" >&2; exit 2; }
 [[ "$RATE" =~ ^[1-9][0-9]*$ ]] || { echo "l2fwd-vm: --rate must be a positive number" >&2; exit 2; }
 if [ -n "$QUEUES" ]; then
-    [[ "$QUEUES" =~ ^[1-9][0-9]*$ ]] && [ "$QUEUES" -le 64 ] || { echo "l2fwd-vm: --queues must be 1..64" >&2; exit 2; }
+    if ! [[ "$QUEUES" =~ ^[1-9][0-9]*$ ]] || [ "$QUEUES" -gt 64 ]; then
+        echo "l2fwd-vm: --queues must be 1..64" >&2
+        exit 2
+    fi
     [[ "$FLOWS" =~ ^[1-9][0-9]*$ ]] || { echo "l2fwd-vm: --flows must be a positive number" >&2; exit 2; }
     [ "$(id -u)" -eq 0 ] || { echo "l2fwd-vm: --queues needs root (network namespace, taps, AF_PACKET)" >&2; exit 2; }
 fi

@@ -4,7 +4,8 @@
 #   scripts/test.sh            # everything
 #   scripts/test.sh --quick    # everything but the VM stage
 #
-# Stages, fastest first: formatting and lints; DPDK and huge pages installed (the vhost-user
+# Stages, fastest first: formatting, shellcheck on the scripts, rustdoc (warnings are errors) and
+# lints; DPDK and huge pages installed (the vhost-user
 # tests talk to DPDK's vhost backend); unit, property, stress, fault, independent-device and
 # DPDK interop tests (cargo, `ci` profile: optimised, with debug assertions); the benches
 # compiled and run once as tests; then the VM stage: l2fwd over VFIO in the QEMU guest, packed
@@ -46,6 +47,14 @@ fi
 
 step "format"
 cargo fmt --all -- --check
+
+step "shellcheck on every shell script"
+need_commands shellcheck:shellcheck
+# -x follows the sourced scripts/lib/need.sh, found relative to each script (-P SCRIPTDIR).
+git ls-files -z '*.sh' .ci/run | xargs -0 shellcheck -x -P SCRIPTDIR
+
+step "rustdoc, warnings are errors (cargo doc --no-deps)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --profile ci
 
 step "clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --profile ci -- -D warnings

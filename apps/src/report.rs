@@ -2,7 +2,6 @@
 //! and the logging set-up (tracing to stderr, so that stdout carries only the programs' own
 //! lines).
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use virtio_pmd::net::{rates, PortStats, Xstat};
@@ -38,6 +37,31 @@ impl Snapshot {
     }
 }
 
+impl std::ops::AddAssign for Snapshot {
+    fn add_assign(&mut self, other: Snapshot) {
+        self.rx += other.rx;
+        self.tx += other.tx;
+        self.dropped += other.dropped;
+        self.errors += other.errors;
+        self.alloc_failures += other.alloc_failures;
+        self.kicks += other.kicks;
+    }
+}
+
+/// An error with its chain of sources, each once (`port 0: ...: ...`).
+pub fn describe(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(&format!(": {text}"));
+        }
+        source = s.source();
+    }
+    msg
+}
+
 /// `packets` over `over`, in millions per second (0 over no time).
 pub fn mpps(packets: u64, over: Duration) -> f64 {
     if over.is_zero() {
@@ -60,83 +84,51 @@ pub fn init_logging(default_filter: &str, targets: bool) {
         .init();
 }
 
-/// One JSON object on one line (`--json`): `{"event":"stats","app":"l2fwd",...}`. Keys are
-/// plain identifiers; string values are escaped.
+/// One JSON object on one line (`--json`): `{"app":"l2fwd","event":"stats",...}`.
 #[derive(Debug)]
-pub struct JsonLine(String);
+pub struct JsonLine(serde_json::Map<String, serde_json::Value>);
 
 impl JsonLine {
     /// A line for `event` of `app`.
     pub fn new(app: &str, event: &str) -> JsonLine {
-        JsonLine(String::from("{")).text("event", event).text("app", app)
+        JsonLine(serde_json::Map::new()).text("event", event).text("app", app)
     }
 
-    fn key(mut self, key: &str) -> JsonLine {
-        if self.0.len() > 1 {
-            self.0.push(',');
-        }
-        let _ = write!(self.0, "\"{key}\":");
+    fn set(mut self, key: &str, value: serde_json::Value) -> JsonLine {
+        self.0.insert(key.to_owned(), value);
         self
     }
 
     /// A string field.
     pub fn text(self, key: &str, value: &str) -> JsonLine {
-        let mut line = self.key(key);
-        line.0.push('"');
-        for c in value.chars() {
-            match c {
-                '"' => line.0.push_str("\\\""),
-                '\\' => line.0.push_str("\\\\"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(line.0, "\\u{:04x}", c as u32);
-                }
-                c => line.0.push(c),
-            }
-        }
-        line.0.push('"');
-        line
+        self.set(key, value.into())
     }
 
     /// An integer field.
     pub fn int(self, key: &str, value: u64) -> JsonLine {
-        let mut line = self.key(key);
-        let _ = write!(line.0, "{value}");
-        line
+        self.set(key, value.into())
     }
 
-    /// A number field (non-finite numbers are written as 0: JSON has no NaN).
+    /// A number field (JSON has no NaN or infinity: those are written as 0).
     pub fn num(self, key: &str, value: f64) -> JsonLine {
-        let mut line = self.key(key);
-        let _ = write!(line.0, "{}", if value.is_finite() { value } else { 0.0 });
-        line
+        self.set(key, if value.is_finite() { value } else { 0.0 }.into())
     }
 
     /// A port's extended statistics as an object under `key` (`"xstats":{"rx_good_packets":..}`).
     pub fn xstats(self, key: &str, xstats: &[Xstat]) -> JsonLine {
-        let mut line = self.key(key);
-        line.0.push('{');
-        for (i, x) in xstats.iter().enumerate() {
-            let _ = write!(line.0, "{}\"{}\":{}", if i > 0 { "," } else { "" }, x.name, x.value);
-        }
-        line.0.push('}');
-        line
+        let map = xstats.iter().map(|x| (x.name.clone(), x.value.into())).collect();
+        self.set(key, serde_json::Value::Object(map))
     }
 
     /// Per-second rates of `after` over `before` ([`rates`]) as an object under `key`.
     pub fn rates(self, key: &str, before: &[Xstat], after: &[Xstat], over: Duration) -> JsonLine {
-        let mut line = self.key(key);
-        line.0.push('{');
-        for (i, (name, rate)) in rates(before, after, over).iter().enumerate() {
-            let _ = write!(line.0, "{}\"{name}\":{rate:.1}", if i > 0 { "," } else { "" });
-        }
-        line.0.push('}');
-        line
+        let map = rates(before, after, over).into_iter().map(|(name, rate)| (name, rate.into())).collect();
+        self.set(key, serde_json::Value::Object(map))
     }
 
-    /// The line, closed.
-    pub fn finish(mut self) -> String {
-        self.0.push('}');
-        self.0
+    /// The line.
+    pub fn finish(self) -> String {
+        serde_json::Value::Object(self.0).to_string()
     }
 }
 
@@ -187,14 +179,14 @@ impl Record {
         fields.join(" ")
     }
 
-    /// The record as a JSON line for `event` of `app`.
-    pub fn json(&self, app: &str, event: &str) -> String {
-        let line = self.0.iter().fold(JsonLine::new(app, event), |line, (k, v)| match v {
+    /// The record as a JSON line for `event` of `app` (more fields may follow; then
+    /// [`JsonLine::finish`]).
+    pub fn json(&self, app: &str, event: &str) -> JsonLine {
+        self.0.iter().fold(JsonLine::new(app, event), |line, (k, v)| match v {
             Value::Text(t) => line.text(k, t),
             Value::Int(n) => line.int(k, *n),
             Value::Num(x, _) => line.num(k, *x),
-        });
-        line.finish()
+        })
     }
 }
 
@@ -203,30 +195,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_lines_are_one_object_with_escaped_strings() {
+    fn json_lines_are_one_object() {
         let x = [Xstat { name: "rx_good_packets".into(), value: 30 }];
         let before = [Xstat { name: "rx_good_packets".into(), value: 10 }];
         let line = JsonLine::new("l2fwd", "stats")
             .int("port", 1)
             .num("t", 1.5)
-            .text("pci", "a\"b\\c\n")
+            .text("pci", "a\"b")
             .xstats("xstats", &x)
             .rates("rates", &before, &x, Duration::from_secs(2))
             .finish();
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(
-            line,
-            r#"{"event":"stats","app":"l2fwd","port":1,"t":1.5,"pci":"a\"b\\c\u000a","xstats":{"rx_good_packets":30},"rates":{"rx_good_packets":10.0}}"#
+            (v["event"].as_str(), v["app"].as_str(), v["port"].as_u64()),
+            (Some("stats"), Some("l2fwd"), Some(1))
         );
-        assert!(JsonLine::new("a", "b").num("x", f64::NAN).finish().ends_with("\"x\":0}"));
+        assert_eq!((v["pci"].as_str(), v["t"].as_f64()), (Some("a\"b"), Some(1.5)));
+        assert_eq!(
+            (v["xstats"]["rx_good_packets"].as_u64(), v["rates"]["rx_good_packets"].as_f64()),
+            (Some(30), Some(10.0))
+        );
+        let nan: serde_json::Value =
+            serde_json::from_str(&JsonLine::new("a", "b").num("x", f64::NAN).finish()).unwrap();
+        assert_eq!(nan["x"].as_f64(), Some(0.0));
     }
 
     #[test]
     fn a_record_prints_both_ways() {
         let r = Record::default().text("mode", "io").int("rx_pkts", 5).num("mpps", 1.23456, 3);
         assert_eq!(r.key_values(), "mode=io rx_pkts=5 mpps=1.235");
+        // Keys in order (serde_json's map is sorted).
         assert_eq!(
-            r.json("fwd", "summary"),
-            r#"{"event":"summary","app":"fwd","mode":"io","rx_pkts":5,"mpps":1.23456}"#
+            r.json("fwd", "summary").finish(),
+            r#"{"app":"fwd","event":"summary","mode":"io","mpps":1.23456,"rx_pkts":5}"#
         );
     }
 

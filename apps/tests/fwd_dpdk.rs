@@ -278,10 +278,22 @@ fn echo(testpmd: &VhostTestpmd, ring: &str, queues: u16, len: usize) {
             ring,
             queues,
             "echo",
-            &["--txpkts", &len_arg, "--verify-len", &len_arg, "--echo-expect", "swapped", "--duration", &secs],
+            &[
+                "--txpkts",
+                &len_arg,
+                "--verify-len",
+                &len_arg,
+                "--echo-expect",
+                "swapped",
+                "--duration",
+                &secs,
+                "--json",
+                "--packet-classes",
+            ],
         ),
     );
     let out = fwd.finish();
+    check_json(&what, &out, len);
     testpmd.cmd("stop");
     let (sent, received) = (out.get("tx_pkts"), out.get("rx_pkts"));
     assert!(received > 1000, "{what}: traffic flowed ({received} frames back)");
@@ -294,6 +306,32 @@ fn echo(testpmd: &VhostTestpmd, ring: &str, queues: u16, len: usize) {
     assert_eq!(counter(testpmd, "TX-packets"), received, "{what}: testpmd sent what fwd received");
     let per_queue = out.per_queue("rx");
     assert!(per_queue.len() == queues as usize && per_queue.iter().all(|&n| n > 0), "{what}: {per_queue:?}");
+}
+
+/// `--json` (with `--packet-classes`): the JSON lines parse, the summary says what FWD-SUMMARY
+/// says, and port 0's extended statistics count what it received, every frame in the size bin
+/// of `len`.
+fn check_json(what: &str, out: &Finished, len: usize) {
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {l}")))
+        .collect();
+    let summary = lines.iter().find(|l| l["event"] == "summary").expect("a JSON summary");
+    for key in ["rx_pkts", "tx_pkts", "lost", "bad"] {
+        assert_eq!(summary[key].as_u64(), Some(out.get(key)), "{what}: JSON {key}");
+    }
+    let port = lines.iter().find(|l| l["event"] == "port_total" && l["port"] == 0).expect("port 0's JSON total");
+    let x = &port["xstats"];
+    assert_eq!(x["rx_good_packets"].as_u64(), Some(out.get("rx_pkts")), "{what}: rx_good_packets");
+    assert_eq!(x["tx_good_packets"].as_u64(), Some(out.get("tx_pkts")), "{what}: tx_good_packets");
+    assert_eq!(x["rx_good_bytes"].as_u64(), Some(out.get("rx_pkts") * len as u64), "{what}: rx_good_bytes");
+    let bin = if len == 64 { "rx_size_64_packets" } else { "rx_size_1024_1518_packets" };
+    assert_eq!(x[bin].as_u64(), Some(out.get("rx_pkts")), "{what}: {bin}");
+    assert_eq!(x["rx_broadcast_packets"].as_u64(), Some(0), "{what}: no broadcast");
+    assert_eq!(x["rx_ring_bad_id"].as_u64(), Some(0), "{what}: no ring errors");
+    assert!(x["rx_q0_packets"].as_u64().is_some_and(|n| n > 0), "{what}: per-queue counters");
 }
 
 /// All six cases of one ring layout and queue pair count against one testpmd.

@@ -11,6 +11,7 @@
 //! Unsafe code is confined to the modules that touch DMA memory, MMIO and ioctls; each of them
 //! opts in with `#![allow(unsafe_code)]` and documents every block.
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod error;
 pub mod lcore;
@@ -26,3 +27,8 @@ pub mod virtqueue;
 pub mod testing;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// The README's code, compiled and checked by `cargo test --doc`.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -94,12 +94,12 @@ remove_files() {
 }
 
 kill_pid() {
-    local pid="$1" i
+    local pid="$1"
     alive "$pid" || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 50); do alive "$pid" || return 0; sleep 0.1; done
+    for _ in $(seq 50); do alive "$pid" || return 0; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
-    for i in $(seq 20); do alive "$pid" || return 0; sleep 0.1; done
+    for _ in $(seq 20); do alive "$pid" || return 0; sleep 0.1; done
 }
 
 cmd_start() {
@@ -150,6 +150,7 @@ cmd_start() {
     mkfifo "$dir/in"
     # Keep a writer on the FIFO for testpmd's whole life: without one it reads EOF and exits.
     # The keeper's stdin/stdout are detached so callers capturing our output are not held open.
+    # shellcheck disable=SC2217 # sleep reads nothing: the redirections only detach it
     sleep infinity > "$dir/in" < /dev/null 2>/dev/null &
     echo $! > "$dir/keeper"
 

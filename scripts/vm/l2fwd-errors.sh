@@ -170,6 +170,7 @@ exit $fail
 GUEST
 
 # name|regex that must be on the console
+# shellcheck disable=SC2034 # read by boot through a nameref
 CHECKS=(
     "missing-bdf|^   l2fwd: error: port 1: PCI device 0000:00:0a\.0 not found"
     "bad-bdf|^   l2fwd: error: port 0: '00:99\.0' is not a PCI address"
@@ -214,6 +215,7 @@ if [ $rc -eq 0 ]; then echo "== CASE-OK final-run rc=$rc"; else echo "== CASE-FA
 echo "L2FWD-ERRORS-GUEST fail=$fail"
 exit $fail
 GUEST
+# shellcheck disable=SC2034 # read by boot through a nameref
 CHECKS_NOIOMMU=(
     "no-group|^   l2fwd: error: port 0: no usable IOMMU for VFIO: 0000:00:03\.0 has no IOMMU group .*uio_pci_generic.*--no-iommu"
     "uio-virtio-pci|^   l2fwd: error: port 1: PCI device 0000:00:04\.0 is not bound to uio_pci_generic \(bound to virtio-pci\): run .scripts/bind-vfio\.sh --uio 0000:00:04\.0."

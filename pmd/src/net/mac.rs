@@ -24,20 +24,20 @@ pub enum MacError {
 }
 
 impl MacAddr {
-    /// DPDK's default destination of frames sent out of port `id`: 02:00:00:00:00:<id> (DPDK
+    /// DPDK's default destination of frames sent out of port `id`: `02:00:00:00:00:<id>` (DPDK
     /// l2fwd's rewrite, and testpmd's default `--eth-peer`).
     pub fn default_peer(id: usize) -> MacAddr {
         MacAddr([0x02, 0, 0, 0, (id >> 8) as u8, id as u8])
     }
 
-    /// The MAC a vhost-user port reports when none is configured: 02:00:00:00:00:<id + 1>
+    /// The MAC a vhost-user port reports when none is configured: `02:00:00:00:00:<id + 1>`
     /// (port 0 gets the library's default, 02:00:00:00:00:01).
     pub fn default_vhost(id: usize) -> MacAddr {
         MacAddr([0x02, 0, 0, 0, ((id + 1) >> 8) as u8, (id + 1) as u8])
     }
 
     /// A locally administered source MAC for port `id` when neither the device nor the
-    /// configuration gives one: 02:00:00:00:ff:<id>.
+    /// configuration gives one: `02:00:00:00:ff:<id>`.
     pub fn fallback(id: usize) -> MacAddr {
         MacAddr([0x02, 0, 0, 0xff, (id >> 8) as u8, id as u8])
     }

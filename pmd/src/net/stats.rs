@@ -11,16 +11,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::mbuf::Mbuf;
 use crate::virtqueue::RingErrors;
 
-/// The frame-size bins, as DPDK names them (`rx_size_64_packets` ...): upper bounds, inclusive
-/// (frame bytes without the FCS, which a virtio-net frame never carries: a 60-byte frame is
-/// the 64-byte bin, as on the wire).
-pub const SIZE_BINS: [(&str, u32); 7] = [
-    ("size_64_packets", 60),
-    ("size_65_127_packets", 123),
-    ("size_128_255_packets", 251),
-    ("size_256_511_packets", 507),
-    ("size_512_1023_packets", 1019),
-    ("size_1024_1518_packets", 1514),
+/// The frame-size bins, as DPDK's virtio PMD names and bounds them (`rx_q0_size_64_packets`
+/// ...): upper bounds, inclusive, on the frame's length as the driver sees it (no FCS: a
+/// 60-byte frame, the shortest Ethernet frame without its FCS, is `undersize` there too).
+pub const SIZE_BINS: [(&str, u32); 8] = [
+    ("undersize_packets", 63),
+    ("size_64_packets", 64),
+    ("size_65_127_packets", 127),
+    ("size_128_255_packets", 255),
+    ("size_256_511_packets", 511),
+    ("size_512_1023_packets", 1023),
+    ("size_1024_1518_packets", 1518),
     ("size_1519_max_packets", u32::MAX),
 ];
 
@@ -283,11 +284,11 @@ mod tests {
 
     #[test]
     fn sizes_fall_in_dpdks_bins() {
-        let bins: Vec<usize> = [0, 60, 61, 123, 124, 251, 252, 507, 1019, 1020, 1514, 1515, 9000]
+        let bins: Vec<usize> = [0, 60, 63, 64, 65, 127, 128, 255, 256, 511, 512, 1023, 1024, 1514, 1518, 1519, 9000]
             .iter()
             .map(|len| size_bin(*len))
             .collect();
-        assert_eq!(bins, [0, 0, 1, 1, 2, 2, 3, 3, 4, 5, 5, 6, 6]);
+        assert_eq!(bins, [0, 0, 0, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 6, 7, 7]);
     }
 
     #[test]
@@ -295,7 +296,7 @@ mod tests {
         let mut later = QueueStats { packets: 10, bytes: 1000, kicks: 3, ..QueueStats::default() };
         later.errors_by_kind.bad_len = 2;
         later.errors = 2;
-        later.classes = Some(PacketClasses { multicast: 4, broadcast: 1, sizes: [5, 5, 0, 0, 0, 0, 0] });
+        later.classes = Some(PacketClasses { multicast: 4, broadcast: 1, sizes: [5, 5, 0, 0, 0, 0, 0, 0] });
         let earlier = QueueStats { packets: 4, bytes: 400, kicks: 1, ..QueueStats::default() };
         let d = later.since(&earlier);
         assert_eq!((d.packets, d.bytes, d.kicks, d.errors, d.errors_by_kind.bad_len), (6, 600, 2, 2, 2));

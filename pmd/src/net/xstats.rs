@@ -1,5 +1,5 @@
 //! Extended statistics: every counter of a port by name, DPDK's `rte_eth_xstats` names where DPDK
-//! has one (`rx_good_packets`, `rx_q0_bytes`, `rx_size_64_packets`, `rx_multicast_packets`,
+//! has one (`rx_good_packets`, `rx_q0_bytes`, `rx_q0_size_64_packets`, `rx_multicast_packets`,
 //! `rx_mbuf_allocation_errors`), ours for the rest (`rx_kicks`, `tx_ring_bad_id`).
 //!
 //! Port-wide names come first, then each queue's (`rx_q<i>_...`, `tx_q<i>_...`); the list for a
@@ -84,7 +84,7 @@ mod tests {
         let q = QueueStats {
             packets,
             bytes: packets * 64,
-            classes: classes.then(|| PacketClasses { sizes: [packets, 0, 0, 0, 0, 0, 0], ..Default::default() }),
+            classes: classes.then(|| PacketClasses { sizes: [0, packets, 0, 0, 0, 0, 0, 0], ..Default::default() }),
             ..QueueStats::default()
         };
         PortStats { rx_queues: vec![q, q], tx_queues: vec![q, q], rx: q, tx: q }

@@ -43,6 +43,31 @@ pub struct FakeDeviceConfig {
     pub refuse_driver_ok: bool,
 }
 
+impl FakeDeviceConfig {
+    /// A modern virtio-net device (VERSION_1, RING_PACKED, IN_ORDER, MAC, STATUS, MTU; two
+    /// queues of up to 256 descriptors, MAC 52:54:00:00:00:01, MTU 1500) that never asks for
+    /// notifications and loops every transmitted frame back to receive.
+    pub fn modern() -> Self {
+        FakeDeviceConfig {
+            offered: Features::from_bits(&[
+                features::VERSION_1,
+                features::RING_PACKED,
+                features::IN_ORDER,
+                net_spec::F_MAC,
+                net_spec::F_STATUS,
+                net_spec::F_MTU,
+            ]),
+            max_queue_size: 256,
+            num_queues: 2,
+            mac: [0x52, 0x54, 0, 0, 0, 1],
+            mtu: 1500,
+            notify: NotifyMode::Never,
+            behind_iommu: false,
+            refuse_driver_ok: false,
+        }
+    }
+}
+
 /// What the driver did to the fake device, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FakeEvent {

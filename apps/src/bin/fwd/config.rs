@@ -140,14 +140,14 @@ pub struct Cli {
 #[derive(Clone, Debug, Default, clap::Args, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
-    /// A port: pci:<address>[,queues=N] or vhost:<socket>[,queues=N][,mac=MAC]; repeat for more.
+    /// A port: `pci:<address>[,queues=N]` or `vhost:<socket>[,queues=N][,mac=MAC]`; repeat for more.
     #[arg(long = "port", value_name = "SPEC")]
     pub ports: Option<Vec<DeviceSpec>>,
     /// Forwarding mode [default: io].
     #[arg(long, visible_alias = "mode", value_enum)]
     pub forward_mode: Option<Mode>,
     /// Destination MAC of frames sent out of a port (mac, txonly, echo), as PORT,MAC; repeat
-    /// per port [default: 02:00:00:00:00:<port>].
+    /// per port (default: `02:00:00:00:00:<port>`).
     #[arg(long, value_name = "PORT,MAC")]
     pub eth_peer: Option<Vec<EthPeer>>,
     /// Forwarding threads; queue set q (queue pair q of every port) goes to thread q mod N

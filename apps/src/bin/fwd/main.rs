@@ -396,7 +396,7 @@ fn report(s: &Settings, format: Option<RingFormat>, t: &Totals, over: Duration, 
     }
     println!("FWD-SUMMARY {}", summary.key_values());
     if s.json {
-        println!("{}", summary.json("fwd", "summary"));
+        println!("{}", summary.json("fwd", "summary").finish());
     }
     let _ = std::io::stdout().flush();
 }

@@ -214,7 +214,7 @@ impl PortControl {
 pub struct FilePort {
     /// PCI address of the virtio-net function (bound to vfio-pci).
     pub pci: String,
-    /// Destination MAC of frames sent out of this port (default 02:00:00:00:00:<port id>).
+    /// Destination MAC of frames sent out of this port (default `02:00:00:00:00:<port id>`).
     pub dst_mac: Option<MacAddr>,
     /// Source MAC of frames sent out of this port when the device reports none.
     pub mac: Option<MacAddr>,

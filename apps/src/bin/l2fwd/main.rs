@@ -47,7 +47,7 @@ use virtio_pmd::transport::RingFormat;
 use config::{FilePort, Options, Settings};
 use fwd::{Lane, LaneCounters};
 use virtio_pmd::net::Xstat;
-use virtio_pmd_apps::report::{init_logging, mpps, JsonLine, Snapshot};
+use virtio_pmd_apps::report::{describe, init_logging, mpps, JsonLine, Record, Snapshot};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -99,20 +99,6 @@ impl From<SetupError> for Failure {
             Failure::Runtime(msg)
         }
     }
-}
-
-/// An error with its chain of sources (each once).
-fn describe(err: &dyn std::error::Error) -> String {
-    let mut msg = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(&format!(": {text}"));
-        }
-        source = s.source();
-    }
-    msg
 }
 
 fn settings(cli: &Cli) -> Result<Settings, String> {
@@ -446,14 +432,7 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             failure.get_or_insert(Failure::Runtime(format!("polling {e}")));
         }
     }
-    print_summary(&set, &counters.snapshots(set.ports()), stopped_at);
-    if s.json {
-        for (id, x) in xstats(&set).iter().enumerate() {
-            let line = JsonLine::new("l2fwd", "summary").int("port", id as u64).text("pci", set.ports()[id].name());
-            let line = line.int("app_dropped", counters.dropped(id)).num("seconds", stopped_at.as_secs_f64());
-            println!("{}", line.xstats("xstats", x).finish());
-        }
-    }
+    print_summary(s, &set, &counters, stopped_at);
     let closed = set.close();
     let pool = match &closed {
         Ok(stats) | Err(SetupError::MbufsMissing { stats }) => *stats,
@@ -470,21 +449,15 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
 
 /// Prints the `L2FWD-POOL` line (and its JSON line): whether every mbuf is back.
 fn print_pool(pool: &PoolStats, json: bool) {
-    println!(
-        "L2FWD-POOL size={} available={} in_use={} alloc_failures={}: {}",
-        pool.size,
-        pool.available,
-        pool.in_use,
-        pool.alloc_failures,
-        if pool.in_use == 0 {
-            "every mbuf is back in the pool".to_string()
-        } else {
-            format!("{} mbufs LEAKED", pool.in_use)
-        }
-    );
+    let record = Record::default().int("size", pool.size.into()).int("available", pool.available.into());
+    let record = record.int("in_use", pool.in_use.into()).int("alloc_failures", pool.alloc_failures);
+    let verdict = match pool.in_use {
+        0 => "every mbuf is back in the pool".to_string(),
+        n => format!("{n} mbufs LEAKED"),
+    };
+    println!("L2FWD-POOL {}: {verdict}", record.key_values());
     if json {
-        let line = JsonLine::new("l2fwd", "pool").int("size", pool.size.into()).int("available", pool.available.into());
-        println!("{}", line.int("in_use", pool.in_use.into()).int("alloc_failures", pool.alloc_failures).finish());
+        println!("{}", record.json("l2fwd", "pool").finish());
     }
 }
 
@@ -605,26 +578,21 @@ fn print_stats(begin: Instant, over: Duration, before: &[Snapshot], now: &[Snaps
     out.flush().ok();
 }
 
-fn print_summary(set: &PortSet, end: &[Snapshot], over: Duration) {
+/// The `L2FWD-SUMMARY` lines (and their JSON, with the extended statistics): per port, then
+/// the total.
+fn print_summary(s: &Settings, set: &PortSet, counters: &Counters, over: Duration) {
     let mut total = Snapshot::default();
-    for (id, (port, n)) in set.ports().iter().zip(end).enumerate() {
-        println!(
-            "L2FWD-SUMMARY port={id} pci={} rx={} tx={} dropped={} errors={} alloc_failures={} kicks={} \
-             rx_mpps={:.4} tx_mpps={:.4}",
-            port.name(),
-            n.rx,
-            n.tx,
-            n.dropped,
-            n.errors,
-            n.alloc_failures,
-            n.kicks,
-            mpps(n.rx, over),
-            mpps(n.tx, over)
-        );
-        total.rx += n.rx;
-        total.tx += n.tx;
-        total.dropped += n.dropped;
-        total.errors += n.errors;
+    for (id, (port, n)) in set.ports().iter().zip(counters.snapshots(set.ports())).enumerate() {
+        let record = Record::default().int("port", id as u64).text("pci", port.name());
+        let record = record.int("rx", n.rx).int("tx", n.tx).int("dropped", n.dropped).int("errors", n.errors);
+        let record = record.int("alloc_failures", n.alloc_failures).int("kicks", n.kicks);
+        let record = record.num("rx_mpps", mpps(n.rx, over), 4).num("tx_mpps", mpps(n.tx, over), 4);
+        println!("L2FWD-SUMMARY {}", record.key_values());
+        if s.json {
+            let line = record.json("l2fwd", "summary").num("seconds", over.as_secs_f64());
+            println!("{}", line.int("app_dropped", counters.dropped(id)).xstats("xstats", &port.xstats()).finish());
+        }
+        total += n;
         let stats = port.stats();
         for (q, (r, t)) in stats.rx_queues.iter().zip(&stats.tx_queues).enumerate() {
             println!(
@@ -638,7 +606,7 @@ fn print_summary(set: &PortSet, end: &[Snapshot], over: Duration) {
     }
     println!(
         "L2FWD-SUMMARY total ports={} rx={} tx={} dropped={} errors={} seconds={:.1}",
-        end.len(),
+        set.ports().len(),
         total.rx,
         total.tx,
         total.dropped,

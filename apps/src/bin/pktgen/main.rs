@@ -49,7 +49,7 @@ use report::{Setup, Summary};
                   with net_vhost). Stops after --duration, or on SIGINT/SIGTERM."
 )]
 struct Cli {
-    /// The port: pci:<address> or vhost:<socket>[,mac=MAC] (`queues=N` there overrides --queues).
+    /// The port: `pci:<address>` or `vhost:<socket>[,mac=MAC]` (`queues=N` there overrides --queues).
     #[arg(long, value_name = "SPEC")]
     port: DeviceSpec,
     /// Frames per second, with an optional k, m or g suffix (e.g. 250k, 1.5m); 0 or absent: as

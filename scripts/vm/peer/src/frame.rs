@@ -87,9 +87,9 @@ fn vlan_of(frame: &[u8]) -> Option<u16> {
 /// The IPv4 addresses and UDP ports of a flow frame: what RSS hashes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
-    /// Source address: 198.18.<direction>.<1 + flow % 250>.
+    /// Source address: `198.18.<direction>.<1 + flow % 250>`.
     pub src: std::net::Ipv4Addr,
-    /// Destination address: 198.19.<direction>.1.
+    /// Destination address: `198.19.<direction>.1`.
     pub dst: std::net::Ipv4Addr,
     /// Source port: 10000 + flow.
     pub sport: u16,

@@ -6,7 +6,7 @@
 //! the MAC rewrite included ([`frame`]), then prints
 //! `RESULT sent=<n> received=<n> lost=<n> corrupted=<n> p50_us=<x> p99_us=<x>` and exits 1 on any
 //! loss or corruption. `vm-peer reflect` plays QEMU + l2fwd over the same sockets, as a self-test
-//! of the peer without a VM ([`reflect`]).
+//! of the peer without a VM ([`reflect`](mod@reflect)).
 //!
 //! Exit codes: 0 clean run; 1 frames lost or corrupted; 2 the run could not be made (bad option,
 //! port in use, forwarder never ready, damaged probe).

@@ -2,7 +2,7 @@
 //!
 //! It binds the QEMU side of both ports; every datagram that arrives on port p from port p's
 //! peer address leaves through the other port q = 1 - p, towards q's peer address, with the MAC
-//! rewrite of DPDK's l2fwd: destination `out_dst[q]` (02:00:00:00:00:<q> by default), source
+//! rewrite of DPDK's l2fwd: destination `out_dst[q]` (`02:00:00:00:00:<q>` by default), source
 //! `out_src[q]` (port q's MAC). Nothing else is touched. It is the harness's self-test: run
 //! `vm-peer reflect` and `vm-peer run` with the same ports to check the peer and the host's UDP
 //! path without a VM. Datagrams from other addresses are ignored.
