@@ -1,9 +1,10 @@
 #!/bin/sh
 # l2fwd-tcp-guest.sh: the guest side of scripts/vm/l2fwd-tcp.sh (runs as /vmcmd.sh under busybox).
 #
-# Takes commands from the host over the control line (vm-wait-host), one at a time; before each it
-# prints `TCP-CMD-WAIT <n>` (n counts from 1), so the host writes a command only while the guest
-# listens:
+# Takes commands from the host over the control line (/dev/ttyS1, run-vm.sh --ctl), one line at a
+# time; the line stays open the whole run, so nothing the host writes is lost while the guest is
+# busy. Before each command it prints `TCP-CMD-WAIT <n>` (n counts from 1); the host writes the
+# next command only then:
 #   l2fwd PHASE ARGS..  start `l2fwd --config /etc/l2fwd-vm.toml ARGS..` in the background; prints
 #                       `TCP-PHASE-BEGIN PHASE`, then l2fwd its own lines (L2FWD-READY ...), and
 #                       `TCP-PHASE-END PHASE rc=<l2fwd's exit status>` when l2fwd exits
@@ -88,13 +89,19 @@ counters() {
     done
 }
 
+# The control line, raw (no echo, no line editing), open on fd 3 until the end.
+stty -F /dev/ttyS1 raw -echo || fail "no control line /dev/ttyS1 (run-vm.sh --ctl)"
+exec 3</dev/ttyS1
 n=0
 runner=""
 phase=""
 while :; do
     n=$((n + 1))
     echo "TCP-CMD-WAIT $n"
-    line=$(vm-wait-host 900) || fail "no command from the host for 15 minutes"
+    # busybox ash has read -t (this runs only in the guest).
+    # shellcheck disable=SC3045
+    read -r -t 900 line <&3 || fail "no command from the host for 15 minutes"
+    line=$(printf '%s' "$line" | tr -d '\r')
     # shellcheck disable=SC2086 # the command's words
     set -- $line
     [ $# -gt 0 ] || continue

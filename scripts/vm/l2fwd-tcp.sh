@@ -243,8 +243,8 @@ measure() {
 }
 # MTU $1 on pair "on"'s taps.
 set_mtu() {
-    ip -n "$NS_A" link set t0 mtu "$1"
-    ip -n "$NS_B" link set t1 mtu "$1"
+    ip -n "$NS_A" link set t0 mtu "$1" && ip -n "$NS_B" link set t1 mtu "$1" ||
+        FAIL+=("cannot set MTU $1 on the taps (is QEMU still running?)")
 }
 # jumbo NAME: 8972-byte pings (9000-byte packets, don't fragment) A -> B, each answered.
 jumbo() {

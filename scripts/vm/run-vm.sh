@@ -288,10 +288,13 @@ else
     IOMMU_ARGS=(-device "intel-iommu,intremap=on,caching-mode=on,aw-bits=48")
     KERNEL_IOMMU="intel_iommu=on"
 fi
+# no_timer_check: the kernel's early test that the IO-APIC timer ticks gives up under TCG on a
+# loaded host ("Kernel panic - not syncing: timer doesn't work through Interrupt-remapped
+# IO-APIC", seen on the shared 2-core build machines); the timer works, the test is too impatient.
 ARGS=(-machine "q35,accel=$ACCEL,kernel-irqchip=split" -cpu "$CPU" -m "$MEM" -smp "$SMP"
     -no-reboot -vga none -serial stdio "${IOMMU_ARGS[@]}"
     -kernel "$KERNEL" -initrd "$RUN_INITRD"
-    -append "console=ttyS0 $KERNEL_IOMMU tsc=reliable panic=-1 quiet $APPEND")
+    -append "console=ttyS0 $KERNEL_IOMMU tsc=reliable no_timer_check panic=-1 quiet $APPEND")
 if [ -n "$CTL" ]; then
     for f in "$CTL.in" "$CTL.out"; do
         [ -p "$f" ] || { rm -f "$f"; mkfifo "$f"; }

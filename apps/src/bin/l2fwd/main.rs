@@ -178,12 +178,16 @@ fn print_settings(s: &Settings) {
 /// Opens the ports (`queues` queue pairs each), turns promiscuous mode on and sets the RSS
 /// tables when asked, prints them.
 fn open(s: &Settings) -> Result<PortSet, Failure> {
+    // Frames larger than a buffer, and super-packets, span several: bigger ones.
+    let chains = s.offloads || s.max_pkt_len > config::BUFFER_DATA_ROOM;
+    let data_room = if chains { config::JUMBO_DATA_ROOM } else { config::BUFFER_DATA_ROOM };
     let config = PortSetConfig {
         pool: MempoolConfig {
             name: "l2fwd-pool".into(),
             count: s.pool_size,
             cache_size: s.pool_cache,
             huge_pages: s.huge_pages.into(),
+            data_room: data_room as u16,
             ..MempoolConfig::default()
         },
         port: PortConfig {
@@ -192,9 +196,8 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
             pair_ring_sizes: s.ring_sizes.clone(),
             ring: s.ring.into(),
             huge_pages: s.huge_pages.into(),
-            // Frames larger than a buffer, and super-packets, span several.
-            rx_mergeable: s.offloads || s.max_pkt_len > config::BUFFER_DATA_ROOM,
-            tx_multi_segment: s.offloads || s.max_pkt_len > config::BUFFER_DATA_ROOM,
+            rx_mergeable: chains,
+            tx_multi_segment: chains,
             offloads: OffloadConfig {
                 tx_checksum: s.offloads,
                 tso: s.offloads,
