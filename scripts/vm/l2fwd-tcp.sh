@@ -19,8 +19,9 @@
 # Phases, each a fresh l2fwd started in the guest over the control line
 # (scripts/vm/l2fwd-tcp-guest.sh):
 #   on     pair "on", l2fwd --offloads: a 64 MiB random file A -> B (socat; sha256 on both ends),
-#          then iperf3 A -> B
-#   off    pair "off", l2fwd without offloads: the same
+#          then iperf3 A -> B; meanwhile B's tap must get super-packets (more than 9014 bytes per
+#          frame on average: the offloads passed through l2fwd whole)
+#   off    pair "off", l2fwd without offloads: the same, no frame on B's tap beyond 1514 bytes
 #   jumbo  pair "on" with MTU 9000 on the taps, l2fwd --offloads --max-pkt-len 9014:
 #          `ping -M "do" -s 8972` (9014-byte frames both ways, unfragmented) and iperf3
 # With --kernel-bridge the guest then gives the four NICs to its own virtio-net driver, bridges
@@ -198,10 +199,17 @@ listening() {
     done
     return 1
 }
-# measure NAME DST: the random file from A to DST in B (sha256 compared), then iperf3 A -> DST.
-# Appends `NAME file_mbps=.. integrity=ok|bad mbps=.. retransmits=..` to $RESULTS.
+# Bytes and packets B's tap $1 received so far (what QEMU wrote into it: a super-packet is one).
+tap_rx() {
+    ip netns exec "$NS_B" cat "/sys/class/net/$1/statistics/rx_bytes" "/sys/class/net/$1/statistics/rx_packets" | paste -sd' '
+}
+# measure NAME DST TAP: the random file from A to DST (on TAP) in B, sha256 compared; then iperf3
+# A -> DST, with the average size of what TAP received meanwhile: with offloads (phases other than
+# *-off), super-packets must have crossed whole (more than a 9014-byte frame on average); without,
+# no frame beyond 1514 bytes. Appends `NAME file_mbps=.. integrity=ok|bad mbps=.. retransmits=..
+# frame_bytes=..` to $RESULTS.
 measure() {
-    local name=$1 dst=$2 recv=$WORK/received.bin integrity=bad file_mbps=0 mbps=0 retr=-1 t0 t1 pid
+    local name=$1 dst=$2 tap=$3 recv=$WORK/received.bin integrity=bad file_mbps=0 mbps=0 retr=-1 frame=0 t0 t1 pid rx0
     ip netns exec "$NS_B" socat -u "TCP-LISTEN:5301,bind=$dst,reuseaddr" "CREATE:$recv" &
     pid=$!
     PIDS+=("$pid")
@@ -224,6 +232,7 @@ measure() {
     [ "$integrity" = ok ] || FAIL+=("$name: the file did not cross intact")
 
     local out=$OUT_DIR/iperf3-$name.txt
+    rx0=$(tap_rx "$tap")
     ip netns exec "$NS_B" iperf3 -s -1 -B "$dst" -p 5201 >"$WORK/iperf3-server.txt" 2>&1 &
     pid=$!
     PIDS+=("$pid")
@@ -232,14 +241,19 @@ measure() {
         # Receiver's bit rate; the sender's retransmits (the column before "sender").
         mbps=$(awk '/ receiver$/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Mbits/sec") print $i }' "$out" | tail -n1)
         retr=$(awk '/ sender$/ { print $(NF - 1) }' "$out" | tail -n1)
-        say "$name: iperf3 -t $SECS: ${mbps:-?} Mbit/s, ${retr:-?} retransmits"
+        frame=$(echo "$rx0 $(tap_rx "$tap")" | awk '{ printf "%.0f", ($4 > $2 ? ($3 - $1) / ($4 - $2) : 0) }')
+        say "$name: iperf3 -t $SECS: ${mbps:-?} Mbit/s, ${retr:-?} retransmits; B's $tap got $frame bytes per frame on average"
+        case "$name" in
+            *-off) [ "$frame" -le 1514 ] || FAIL+=("$name: $tap got frames of $frame bytes on average, offloads are off") ;;
+            *) [ "$frame" -gt 9014 ] || FAIL+=("$name: $tap got frames of $frame bytes on average: no super-packets crossed") ;;
+        esac
     else
         FAIL+=("$name: iperf3 failed ($(tail -n1 "$out" 2>/dev/null))")
     fi
     wait "$pid" 2>/dev/null || true
     [[ "${mbps:-}" =~ ^[0-9.]+$ ]] || { mbps=0; FAIL+=("$name: no iperf3 bit rate"); }
     [[ "${retr:-}" =~ ^[0-9]+$ ]] || retr=-1
-    echo "$name file_mbps=$file_mbps integrity=$integrity mbps=$mbps retransmits=$retr" >>"$RESULTS"
+    echo "$name file_mbps=$file_mbps integrity=$integrity mbps=$mbps retransmits=$retr frame_bytes=$frame" >>"$RESULTS"
 }
 # MTU $1 on pair "on"'s taps.
 set_mtu() {
@@ -257,10 +271,10 @@ jumbo() {
     [ "$ok" = ok ] || FAIL+=("$1: 9000-byte pings did not all come back")
     echo "$1 ping=$ok" >>"$RESULTS"
 }
-# l2fwd_phase NAME DST ARGS..: l2fwd with ARGS in the guest, measured towards DST.
+# l2fwd_phase NAME DST TAP ARGS..: l2fwd with ARGS in the guest, measured towards DST on TAP.
 l2fwd_phase() {
-    local name=$1 dst=$2
-    shift 2
+    local name=$1 dst=$2 tap=$3
+    shift 3
     guest l2fwd "$name" "$@" || return 0
     if ! wait_console "$name" '^(L2FWD-READY|TCP-PHASE-END)' 120 || ! wait_console "$name" '^L2FWD-READY' 1; then
         FAIL+=("$name: l2fwd did not get ready: $(tr -d '\r' <"$LOG" | grep -m1 '^l2fwd: error' || echo 'see the console')")
@@ -268,7 +282,7 @@ l2fwd_phase() {
     fi
     say "$name: l2fwd ready ($*)"
     [ "$name" != l2fwd-jumbo ] || jumbo "$name"
-    measure "$name" "$dst"
+    measure "$name" "$dst" "$tap"
     guest stop || return 0
     wait_console "$name" '^TCP-PHASE-END ' 60 || FAIL+=("$name: l2fwd did not stop")
     local phase_log=$WORK/$name.txt
@@ -281,20 +295,20 @@ l2fwd_phase() {
 : >"$RESULTS"
 if [ "${#FAIL[@]}" -eq 0 ] && wait_console - '^TCP-CMD-WAIT 1$' 180; then
     say "guest ready $((SECONDS - t_boot)) s after boot started"
-    l2fwd_phase l2fwd-on "${TAP_IP[1]}" "${PAIR_ON[@]}" --offloads
-    l2fwd_phase l2fwd-off "${TAP_IP[3]}" "${PAIR_OFF[@]}"
+    l2fwd_phase l2fwd-on "${TAP_IP[1]}" t1 "${PAIR_ON[@]}" --offloads
+    l2fwd_phase l2fwd-off "${TAP_IP[3]}" t3 "${PAIR_OFF[@]}"
     set_mtu 9000
-    l2fwd_phase l2fwd-jumbo "${TAP_IP[1]}" "${PAIR_ON[@]}" --offloads --max-pkt-len 9014
+    l2fwd_phase l2fwd-jumbo "${TAP_IP[1]}" t1 "${PAIR_ON[@]}" --offloads --max-pkt-len 9014
     set_mtu 1500
     if [ "$BRIDGE" -eq 1 ]; then
         if guest bridge "br0=${PAIR_ON[0]},${PAIR_ON[1]}" "br1=${PAIR_OFF[0]},${PAIR_OFF[1]}" &&
             wait_console - '^TCP-BRIDGE-READY$' 60; then
             tr -d '\r' <"$LOG" | grep '^TCP-BRIDGE ' | sed 's/^/  guest| /'
-            measure bridge-on "${TAP_IP[1]}"
-            measure bridge-off "${TAP_IP[3]}"
+            measure bridge-on "${TAP_IP[1]}" t1
+            measure bridge-off "${TAP_IP[3]}" t3
             set_mtu 9000
             jumbo bridge-jumbo
-            measure bridge-jumbo "${TAP_IP[1]}"
+            measure bridge-jumbo "${TAP_IP[1]}" t1
             set_mtu 1500
             guest counters || true
         else
