@@ -23,7 +23,9 @@
 #          frame on average: the offloads passed through l2fwd whole)
 #   off    pair "off", l2fwd without offloads: the same, no frame on B's tap beyond 1514 bytes
 #   jumbo  pair "on" with MTU 9000 on the taps, l2fwd --offloads --max-pkt-len 9014:
-#          `ping -M "do" -s 8972` (9014-byte frames both ways, unfragmented) and iperf3
+#          `ping -M do -s 8972` (9014-byte frames both ways, unfragmented), the file and iperf3
+#   jumbo-off  the same with l2fwd --max-pkt-len 9014 and no offloads (QEMU then turns the taps'
+#          offloads off): every frame crosses as one buffer of 9216 bytes, none beyond 9014 bytes
 # With --kernel-bridge the guest then gives the four NICs to its own virtio-net driver, bridges
 # each pair (the kernel's bridge) and the same three measurements run again: Linux forwarding in
 # the same VM, the figure l2fwd is compared with.
@@ -206,7 +208,7 @@ tap_rx() {
 # measure NAME DST TAP: the random file from A to DST (on TAP) in B, sha256 compared; then iperf3
 # A -> DST, with the average size of what TAP received meanwhile: with offloads (phases other than
 # *-off), super-packets must have crossed whole (more than a 9014-byte frame on average); without,
-# no frame beyond 1514 bytes. Appends `NAME file_mbps=.. integrity=ok|bad mbps=.. retransmits=..
+# no frame beyond 1514 bytes (9014 in *-jumbo-off, and more than 1514 on average). Appends `NAME file_mbps=.. integrity=ok|bad mbps=.. retransmits=..
 # frame_bytes=..` to $RESULTS.
 measure() {
     local name=$1 dst=$2 tap=$3 recv=$WORK/received.bin integrity=bad file_mbps=0 mbps=0 retr=-1 frame=0 t0 t1 pid rx0
@@ -244,6 +246,8 @@ measure() {
         frame=$(echo "$rx0 $(tap_rx "$tap")" | awk '{ printf "%.0f", ($4 > $2 ? ($3 - $1) / ($4 - $2) : 0) }')
         say "$name: iperf3 -t $SECS: ${mbps:-?} Mbit/s, ${retr:-?} retransmits; B's $tap got $frame bytes per frame on average"
         case "$name" in
+            *-jumbo-off) [ "$frame" -gt 1514 ] && [ "$frame" -le 9014 ] ||
+                FAIL+=("$name: $tap got frames of $frame bytes on average: jumbo frames, offloads off, expected") ;;
             *-off) [ "$frame" -le 1514 ] || FAIL+=("$name: $tap got frames of $frame bytes on average, offloads are off") ;;
             *) [ "$frame" -gt 9014 ] || FAIL+=("$name: $tap got frames of $frame bytes on average: no super-packets crossed") ;;
         esac
@@ -281,7 +285,7 @@ l2fwd_phase() {
         return 0
     fi
     say "$name: l2fwd ready ($*)"
-    [ "$name" != l2fwd-jumbo ] || jumbo "$name"
+    [[ "$name" != *-jumbo* ]] || jumbo "$name"
     measure "$name" "$dst" "$tap"
     guest stop || return 0
     wait_console "$name" '^TCP-PHASE-END ' 60 || FAIL+=("$name: l2fwd did not stop")
@@ -299,6 +303,7 @@ if [ "${#FAIL[@]}" -eq 0 ] && wait_console - '^TCP-CMD-WAIT 1$' 180; then
     l2fwd_phase l2fwd-off "${TAP_IP[3]}" t3 "${PAIR_OFF[@]}"
     set_mtu 9000
     l2fwd_phase l2fwd-jumbo "${TAP_IP[1]}" t1 "${PAIR_ON[@]}" --offloads --max-pkt-len 9014
+    l2fwd_phase l2fwd-jumbo-off "${TAP_IP[1]}" t1 "${PAIR_ON[@]}" --max-pkt-len 9014
     set_mtu 1500
     if [ "$BRIDGE" -eq 1 ]; then
         if guest bridge "br0=${PAIR_ON[0]},${PAIR_ON[1]}" "br1=${PAIR_OFF[0]},${PAIR_OFF[1]}" &&
@@ -342,9 +347,11 @@ result() {
     local p=$2 on off integrity=ok jumbo=ok
     on=$(field "$p-on" mbps)
     off=$(field "$p-off" mbps)
-    [ "$(field "$p-on" integrity bad)" = ok ] && [ "$(field "$p-off" integrity bad)" = ok ] &&
-        [ "$(field "$p-jumbo" integrity bad)" = ok ] || integrity=bad
-    [ "$(field "$p-jumbo" ping bad)" = ok ] && awk -v m="$(field "$p-jumbo" mbps)" 'BEGIN { exit !(m > 0) }' || jumbo=bad
+    # Every file of the tag's phases crossed intact, every jumbo phase's pings came back.
+    awk -v p="$p-" 'index($1, p) == 1 && / integrity=/ { n++; if ($0 !~ / integrity=ok /) bad = 1 } END { exit bad || n < 3 }' "$RESULTS" ||
+        integrity=bad
+    awk -v p="$p-jumbo" 'index($1, p) == 1 && / ping=/ { n++; if ($0 !~ / ping=ok$/) bad = 1 } END { exit bad || !n }' "$RESULTS" &&
+        awk -v m="$(field "$p-jumbo" mbps)" 'BEGIN { exit !(m > 0) }' || jumbo=bad
     printf 'RESULT %s offloads_on_mbps=%s offloads_off_mbps=%s ratio=%s retransmits_on=%s retransmits_off=%s integrity=%s jumbo=%s jumbo_mbps=%s\n' \
         "$1" "$on" "$off" "$(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')" \
         "$(field "$p-on" retransmits -1)" "$(field "$p-off" retransmits -1)" "$integrity" "$jumbo" "$(field "$p-jumbo" mbps)"

@@ -301,8 +301,8 @@ pub struct Options {
     #[arg(long = "vlan", value_name = "PORT=VID,..")]
     pub vlans: Option<Vec<Vlans>>,
     /// Largest frame forwarded, in bytes without the virtio-net header (up to the device's MTU
-    /// plus 14); larger than a buffer's 2048 bytes: buffers of 9216 bytes, frames received into
-    /// mergeable buffers and sent as descriptor chains [default: 1514].
+    /// plus 14); larger than 2048 bytes: buffers of 9216 bytes instead, and beyond those frames
+    /// received into mergeable buffers and sent as descriptor chains [default: 1514].
     #[arg(long, value_name = "BYTES")]
     pub max_pkt_len: Option<u32>,
     /// Checksum, TSO and LRO offloads on every port (with mergeable buffers of 9216 bytes and

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use virtio_pmd::lcore::{self, LcoreWork, Lcores, STOP};
 use virtio_pmd::mbuf::{MempoolConfig, PoolStats};
-use virtio_pmd::net::{OffloadConfig, Port, PortConfig};
+use virtio_pmd::net::{Port, PortConfig};
 use virtio_pmd::setup::{PortSet, PortSetConfig, SetupError};
 use virtio_pmd::transport::RingFormat;
 
@@ -178,9 +178,10 @@ fn print_settings(s: &Settings) {
 /// Opens the ports (`queues` queue pairs each), turns promiscuous mode on and sets the RSS
 /// tables when asked, prints them.
 fn open(s: &Settings) -> Result<PortSet, Failure> {
-    // Frames larger than a buffer, and super-packets, span several: bigger ones.
-    let chains = s.offloads || s.max_pkt_len > config::BUFFER_DATA_ROOM;
-    let data_room = if chains { config::JUMBO_DATA_ROOM } else { config::BUFFER_DATA_ROOM };
+    // Jumbo frames and super-packets: bigger buffers (a jumbo frame in one, a super-packet in
+    // eight); for_forwarding chains whatever may still span several.
+    let jumbo = s.offloads || s.max_pkt_len > config::BUFFER_DATA_ROOM;
+    let data_room = if jumbo { config::JUMBO_DATA_ROOM } else { config::BUFFER_DATA_ROOM };
     let config = PortSetConfig {
         pool: MempoolConfig {
             name: "l2fwd-pool".into(),
@@ -196,16 +197,9 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
             pair_ring_sizes: s.ring_sizes.clone(),
             ring: s.ring.into(),
             huge_pages: s.huge_pages.into(),
-            rx_mergeable: chains,
-            tx_multi_segment: chains,
-            offloads: OffloadConfig {
-                tx_checksum: s.offloads,
-                tso: s.offloads,
-                rx_checksum: s.offloads,
-                lro: s.offloads,
-            },
             ..PortConfig::default()
-        },
+        }
+        .for_forwarding(s.max_pkt_len, data_room, s.offloads),
     };
     let specs: Vec<_> = s.ports.iter().map(|p| p.spec.clone()).collect();
     let mut set = PortSet::open(&specs, &config).inspect_err(|e| {
