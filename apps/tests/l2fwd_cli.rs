@@ -88,7 +88,7 @@ fn a_full_file_resolves() {
         all.contains(
             "(pairs 0->1 1->0 2->2), 2 queue pair(s) each, ring split, ring size 512 (by pair [256, 128]), pool 4096 \
              mbufs (cache 128), huge pages required, offloads tx_checksum,tso,rx_checksum,lro, burst 64, cores [1, 0], \
-             idle sleep 20 us, stats every 2 s, max frame 9014 bytes"
+             queues per lcore spread, MACs rewritten, idle sleep 20 us, stats every 2 s, max frame 9014 bytes"
         ),
         "{all}"
     );
@@ -203,4 +203,44 @@ fn the_command_line_overrides_the_file() {
         "{all}"
     );
     assert!(all.contains("cores [1]") && all.contains("port 0: pci:0000:00:05.0,promisc=on "), "{all}");
+}
+
+#[test]
+fn dpdk_l2fwd_options_queues_per_lcore_portmap_no_mac_updating_and_short_promisc() {
+    let ports = ["00:03.0", "00:04.0", "vhost:/tmp/l2fwd-cli.sock,mac=02:11:11:11:11:01", "00:05.0"];
+    let all = checked(
+        &[&["-P", "--portmap", "(0,2), (1,3)", "-q", "2", "--cores", "0,1", "--no-mac-updating"], &ports[..]].concat(),
+    );
+    assert!(all.contains("(pairs 0->2 1->3 2->0 3->1)"), "{all}");
+    assert!(all.contains("cores [0, 1], queues per lcore 2, MACs unchanged"), "{all}");
+    assert!(all.contains("port 2: vhost:/tmp/l2fwd-cli.sock,mac=02:11:11:11:11:01,promisc=on "), "{all}");
+    let defaults = checked(&ports);
+    assert!(
+        defaults.contains("(pairs 0->1 1->0 2->3 3->2)")
+            && defaults.contains("queues per lcore spread, MACs rewritten")
+    );
+    assert!(!defaults.contains("promisc=on"), "{defaults}");
+    // The file takes the same keys.
+    let path = temp_config("portmap", "portmap = \"(0,1)\"\nno_mac_updating = true\nqueues_per_lcore = 1\n[[ports]]\npci = \"00:03.0\"\n[[ports]]\npci = \"00:04.0\"\n");
+    let all = checked(&["--config", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).ok();
+    assert!(all.contains("(pairs 0->1 1->0)") && all.contains("queues per lcore 1, MACs unchanged"), "{all}");
+
+    for (args, expect) in [
+        (&["--portmap", "(0,1)"][..], "port 2 is in no pair: give every port once"),
+        (&["--portmap", "(0,1),(1,2)"][..], "port 1 is in two pairs"),
+        (&["--portmap", "(0,0),(1,2)"][..], "pairs port 0 with itself"),
+        (&["--portmap", "(0,5),(1,2)"][..], "port 5 does not exist: there are 3 ports"),
+        (&["--portmap", "0,1"][..], "'0,1' is not a pair (A,B)"),
+        (&["--portmap", "(0,x)"][..], "(0,x) is not a pair of port numbers"),
+        (&["-q", "0"][..], "queues per lcore (-q) 0 is invalid"),
+        (
+            &["-q", "1", "--cores", "0", "--queues", "2"][..],
+            "6 lanes at 1 per lcore (-q) need 6 cores; --cores lists 1",
+        ),
+    ] {
+        let out = l2fwd(&[&["--check-config", "00:03.0", "00:04.0", "00:05.0"], args].concat());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(expect), "{args:?}: {}", text(&out));
+    }
 }

@@ -168,6 +168,18 @@ pub struct Options {
     /// Cores of the polling threads, one thread each (e.g. 0,1) [default: one unpinned thread].
     #[arg(long, value_delimiter = ',')]
     pub cores: Option<Vec<usize>>,
+    /// Receive queues (lanes) each polling thread polls, DPDK's "queues per lcore": the lanes
+    /// go to the listed cores in order, N each (without --cores, unpinned threads) [default: the
+    /// lanes spread evenly over the cores].
+    #[arg(short = 'q', long = "queues-per-lcore", value_name = "N")]
+    pub queues_per_lcore: Option<usize>,
+    /// Forwarding pairs, DPDK's syntax: "(0,1),(2,3)" forwards 0 <-> 1 and 2 <-> 3; every port
+    /// once [default: 0 <-> 1, 2 <-> 3, .., an odd last port to itself].
+    #[arg(long, value_name = "(A,B),..")]
+    pub portmap: Option<String>,
+    /// Forward frames unchanged (DPDK's --no-mac-updating) [default: the MACs are rewritten].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub no_mac_updating: Option<bool>,
     /// Microseconds a polling thread sleeps once its queues stayed empty for a while, 0 for never
     /// (pure polling) [default: 0].
     #[arg(long, value_name = "US")]
@@ -190,8 +202,8 @@ pub struct Options {
     #[arg(long = "no-iommu", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub no_iommu: Option<bool>,
     /// Promiscuous mode on (`--promisc`) or off (`--promisc=false`) on every port at start,
-    /// through its control queue (DPDK's -P) [default: as the device starts].
-    #[arg(long = "promisc", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    /// through its control queue (DPDK's -P; `-P` is `--promisc`) [default: as the device starts].
+    #[arg(short = 'P', long = "promisc", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub promiscuous: Option<bool>,
     /// Receive filter: all-multicast mode on for PORT (repeatable).
     #[arg(long, value_name = "PORT")]
@@ -219,6 +231,12 @@ pub struct Settings {
     pub specs: Vec<DeviceSpec>,
     /// Destination MAC of frames sent out of each port.
     pub dst_macs: Vec<MacAddr>,
+    /// The port each port forwards to (an involution: port `peers[i]` forwards back to `i`).
+    pub peers: Vec<usize>,
+    /// Rewrite the MACs of forwarded frames.
+    pub mac_updating: bool,
+    /// Lanes per polling thread (`None`: spread evenly over the cores).
+    pub queues_per_lcore: Option<usize>,
     /// The pool and every port's configuration.
     pub config: PortSetConfig,
     /// Frames per burst.
@@ -352,8 +370,27 @@ impl Settings {
             huge_pages: huge,
             ..MempoolConfig::default()
         };
+        let peers = match &o.portmap {
+            Some(map) => portmap(map, specs.len()).map_err(|e| format!("--portmap '{map}': {e}{from}"))?,
+            None => (0..specs.len()).map(|id| Some(id ^ 1).filter(|p| *p < specs.len()).unwrap_or(id)).collect(),
+        };
+        let queues_per_lcore = o.queues_per_lcore;
+        check(queues_per_lcore != Some(0), &|| "queues per lcore (-q) 0 is invalid: give 1 or more".into())?;
+        if let (Some(n), false) = (queues_per_lcore, cores.is_empty()) {
+            let lanes = specs.len() * usize::from(queues);
+            check(lanes <= n * cores.len(), &|| {
+                format!(
+                    "{lanes} lanes at {n} per lcore (-q) need {} cores; --cores lists {}",
+                    lanes.div_ceil(n),
+                    cores.len()
+                )
+            })?;
+        }
         let stats = o.stats_interval.unwrap_or(1);
         Ok(Settings {
+            peers,
+            mac_updating: !o.no_mac_updating.unwrap_or(false),
+            queues_per_lcore,
             dst_macs: entries
                 .iter()
                 .enumerate()
@@ -371,9 +408,41 @@ impl Settings {
         })
     }
 
-    /// The port that port `id` forwards to: 0 <-> 1, 2 <-> 3, ...; the last of an odd number
-    /// of ports forwards to itself.
+    /// The port that port `id` forwards to.
     pub fn peer_of(&self, id: usize) -> usize {
-        Some(id ^ 1).filter(|p| *p < self.specs.len()).unwrap_or(id)
+        self.peers[id]
+    }
+}
+
+/// DPDK l2fwd's `--portmap` ("(0,1),(2,3)") over `ports` ports: the peer of each port. Every
+/// port must be in exactly one pair; errors say what is wrong.
+pub fn portmap(map: &str, ports: usize) -> Result<Vec<usize>, String> {
+    let mut peers: Vec<Option<usize>> = vec![None; ports];
+    let mut rest = map.trim();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('(').and_then(|r| r.split_once(')'));
+        let Some((pair, after)) = inner else { return Err(format!("'{rest}' is not a pair (A,B)")) };
+        let parsed = pair
+            .split_once(',')
+            .and_then(|(a, b)| Some((a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?)));
+        let Some((a, b)) = parsed else { return Err(format!("({pair}) is not a pair of port numbers (A,B)")) };
+        if a == b {
+            return Err(format!("({a},{b}) pairs port {a} with itself: pair it with another port"));
+        }
+        for p in [a, b] {
+            if p >= ports {
+                return Err(format!("port {p} does not exist: there are {ports} ports (0..{ports})"));
+            }
+            if peers[p].is_some() {
+                return Err(format!("port {p} is in two pairs: give each port once"));
+            }
+        }
+        (peers[a], peers[b]) = (Some(b), Some(a));
+        rest = after.trim_start();
+        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
+    }
+    match peers.iter().position(Option::is_none) {
+        Some(p) => Err(format!("port {p} is in no pair: give every port once")),
+        None => Ok(peers.into_iter().flatten().collect()),
     }
 }

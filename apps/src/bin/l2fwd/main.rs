@@ -142,8 +142,11 @@ fn print_settings(s: &Settings) {
     let ports: Vec<String> = s.specs.iter().map(DeviceSpec::target).collect();
     let pairs: Vec<String> = (0..s.specs.len()).map(|i| format!("{i}->{}", s.peer_of(i))).collect();
     let cores = if s.cores.is_empty() { "unpinned (one thread)".into() } else { format!("{:?}", s.cores) };
+    let per_lcore = s.queues_per_lcore.map_or("spread".into(), |n| n.to_string());
+    let macs = if s.mac_updating { "rewritten" } else { "unchanged" };
     println!(
-        "l2fwd: ports {} (pairs {}), {}, burst {}, cores {cores}, idle {}, stats every {}, max frame {} bytes{}",
+        "l2fwd: ports {} (pairs {}), {}, burst {}, cores {cores}, queues per lcore {per_lcore}, MACs {macs}, idle {}, \
+         stats every {}, max frame {} bytes{}",
         ports.join(" "),
         pairs.join(" "),
         s.config,
@@ -208,10 +211,19 @@ fn lanes(s: &Settings, set: &mut PortSet) -> Result<Vec<LcoreWork<Vec<Lane>>>, F
         for (q, r) in port_rx.into_iter().enumerate() {
             // Every transmit queue is taken by exactly one lane: the pairing is an involution.
             let Some(t) = tx[peer][q].take() else { unreachable!("transmit queue {q} of port {peer} taken twice") };
-            lanes.push(Some(Lane::new((id, r), (peer, t), q as u16, s.dst_macs[peer].0, macs[peer].0)));
+            let rewrite = s.mac_updating.then_some((s.dst_macs[peer].0, macs[peer].0));
+            lanes.push(Some(Lane::new((id, r), (peer, t), q as u16, rewrite)));
         }
     }
-    let plan = lcore::spread(lanes.len(), &s.cores);
+    let plan = match s.queues_per_lcore {
+        Some(n) => (0..lanes.len())
+            .collect::<Vec<_>>()
+            .chunks(n)
+            .zip(0..)
+            .map(|(lanes, t)| (s.cores.get(t).copied(), lanes.to_vec()))
+            .collect(),
+        None => lcore::spread(lanes.len(), &s.cores),
+    };
     let rings: u32 =
         set.ports().iter().flat_map(|p| (0..queues).map(|q| 2 * u32::from(p.pair_ring_size(q).unwrap_or(0)))).sum();
     let needed = rings + plan.len() as u32 * (s.burst as u32 + 3 * s.config.pool.cache_size);
