@@ -19,7 +19,7 @@
 //!
 //! Once open, [`PortSet::wait_for_link`] waits for the links as DPDK's l2fwd does, and
 //! [`PortSet::link_changes`] reports what changed since; [`PortSet::report`] describes a port
-//! in one line.
+//! in one line. [`PortMap`] says which port forwards to which (DPDK l2fwd's `--portmap`).
 //!
 //! [`PortSet::close`] drops the ports (each device is reset before its buffers return), then the
 //! container, and checks that the pool has every mbuf back. Queues taken out of the ports
@@ -30,6 +30,7 @@
 
 mod link;
 mod options;
+mod portmap;
 mod report;
 mod spec;
 
@@ -37,6 +38,7 @@ use std::sync::Arc;
 
 pub use link::LinkState;
 pub use options::{BadRssKey, OptionError, OptionRefused, PortOptions, RssKey, PORT_OPTION_KEYS};
+pub use portmap::{PortMap, PortMapError};
 pub use report::PortReport;
 pub use spec::{Device, DeviceSpec, SpecError};
 

@@ -49,7 +49,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use virtio_pmd::mbuf::MempoolConfig;
 use virtio_pmd::net::{MacAddr, OffloadConfig, PortConfig};
-use virtio_pmd::setup::{DeviceSpec, PortOptions, PortSetConfig, RssKey};
+use virtio_pmd::setup::{DeviceSpec, PortMap, PortOptions, PortSetConfig, RssKey};
 use virtio_pmd_apps::options::{layered, Huge, Ring};
 
 /// Most frames in one burst.
@@ -231,8 +231,8 @@ pub struct Settings {
     pub specs: Vec<DeviceSpec>,
     /// Destination MAC of frames sent out of each port.
     pub dst_macs: Vec<MacAddr>,
-    /// The port each port forwards to (an involution: port `peers[i]` forwards back to `i`).
-    pub peers: Vec<usize>,
+    /// The port each port forwards to.
+    pub peers: PortMap,
     /// Rewrite the MACs of forwarded frames.
     pub mac_updating: bool,
     /// Lanes per polling thread (`None`: spread evenly over the cores).
@@ -371,8 +371,8 @@ impl Settings {
             ..MempoolConfig::default()
         };
         let peers = match &o.portmap {
-            Some(map) => portmap(map, specs.len()).map_err(|e| format!("--portmap '{map}': {e}{from}"))?,
-            None => (0..specs.len()).map(|id| Some(id ^ 1).filter(|p| *p < specs.len()).unwrap_or(id)).collect(),
+            Some(map) => PortMap::parse(map, specs.len()).map_err(|e| format!("--portmap '{map}': {e}{from}"))?,
+            None => PortMap::pairs(specs.len()),
         };
         let queues_per_lcore = o.queues_per_lcore;
         check(queues_per_lcore != Some(0), &|| "queues per lcore (-q) 0 is invalid: give 1 or more".into())?;
@@ -410,39 +410,6 @@ impl Settings {
 
     /// The port that port `id` forwards to.
     pub fn peer_of(&self, id: usize) -> usize {
-        self.peers[id]
-    }
-}
-
-/// DPDK l2fwd's `--portmap` ("(0,1),(2,3)") over `ports` ports: the peer of each port. Every
-/// port must be in exactly one pair; errors say what is wrong.
-pub fn portmap(map: &str, ports: usize) -> Result<Vec<usize>, String> {
-    let mut peers: Vec<Option<usize>> = vec![None; ports];
-    let mut rest = map.trim();
-    while !rest.is_empty() {
-        let inner = rest.strip_prefix('(').and_then(|r| r.split_once(')'));
-        let Some((pair, after)) = inner else { return Err(format!("'{rest}' is not a pair (A,B)")) };
-        let parsed = pair
-            .split_once(',')
-            .and_then(|(a, b)| Some((a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?)));
-        let Some((a, b)) = parsed else { return Err(format!("({pair}) is not a pair of port numbers (A,B)")) };
-        if a == b {
-            return Err(format!("({a},{b}) pairs port {a} with itself: pair it with another port"));
-        }
-        for p in [a, b] {
-            if p >= ports {
-                return Err(format!("port {p} does not exist: there are {ports} ports (0..{ports})"));
-            }
-            if peers[p].is_some() {
-                return Err(format!("port {p} is in two pairs: give each port once"));
-            }
-        }
-        (peers[a], peers[b]) = (Some(b), Some(a));
-        rest = after.trim_start();
-        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
-    }
-    match peers.iter().position(Option::is_none) {
-        Some(p) => Err(format!("port {p} is in no pair: give every port once")),
-        None => Ok(peers.into_iter().flatten().collect()),
+        self.peers.peer(id)
     }
 }

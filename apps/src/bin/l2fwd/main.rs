@@ -26,7 +26,6 @@
 #![deny(unsafe_code)]
 
 mod config;
-mod fwd;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,13 +35,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use virtio_pmd::lcore::{self, LcoreWork, Lcores, STOP};
+use virtio_pmd::lcore::{self, Lane, LaneCounters, LcoreWork, Lcores, STOP};
 use virtio_pmd::mbuf::PoolStats;
 use virtio_pmd::net::{Port, Xstat};
 use virtio_pmd::setup::{DeviceSpec, LinkState, PortSet, SetupError};
 
 use config::{FilePort, Options, Settings};
-use fwd::{Lane, LaneCounters};
 use virtio_pmd_apps::report::{describe, init_logging, mpps, JsonLine, Record, Snapshot};
 
 #[derive(Parser, Debug)]
@@ -140,15 +138,14 @@ fn main() -> ExitCode {
 
 fn print_settings(s: &Settings) {
     let ports: Vec<String> = s.specs.iter().map(DeviceSpec::target).collect();
-    let pairs: Vec<String> = (0..s.specs.len()).map(|i| format!("{i}->{}", s.peer_of(i))).collect();
-    let cores = if s.cores.is_empty() { "unpinned (one thread)".into() } else { format!("{:?}", s.cores) };
+    let cores = if s.cores.is_empty() { "unpinned".into() } else { format!("{:?}", s.cores) };
     let per_lcore = s.queues_per_lcore.map_or("spread".into(), |n| n.to_string());
     let macs = if s.mac_updating { "rewritten" } else { "unchanged" };
     println!(
         "l2fwd: ports {} (pairs {}), {}, burst {}, cores {cores}, queues per lcore {per_lcore}, MACs {macs}, idle {}, \
          stats every {}, max frame {} bytes{}",
         ports.join(" "),
-        pairs.join(" "),
+        s.peers,
         s.config,
         s.burst,
         s.idle_sleep.map_or("busy polling".into(), |d| format!("sleep {} us", d.as_micros())),
@@ -216,12 +213,7 @@ fn lanes(s: &Settings, set: &mut PortSet) -> Result<Vec<LcoreWork<Vec<Lane>>>, F
         }
     }
     let plan = match s.queues_per_lcore {
-        Some(n) => (0..lanes.len())
-            .collect::<Vec<_>>()
-            .chunks(n)
-            .zip(0..)
-            .map(|(lanes, t)| (s.cores.get(t).copied(), lanes.to_vec()))
-            .collect(),
+        Some(n) => lcore::spread_at_most(lanes.len(), &s.cores, n),
         None => lcore::spread(lanes.len(), &s.cores),
     };
     let rings: u32 =

@@ -1,17 +1,18 @@
-//! The forwarding: lanes (one receive queue, the transmit queue it forwards to, the MAC rewrite),
-//! polled by the library's lcores ([`virtio_pmd::lcore`]).
+//! Lanes: the unit of DPDK l2fwd-style forwarding that an lcore polls. A [`Lane`] is one
+//! receive queue, the transmit queue it forwards to, and the MAC rewrite (or none).
 //!
-//! A lane is owned by exactly one thread: port A's receive queue with port B's transmit queue,
-//! where B = A's peer. Every transmit queue is fed by exactly one receive queue (the pairing is
-//! an involution), so no queue is ever shared. The loop allocates nothing: the burst vector is
-//! the lcore's, reserved once before its loop, frames the transmit queue did not take are dropped (their mbufs go
-//! back to the pool) and counted, as in DPDK's l2fwd.
+//! A lane is owned by exactly one lcore: port A's receive queue with port B's transmit queue.
+//! When every transmit queue is fed by one receive queue (a pairing of ports that is an
+//! involution, as l2fwd's), no queue is ever shared. A burst allocates nothing: the burst vector
+//! is the lcore's ([`Lcore::poll`](super::Lcore::poll)), reserved once before its loop; frames
+//! the transmit queue did not take are dropped (their mbufs go back to the pool) and counted, as
+//! in DPDK's l2fwd.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_pmd::mbuf::Mbuf;
-use virtio_pmd::net::{RxQueue, TxQueue};
+use crate::mbuf::Mbuf;
+use crate::net::{RxQueue, TxQueue};
 
 /// Counters a lane's thread publishes for the statistics thread.
 #[derive(Debug, Default)]
@@ -96,7 +97,7 @@ impl Lane {
 /// Writes `macs` (destination, source) over the start of `frame`; false when the frame is too
 /// short to have both addresses.
 #[inline(always)]
-pub fn rewrite(frame: &mut [u8], macs: &[u8; 12]) -> bool {
+fn rewrite(frame: &mut [u8], macs: &[u8; 12]) -> bool {
     match frame.get_mut(..12) {
         Some(head) => {
             head.copy_from_slice(macs);
@@ -106,15 +107,15 @@ pub fn rewrite(frame: &mut [u8], macs: &[u8; 12]) -> bool {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;
+    use crate::mbuf::{Mempool, MempoolConfig};
+    use crate::mem::{HugePages, IovaAllocator};
+    use crate::testing::{queue_pair, DeviceConfig, DeviceCore, Mode, RingSpec, SoftDevice};
+    use crate::transport::RingFormat;
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
-    use virtio_pmd::mbuf::{Mempool, MempoolConfig};
-    use virtio_pmd::mem::{HugePages, IovaAllocator};
-    use virtio_pmd::testing::{queue_pair, DeviceConfig, DeviceCore, Mode, RingSpec, SoftDevice};
-    use virtio_pmd::transport::RingFormat;
 
     const DST: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const SRC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
