@@ -71,7 +71,9 @@ fn run(mac_updating: bool) {
         ports.iter().zip(MACS).map(|(socket, mac)| format!("vhost:{},mac={mac}", socket.display())).collect();
     let flags = ["--portmap", "(0,1)", "-q", "2", "--queues", "2", "--json", "--huge-pages", "required"];
     args.extend(flags.iter().map(|s| s.to_string()));
-    args.extend(["--stats-interval", "1", "--ring-size", "256"].map(String::from));
+    // The traffic is a few bursts: l2fwd's two threads sleep while idle, leaving the two cores to
+    // testpmd (busy polling, and answering commands).
+    args.extend(["--stats-interval", "1", "--ring-size", "256", "--idle-sleep-us", "100"].map(String::from));
     if !mac_updating {
         args.push("--no-mac-updating".into());
     }
