@@ -21,6 +21,7 @@ mod vhost_testpmd;
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,19 +55,13 @@ fn count(fields: &HashMap<String, String>, key: &str) -> u64 {
     fields[key].parse().unwrap_or_else(|_| panic!("{key}={} is not a count", fields[key]))
 }
 
-/// One run of l2fwd between testpmd's two ports; `mac_updating` false adds --no-mac-updating.
-fn run(mac_updating: bool) {
+/// One run of l2fwd between the two ports of `testpmd` (the second at `second`);
+/// `mac_updating` false adds --no-mac-updating.
+fn run(testpmd: &VhostTestpmd, second: &Path, mac_updating: bool) {
     let what = if mac_updating { "MACs rewritten" } else { "--no-mac-updating" };
-    let name = if mac_updating { "l2fwd-mac" } else { "l2fwd-nomac" };
-    let second = std::env::temp_dir().join(format!("vpmd-{name}-{}-1.sock", std::process::id()));
-    let options = Options {
-        queues: 2,
-        fwd: "rxonly",
-        eal_extra: format!("--vdev net_vhost1,iface={},queues=2", second.display()),
-        ..Options::default()
-    };
-    let mut testpmd = VhostTestpmd::start(name, options);
-    let ports = [testpmd.socket().to_path_buf(), second];
+    testpmd.cmd("clear port stats all");
+    let log_from = testpmd.log().len();
+    let ports = [testpmd.socket().to_path_buf(), second.to_path_buf()];
     let mut args: Vec<String> =
         ports.iter().zip(MACS).map(|(socket, mac)| format!("vhost:{},mac={mac}", socket.display())).collect();
     let flags = ["--portmap", "(0,1)", "-q", "2", "--queues", "2", "--json", "--huge-pages", "required"];
@@ -96,20 +91,20 @@ fn run(mac_updating: bool) {
         }
     }
     assert!(seen.contains("L2FWD-READY ports=2 threads=2"), "{what}: -q 2 puts four lanes on two threads:\n{seen}");
-    let tx_mac = testpmd_mac(&testpmd, 0);
+    let tx_mac = testpmd_mac(testpmd, 0);
     testpmd.cmd("set verbose 1");
     testpmd.cmd("start tx_first 4");
     std::thread::sleep(Duration::from_millis(1000));
     testpmd.cmd("stop");
-    let sent = [counter(&testpmd, 0, "TX-packets"), counter(&testpmd, 1, "TX-packets")];
-    let back = [counter(&testpmd, 0, "RX-packets"), counter(&testpmd, 1, "RX-packets")];
+    testpmd.cmd("set verbose 0");
+    let sent = [counter(testpmd, 0, "TX-packets"), counter(testpmd, 1, "TX-packets")];
+    let back = [counter(testpmd, 0, "RX-packets"), counter(testpmd, 1, "RX-packets")];
     let status = Command::new("kill").args(["-TERM", &l2fwd.id().to_string()]).status().unwrap();
     assert!(status.success());
     stdout.read_to_string(&mut seen).unwrap();
     let stderr = stderr.join().unwrap();
     let exit = l2fwd.wait().unwrap();
-    let log = testpmd.log();
-    testpmd.stop();
+    let log = testpmd.log().split_off(log_from);
     assert!(exit.success() && seen.contains("L2FWD-DONE clean"), "{what}: l2fwd exited {exit}:\n{seen}\n{stderr}");
 
     // Counts: l2fwd received exactly what testpmd sent into each port, and forwarded it all.
@@ -129,9 +124,11 @@ fn run(mac_updating: bool) {
     // `port P/queue Q: received N packets` line per burst, then one `src=.. - dst=..` per frame.
     let mut port = None;
     let mut port1 = Vec::new();
+    // (A header may follow a prompt on its line.)
     for line in log.lines().map(str::trim) {
-        if let Some(head) = line.strip_prefix("port ").filter(|l| l.contains("/queue")) {
-            port = head.contains(": received").then(|| head.split('/').next().unwrap().to_string());
+        if let Some(at) = line.find("/queue ") {
+            let number = line[..at].rsplit(' ').next().unwrap_or_default();
+            port = line.contains(": received").then(|| number.to_string());
         } else if line.starts_with("src=") && port.as_deref() == Some("1") {
             port1.push(line.to_lowercase());
         }
@@ -166,12 +163,18 @@ fn run(mac_updating: bool) {
     eprintln!("{what}: testpmd sent {sent:?}, l2fwd forwarded them all; {} frames' MACs checked", port1.len());
 }
 
+/// Both runs against one testpmd, each a new l2fwd (new vhost-user connections).
 #[test]
-fn l2fwd_forwards_between_dpdk_vhost_ports_with_the_macs_rewritten() {
-    run(true);
-}
-
-#[test]
-fn l2fwd_no_mac_updating_forwards_frames_unchanged() {
-    run(false);
+fn l2fwd_between_dpdk_vhost_ports_with_and_without_mac_updating() {
+    let second = std::env::temp_dir().join(format!("vpmd-l2fwd-{}-1.sock", std::process::id()));
+    let options = Options {
+        queues: 2,
+        fwd: "rxonly",
+        eal_extra: format!("--vdev net_vhost1,iface={},queues=2", second.display()),
+        ..Options::default()
+    };
+    let mut testpmd = VhostTestpmd::start("l2fwd", options);
+    run(&testpmd, &second, false);
+    run(&testpmd, &second, true);
+    testpmd.stop();
 }
