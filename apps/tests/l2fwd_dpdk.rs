@@ -93,7 +93,14 @@ fn run(testpmd: &VhostTestpmd, second: &Path, mac_updating: bool) {
     assert!(seen.contains("L2FWD-READY ports=2 threads=2"), "{what}: -q 2 puts four lanes on two threads:\n{seen}");
     let tx_mac = testpmd_mac(testpmd, 0);
     testpmd.cmd("set verbose 1");
-    testpmd.cmd("start tx_first 4");
+    // testpmd's own output says why, should it not come back.
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| testpmd.cmd("start tx_first 4")));
+    if let Err(e) = started {
+        let log = testpmd.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+        eprintln!("{what}: testpmd's output:\n{}\nl2fwd's:\n{seen}", tail.join("\n"));
+        std::panic::resume_unwind(e);
+    }
     std::thread::sleep(Duration::from_millis(1000));
     testpmd.cmd("stop");
     testpmd.cmd("set verbose 0");
