@@ -94,11 +94,12 @@ fn run(testpmd: &VhostTestpmd, second: &Path, mac_updating: bool) {
     let tx_mac = testpmd_mac(testpmd, 0);
     testpmd.cmd("set verbose 1");
     // testpmd's own output says why, should it not come back.
-    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| testpmd.cmd("start tx_first 4")));
-    if let Err(e) = started {
-        let log = testpmd.log();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-        eprintln!("{what}: testpmd's output:\n{}\nl2fwd's:\n{seen}", tail.join("\n"));
+    // Its verbose dump of each frame makes the prompt slow to come back on a busy machine.
+    let start = || testpmd.cmd_within("start tx_first 2", Duration::from_secs(60));
+    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(start)) {
+        let log = testpmd.log().split_off(log_from);
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim_start().starts_with("ol_flags")).collect();
+        eprintln!("{what}: testpmd's output:\n{}\nl2fwd's:\n{seen}", lines.join("\n"));
         std::panic::resume_unwind(e);
     }
     std::thread::sleep(Duration::from_millis(1000));
@@ -117,7 +118,7 @@ fn run(testpmd: &VhostTestpmd, second: &Path, mac_updating: bool) {
     // Counts: l2fwd received exactly what testpmd sent into each port, and forwarded it all.
     let port = |p: u16| fields(&seen, &format!("L2FWD-SUMMARY port={p} "));
     let (p0, p1) = (port(0), port(1));
-    assert!(sent[0] >= 128 && sent[1] >= 128, "{what}: testpmd sent bursts on both ports: {sent:?}");
+    assert!(sent[0] >= 64 && sent[1] >= 64, "{what}: testpmd sent bursts on both ports: {sent:?}");
     assert_eq!((count(&p0, "rx"), count(&p1, "rx")), (sent[0], sent[1]), "{what}: l2fwd received what testpmd sent");
     assert_eq!((count(&p0, "dropped"), count(&p1, "dropped")), (0, 0), "{what}: nothing dropped");
     assert_eq!((count(&p1, "tx"), count(&p0, "tx")), (sent[0], sent[1]), "{what}: every frame forwarded to the peer");
