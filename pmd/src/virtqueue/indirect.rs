@@ -77,7 +77,7 @@ impl IndirectTables {
         self.count
     }
 
-    /// Descriptors one table holds: the longest chain [`write`](Self::write) takes.
+    /// Descriptors one table holds: the longest chain a ring puts in one.
     #[inline(always)]
     pub fn max_segments(&self) -> u16 {
         self.max
