@@ -1,27 +1,25 @@
-//! The forwarding: lanes (one receive queue, the transmit queue it forwards to, the MAC rewrite),
-//! polled by the library's lcores ([`virtio_pmd::lcore`]).
+//! Lanes: the unit of DPDK l2fwd-style forwarding that an lcore polls. A [`Lane`] is one
+//! receive queue, the transmit queue it forwards to, and the MAC rewrite (or none).
 //!
-//! A lane is owned by exactly one thread: port A's receive queue with port B's transmit queue,
-//! where B = A's peer. Every transmit queue is fed by exactly one receive queue (the pairing is
-//! an involution), so no queue is ever shared. The loop allocates nothing: the burst vector is
-//! the lcore's, reserved once before its loop, and the lane's held frames have room for the
-//! largest burst from the start.
+//! A lane is owned by exactly one lcore: port A's receive queue with port B's transmit queue.
+//! When every transmit queue is fed by one receive queue (a pairing of ports that is an
+//! involution, as l2fwd's), no queue is ever shared. A burst allocates nothing: the burst vector
+//! is the lcore's ([`Lcore::poll`](super::Lcore::poll)), reserved once before its loop, and the
+//! lane's held frames get room for one burst the first time a transmit ring is full.
 //!
 //! Frames the transmit queue did not take are held, not dropped (DPDK's l2fwd drops them): they
 //! go first in the lane's next round, and until they have gone the lane receives nothing more.
 //! A full transmit ring so holds its receive ring back, and the device holds what it has not
-//! delivered (a tap backend, the sender's socket: TCP slows down instead of losing a 64 KiB
-//! super-packet, 45 segments to retransmit, for every ring that was briefly full). Measured in the
-//! VM with TCP through l2fwd (scripts/l2fwd-vm.sh --tcp, offloads on): dropping, 1565 Mbit/s and
+//! delivered (a tap backend, the sender's socket): TCP slows down instead of losing a 64 KiB
+//! super-packet, 45 segments to retransmit, whenever a ring was briefly full. Measured in the VM
+//! with TCP through l2fwd (scripts/l2fwd-vm.sh --tcp, offloads on): dropping, 1565 Mbit/s and
 //! 29795 retransmits in 5 s; holding, 2011 Mbit/s and none.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_pmd::mbuf::Mbuf;
-use virtio_pmd::net::{RxQueue, TxQueue};
-
-use crate::config::MAX_BURST;
+use crate::mbuf::Mbuf;
+use crate::net::{RxQueue, TxQueue};
 
 /// Counters a lane's thread publishes for the statistics thread.
 #[derive(Debug, Default)]
@@ -40,8 +38,9 @@ pub struct Lane {
     pub queue: u16,
     rx: RxQueue,
     tx: TxQueue,
-    /// Destination MAC then source MAC, written over the first 12 bytes of every frame.
-    macs: [u8; 12],
+    /// Destination MAC then source MAC, written over the first 12 bytes of every frame (`None`:
+    /// frames go out unchanged).
+    macs: Option<[u8; 12]>,
     /// Frames the transmit queue has not taken yet, in order: at most one burst, and the lane
     /// receives nothing while there are any.
     held: Vec<Mbuf>,
@@ -51,19 +50,21 @@ pub struct Lane {
 
 impl Lane {
     /// A lane from `rx` (of port `rx_port`) to `tx` (of port `tx_port`), both of queue pair
-    /// `queue`, that rewrites frames to `dst` / `src`.
+    /// `queue`, that rewrites frames to `rewrite`'s destination and source MACs (`None`: sends
+    /// them unchanged).
     pub fn new(
         (rx_port, rx): (usize, RxQueue),
         (tx_port, tx): (usize, TxQueue),
         queue: u16,
-        dst: [u8; 6],
-        src: [u8; 6],
+        rewrite: Option<([u8; 6], [u8; 6])>,
     ) -> Lane {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&dst);
-        macs[6..].copy_from_slice(&src);
-        let held = Vec::with_capacity(MAX_BURST);
-        Lane { rx_port, tx_port, queue, rx, tx, macs, held, dropped: 0, counters: Arc::default() }
+        let macs = rewrite.map(|(dst, src)| {
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&dst);
+            macs[6..].copy_from_slice(&src);
+            macs
+        });
+        Lane { rx_port, tx_port, queue, rx, tx, macs, held: Vec::new(), dropped: 0, counters: Arc::default() }
     }
 
     /// `rx_port:queue->tx_port:queue`.
@@ -77,9 +78,9 @@ impl Lane {
     }
 
     /// One round: first the frames held from an earlier round, if any (and nothing more while
-    /// some are still not taken); then one burst: receive into `pkts` (empty, with the burst, at
-    /// most [`MAX_BURST`], as spare capacity), rewrite, transmit, hold what was not taken.
-    /// Returns the frames received; `pkts` is left empty.
+    /// some are still not taken); then one burst: receive into `pkts` (empty, with the burst as
+    /// spare capacity), rewrite, transmit, hold what was not taken. Returns the frames received;
+    /// `pkts` is left empty.
     #[inline]
     pub fn forward(&mut self, pkts: &mut Vec<Mbuf>) -> usize {
         if !self.held.is_empty() {
@@ -92,14 +93,14 @@ impl Lane {
         if received == 0 {
             return 0;
         }
-        let macs = &self.macs;
         let before = pkts.len();
-        pkts.retain_mut(|m| rewrite(m.data_mut(), macs));
+        if let Some(macs) = &self.macs {
+            pkts.retain_mut(|m| rewrite(m.data_mut(), macs));
+        }
         let dropped = before - pkts.len();
         self.tx.tx_burst(pkts);
         if !pkts.is_empty() {
-            // Cannot grow: `held` is empty, with room for MAX_BURST, and this is one burst.
-            self.held.append(pkts);
+            self.hold(pkts);
         }
         if dropped > 0 {
             self.dropped += dropped as u64;
@@ -108,12 +109,23 @@ impl Lane {
         }
         received
     }
+
+    /// Moves what the transmit queue left in `pkts` (at most a burst) to the empty `held`, which
+    /// gets room for a whole burst the first time: out of line, off the common path.
+    #[inline(never)]
+    fn hold(&mut self, pkts: &mut Vec<Mbuf>) {
+        debug_assert!(self.held.is_empty());
+        if self.held.capacity() < pkts.capacity() {
+            self.held.reserve_exact(pkts.capacity());
+        }
+        self.held.append(pkts);
+    }
 }
 
 /// Writes `macs` (destination, source) over the start of `frame`; false when the frame is too
 /// short to have both addresses.
 #[inline(always)]
-pub fn rewrite(frame: &mut [u8], macs: &[u8; 12]) -> bool {
+fn rewrite(frame: &mut [u8], macs: &[u8; 12]) -> bool {
     match frame.get_mut(..12) {
         Some(head) => {
             head.copy_from_slice(macs);
@@ -123,15 +135,15 @@ pub fn rewrite(frame: &mut [u8], macs: &[u8; 12]) -> bool {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;
+    use crate::mbuf::{Mempool, MempoolConfig};
+    use crate::mem::{HugePages, IovaAllocator};
+    use crate::testing::{queue_pair, DeviceConfig, DeviceCore, Mode, RingSpec, SoftDevice};
+    use crate::transport::RingFormat;
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
-    use virtio_pmd::mbuf::{Mempool, MempoolConfig};
-    use virtio_pmd::mem::{HugePages, IovaAllocator};
-    use virtio_pmd::testing::{queue_pair, DeviceConfig, DeviceCore, Mode, RingSpec, SoftDevice};
-    use virtio_pmd::transport::RingFormat;
 
     const DST: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const SRC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
@@ -155,7 +167,7 @@ mod tests {
     /// A device generating `count` frames into port 0's receive ring, and one consuming port 1's
     /// transmit ring (or none: nothing ever completes there), and the lane between them for at
     /// most `rounds` rounds. Returns the frames the sink got, the frames received and dropped.
-    fn run_lane(format: RingFormat, count: u64, sink: bool, rounds: u64) -> (Vec<Vec<u8>>, u64, u64) {
+    fn run_lane(format: RingFormat, count: u64, sink: bool, update: bool, rounds: u64) -> (Vec<Vec<u8>>, u64, u64) {
         let pool = pool();
         let spec = RingSpec { format, size: 64, in_order: false, event_idx: false };
         let a = queue_pair(spec, &pool, 0).unwrap();
@@ -171,7 +183,7 @@ mod tests {
             let core = DeviceCore::new(DeviceConfig { mode, ..Default::default() }, b.space, None, Some(b.tx_spec));
             SoftDevice::spawn(core.unwrap()).unwrap()
         });
-        let mut lane = Lane::new((0, a.rx), (1, b.tx), 0, DST, SRC);
+        let mut lane = Lane::new((0, a.rx), (1, b.tx), 0, update.then_some((DST, SRC)));
         let counters = lane.counters();
         let mut pkts = Vec::with_capacity(32);
         let (mut received, start) = (0u64, Instant::now());
@@ -204,9 +216,9 @@ mod tests {
     }
 
     #[test]
-    fn a_lane_forwards_frames_intact_with_the_macs_rewritten() {
-        for format in [RingFormat::Packed, RingFormat::Split] {
-            let (frames, received, dropped) = run_lane(format, 5000, true, u64::MAX);
+    fn a_lane_forwards_frames_intact_with_the_macs_rewritten_or_unchanged() {
+        for (format, update) in [(RingFormat::Packed, true), (RingFormat::Split, true), (RingFormat::Packed, false)] {
+            let (frames, received, dropped) = run_lane(format, 5000, true, update, u64::MAX);
             // Frames the transmit ring had no room for (the sink thread fell behind) are held and
             // sent later: every frame arrives intact, once (the software device completes out of
             // order: no order check), none dropped.
@@ -219,8 +231,10 @@ mod tests {
                 let mut want = vec![0u8; 1514];
                 let len = frame(seq, &mut want);
                 want.truncate(len);
-                want[..6].copy_from_slice(&DST);
-                want[6..12].copy_from_slice(&SRC);
+                if update {
+                    want[..6].copy_from_slice(&DST);
+                    want[6..12].copy_from_slice(&SRC);
+                }
                 assert_eq!(got, &want, "{format:?} frame {seq}");
             }
         }
@@ -231,7 +245,7 @@ mod tests {
         // Nothing completes transmissions: the 64-entry ring fills, the lane holds the rest of
         // the burst that did not fit and receives nothing more, however long it runs; nothing
         // is dropped, and the held frames go back to the pool with the lane.
-        let (_, received, dropped) = run_lane(RingFormat::Packed, 500, false, 20_000);
+        let (_, received, dropped) = run_lane(RingFormat::Packed, 500, false, true, 20_000);
         assert_eq!(dropped, 0);
         assert!((65..=64 + 32).contains(&received), "received {received}: the ring's 64 and at most one held burst");
     }
