@@ -27,13 +27,23 @@ pub struct Options {
     pub app_extra: &'static str,
     /// More `net_vhost` vdev arguments (`,tso=1`).
     pub vdev_extra: &'static str,
+    /// More EAL arguments (a second vdev: `--vdev net_vhost1,iface=...`).
+    pub eal_extra: String,
     /// Start forwarding once up (`start`).
     pub forward: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { queues: 1, fwd: "io", txpkts: None, app_extra: "", vdev_extra: "", forward: false }
+        Self {
+            queues: 1,
+            fwd: "io",
+            txpkts: None,
+            app_extra: "",
+            vdev_extra: "",
+            eal_extra: String::new(),
+            forward: false,
+        }
     }
 }
 
@@ -97,6 +107,9 @@ impl VhostTestpmd {
         }
         if !options.vdev_extra.is_empty() {
             args.extend(["--vdev-extra".into(), options.vdev_extra.into()]);
+        }
+        if !options.eal_extra.is_empty() {
+            args.extend(["--eal-extra".into(), options.eal_extra.clone()]);
         }
         if !options.app_extra.is_empty() {
             args.extend(["--app-extra".into(), options.app_extra.into()]);

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use virtio_pmd::lcore::{self, LcoreWork, Lcores, STOP};
 use virtio_pmd::mbuf::{MempoolConfig, PoolStats};
-use virtio_pmd::net::{OffloadConfig, Port, PortConfig};
+use virtio_pmd::net::{Port, PortConfig};
 use virtio_pmd::setup::{PortSet, PortSetConfig, SetupError};
 use virtio_pmd::transport::RingFormat;
 
@@ -192,17 +192,10 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
             pair_ring_sizes: s.ring_sizes.clone(),
             ring: s.ring.into(),
             huge_pages: s.huge_pages.into(),
-            // Frames larger than a buffer, and super-packets, span several.
-            rx_mergeable: s.offloads || s.max_pkt_len > config::BUFFER_DATA_ROOM,
-            tx_multi_segment: s.offloads || s.max_pkt_len > config::BUFFER_DATA_ROOM,
-            offloads: OffloadConfig {
-                tx_checksum: s.offloads,
-                tso: s.offloads,
-                rx_checksum: s.offloads,
-                lro: s.offloads,
-            },
             ..PortConfig::default()
-        },
+        }
+        // Frames larger than a buffer, and super-packets, span several.
+        .for_forwarding(s.max_pkt_len, config::BUFFER_DATA_ROOM, s.offloads),
     };
     let specs: Vec<_> = s.ports.iter().map(|p| p.spec.clone()).collect();
     let mut set = PortSet::open(&specs, &config).inspect_err(|e| {
