@@ -27,7 +27,7 @@ pub struct Options {
     pub app_extra: &'static str,
     /// More `net_vhost` vdev arguments (`,tso=1`).
     pub vdev_extra: &'static str,
-    /// More EAL arguments (a second vdev: `--vdev net_vhost1,iface=...`).
+    /// More EAL arguments (a second port: `--vdev net_vhost1,iface=..`).
     pub eal_extra: String,
     /// Start forwarding once up (`start`).
     pub forward: bool,
@@ -140,8 +140,14 @@ impl VhostTestpmd {
 
     /// Runs one testpmd command and returns its output.
     pub fn cmd(&self, command: &str) -> String {
+        self.cmd_within(command, Duration::from_secs(10))
+    }
+
+    /// Runs one testpmd command, waiting at most `timeout` for its prompt, and returns its output.
+    pub fn cmd_within(&self, command: &str, timeout: Duration) -> String {
+        let timeout = timeout.as_secs().max(1).to_string();
         let out = Command::new(script())
-            .args(["cmd", "--prefix", &self.prefix, command])
+            .args(["cmd", "--prefix", &self.prefix, "--timeout", &timeout, command])
             .output()
             .expect("run vhost-testpmd.sh cmd");
         assert!(out.status.success(), "testpmd command {command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
