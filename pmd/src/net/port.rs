@@ -1191,3 +1191,29 @@ impl std::fmt::Debug for Port {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_frames_spanning_buffers_and_offloads() {
+        let plain = PortConfig::default().for_forwarding(1514, 2048, false);
+        assert_eq!(
+            (plain.rx_mergeable, plain.tx_multi_segment, plain.offloads),
+            (false, false, OffloadConfig::default())
+        );
+        let jumbo = PortConfig::default().for_forwarding(9014, 2048, false);
+        assert_eq!(
+            (jumbo.rx_mergeable, jumbo.tx_multi_segment, jumbo.offloads),
+            (true, true, OffloadConfig::default())
+        );
+        let big_buffers = PortConfig::default().for_forwarding(9014, 9216, false);
+        assert!(!big_buffers.rx_mergeable && !big_buffers.tx_multi_segment, "a frame fits one buffer");
+        let offloads = PortConfig::default().for_forwarding(1514, 2048, true);
+        assert_eq!(
+            (offloads.rx_mergeable, offloads.tx_multi_segment, offloads.offloads),
+            (true, true, OffloadConfig::ALL)
+        );
+    }
+}
