@@ -47,6 +47,17 @@ struct Fwd {
     what: String,
 }
 
+impl Drop for Fwd {
+    /// A test that fails while fwd runs must not leave it running (holding its vhost-user
+    /// connection, huge pages and the test's output pipes).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// What a finished `fwd` printed.
 struct Finished {
     summary: HashMap<String, String>,

@@ -22,7 +22,7 @@ mod vhost_testpmd;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vhost_testpmd::{Options, VhostTestpmd};
@@ -57,6 +57,18 @@ fn count(fields: &HashMap<String, String>, key: &str) -> u64 {
 
 /// One run of l2fwd between the two ports of `testpmd` (the second at `second`);
 /// `mac_updating` false adds --no-mac-updating.
+/// A spawned l2fwd, killed when a failing test unwinds past it.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn run(testpmd: &VhostTestpmd, second: &Path, mac_updating: bool) {
     let what = if mac_updating { "MACs rewritten" } else { "--no-mac-updating" };
     testpmd.cmd("clear port stats all");
@@ -72,7 +84,9 @@ fn run(testpmd: &VhostTestpmd, second: &Path, mac_updating: bool) {
     if !mac_updating {
         args.push("--no-mac-updating".into());
     }
-    let mut l2fwd = Command::new(L2FWD).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut l2fwd =
+        Running(Command::new(L2FWD).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    let l2fwd = &mut l2fwd.0;
     let mut stderr = l2fwd.stderr.take().unwrap();
     let stderr = std::thread::spawn(move || {
         let mut text = String::new();

@@ -135,6 +135,8 @@ pub struct DeviceStats {
     pub dropped: AtomicU64,
     /// Faults injected.
     pub faults_injected: AtomicU64,
+    /// Transmit chains whose buffers came in an indirect table.
+    pub tx_indirect: AtomicU64,
 }
 
 /// A pending completion.
@@ -142,6 +144,16 @@ struct Done {
     id: u16,
     descs: u16,
     len: u32,
+}
+
+impl Done {
+    /// Queues the completion of transmit chain `chain` (nothing written: length 0).
+    fn transmitted(done: &mut Vec<Done>, chain: &Chain, stats: &DeviceStats) {
+        done.push(Done { id: chain.id, descs: chain.descs, len: 0 });
+        if chain.indirect {
+            stats.tx_indirect.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The device's engine for one ring pair; single-threaded, stepped by [`DeviceCore::poll`].
@@ -250,7 +262,7 @@ impl DeviceCore {
                     return Ok(false);
                 }
                 let len = self.tx_chain.gather(&mut self.scratch);
-                self.tx_done.push(Done { id: self.tx_chain.id, descs: self.tx_chain.descs, len: 0 });
+                Done::transmitted(&mut self.tx_done, &self.tx_chain, &self.stats);
                 if len <= self.rx_chain.writable_len() as usize && len >= NET_HDR_LEN {
                     // A device sets num_buffers to 1 without MRG_RXBUF; the rest of the
                     // transmitted header passes through.
@@ -274,7 +286,7 @@ impl DeviceCore {
                     let len = self.tx_chain.gather(&mut self.scratch);
                     sink(&self.scratch[NET_HDR_LEN.min(len)..len]);
                 }
-                self.tx_done.push(Done { id: self.tx_chain.id, descs: self.tx_chain.descs, len: 0 });
+                Done::transmitted(&mut self.tx_done, &self.tx_chain, &self.stats);
                 Ok(true)
             }
             Mode::Source { count, source } => {
@@ -315,7 +327,7 @@ impl DeviceCore {
                     return Ok(false);
                 }
                 let len = self.tx_chain.gather(&mut self.scratch);
-                self.tx_done.push(Done { id: self.tx_chain.id, descs: self.tx_chain.descs, len: 0 });
+                Done::transmitted(&mut self.tx_done, &self.tx_chain, &self.stats);
                 if len < NET_HDR_LEN {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     return Ok(true);
