@@ -106,8 +106,11 @@ pub struct PortConfig {
     /// several segments as one ring descriptor naming an indirect table of them
     /// (VIRTIO_F_INDIRECT_DESC, negotiated only then, and when offered): the ring then holds as
     /// many such packets as it has descriptors, not a fraction of that (size the pool for it:
-    /// every segment of every packet in flight is out of the pool). The tables are laid out
-    /// once, with the rings. On by default; no effect on the one-descriptor path.
+    /// every segment of every packet in flight is out of the pool), and the device reads one
+    /// ring descriptor per packet. The tables are laid out once, with the rings. Off by
+    /// default: the driver's cost per packet is the same as a chain's within 3% for 2 to 4
+    /// segments (callgrind, `scripts/bench/tx-chains-instr.sh`), so it pays only where ring
+    /// room or the device's ring reads matter. No effect on the one-descriptor path.
     pub tx_indirect: bool,
     /// Descriptors per ring of each queue pair, by pair (both rings of pair `i` get entry `i`):
     /// per-queue ring sizes, as DPDK's queue set-up takes them. Pairs beyond the list, or all
@@ -136,7 +139,7 @@ impl Default for PortConfig {
             control_timeout: Duration::from_secs(1),
             rx_mergeable: false,
             tx_multi_segment: false,
-            tx_indirect: true,
+            tx_indirect: false,
             pair_ring_sizes: Vec::new(),
             offloads: OffloadConfig::default(),
             packet_classes: false,
