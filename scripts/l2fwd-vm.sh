@@ -3,6 +3,14 @@
 #
 #   scripts/l2fwd-vm.sh [--ring packed|split] [--frames N] [--rate PPS] [--queues N [--rss-check]]
 #                       [--link-flap] [--no-iommu | --no-iommu-vfio]
+#   scripts/l2fwd-vm.sh --tcp [--kernel-bridge] [--ring packed|split]
+#
+# With --tcp: TCP through l2fwd between two network namespaces on the host, Linux's TCP stack on
+# both ends, offloads on and off and at MTU 9000, a 64 MiB file checked by sha256, iperf3
+# (scripts/vm/l2fwd-tcp.sh, which this runs once l2fwd and the image are built; --kernel-bridge
+# also measures the guest kernel's bridge in the same boot). Its last line is
+#   RESULT tcp offloads_on_mbps=.. offloads_off_mbps=.. ratio=.. retransmits_on=.. retransmits_off=..
+#          integrity=ok|bad jumbo=ok|bad jumbo_mbps=..
 #
 # With --queues N the NICs are wired to multi-queue taps instead of UDP sockets: QEMU runs in a
 # network namespace this script creates (mq-l2fwd-<pid>, removed at the end), each NIC gets
@@ -82,6 +90,11 @@ usage: $0 [--ring packed|split] [--frames N] [--rate PPS] [--port-base P] [--no-
                         filter on port 0, all-multicast on port 1; vm-peer sends frame classes the
                         device must pass (own, table and broadcast addresses, allowed VLAN) or drop
                         (foreign unicast, other multicast without all-multicast, other VLANs)
+  --tcp                 TCP between two network namespaces through l2fwd instead of vm-peer's
+                        frames: offloads on and off, MTU 9000, a file checked by sha256, iperf3
+                        (scripts/vm/l2fwd-tcp.sh; needs root). RESULT tcp ...
+  --kernel-bridge       with --tcp: also the guest kernel's bridge over the same NICs, same boot
+  --tcp-seconds N       with --tcp: iperf3 seconds per measurement (default 5)
   --no-build            use the binaries already built (target/$TRIPLE/ci/l2fwd, target/ci/vm-peer)
   environment: VM_ACCEL=tcg|kvm|auto (run-vm.sh), L2FWD_VM_DIR (logs; default target/l2fwd-vm)
 USAGE
@@ -100,6 +113,9 @@ FLOWS=256
 RSS_CHECK=0
 IOMMU=on
 NOIOMMU_BIND=uio
+TCP=0
+KERNEL_BRIDGE=0
+TCP_SECONDS=5
 while [ $# -gt 0 ]; do
     case "$1" in
         --ring) RING=${2:-}; shift ;;
@@ -112,6 +128,9 @@ while [ $# -gt 0 ]; do
         --rss-check) RSS_CHECK=1 ;;
         --link-flap) LINK_FLAP=1 ;;
         --filters) FILTERS=1 ;;
+        --tcp) TCP=1 ;;
+        --kernel-bridge) KERNEL_BRIDGE=1 ;;
+        --tcp-seconds) TCP_SECONDS=${2:-}; shift ;;
         --no-build) BUILD=0 ;;
         --no-iommu) IOMMU=off ;;
         --no-iommu-vfio) IOMMU=off; NOIOMMU_BIND=vfio ;;
@@ -133,6 +152,14 @@ if [ -n "$QUEUES" ]; then
 fi
 if [ "$LINK_FLAP" -eq 1 ] && [ "$RSS_CHECK" -eq 1 ]; then
     echo "l2fwd-vm: --link-flap and --rss-check are separate runs (the prediction covers one vm-peer run)" >&2
+    exit 2
+fi
+if [ "$KERNEL_BRIDGE" -eq 1 ] && [ "$TCP" -eq 0 ]; then
+    echo "l2fwd-vm: --kernel-bridge goes with --tcp" >&2
+    exit 2
+fi
+if [ "$TCP" -eq 1 ] && { [ -n "$QUEUES" ] || [ "$LINK_FLAP" -eq 1 ] || [ "$FILTERS" -eq 1 ] || [ "$IOMMU" = off ]; }; then
+    echo "l2fwd-vm: --tcp is a run of its own (no --queues, --link-flap, --filters or --no-iommu)" >&2
     exit 2
 fi
 if [ -z "$QUEUES" ] && [ "$RSS_CHECK" -eq 1 ]; then
@@ -171,10 +198,13 @@ if [ "$BUILD" -eq 1 ]; then
     # --target keeps the static build in target/$TRIPLE, apart from the host build's cache.
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile ci \
         --target "$TRIPLE" -p virtio-pmd-apps --bin l2fwd)
-    (cd "$ROOT" && cargo build --quiet --profile ci -p vm-peer --bin vm-peer)
+    [ "$TCP" -eq 1 ] || (cd "$ROOT" && cargo build --quiet --profile ci -p vm-peer --bin vm-peer)
     say "built in $((SECONDS - t)) s"
 fi
-for bin in "$L2FWD" "$VM_PEER"; do
+# --tcp runs no vm-peer: the ends are Linux's TCP stacks.
+BINS=("$L2FWD")
+[ "$TCP" -eq 1 ] || BINS+=("$VM_PEER")
+for bin in "${BINS[@]}"; do
     [ -x "$bin" ] || { echo "l2fwd-vm: missing $bin (run without --no-build)" >&2; exit 1; }
 done
 
@@ -188,6 +218,11 @@ INITRD=$OUT_DIR/l2fwd.cpio.gz
 # VFIO's no-IOMMU mode needs the guest's vfio module built with it (once; cached in target/vm).
 [ "$NOIOMMU_BIND" = vfio ] && "$VM/build-vfio-noiommu.sh"
 "$VM/mkinitramfs.sh" "$INITRD" "$L2FWD" >/dev/null
+if [ "$TCP" -eq 1 ]; then
+    TCP_ARGS=(--initrd "$INITRD" --ring "$RING" --seconds "$TCP_SECONDS" --out "$OUT_DIR")
+    [ "$KERNEL_BRIDGE" -eq 0 ] || TCP_ARGS+=(--kernel-bridge)
+    exec "$VM/l2fwd-tcp.sh" "${TCP_ARGS[@]}"
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/l2fwd-vm.XXXXXX")
 VMPID=""

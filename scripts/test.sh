@@ -11,7 +11,9 @@
 # compiled and run once as tests; then the VM stage: l2fwd over VFIO in the QEMU guest, packed
 # and split rings, 100000 frames each way from the host (scripts/l2fwd-vm.sh), 4 queue pairs with
 # RSS over multi-queue taps (--queues 4 --rss-check), a link taken down and up (--link-flap),
-# receive filters frame by frame (--filters), the same without a vIOMMU (physical addresses:
+# receive filters frame by frame (--filters), TCP between two network namespaces through l2fwd
+# and through the guest kernel's bridge, offloads on and off and at MTU 9000 (--tcp
+# --kernel-bridge), the same without a vIOMMU (physical addresses:
 # uio_pci_generic, --no-iommu, both rings; VFIO's no-IOMMU mode, --no-iommu-vfio), and l2fwd's
 # error paths on real devices
 # (scripts/vm/l2fwd-errors.sh). Fails loudly on the first error; never skips silently.
@@ -103,6 +105,13 @@ else
     t=$SECONDS
     scripts/l2fwd-vm.sh --filters --frames 8800 --no-build
     echo "VM receive filters: $((SECONDS - t)) s"
+    # TCP through l2fwd, Linux's stack on both ends: offloads on (checksum, TSO, LRO, mergeable
+    # buffers) and off, MTU 9000 (ping -M do -s 8972), a 64 MiB file checked by sha256, iperf3;
+    # then the guest kernel's bridge on the same NICs in the same boot (about 70 s).
+    step "VM: TCP through l2fwd and the kernel bridge, offloads on/off, MTU 9000 (scripts/l2fwd-vm.sh --tcp --kernel-bridge)"
+    t=$SECONDS
+    scripts/l2fwd-vm.sh --tcp --kernel-bridge --no-build
+    echo "VM TCP: $((SECONDS - t)) s"
     # The same without a vIOMMU: NICs on uio_pci_generic, physical-address DMA (about 30 s each:
     # the binaries are built).
     for ring in packed split; do

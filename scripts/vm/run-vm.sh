@@ -42,6 +42,8 @@ usage: $0 [options]
                            it runs in: run this under \`ip netns exec NS\` (l2fwd-vm.sh --queues does)
     --queues N             queue pairs per NIC with --taps (multi_queue taps; mq=on, rss=on and
                            hash=on on the NICs, vectors=2N+2); default 1
+    --nic-props I=PROPS    more virtio-net-pci properties for NIC I, appended to its -device (e.g.
+                           1=host_mtu=9000 or 2=csum=off,guest_csum=off); repeatable
     --sock-buf BYTES       make the NICs' UDP sockets here, with BYTES of receive/send buffer, and
                            hand them to QEMU (qemu-udp-fds.py; needs python3). Default 0: QEMU's
                            own sockets, with the system default buffer (about 208 KiB), which a
@@ -95,6 +97,7 @@ SOCK_BUF=0
 TAPS=""
 QUEUES=1
 MONITOR=none
+NIC_PROPS=()
 NO_IOMMU=0
 NO_IOMMU_BIND=uio
 while [ $# -gt 0 ]; do
@@ -111,6 +114,7 @@ while [ $# -gt 0 ]; do
         --monitor) MONITOR="unix:${2:?--monitor needs a socket path},server=on,wait=off"; shift ;;
         --taps) TAPS=${2:?--taps needs tap names}; shift ;;
         --queues) QUEUES=${2:?--queues needs a number}; shift ;;
+        --nic-props) NIC_PROPS+=("${2:?--nic-props needs I=PROPS}"); shift ;;
         --sock-buf) SOCK_BUF=${2:?--sock-buf needs a number of bytes}; shift ;;
         --smp) SMP=${2:?--smp needs a number}; shift ;;
         --no-iommu) NO_IOMMU=1 ;;
@@ -148,6 +152,14 @@ elif [ "$QUEUES" -gt 1 ]; then
     die "--queues needs --taps: a dgram netdev has one queue pair"
 fi
 [ -z "$CMD" ] || [ -z "$SCRIPT" ] || die "give --cmd or --script, not both"
+# NIC i's extra properties, ",PROPS" or empty.
+EXTRA_PROPS=()
+for spec in "${NIC_PROPS[@]}"; do
+    [[ "$spec" =~ ^([0-9])=([a-z0-9_]+=[A-Za-z0-9_.:]+(,[a-z0-9_]+=[A-Za-z0-9_.:]+)*)$ ]] ||
+        die "--nic-props '$spec' is not I=PROP=VALUE[,PROP=VALUE..]"
+    [ "${BASH_REMATCH[1]}" -lt "$NICS" ] || die "--nic-props '$spec': there is no NIC ${BASH_REMATCH[1]} (--nics $NICS)"
+    EXTRA_PROPS[BASH_REMATCH[1]]+=",${BASH_REMATCH[2]}"
+done
 [ -n "$LOG" ] || LOG=$VM_DIR/console.log
 
 # --- per-NIC UDP ports ------------------------------------------------------------------------
@@ -297,18 +309,18 @@ for ((i = 0; i < NICS; i++)); do
     addr=$(printf '0x%x' $((3 + i)))
     if [ -n "$TAPS" ]; then
         netdev="tap,id=n$i,ifname=${TAP_NAMES[i]},script=no,downscript=no,vhost=off"
-        nic="virtio-net-pci,netdev=n$i,addr=$addr,mac=$mac,packed=$PACKED,iommu_platform=$platform,disable-legacy=on"
+        nic="virtio-net-pci,netdev=n$i,addr=$addr,mac=$mac,packed=$PACKED,iommu_platform=$platform,disable-legacy=on${EXTRA_PROPS[i]:-}"
         if [ "$QUEUES" -gt 1 ]; then
             netdev+=",queues=$QUEUES"
             nic+=",mq=on,vectors=$((2 * QUEUES + 2)),rss=on,hash=on"
         fi
         ARGS+=(-netdev "$netdev" -device "$nic")
-        echo "run-vm: NIC$i guest 0000:00:$(printf '%02x' $((3 + i))).0 mac $mac ring=$RING tap ${TAP_NAMES[i]} queues=$QUEUES"
+        echo "run-vm: NIC$i guest 0000:00:$(printf '%02x' $((3 + i))).0 mac $mac ring=$RING tap ${TAP_NAMES[i]} queues=$QUEUES${EXTRA_PROPS[i]:-}"
         continue
     fi
     ARGS+=(-netdev "dgram,id=n$i,local.type=inet,local.host=127.0.0.1,local.port=${QPORTS[i]},remote.type=inet,remote.host=127.0.0.1,remote.port=${PPORTS[i]}"
-        -device "virtio-net-pci,netdev=n$i,addr=$(printf '0x%x' $((3 + i))),mac=52:54:00:00:00:$(printf '%02x' $((i + 1))),packed=$PACKED,iommu_platform=$platform,disable-legacy=on")
-    echo "run-vm: NIC$i guest 0000:00:$(printf '%02x' $((3 + i))).0 mac 52:54:00:00:00:$(printf '%02x' $((i + 1))) ring=$RING iommu_platform=$platform qemu 127.0.0.1:${QPORTS[i]} peer 127.0.0.1:${PPORTS[i]}"
+        -device "virtio-net-pci,netdev=n$i,addr=$addr,mac=$mac,packed=$PACKED,iommu_platform=$platform,disable-legacy=on${EXTRA_PROPS[i]:-}")
+    echo "run-vm: NIC$i guest 0000:00:$(printf '%02x' $((3 + i))).0 mac $mac ring=$RING iommu_platform=$platform qemu 127.0.0.1:${QPORTS[i]} peer 127.0.0.1:${PPORTS[i]}${EXTRA_PROPS[i]:-}"
 done
 QEMU_CMD=("$QEMU")
 if [ "$SOCK_BUF" -gt 0 ]; then

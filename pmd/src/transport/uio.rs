@@ -155,6 +155,7 @@ fn map_bar(dir: &Path, bar: u8, size: u64) -> Result<Mmio> {
 /// # Ok(()) }
 /// ```
 pub struct UioPciTransport {
+    /// Its drop resets the device, which stops all DMA before the memory can go away.
     pci: VirtioPci,
     info: UioFunctionInfo,
 }
@@ -257,15 +258,6 @@ impl Transport for UioPciTransport {
     /// Nothing to map without an IOMMU; only a physical-address region can be given.
     fn map_dma(&mut self, region: &Arc<DmaRegion>) -> Result<()> {
         require_physical(&self.info.bdf, &format!("is bound to {UIO_DRIVER}"), region)
-    }
-}
-
-impl Drop for UioPciTransport {
-    /// Resets the device so that it stops all DMA before its memory can go away.
-    fn drop(&mut self) {
-        if let Err(e) = self.pci.reset() {
-            tracing::warn!("{e}");
-        }
     }
 }
 

@@ -332,7 +332,8 @@ impl Notify for PciNotifier {
 }
 
 /// A virtio PCI function's structures, mapped: the transport operations that do not depend on
-/// how the function is reached.
+/// how the function is reached. Dropping it resets the device, so a transport that holds it
+/// declares it as its first field: the reset then stops all DMA before anything else goes.
 #[derive(Debug)]
 pub struct VirtioPci {
     name: String,
@@ -383,6 +384,15 @@ fn wait_for_reset(status: impl Fn() -> u8, timeout: Duration) -> Result<(), u8> 
             std::hint::spin_loop();
         } else {
             std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+}
+
+impl Drop for VirtioPci {
+    /// Resets the device so that it stops all DMA before its memory can go away.
+    fn drop(&mut self) {
+        if let Err(e) = self.reset() {
+            tracing::warn!("{e}");
         }
     }
 }
@@ -633,6 +643,14 @@ mod tests {
         unsafe { pci.common().set_queue_desc(0x1122_3344_5566_7788) };
         assert_eq!((bar4.get_u32(0x20), bar4.get_u32(0x24)), (Some(0x5566_7788), Some(0x1122_3344)));
         assert!(pci.isr().is_some());
+    }
+
+    #[test]
+    fn dropping_the_function_resets_the_device() {
+        let (bar4, pci) = fake();
+        pci.set_status(0xf);
+        drop(pci);
+        assert_eq!(bar4.get_u8(off!(device_status)), Some(0));
     }
 
     #[test]

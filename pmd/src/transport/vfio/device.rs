@@ -298,6 +298,9 @@ pub(super) fn map_function(
 /// # Ok(()) }
 /// ```
 pub struct VfioPciTransport {
+    /// First, so that it drops first: its reset stops the device's DMA while the container's
+    /// mappings and the device fd are still there. Queue notifiers may outlive the transport;
+    /// they keep the BAR mappings (not the device's state) alive.
     pci: VirtioPci,
     info: PciFunctionInfo,
     container: Arc<Container>,
@@ -386,16 +389,6 @@ impl Transport for VfioPciTransport {
 
     fn map_dma(&mut self, region: &Arc<DmaRegion>) -> Result<()> {
         self.container.map_dma(region)
-    }
-}
-
-impl Drop for VfioPciTransport {
-    /// Resets the device so that it stops all DMA before its memory can go away. Queue notifiers
-    /// may outlive the transport; they keep the mappings (not the device's state) alive.
-    fn drop(&mut self) {
-        if let Err(e) = self.pci.reset() {
-            tracing::warn!("{e}");
-        }
     }
 }
 

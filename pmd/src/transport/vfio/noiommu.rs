@@ -45,6 +45,8 @@ struct NoIommuDevice {
 /// A virtio-net PCI function driven through VFIO without an IOMMU: implements [`Transport`],
 /// with physical addresses for DMA.
 pub struct VfioNoIommuTransport {
+    /// First, so that it drops first: its reset stops the device's DMA while the device fd is
+    /// still open.
     pci: VirtioPci,
     info: PciFunctionInfo,
     _device: Arc<NoIommuDevice>,
@@ -161,15 +163,6 @@ impl Transport for VfioNoIommuTransport {
     /// Nothing to map without an IOMMU; only a physical-address region can be given.
     fn map_dma(&mut self, region: &Arc<DmaRegion>) -> Result<()> {
         require_physical(&self.info.bdf, "is in VFIO's no-IOMMU mode", region)
-    }
-}
-
-impl Drop for VfioNoIommuTransport {
-    /// Resets the device so that it stops all DMA before its memory can go away.
-    fn drop(&mut self) {
-        if let Err(e) = self.pci.reset() {
-            tracing::warn!("{e}");
-        }
     }
 }
 
