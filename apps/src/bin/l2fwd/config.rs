@@ -35,6 +35,7 @@
 //! # key = "6d5a6d5a.."
 //! max_pkt_len = 1514        # largest frame; beyond a buffer: mergeable receive buffers, transmit chains
 //! offloads = false          # checksum, TSO and LRO, passed through from receive to transmit
+//! hash_to_src_mac = false   # the device's hash of each frame over its source MAC (tests)
 //!
 //! # An RSS indirection table for a port (entries: its queue pairs, repeated to fill the table),
 //! # set through the control queue once the port runs (default: 0, 1, .., queues - 1, repeated)
@@ -306,6 +307,12 @@ pub struct Options {
     /// devices can then reach ALL memory [default: off].
     #[arg(long = "no-iommu", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub no_iommu: Option<bool>,
+    /// Ask every port for the device's hash of each received frame (VIRTIO_NET_F_HASH_REPORT)
+    /// and write it over the forwarded frame's source MAC: the hash value, then the report type,
+    /// both big-endian (all zero without a hash); for tests that check the device's hashes
+    /// [default: off].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub hash_to_src_mac: Option<bool>,
 }
 
 /// One port, checked.
@@ -359,6 +366,8 @@ pub struct Settings {
     pub max_pkt_len: u32,
     /// Checksum, TSO and LRO on every port.
     pub offloads: bool,
+    /// The reported hash of each frame over its source MAC.
+    pub hash_to_src_mac: bool,
     /// Where the file came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -462,6 +471,7 @@ impl Settings {
         Ok(Settings {
             max_pkt_len,
             offloads: o.offloads.unwrap_or(false),
+            hash_to_src_mac: o.hash_to_src_mac.unwrap_or(false),
             ports,
             ring: o.ring.unwrap_or(Ring::Auto),
             ring_size,

@@ -201,6 +201,7 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
                 rx_checksum: s.offloads,
                 lro: s.offloads,
             },
+            rx_hash_report: s.hash_to_src_mac,
             ..PortConfig::default()
         },
     };
@@ -302,7 +303,8 @@ fn lanes(s: &Settings, set: &mut PortSet) -> Result<Vec<LcoreWork<Vec<Lane>>>, F
             let t = tx[peer][q].take().ok_or_else(|| {
                 Failure::Runtime(format!("internal error: transmit queue {q} of port {peer} is gone"))
             })?;
-            lanes.push(Some(Lane::new((id, r), (peer, t), q as u16, s.ports[peer].dst_mac.0, macs[peer].0)));
+            let lane = Lane::new((id, r), (peer, t), q as u16, s.ports[peer].dst_mac.0, macs[peer].0);
+            lanes.push(Some(if s.hash_to_src_mac { lane.with_hash_to_src_mac() } else { lane }));
         }
     }
     let plan = lcore::spread(lanes.len(), &s.cores);
