@@ -374,3 +374,92 @@ fn split_one_queue_pair() {
 fn split_two_queue_pairs() {
     cases("split", 2);
 }
+
+/// The `queue_total` JSON lines of port 0, by queue: (rx_packets, rx_dropped, tx_packets,
+/// tx_dropped).
+fn queue_totals(what: &str, out: &Finished) -> Vec<[u64; 4]> {
+    let mut totals = Vec::new();
+    for line in out.stdout.lines().filter(|l| l.contains("\"queue_total\"")) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {line}"));
+        assert_eq!(v["port"], 0);
+        assert_eq!(v["queue"].as_u64(), Some(totals.len() as u64), "{what}: queues in order");
+        let get = |key: &str| v[key].as_u64().unwrap_or_else(|| panic!("{what}: no {key} in {line}"));
+        totals.push([get("rx_packets"), get("rx_dropped"), get("tx_packets"), get("tx_dropped")]);
+    }
+    totals
+}
+
+/// testpmd's `--rxq 4 --txq 4` against DPDK's vhost with four queue pairs, two threads owning
+/// two queue sets each: DPDK txonly -> fwd rxonly (every frame checked) and fwd echo <-> DPDK
+/// macswap; every queue carries traffic, the per-queue counters (text and JSON) add up to the
+/// port's totals and to testpmd's, nothing dropped. `--rss-ip` on a vhost-user port (no control
+/// queue, no RSS) is a clear error, and `--rxq` differing from `--txq` is refused.
+#[test]
+fn four_queue_pairs_from_rxq_and_txq_with_per_queue_counters() {
+    const QUEUES: usize = 4;
+    let mut testpmd = VhostTestpmd::start("fwd-rxq4", Options { queues: QUEUES as u16, ..Options::default() });
+    let socket = format!("vhost:{}", testpmd.socket().display());
+    let args = |mode: &str, extra: &[&str]| -> Vec<String> {
+        let base = ["--port", &socket, "--forward-mode", mode, "--rxq", "4", "--txq", "4", "--nb-cores", "2"];
+        let pool = ["--huge-pages", "required", "--mbufs", "16384", "--json"];
+        base.iter().chain(&pool).chain(extra).map(|s| s.to_string()).collect()
+    };
+    let check_queues = |what: &str, out: &Finished, rx_total: u64, tx_total: u64| {
+        let totals = queue_totals(what, out);
+        assert_eq!(totals.len(), QUEUES, "{what}: a line per queue:\n{}", out.stdout);
+        for (q, t) in totals.iter().enumerate() {
+            let carried = if rx_total > 0 { t[0] } else { t[2] };
+            assert!(carried > 0, "{what}: queue {q} carried traffic: {totals:?}");
+            assert_eq!((t[1], t[3]), (0, 0), "{what}: queue {q} dropped nothing");
+        }
+        assert_eq!(totals.iter().map(|t| t[0]).sum::<u64>(), rx_total, "{what}: per-queue rx adds up");
+        assert_eq!(totals.iter().map(|t| t[2]).sum::<u64>(), tx_total, "{what}: per-queue tx adds up");
+        assert_eq!(out.per_queue("rx"), totals.iter().map(|t| t[0]).collect::<Vec<_>>(), "{what}: text = JSON");
+        eprintln!("{what}: per queue {totals:?}");
+    };
+
+    let what = "x4 DPDK txonly -> fwd rxonly --rxq 4 --txq 4";
+    prepare(&testpmd, "txonly", 64);
+    let mut fwd = Fwd::start(what, &args("rxonly", &["--verify", "dpdk-txonly", "--verify-len", "64"]));
+    fwd.wait_ready();
+    testpmd.cmd("start");
+    std::thread::sleep(TRAFFIC);
+    testpmd.cmd("stop");
+    let sent = counter(&testpmd, "TX-packets");
+    std::thread::sleep(Duration::from_millis(100));
+    fwd.terminate();
+    let out = fwd.finish();
+    assert_eq!(out.get("rx_pkts"), sent, "{what}: fwd received every frame testpmd sent");
+    assert_eq!((out.get("verified"), out.get("bad")), (sent, 0), "{what}: every frame checked");
+    check_queues(what, &out, sent, 0);
+
+    let what = "x4 fwd echo <-> DPDK macswap --rxq 4 --txq 4";
+    prepare(&testpmd, "macswap", 64);
+    testpmd.cmd("start");
+    let secs = TRAFFIC.as_secs_f64().to_string();
+    let out = Fwd::start(what, &args("echo", &["--txpkts", "64", "--duration", &secs])).finish();
+    testpmd.cmd("stop");
+    let (sent, received) = (out.get("tx_pkts"), out.get("rx_pkts"));
+    assert!(received > 1000 && received == sent, "{what}: every frame came back ({received} of {sent})");
+    assert_eq!((out.get("bad"), out.get("lost"), out.get("drops")), (0, 0, 0), "{what}");
+    assert_eq!(counter(&testpmd, "RX-packets"), sent, "{what}: testpmd received what fwd sent");
+    check_queues(what, &out, received, sent);
+
+    let what = "--rss-ip on a vhost-user port";
+    let mut fwd = Fwd::start(what, &args("io", &["--rss-ip", "--duration", "0.1"]));
+    let failed = fwd.finish_output();
+    let status = fwd.child.wait().expect("wait for fwd");
+    assert_eq!(status.code(), Some(2), "{what}: refused at set-up:\n{}\n{}", failed.stdout, failed.stderr);
+    assert!(
+        failed.stderr.contains("--rss-ip") && failed.stderr.contains("no control queue"),
+        "{what}: says why: {}",
+        failed.stderr
+    );
+    testpmd.stop();
+
+    let out = Command::new(FWD).args(["--port", &socket, "--rxq", "4", "--txq", "2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("--rxq 4 and --txq 2 differ") && stderr.contains("pairs"), "{stderr}");
+}

@@ -52,6 +52,9 @@ pub struct Offloads {
 }
 
 impl OffloadConfig {
+    /// Every offload: transmit and receive checksums, TSO and LRO.
+    pub const ALL: OffloadConfig = OffloadConfig { tx_checksum: true, tso: true, rx_checksum: true, lro: true };
+
     /// The feature bits to ask for, given what the device offers ("Feature bit requirements",
     /// 5.1.3.1: HOST_TSO needs CSUM, GUEST_TSO needs GUEST_CSUM).
     pub(crate) fn wanted(&self, offered: Features) -> Vec<u32> {

@@ -147,6 +147,23 @@ impl Default for PortConfig {
     }
 }
 
+impl PortConfig {
+    /// Sets the port up to forward frames of up to `max_frame` bytes (Ethernet header included,
+    /// no FCS) through buffers of `data_room` bytes, with every checksum and segmentation offload
+    /// ([`OffloadConfig::ALL`]) when `offloads`: mergeable receive buffers and transmit chains
+    /// whenever a frame may span buffers (one larger than a buffer, or an offloaded
+    /// super-packet), so that a received frame goes out again whole and with its offload
+    /// metadata ([`Mbuf::offload`](crate::mbuf::Mbuf::offload): a partial checksum, a TSO
+    /// segment size), as a vSwitch in a VM forwards it. Without either, the one-buffer paths.
+    pub fn for_forwarding(mut self, max_frame: u32, data_room: u32, offloads: bool) -> PortConfig {
+        let multi_segment = offloads || max_frame > data_room;
+        self.rx_mergeable = multi_segment;
+        self.tx_multi_segment = multi_segment;
+        self.offloads = if offloads { OffloadConfig::ALL } else { OffloadConfig::default() };
+        self
+    }
+}
+
 /// Statistics of a port: per queue pair, and summed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortStats {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
+use virtio_pmd::mbuf::DEFAULT_DATA_ROOM;
 use virtio_pmd::net::MacAddr;
 use virtio_pmd::setup::DeviceSpec;
 use virtio_pmd_apps::options::{layered, Huge, Ring};
@@ -20,6 +21,13 @@ use crate::frame;
 
 /// Most frames in one burst.
 pub const MAX_BURST: usize = 512;
+/// Ethernet header bytes a frame carries besides its MTU.
+pub const ETH_HEADER_LEN: u32 = 14;
+/// `--max-pkt-len` by default: a 1500-byte MTU frame.
+pub const DEFAULT_MAX_PKT_LEN: u32 = 1514;
+/// The smallest `--mbuf-size` (the pool's own minimum).
+const MIN_MBUF_SIZE: u16 = 64;
+
 /// Most streams (ports x queue pairs): stream ids travel in 16 bits, and receivers keep a
 /// sequence number per id.
 pub const MAX_STREAMS: usize = 1024;
@@ -169,6 +177,39 @@ pub struct Options {
     /// Queue pairs per port [default: 1].
     #[arg(long)]
     pub queues: Option<u16>,
+    /// Receive queues per port (testpmd's `--rxq`). Virtio-net queues come in pairs (receive
+    /// queue i and transmit queue i are pair i): --rxq and --txq must be equal when both are
+    /// given, one alone sets both; the same as --queues.
+    #[arg(long)]
+    pub rxq: Option<u16>,
+    /// Transmit queues per port (testpmd's `--txq`); see --rxq.
+    #[arg(long)]
+    pub txq: Option<u16>,
+    /// RSS over the IPv4/IPv6 source and destination addresses (testpmd's `--rss-ip`), set on
+    /// every port through the control queue (VIRTIO_NET_F_RSS; an error on a device without it)
+    /// [default: the driver's default, addresses and TCP/UDP ports].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub rss_ip: Option<bool>,
+    /// RSS over the IPv4/IPv6 addresses and the UDP ports (testpmd's `--rss-udp`); see --rss-ip.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub rss_udp: Option<bool>,
+    /// Largest frame, Ethernet header included, FCS not (testpmd's `--max-pkt-len`). Frames
+    /// larger than an mbuf's data room (--mbuf-size) are received into mergeable buffers and sent
+    /// as chains [default: 1514].
+    #[arg(long, value_name = "BYTES")]
+    pub max_pkt_len: Option<u32>,
+    /// The same as --max-pkt-len MTU+14.
+    #[arg(long, value_name = "BYTES")]
+    pub mtu: Option<u32>,
+    /// Data room of each mbuf, after its headroom (testpmd's `--mbuf-size`, which counts the
+    /// headroom too) [default: 2048].
+    #[arg(long, value_name = "BYTES")]
+    pub mbuf_size: Option<u16>,
+    /// Checksum, TSO and LRO offloads on every port, each negotiated when the device offers it
+    /// (with mergeable buffers and transmit chains); a received frame's offload metadata goes out
+    /// with it [default: off].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub offloads: Option<bool>,
     /// Ring layout [default: auto].
     #[arg(long, value_enum)]
     pub ring: Option<Ring>,
@@ -182,7 +223,7 @@ pub struct Options {
     /// Print per-port statistics every SECS seconds (0: never) [default: 0].
     #[arg(long, value_name = "SECS")]
     pub stats_period: Option<f64>,
-    /// Frame length for txonly and echo, 60..=1514 bytes [default: 64].
+    /// Frame length for txonly and echo, 60 bytes to --max-pkt-len [default: 64].
     #[arg(long, value_name = "BYTES")]
     pub txpkts: Option<usize>,
     /// rxonly: check every frame against a generator's pattern [default when given: fwd].
@@ -271,6 +312,50 @@ pub struct Settings {
     pub packet_classes: bool,
     /// Also print JSON lines.
     pub json: bool,
+    /// `--rss-ip` / `--rss-udp`: the RSS hash types to set on every port.
+    pub rss: Option<Rss>,
+    /// Largest frame.
+    pub max_pkt_len: u32,
+    /// Mbuf data room.
+    pub mbuf_size: u16,
+    /// Offloads asked for.
+    pub offloads: bool,
+}
+
+/// testpmd's RSS choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rss {
+    /// `--rss-ip`: IPv4 and IPv6 addresses.
+    Ip,
+    /// `--rss-udp`: addresses, and UDP ports too.
+    Udp,
+}
+
+impl Rss {
+    /// The `VIRTIO_NET_RSS_HASH_TYPE_*` bits ("Supported/enabled hash types", 5.1.6.4.3.1).
+    pub fn hash_types(self) -> u32 {
+        use virtio_pmd::spec::net::hash_type;
+        let ip = hash_type::IPV4 | hash_type::IPV6;
+        match self {
+            Rss::Ip => ip,
+            Rss::Udp => ip | hash_type::UDPV4 | hash_type::UDPV6,
+        }
+    }
+
+    /// The option's name.
+    pub fn option(self) -> &'static str {
+        match self {
+            Rss::Ip => "--rss-ip",
+            Rss::Udp => "--rss-udp",
+        }
+    }
+}
+
+impl Settings {
+    /// Whether a frame can span several mbufs (mergeable receive buffers, transmit chains).
+    pub fn multi_segment(&self) -> bool {
+        self.offloads || self.max_pkt_len > u32::from(self.mbuf_size)
+    }
 }
 
 /// Seconds as a duration; `what` names the option in errors.
@@ -287,10 +372,7 @@ impl Settings {
             return Err("no ports: give at least one --port pci:<address> or --port vhost:<socket>".into());
         }
         let mode = o.forward_mode.unwrap_or(Mode::Io);
-        let queues = o.queues.unwrap_or(1);
-        if queues == 0 {
-            return Err("--queues must be at least 1".into());
-        }
+        let queues = queue_pairs(o.queues, o.rxq, o.txq)?;
         let port_queues: Vec<u16> = ports.iter().map(|p| p.queues.unwrap_or(queues)).collect();
         let mut eth_peers: Vec<MacAddr> = (0..ports.len()).map(MacAddr::default_peer).collect();
         for peer in o.eth_peer.unwrap_or_default() {
@@ -347,10 +429,41 @@ impl Settings {
         if rxd == 0 {
             return Err("--rxd must be at least 1".into());
         }
-        let txpkts = o.txpkts.unwrap_or(64);
-        if !(frame::MIN_LEN..=frame::MAX_LEN).contains(&txpkts) {
-            return Err(format!("--txpkts {txpkts}: expected {}..={} bytes", frame::MIN_LEN, frame::MAX_LEN));
+        let max_pkt_len = match (o.max_pkt_len, o.mtu) {
+            (Some(len), Some(mtu)) if len != mtu + ETH_HEADER_LEN => {
+                return Err(format!("--max-pkt-len {len} and --mtu {mtu} disagree: give one of them"))
+            }
+            (Some(len), _) => len,
+            (None, Some(mtu)) => mtu.saturating_add(ETH_HEADER_LEN),
+            (None, None) => DEFAULT_MAX_PKT_LEN,
+        };
+        if !(frame::MIN_LEN as u32..=frame::MAX_LEN as u32).contains(&max_pkt_len) {
+            return Err(format!(
+                "--max-pkt-len {max_pkt_len} (or --mtu {}): expected {}..={} bytes",
+                max_pkt_len.saturating_sub(ETH_HEADER_LEN),
+                frame::MIN_LEN,
+                frame::MAX_LEN
+            ));
         }
+        let mbuf_size = o.mbuf_size.unwrap_or(DEFAULT_DATA_ROOM);
+        if mbuf_size < MIN_MBUF_SIZE {
+            return Err(format!("--mbuf-size {mbuf_size}: expected at least {MIN_MBUF_SIZE} bytes"));
+        }
+        let txpkts = o.txpkts.unwrap_or(64);
+        if !(frame::MIN_LEN..=max_pkt_len as usize).contains(&txpkts) {
+            return Err(format!(
+                "--txpkts {txpkts}: expected {}..={max_pkt_len} bytes (the most is --max-pkt-len)",
+                frame::MIN_LEN
+            ));
+        }
+        let rss = match (o.rss_ip.unwrap_or(false), o.rss_udp.unwrap_or(false)) {
+            (true, true) => {
+                return Err("--rss-ip and --rss-udp: give one of them (--rss-udp hashes the addresses too)".into())
+            }
+            (true, false) => Some(Rss::Ip),
+            (false, true) => Some(Rss::Udp),
+            (false, false) => None,
+        };
         let echo_window = o.echo_window.unwrap_or(256.min(rxd as usize / 2));
         if echo_window == 0 || echo_window > rxd as usize / 2 {
             return Err(format!(
@@ -361,9 +474,11 @@ impl Settings {
         let duration = o.duration.map(|d| seconds(d, "--duration")).transpose()?;
         let stats_period = o.stats_period.map(|d| seconds(d, "--stats-period")).transpose()?.filter(|d| !d.is_zero());
         let mbuf_cache = o.mbuf_cache.unwrap_or(256);
-        // Every receive ring full, every transmit ring full, a burst per stream, and up to 3
-        // caches' worth per thread (a cache holds up to twice its size before it flushes).
-        let needed = streams * (2 * rxd as usize + 2 * burst) + (threads + 1) * 3 * mbuf_cache as usize;
+        // Every receive ring full, every transmit ring full (a descriptor per mbuf), two bursts
+        // of the largest frames per stream, and up to 3 caches' worth per thread (a cache holds
+        // up to twice its size before it flushes).
+        let segments = (max_pkt_len as usize).div_ceil(mbuf_size as usize);
+        let needed = streams * (2 * rxd as usize + 2 * burst * segments) + (threads + 1) * 3 * mbuf_cache as usize;
         let mbufs = o.mbufs.unwrap_or(needed.max(8192) as u32);
 
         Ok(Settings {
@@ -391,8 +506,37 @@ impl Settings {
             huge_pages: o.huge_pages.unwrap_or(Huge::Preferred),
             packet_classes: o.packet_classes.unwrap_or(false),
             json: o.json.unwrap_or(false),
+            rss,
+            max_pkt_len,
+            mbuf_size,
+            offloads: o.offloads.unwrap_or(false),
         })
     }
+}
+
+/// Queue pairs per port from `--queues`, `--rxq` and `--txq` (testpmd's names for the receive
+/// and transmit queue counts): virtio-net queues come in pairs ("Virtqueues", 5.1.2: receiveq
+/// i and transmitq i), so the counts given must agree.
+fn queue_pairs(queues: Option<u16>, rxq: Option<u16>, txq: Option<u16>) -> Result<u16, String> {
+    if let (Some(rx), Some(tx)) = (rxq, txq) {
+        if rx != tx {
+            return Err(format!(
+                "--rxq {rx} and --txq {tx} differ: virtio-net queues come in pairs (receive queue i and transmit \
+                 queue i), so a port has as many of each; give the same count to both (or --queues N)"
+            ));
+        }
+    }
+    let pairs = rxq.or(txq);
+    if let (Some(q), Some(p)) = (queues, pairs) {
+        if q != p {
+            return Err(format!("--queues {q} and --rxq/--txq {p} differ: give one of them"));
+        }
+    }
+    let pairs = queues.or(pairs).unwrap_or(1);
+    if pairs == 0 {
+        return Err("--queues (--rxq, --txq) must be at least 1".into());
+    }
+    Ok(pairs)
 }
 
 /// The port that frames received on `port` go out of: 0<->1, 2<->3, ...; the last of an odd
@@ -453,6 +597,43 @@ mod tests {
             .contains("no port 3"));
         let err = resolve(&["--port", "vhost:/a,queues=2", "--port", "vhost:/b", "--forward-mode", "io"]).unwrap_err();
         assert!(err.contains("same count"), "{err}");
+    }
+
+    #[test]
+    fn queues_as_testpmd_names_them() {
+        let pairs = |args: &[&str]| resolve(&[&["--port", "vhost:/a"], args].concat()).map(|s| s.port_queues[0]);
+        assert_eq!(pairs(&["--rxq", "4", "--txq", "4"]), Ok(4));
+        assert_eq!(pairs(&["--rxq", "2"]), Ok(2));
+        assert_eq!(pairs(&["--txq", "3", "--queues", "3"]), Ok(3));
+        assert!(pairs(&["--rxq", "4", "--txq", "2"]).unwrap_err().contains("come in pairs"));
+        assert!(pairs(&["--rxq", "4", "--queues", "2"]).unwrap_err().contains("give one of them"));
+        assert!(pairs(&["--rxq", "0"]).unwrap_err().contains("at least 1"));
+    }
+
+    #[test]
+    fn rss_jumbo_frames_and_offloads() {
+        let s = resolve(&["--port", "vhost:/a"]).unwrap();
+        assert_eq!(
+            (s.rss, s.max_pkt_len, s.mbuf_size, s.offloads, s.multi_segment()),
+            (None, 1514, 2048, false, false)
+        );
+        let s =
+            resolve(&["--port", "vhost:/a", "--rss-udp", "--mtu", "9000", "--txpkts", "9014", "--offloads"]).unwrap();
+        assert_eq!(
+            (s.rss, s.max_pkt_len, s.txpkts, s.offloads, s.multi_segment()),
+            (Some(Rss::Udp), 9014, 9014, true, true)
+        );
+        assert_eq!(Rss::Udp.hash_types(), 0b10_1101, "IPv4, UDPv4, IPv6, UDPv6");
+        assert_eq!(Rss::Ip.hash_types(), 0b1001, "IPv4, IPv6");
+        let s = resolve(&["--port", "vhost:/a", "--max-pkt-len", "9014", "--mbuf-size", "9216"]).unwrap();
+        assert!(!s.multi_segment(), "a frame fits one buffer");
+        assert!(s.mbufs as usize >= 2 * 1024, "rings and bursts");
+        let err = |args: &[&str]| resolve(&[&["--port", "vhost:/a"], args].concat()).unwrap_err();
+        assert!(err(&["--rss-ip", "--rss-udp"]).contains("give one of them"));
+        assert!(err(&["--txpkts", "2000"]).contains("--max-pkt-len"));
+        assert!(err(&["--max-pkt-len", "9014", "--mtu", "1500"]).contains("disagree"));
+        assert!(err(&["--max-pkt-len", "70000"]).contains("expected 60..=65535"));
+        assert!(err(&["--mbuf-size", "10"]).contains("--mbuf-size"));
     }
 
     #[test]

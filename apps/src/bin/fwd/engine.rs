@@ -45,8 +45,9 @@ pub struct Stream {
     pub rx: usize,
     /// Index of the transmit queue in [`Work::tx`].
     pub tx: usize,
-    /// Port frames go out of.
-    pub tx_port: usize,
+    /// Transmit queue frames go out of, numbered over every port's queues (the index of its
+    /// drop counter in [`Live::drops`]).
+    pub tx_slot: usize,
     /// Stream id carried in generated frames.
     pub id: u16,
     /// mac mode: the destination and source MAC written into every frame.
@@ -82,8 +83,10 @@ pub struct Params {
     pub echo_expect: EchoExpect,
     /// Frames to dump.
     pub dump: usize,
-    /// Ports (for the per-port counters).
-    pub ports: usize,
+    /// Transmit queues of every port (for the per-queue drop counters).
+    pub tx_slots: usize,
+    /// Largest frame (the room of the buffer a chained frame is copied into to be checked).
+    pub max_pkt_len: usize,
     /// The pool generated frames come from.
     pub pool: Mempool,
 }
@@ -91,15 +94,28 @@ pub struct Params {
 /// Counters a thread publishes while it runs (it alone writes them).
 #[derive(Debug)]
 pub struct Live {
-    /// Frames dropped by this thread because a transmit queue did not take them, per port.
+    /// Frames dropped by this thread because a transmit queue did not take them, per transmit
+    /// queue ([`Stream::tx_slot`]).
     pub drops: Vec<AtomicU64>,
 }
 
 impl Live {
-    /// Zeroed counters for `ports` ports.
-    pub fn new(ports: usize) -> Live {
-        Live { drops: (0..ports).map(|_| AtomicU64::new(0)).collect() }
+    /// Zeroed counters for `tx_slots` transmit queues.
+    pub fn new(tx_slots: usize) -> Live {
+        Live { drops: (0..tx_slots).map(|_| AtomicU64::new(0)).collect() }
     }
+}
+
+/// The bytes of `m`: its data when it is one segment, else its segments copied into `scratch`
+/// (allocated before the loop with room for the largest frame, so this does not allocate).
+#[inline(always)]
+fn contiguous<'a>(m: &'a Mbuf, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    if m.is_contiguous() {
+        return m.data();
+    }
+    scratch.clear();
+    m.segments().for_each(|segment| scratch.extend_from_slice(segment));
+    scratch
 }
 
 /// Adds `n` to a counter only this thread writes (a plain load and store, no locked add).
@@ -275,7 +291,7 @@ fn forward(
             }
             rewrite(s, &mut pkts);
             sent += tx[s.tx].tx_burst(&mut pkts) as u64;
-            drop_rest(&mut pkts, &live.drops[s.tx_port], &mut drops);
+            drop_rest(&mut pkts, &live.drops[s.tx_slot], &mut drops);
             received += n as u64;
             polls += 1;
             cycles += tsc::now().wrapping_sub(start);
@@ -320,9 +336,18 @@ struct RxCheck {
     verify: Option<Verify>,
     verifier: Verifier,
     sequences: Sequences,
+    /// Chained frames are copied here to be checked.
+    scratch: Vec<u8>,
 }
 
 impl RxCheck {
+    #[inline(always)]
+    fn mbuf(&mut self, stream: usize, m: &Mbuf, totals: &mut Totals) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.frame(stream, contiguous(m, &mut scratch), totals);
+        self.scratch = scratch;
+    }
+
     #[inline(always)]
     fn frame(&mut self, stream: usize, frame: &[u8], totals: &mut Totals) {
         totals.dump(stream, frame);
@@ -359,6 +384,7 @@ fn rxonly(work: &mut Work, params: &Params, stop: &AtomicBool, totals: &mut Tota
         verify: params.verify,
         verifier: Verifier::new(params.verify_len),
         sequences: Sequences::new(MAX_STREAMS),
+        scratch: Vec::with_capacity(params.max_pkt_len),
     };
     let inspect = params.verify.is_some() || params.dump > 0;
     let mut poll = |totals: &mut Totals| -> u64 {
@@ -371,7 +397,7 @@ fn rxonly(work: &mut Work, params: &Params, stop: &AtomicBool, totals: &mut Tota
             }
             if inspect {
                 for m in &pkts {
-                    check.frame(s.rx, m.data(), totals);
+                    check.mbuf(s.rx, m, totals);
                 }
             }
             free_bulk(&mut pkts);
@@ -409,10 +435,14 @@ struct Generator {
     expect: u64,
     /// echo: TSC when frame `seq` was written, at `seq % window` (empty for txonly).
     stamps: Vec<u64>,
+    /// Frames larger than a buffer are written here, then copied into a chain of buffers
+    /// (empty when a frame fits one buffer).
+    scratch: Vec<u8>,
 }
 
 impl Generator {
-    fn new(burst: usize, window: usize) -> Generator {
+    fn new(burst: usize, window: usize, template: Option<&Template>, pool: &Mempool) -> Generator {
+        let len = template.map_or(0, Template::len);
         Generator {
             pending: Vec::with_capacity(burst),
             next_seq: 0,
@@ -420,6 +450,7 @@ impl Generator {
             received: 0,
             expect: 0,
             stamps: vec![0; window],
+            scratch: if len > pool.data_room() as usize { vec![0; len] } else { Vec::new() },
         }
     }
 
@@ -431,10 +462,15 @@ impl Generator {
             return false;
         }
         let window = self.stamps.len() as u64;
-        for m in &mut self.pending[have..] {
+        for at in have..self.pending.len() {
             let seq = self.next_seq;
+            let m = &mut self.pending[at];
             if let Some(frame) = m.append(template.len()) {
                 template.write(frame, seq);
+            } else if !write_chain(m, pool, template, seq, &mut self.scratch) {
+                // The pool ran dry: this frame and the rest of the burst go back unsent.
+                self.pending.truncate(at);
+                return false;
             }
             if window > 0 {
                 self.stamps[(seq % window) as usize] = now;
@@ -445,12 +481,35 @@ impl Generator {
     }
 }
 
+/// Writes frame `seq` of `template`, larger than one buffer, into `head` and as many buffers
+/// from `pool` as it takes, chained (through `scratch`, the frame's length); false when the pool
+/// had too few (`head` then holds a partial frame, to be freed).
+#[inline(never)]
+fn write_chain(head: &mut Mbuf, pool: &Mempool, template: &Template, seq: u64, scratch: &mut [u8]) -> bool {
+    template.write(scratch, seq);
+    let first = head.tailroom().min(scratch.len());
+    if let Some(bytes) = head.append(first) {
+        bytes.copy_from_slice(&scratch[..first]);
+    }
+    for chunk in scratch[first..].chunks(pool.data_room() as usize) {
+        let Some(mut segment) = pool.alloc() else { return false };
+        if let Some(bytes) = segment.append(chunk.len()) {
+            bytes.copy_from_slice(chunk);
+        }
+        if head.chain(segment).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// txonly: generate, send; frames the queue did not take are kept and sent first next time, so
 /// that every stream's sequence stays gap-free.
 #[inline(never)]
 fn txonly(work: &mut Work, params: &Params, stop: &AtomicBool, totals: &mut Totals) {
     let Work { tx, streams, .. } = work;
-    let mut gens: Vec<Generator> = streams.iter().map(|_| Generator::new(params.burst, 0)).collect();
+    let mut gens: Vec<Generator> =
+        streams.iter().map(|s| Generator::new(params.burst, 0, s.template.as_ref(), &params.pool)).collect();
     let (mut sent, mut cycles, mut failures, mut polls) = (0u64, 0u64, 0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
         for (s, g) in streams.iter().zip(gens.iter_mut()) {
@@ -490,6 +549,8 @@ struct Echo<'a> {
     check_mac: bool,
     pkts: Vec<Mbuf>,
     verifier: Verifier,
+    /// Chained frames are copied here to be checked.
+    scratch: Vec<u8>,
     window: usize,
     burst: usize,
     pool: &'a Mempool,
@@ -519,7 +580,7 @@ impl Echo<'_> {
             if n > 0 {
                 let now = tsc::now();
                 for m in &self.pkts {
-                    let frame = m.data();
+                    let frame = contiguous(m, &mut self.scratch);
                     totals.dump(s.rx, frame);
                     match self.verifier.check_ours(frame) {
                         Ok((id, _)) if id != s.id => totals.defect(s.rx, Defect::Stream(id)),
@@ -574,11 +635,15 @@ fn echo(work: &mut Work, params: &Params, stop: &AtomicBool, totals: &mut Totals
         rx,
         tx,
         streams,
-        gens: streams.iter().map(|_| Generator::new(params.burst, params.echo_window)).collect(),
+        gens: streams
+            .iter()
+            .map(|s| Generator::new(params.burst, params.echo_window, s.template.as_ref(), &params.pool))
+            .collect(),
         expected_l2,
         check_mac: params.echo_expect != EchoExpect::Any,
         pkts: Vec::with_capacity(params.burst),
         verifier: Verifier::new(params.verify_len),
+        scratch: Vec::with_capacity(params.max_pkt_len),
         window: params.echo_window,
         burst: params.burst,
         pool: &params.pool,

@@ -27,8 +27,8 @@ use std::fmt;
 pub const HEADER_LEN: usize = 56;
 /// Shortest frame generated (the Ethernet minimum without the FCS).
 pub const MIN_LEN: usize = 60;
-/// Longest frame generated (a standard 1500-byte MTU frame without the FCS).
-pub const MAX_LEN: usize = 1514;
+/// Longest frame generated or accepted as `--max-pkt-len` (IPv4's total length is 16 bits).
+pub const MAX_LEN: usize = 65_535;
 
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 const IP_SRC: [u8; 4] = [198, 18, 0, 1];

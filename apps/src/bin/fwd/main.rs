@@ -42,11 +42,11 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use virtio_pmd::lcore::{self, LcoreWork, STOP};
 use virtio_pmd::mbuf::MempoolConfig;
-use virtio_pmd::net::{MacAddr, Port, PortConfig, Xstat};
+use virtio_pmd::net::{MacAddr, Port, PortConfig, PortStats, RssConfig, Xstat, DEFAULT_KEY, DEFAULT_TABLE_LEN};
 use virtio_pmd::setup::{DeviceSpec, PortSet, PortSetConfig, SetupError};
 use virtio_pmd::transport::RingFormat;
 
-use config::{peer_of, Cli, Mode, Settings};
+use config::{peer_of, Cli, Mode, Rss, Settings};
 use engine::{Live, Params, Stream, Totals, Work};
 use frame::Template;
 use virtio_pmd_apps::report::{init_logging, mpps, JsonLine, Record, Snapshot};
@@ -104,9 +104,18 @@ fn print_settings(s: &Settings) {
             _ => String::new(),
         },
     );
+    println!(
+        "fwd: max frame {} bytes | mbuf data room {} bytes | multi-segment {} | offloads {} | rss {}",
+        s.max_pkt_len,
+        s.mbuf_size,
+        s.multi_segment(),
+        if s.offloads { "on" } else { "off" },
+        s.rss.map_or("device default", Rss::option),
+    );
 }
 
-/// Opens the ports through the library's [`PortSet`] and prints one line per port.
+/// Opens the ports through the library's [`PortSet`], sets RSS when asked, and prints two
+/// lines per port.
 fn open_ports(s: &Settings) -> Result<PortSet, String> {
     let config = PortSetConfig {
         pool: MempoolConfig {
@@ -114,6 +123,7 @@ fn open_ports(s: &Settings) -> Result<PortSet, String> {
             count: s.mbufs,
             cache_size: s.mbuf_cache,
             huge_pages: s.huge_pages.into(),
+            data_room: s.mbuf_size,
             ..MempoolConfig::default()
         },
         port: PortConfig {
@@ -124,16 +134,21 @@ fn open_ports(s: &Settings) -> Result<PortSet, String> {
             huge_pages: s.huge_pages.into(),
             packet_classes: s.packet_classes,
             ..PortConfig::default()
-        },
+        }
+        .for_forwarding(s.max_pkt_len, u32::from(s.mbuf_size), s.offloads),
     };
     let specs: Vec<DeviceSpec> =
         s.ports.iter().zip(&s.port_queues).map(|(p, &q)| DeviceSpec { queues: Some(q), ..p.clone() }).collect();
-    let set = PortSet::open(&specs, &config).map_err(|e| e.to_string())?;
-    for (id, port) in set.ports().iter().enumerate() {
+    let mut set = PortSet::open(&specs, &config).map_err(|e| e.to_string())?;
+    let macs: Vec<MacAddr> = (0..s.ports.len()).map(|id| set.mac(id)).collect();
+    for (id, port) in set.ports_mut().iter_mut().enumerate() {
+        if let Some(rss) = s.rss {
+            set_rss(port, rss).map_err(|e| format!("port {id} ({}): {}: {e}", s.ports[id], rss.option()))?;
+        }
         println!(
             "port {id}: {} | mac {} | {:?} ring of {} | {} queue pair(s) | features {:?} | peer port {} -> {}",
             s.ports[id],
-            set.mac(id),
+            macs[id],
             port.ring_format(),
             port.ring_size(),
             port.queue_pairs(),
@@ -141,8 +156,45 @@ fn open_ports(s: &Settings) -> Result<PortSet, String> {
             peer_of(id, s.ports.len()),
             s.eth_peers[id],
         );
+        let mtu_frame = port.mtu().map(|mtu| u32::from(mtu) + config::ETH_HEADER_LEN);
+        println!(
+            "port {id}: rx path {} | tx path {} | offloads {:?} | mtu {} | rss {}",
+            port.rx_path(),
+            port.tx_path(),
+            port.offloads(),
+            port.mtu().map_or("-".into(), |m| m.to_string()),
+            port.rss_config().map_or("none (the device has no VIRTIO_NET_F_RSS)".into(), |c| format!(
+                "hash types {:#x}, {}-byte key, {}-entry table",
+                c.hash_types,
+                c.key.len(),
+                c.table.len()
+            )),
+        );
+        if let Some(frame) = mtu_frame.filter(|&f| s.max_pkt_len > f) {
+            println!(
+                "fwd: port {id}: warning: --max-pkt-len {} exceeds the device's MTU frame of {frame} bytes",
+                s.max_pkt_len
+            );
+        }
     }
     Ok(set)
+}
+
+/// Sets testpmd's `--rss-ip`/`--rss-udp` hash types on `port`, keeping its key and table (the
+/// library's default spread over every queue pair); a device without RSS gets the library's
+/// error, which says why.
+fn set_rss(port: &mut Port, rss: Rss) -> virtio_pmd::Result<()> {
+    let config = match port.rss_config() {
+        Some(current) => RssConfig { hash_types: rss.hash_types(), ..current.clone() },
+        // No RSS negotiated: `set_rss` refuses before sending anything, and says why.
+        None => RssConfig {
+            hash_types: rss.hash_types(),
+            key: DEFAULT_KEY.to_vec(),
+            table: vec![0; DEFAULT_TABLE_LEN],
+            unclassified: 0,
+        },
+    };
+    port.set_rss(&config)
 }
 
 /// Splits the ports' queues among the lcores and builds each lcore's streams.
@@ -150,8 +202,7 @@ fn build_lcores(s: &Settings, set: &mut PortSet) -> Result<Vec<LcoreWork<Work>>,
     let n = set.ports().len();
     let macs: Vec<MacAddr> = (0..n).map(|id| set.mac(id)).collect();
     // Stream id of (port, pair): ports' pairs numbered in order.
-    let first_id: Vec<usize> =
-        s.port_queues.iter().scan(0usize, |next, &q| Some(std::mem::replace(next, *next + q as usize))).collect();
+    let first_id = first_queue_ids(s);
     let mut lcores: Vec<LcoreWork<Work>> = (0..s.threads)
         .map(|index| LcoreWork {
             core: s.cores.get(index).copied(),
@@ -179,25 +230,38 @@ fn build_lcores(s: &Settings, set: &mut PortSet) -> Result<Vec<LcoreWork<Work>>,
             };
             let tx = local[out].ok_or_else(|| format!("port {out} has no queue pair {q} to forward port {p}'s to"))?;
             let id = (first_id[p] + q as usize) as u16;
+            let tx_slot = first_id[out] + q as usize;
             let mut l2 = [0u8; 12];
             l2[..6].copy_from_slice(&s.eth_peers[out].0);
             l2[6..].copy_from_slice(&macs[out].0);
             let template = matches!(s.mode, Mode::Txonly | Mode::Echo)
                 .then(|| Template::new(s.eth_peers[out].0, macs[out].0, s.txpkts, id));
-            lcore.streams.push(Stream { rx, tx, tx_port: out, id, l2, template });
+            lcore.streams.push(Stream { rx, tx, tx_slot, id, l2, template });
         }
     }
     Ok(lcores)
 }
 
-/// Frames the lcores dropped on port `p` (its transmit queues did not take them).
-fn app_drops(lives: &[Arc<Live>], p: usize) -> u64 {
-    lives.iter().map(|l| l.drops[p].load(Ordering::Relaxed)).sum()
+/// The number of each port's queue pair 0 among every port's queue pairs (ports' pairs numbered
+/// in order): stream ids and drop counter slots.
+fn first_queue_ids(s: &Settings) -> Vec<usize> {
+    s.port_queues.iter().scan(0usize, |next, &q| Some(std::mem::replace(next, *next + q as usize))).collect()
+}
+
+/// Frames the lcores dropped on transmit queue `slot` (it did not take them).
+fn queue_app_drops(lives: &[Arc<Live>], slot: usize) -> u64 {
+    lives.iter().map(|l| l.drops[slot].load(Ordering::Relaxed)).sum()
+}
+
+/// Frames the lcores dropped on port `p`'s transmit queues (they did not take them).
+fn app_drops(s: &Settings, lives: &[Arc<Live>], p: usize) -> u64 {
+    let first = first_queue_ids(s)[p];
+    (first..first + s.port_queues[p] as usize).map(|slot| queue_app_drops(lives, slot)).sum()
 }
 
 /// The ports' counters at one moment.
-fn snapshots(ports: &[Port], lives: &[Arc<Live>]) -> Vec<Snapshot> {
-    ports.iter().enumerate().map(|(p, port)| Snapshot::of(&port.stats(), app_drops(lives, p))).collect()
+fn snapshots(s: &Settings, ports: &[Port], lives: &[Arc<Live>]) -> Vec<Snapshot> {
+    ports.iter().enumerate().map(|(p, port)| Snapshot::of(&port.stats(), app_drops(s, lives, p))).collect()
 }
 
 /// Every port's extended statistics.
@@ -235,10 +299,11 @@ fn run(s: &Settings) -> Result<bool, String> {
         echo_window: s.echo_window,
         echo_expect: s.echo_expect,
         dump: s.dump,
-        ports: set.ports().len(),
+        tx_slots: s.port_queues.iter().map(|&q| q as usize).sum(),
+        max_pkt_len: s.max_pkt_len as usize,
         pool: set.pool().clone(),
     };
-    let lives: Vec<Arc<Live>> = lcores.iter().map(|_| Arc::new(Live::new(params.ports))).collect();
+    let lives: Vec<Arc<Live>> = lcores.iter().map(|_| Arc::new(Live::new(params.tx_slots))).collect();
     let begin = tsc::Mark::now();
     let started = Instant::now();
     let work: Vec<_> = lcores
@@ -254,20 +319,20 @@ fn run(s: &Settings) -> Result<bool, String> {
     println!("FWD-READY ports={} threads={}", set.ports().len(), handles.len());
     let _ = std::io::stdout().flush();
 
-    let mut last = (Instant::now(), snapshots(set.ports(), &lives), xstats(&set));
+    let mut last = (Instant::now(), snapshots(s, set.ports(), &lives), xstats(&set));
     while !STOP.load(Ordering::Relaxed) {
         std::thread::sleep(TICK);
         if s.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
         if s.stats_period.is_some_and(|period| last.0.elapsed() >= period) {
-            let now = (Instant::now(), snapshots(set.ports(), &lives), xstats(&set));
+            let now = (Instant::now(), snapshots(s, set.ports(), &lives), xstats(&set));
             print_stats(started.elapsed(), now.0 - last.0, &last.1, &now.1);
             if s.json {
                 for (p, (before, after)) in last.2.iter().zip(&now.2).enumerate() {
                     let line =
                         JsonLine::new("fwd", "stats").num("t", started.elapsed().as_secs_f64()).int("port", p as u64);
-                    let line = line.int("app_dropped", app_drops(&lives, p));
+                    let line = line.int("app_dropped", app_drops(s, &lives, p));
                     println!("{}", line.xstats("xstats", after).rates("rates", before, after, now.0 - last.0).finish());
                 }
             }
@@ -292,7 +357,7 @@ fn run(s: &Settings) -> Result<bool, String> {
     // what it received then is counted too).
     let forwarding = totals.stopped.unwrap_or_else(Instant::now).duration_since(started);
     let end = tsc::Mark::now();
-    let end_stats = snapshots(set.ports(), &lives);
+    let end_stats = snapshots(s, set.ports(), &lives);
     for (p, (n, port)) in end_stats.iter().zip(set.ports()).enumerate() {
         let stats = port.stats();
         let per_queue = |queues: &[virtio_pmd::net::QueueStats]| {
@@ -312,10 +377,11 @@ fn run(s: &Settings) -> Result<bool, String> {
             stats.tx.kicks,
             stats.tx.publishes,
         );
+        print_queue_totals(s, p, &stats, &lives);
         if s.json {
             let line =
                 JsonLine::new("fwd", "port_total").int("port", p as u64).text("port_spec", &s.ports[p].to_string());
-            let line = line.int("app_dropped", app_drops(&lives, p)).num("seconds", forwarding.as_secs_f64());
+            let line = line.int("app_dropped", app_drops(s, &lives, p)).num("seconds", forwarding.as_secs_f64());
             println!("{}", line.xstats("xstats", &stats.xstats()).finish());
         }
     }
@@ -337,6 +403,28 @@ fn run(s: &Settings) -> Result<bool, String> {
         eprintln!("fwd: {} mbufs did not come back to the pool", pool_stats.in_use);
     }
     Ok(clean)
+}
+
+/// testpmd-like per-queue totals of port `p`: frames received and dropped on receive (the
+/// device's errors and the driver's drops), sent and dropped on transmit (frames the queue did
+/// not take, and frames it refused); also as JSON lines.
+fn print_queue_totals(s: &Settings, p: usize, stats: &PortStats, lives: &[Arc<Live>]) {
+    let first = first_queue_ids(s)[p];
+    for (q, (rx, tx)) in stats.rx_queues.iter().zip(&stats.tx_queues).enumerate() {
+        let rx_dropped = rx.drops + rx.errors;
+        let tx_dropped = tx.drops + queue_app_drops(lives, first + q);
+        println!(
+            "  port {p} queue {q}: RX-packets {} RX-dropped {rx_dropped} RX-bytes {} | TX-packets {} TX-dropped \
+             {tx_dropped} TX-bytes {}",
+            rx.packets, rx.bytes, tx.packets, tx.bytes
+        );
+        if s.json {
+            let line = JsonLine::new("fwd", "queue_total").int("port", p as u64).int("queue", q as u64);
+            let line = line.int("rx_packets", rx.packets).int("rx_dropped", rx_dropped).int("rx_bytes", rx.bytes);
+            let line = line.int("tx_packets", tx.packets).int("tx_dropped", tx_dropped).int("tx_bytes", tx.bytes);
+            println!("{}", line.finish());
+        }
+    }
 }
 
 /// Prints the defects, dumps, testpmd's cycles line and the FWD-SUMMARY line.
