@@ -108,7 +108,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Send test frames into both ports, check what comes back, print RESULT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Self-test: stand in for QEMU + l2fwd (MAC rewrite included) on the QEMU side of the ports.
     Reflect(ReflectArgs),
 }
