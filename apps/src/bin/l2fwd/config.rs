@@ -36,6 +36,7 @@
 //! max_pkt_len = 1514        # largest frame; beyond a buffer: mergeable receive buffers, transmit chains
 //! offloads = false          # checksum, TSO and LRO, passed through from receive to transmit
 //! hash_to_src_mac = false   # the device's hash of each frame over its source MAC (tests)
+//! rx_offloads = true        # receive offloads on/off at start (control queue; left out: as negotiated)
 //!
 //! # An RSS indirection table for a port (entries: its queue pairs, repeated to fill the table),
 //! # set through the control queue once the port runs (default: 0, 1, .., queues - 1, repeated)
@@ -313,6 +314,10 @@ pub struct Options {
     /// [default: off].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub hash_to_src_mac: Option<bool>,
+    /// Turn the negotiated receive offloads (checksum, LRO) on or off at start through the
+    /// device's control queue (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET) [default: as negotiated].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub rx_offloads: Option<bool>,
 }
 
 /// One port, checked.
@@ -368,6 +373,8 @@ pub struct Settings {
     pub offloads: bool,
     /// The reported hash of each frame over its source MAC.
     pub hash_to_src_mac: bool,
+    /// Receive offloads on or off at start (`None`: as negotiated).
+    pub rx_offloads: Option<bool>,
     /// Where the file came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -472,6 +479,7 @@ impl Settings {
             max_pkt_len,
             offloads: o.offloads.unwrap_or(false),
             hash_to_src_mac: o.hash_to_src_mac.unwrap_or(false),
+            rx_offloads: o.rx_offloads,
             ports,
             ring: o.ring.unwrap_or(Ring::Auto),
             ring_size,

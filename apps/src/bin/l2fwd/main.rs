@@ -211,6 +211,19 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
             print_pool(pool, s.json);
         }
     })?;
+    if let Err(failure) = configure(s, &mut set) {
+        // The ports are open: close them (devices reset, buffers back), then show the pool.
+        if let Ok(pool) | Err(SetupError::MbufsMissing { stats: pool }) = set.close() {
+            print_pool(&pool, s.json);
+        }
+        return Err(failure);
+    }
+    Ok(set)
+}
+
+/// Sets up the open ports as asked (promiscuous mode, receive offloads, filters, RSS) and prints
+/// them.
+fn configure(s: &Settings, set: &mut PortSet) -> Result<(), Failure> {
     for (id, port) in set.ports_mut().iter_mut().enumerate() {
         let mtu_frame = u32::from(port.mtu().unwrap_or(1500)) + 14;
         if s.max_pkt_len > mtu_frame {
@@ -231,6 +244,13 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
             port.set_promiscuous(on).map_err(|e| failed("promiscuous mode", e))?;
             println!(
                 "l2fwd: port {id}: promiscuous mode {} (VIRTIO_NET_CTRL_RX_PROMISC acknowledged)",
+                if on { "on" } else { "off" }
+            );
+        }
+        if let Some(on) = s.rx_offloads {
+            port.set_rx_offloads(on, on).map_err(|e| failed("receive offloads", e))?;
+            println!(
+                "l2fwd: port {id}: receive offloads {} (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET acknowledged)",
                 if on { "on" } else { "off" }
             );
         }
@@ -275,7 +295,7 @@ fn open(s: &Settings) -> Result<PortSet, Failure> {
             port.features(),
         );
     }
-    Ok(set)
+    Ok(())
 }
 
 /// The lanes (receive queue q of port i into transmit queue q of its peer), spread over the
