@@ -268,3 +268,54 @@ fn a_port_negotiates_hash_reports_only_when_asked_and_enables_the_hash_types() {
     assert!(err.to_string().contains("needs the control queue"), "{err}");
     assert_eq!(pool.stats().in_use, 0, "every mbuf is back");
 }
+
+#[test]
+fn hashes_and_offload_metadata_share_the_20_byte_header() {
+    use virtio_pmd::mbuf::{Checksum, Gso, GsoKind, Offload};
+    use virtio_pmd::net::Offloads;
+    const ALL: Offloads =
+        Offloads { tx_checksum: true, tso4: true, tso6: true, rx_checksum: true, lro4: true, lro6: true };
+    for format in [RingFormat::Packed, RingFormat::Split] {
+        let pool = pool();
+        let spec = RingSpec { format, size: 256, in_order: true, event_idx: false };
+        let rx_path = RxPath::HashReport { mergeable: true, offloads: Some(ALL) };
+        let mut pair = queue_pair_with_paths(spec, &pool, 0, rx_path, TxPath::Offloads(ALL)).expect("queues");
+        let config =
+            DeviceConfig { in_order: true, mergeable: true, hash_report: Some(reporter), ..Default::default() };
+        let core = DeviceCore::new(config, pair.space.clone(), Some(pair.rx_spec), Some(pair.tx_spec)).unwrap();
+        let device = SoftDevice::spawn(core).unwrap();
+        let csum = Checksum::Partial { start: 34, offset: 16 };
+        let tso = Offload { checksum: csum, gso: Some(Gso { kind: GsoKind::Tcpv4, size: 1448, ecn: false }) };
+        // The first byte picks the report type: 2 (TCPv4), 0 (NONE), 11 (bogus, 0x100).
+        for (i, (len, first, offload)) in
+            [(1514, 2u8, Offload { checksum: csum, gso: None }), (30_000, 0, tso), (600, 11, Offload::NONE)]
+                .into_iter()
+                .enumerate()
+        {
+            let mut bytes: Vec<u8> = (0..len).map(|b| (b * 7 + i) as u8).collect();
+            bytes[0] = first;
+            bytes[12..14].copy_from_slice(&[0x08, 0x00]);
+            (bytes[14], bytes[23]) = (0x45, 6);
+            let mut m = pool.alloc().unwrap();
+            m.extend_from_slice(&pool, &bytes).unwrap();
+            m.set_offload(offload);
+            let mut pkts = vec![m];
+            assert_eq!(pair.tx.tx_burst(&mut pkts), 1, "{format:?}: packet {i} taken");
+            let mut out: Vec<Mbuf> = Vec::with_capacity(4);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while out.is_empty() && Instant::now() < deadline {
+                pair.tx.reclaim();
+                pair.rx.rx_burst(&mut out);
+            }
+            let m = out.pop().unwrap_or_else(|| panic!("{format:?}: packet {i} came back"));
+            assert_eq!(m.to_vec(), bytes, "{format:?}: packet {i} intact");
+            assert_eq!(m.offload(), offload, "{format:?}: packet {i}'s offload metadata");
+            assert_eq!(m.rx_hash(), expected(&bytes), "{format:?}: packet {i}'s hash");
+        }
+        let rx = pair.rx.stats();
+        assert_eq!((rx.bad_headers, rx.bad_hash_reports, pair.tx.stats().bad_headers), (0, 1, 0), "{format:?}");
+        device.stop().expect("rings stayed well-formed");
+        drop(pair);
+        assert_eq!(pool.stats().in_use, 0, "{format:?}: every segment back");
+    }
+}
