@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::test_pool;
 use virtio_pmd::mem::{HugePages, IovaAllocator};
 use virtio_pmd::net::{CtrlCommand, CtrlUnavailable, Port, PortConfig, RingChoice, RssConfig, RxFilter, DEFAULT_KEY};
+use virtio_pmd::setup::DeviceSpec;
 use virtio_pmd::spec::features::{self, Features};
 use virtio_pmd::spec::net::{self as net_spec, ctrl};
 use virtio_pmd::spec::status;
@@ -432,4 +433,50 @@ fn the_control_queue_is_set_up_before_driver_ok_and_used_only_after() {
         assert!(at(&|e| matches!(e, FakeEvent::SetupQueue(q) if *q > index)).is_none(), "{events:?}");
         assert_eq!(f.ctrl.lock().unwrap().early, 0);
     }
+}
+
+#[test]
+fn port_options_go_out_in_order_and_a_refusal_names_the_setting() {
+    let offered = [CTRL_ALL, &[net_spec::F_RSS]].concat();
+    let config = PortConfig { queue_pairs: 4, ..port_config(RingChoice::Auto) };
+    let mut f = open_with(&offered, &config, CtrlAnswer::Ok).map_err(|(e, _)| e).expect("port");
+    commands(&f.ctrl);
+    let spec: DeviceSpec = "vhost:/x,promisc=off,allmulti=on,mac_table=[02:00:00:00:aa:01,01:00:5e:00:00:01],\
+                            vlans=[100],rss_table=[3,2],rss_key=6d5a6d5a"
+        .parse()
+        .unwrap();
+    spec.options.apply(&mut f.port).unwrap();
+    let got: Vec<(u8, u8)> = commands(&f.ctrl).iter().map(|r| (r.class, r.command)).collect();
+    assert_eq!(
+        got,
+        [
+            (ctrl::RX, ctrl::RX_PROMISC),
+            (ctrl::MAC, ctrl::MAC_TABLE_SET),
+            (ctrl::RX, ctrl::RX_ALLMULTI),
+            (ctrl::VLAN, ctrl::VLAN_ADD),
+            (ctrl::MQ, ctrl::MQ_RSS_CONFIG)
+        ]
+    );
+    let rss = f.port.rss_config().unwrap();
+    assert_eq!(
+        (rss.table.len(), &rss.table[..4], rss.key.as_slice()),
+        (128, &[3, 2, 3, 2][..], &[0x6d, 0x5a, 0x6d, 0x5a][..])
+    );
+
+    // An entry beyond the pairs is refused before anything is sent, naming the setting.
+    let beyond: DeviceSpec = "vhost:/x,rss_table=[7]".parse().unwrap();
+    let err = beyond.options.apply(&mut f.port).unwrap_err();
+    assert_eq!(err.setting, "RSS table and key");
+    assert!(matches!(err.source, Error::CtrlBadArgument { command: CtrlCommand::MqRssConfig, .. }), "{err}");
+    f.ctrl.lock().unwrap().answer = CtrlAnswer::ErrOn(ctrl::VLAN, ctrl::VLAN_ADD);
+    let err = spec.options.apply(&mut f.port).unwrap_err();
+    assert_eq!(err.setting, "VLAN filter");
+    assert!(err.to_string().starts_with("VLAN filter: ") && err.to_string().contains("VLAN_ADD"), "{err}");
+    drop(f.port);
+    assert_eq!(f.pool.stats().in_use, 0);
+
+    // Without RSS: the RSS setting says the feature is missing.
+    let mut f = open(CTRL_ALL, RingChoice::Auto);
+    let err = "vhost:/x,rss_key=6d5a".parse::<DeviceSpec>().unwrap().options.apply(&mut f.port).unwrap_err();
+    assert!(matches!(err.source, Error::NoControlQueue { why: CtrlUnavailable::FeatureNotOffered(_), .. }), "{err}");
 }

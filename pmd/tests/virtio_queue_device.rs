@@ -23,7 +23,11 @@
 //!   set (`virtio-queue` does not read that flag, which the spec allows);
 //! - a loopback of more than 200k frames through a `virtio-queue` device thread, which sleeps
 //!   until kicked, delivers every frame intact and in order, with the used length it wrote;
-//! - a used length larger than a chain's device-writable length is detected (`bad_len`);
+//! - with indirect descriptors (VIRTIO_F_INDIRECT_DESC, "Indirect Descriptors", 2.7.5.3), every
+//!   chain of several segments takes one ring descriptor and `virtio-queue` finds exactly our
+//!   segments in its table, readable and writable, in the lockstep runs and in the loopback;
+//! - a used length larger than a chain's device-writable length is detected (`bad_len`), an
+//!   indirect chain's too;
 //! - after all that, draining our rings leaves nothing in flight.
 //!
 //! The kick checks run driver and device alternately in one thread, from a seeded generator, so
@@ -40,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use common::{check_frame, frame_len, write_frame};
 use virtio_pmd::mem::{DmaRegion, HugePages, IovaAllocator};
-use virtio_pmd::testing::{ring_memory, RingSpec, Rng};
+use virtio_pmd::testing::{indirect_tables, ring_memory, RingSpec, Rng};
 use virtio_pmd::transport::{QueueAddresses, RingFormat};
 use virtio_pmd::virtqueue::{Chains, RingErrors, Segment, SplitRing, Virtqueue};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -71,12 +75,16 @@ struct Config {
     /// With `one_descriptor`: the ring reads no used entries (`Chains::OneDescriptorNoLengths`), as the
     /// transmit queues' rings do; completions then carry no length.
     lengths_unread: bool,
+    /// VIRTIO_F_INDIRECT_DESC: the ring has indirect tables, and every chain of more than one
+    /// segment goes as one descriptor naming its table (`add_indirect`).
+    indirect: bool,
 }
 
 impl Config {
     /// A seed of its own for every configuration, so that a failure names a reproducible run.
     fn seed(self, salt: u64) -> u64 {
         salt ^ (self.size as u64) << 8
+            ^ (self.indirect as u64) << 4
             ^ (self.lengths_unread as u64) << 3
             ^ (self.one_descriptor as u64) << 2
             ^ (self.event_idx as u64) << 1
@@ -85,7 +93,8 @@ impl Config {
 }
 
 /// Ring sizes 64, 256 and 1024, each with EVENT_IDX and IN_ORDER on and off, and in order also
-/// with one-descriptor chains (the queues' rings), with and without used lengths read.
+/// with one-descriptor chains (the queues' rings), with and without used lengths read; and
+/// sizes 64 and 256 with indirect tables, IN_ORDER and EVENT_IDX on and off.
 /// `virtio-queue` always completes in order, which is valid with or without IN_ORDER.
 fn configs() -> Vec<Config> {
     let mut all = Vec::new();
@@ -94,15 +103,28 @@ fn configs() -> Vec<Config> {
             for (in_order, one_descriptor, lengths_unread) in
                 [(false, false, false), (true, false, false), (true, true, false), (true, true, true)]
             {
-                all.push(Config { size, event_idx, in_order, one_descriptor, lengths_unread });
+                all.push(Config { size, event_idx, in_order, one_descriptor, lengths_unread, indirect: false });
+            }
+            if size < 1024 {
+                for in_order in [false, true] {
+                    let indirect = true;
+                    all.push(Config {
+                        size,
+                        event_idx,
+                        in_order,
+                        one_descriptor: false,
+                        lengths_unread: false,
+                        indirect,
+                    });
+                }
             }
         }
     }
     all
 }
 
-/// A fresh split ring of `config` in its own DMA region.
-fn split_ring<T: Send>(config: Config) -> (SplitRing<T>, Arc<DmaRegion>) {
+/// A fresh split ring of `config` in its own DMA region (and its indirect tables in another).
+fn split_ring<T: Send>(config: Config) -> (SplitRing<T>, Vec<Arc<DmaRegion>>) {
     let spec = RingSpec {
         format: RingFormat::Split,
         size: config.size,
@@ -115,7 +137,12 @@ fn split_ring<T: Send>(config: Config) -> (SplitRing<T>, Arc<DmaRegion>) {
         (true, false) => Chains::OneDescriptor,
         (true, true) => Chains::OneDescriptorNoLengths,
     };
-    (SplitRing::new(memory, config.event_idx, config.in_order, chains).expect("split ring"), region)
+    let ring = SplitRing::new(memory, config.event_idx, config.in_order, chains).expect("split ring");
+    if !config.indirect {
+        return (ring, vec![region]);
+    }
+    let (tables, tables_region) = indirect_tables(spec).expect("indirect tables");
+    (ring.with_indirect(tables).expect("a ring with indirect tables"), vec![region, tables_region])
 }
 
 /// A DMA region for buffers: `slots` slots of [`SLOT_BYTES`].
@@ -306,6 +333,13 @@ impl<'m> Lockstep<'m> {
                 );
                 return;
             }
+            let descriptors = if self.config.indirect && count > 1 { 1 } else { count as u16 };
+            assert_eq!(
+                free - self.ring.free_descriptors(),
+                descriptors,
+                "{:?}: ring descriptors a {count}-segment chain took",
+                self.config
+            );
             // The device sees the data only after publish.
             let mut offset = 0;
             for segment in segments.iter().filter(|s| !s.writable) {
@@ -458,9 +492,10 @@ impl<'m> Lockstep<'m> {
 
 /// Runs `total` chains through one ring of `config` in lockstep with `virtio-queue`.
 fn lockstep(config: Config, total: u64) -> LockstepStats {
-    let (ring, ring_region) = split_ring::<u64>(config);
+    let (ring, mut regions) = split_ring::<u64>(config);
     let buffers = buffer_region(config.size as usize);
-    let device_memory = DeviceMemory::new(vec![ring_region, buffers.clone()]);
+    regions.push(buffers.clone());
+    let device_memory = DeviceMemory::new(regions);
     let mem = &device_memory.mem;
     let addresses = ring.addresses();
     let mut run = Lockstep {
@@ -650,7 +685,8 @@ fn tx_segments(rng: &mut Rng, buffers: &DmaRegion, slot: usize, frame: &[u8], ma
         .collect()
 }
 
-/// Adds a chain: one segment through the bulk path the queues use, longer ones with `add`.
+/// Adds a chain: one segment through the bulk path the queues use, longer ones with `add`, or
+/// through an indirect table on a ring that has them.
 ///
 /// # Safety
 /// [`Virtqueue::add`]'s contract: every test here passes slots of a buffer region of its own,
@@ -661,6 +697,7 @@ unsafe fn add<T: Copy + Send>(ring: &mut SplitRing<T>, segments: &[Segment], tok
         match segments {
             [one] if ring.add_each(std::iter::once((*one, token))) == 1 => Ok(()),
             [_] => Err(token),
+            _ if ring.indirect_segments() > 0 => ring.add_indirect(segments, token),
             _ => ring.add(segments, token),
         }
     }
@@ -670,13 +707,15 @@ unsafe fn add<T: Copy + Send>(ring: &mut SplitRing<T>, segments: &[Segment], tok
 /// through a `virtio-queue` loopback device thread.
 fn loopback(config: Config, frames: u64) -> DeviceReport {
     // Like the queues: only the transmit ring may leave its used lengths unread.
-    let (mut tx, tx_ring_region) = split_ring::<u32>(config);
-    let (mut rx, rx_ring_region) = split_ring::<u32>(Config { lengths_unread: false, ..config });
+    let (mut tx, mut regions) = split_ring::<u32>(config);
+    let (mut rx, rx_ring_regions) = split_ring::<u32>(Config { lengths_unread: false, ..config });
     let tx_len = (!config.lengths_unread).then_some(0);
     let slots = config.size as usize;
     let tx_buffers = buffer_region(slots);
     let rx_buffers = buffer_region(slots);
-    let device_memory = DeviceMemory::new(vec![tx_ring_region, rx_ring_region, tx_buffers.clone(), rx_buffers.clone()]);
+    regions.extend(rx_ring_regions);
+    regions.extend([tx_buffers.clone(), rx_buffers.clone()]);
+    let device_memory = DeviceMemory::new(regions);
     let mem = &device_memory.mem;
     let tx_queue = device_queue(tx.addresses(), config, mem);
     let rx_queue = device_queue(rx.addresses(), config, mem);
@@ -871,12 +910,14 @@ fn loopback_through_a_virtio_queue_device_thread() {
 
 #[test]
 fn used_length_beyond_the_writable_length_is_detected() {
-    for in_order in [false, true] {
+    for (in_order, indirect) in [(false, false), (true, false), (false, true), (true, true)] {
         for event_idx in [false, true] {
-            let config = Config { size: 64, event_idx, in_order, one_descriptor: false, lengths_unread: false };
-            let (mut ring, ring_region) = split_ring::<u32>(config);
+            let config =
+                Config { size: 64, event_idx, in_order, one_descriptor: false, lengths_unread: false, indirect };
+            let (mut ring, mut regions) = split_ring::<u32>(config);
             let buffers = buffer_region(16);
-            let device_memory = DeviceMemory::new(vec![ring_region, buffers.clone()]);
+            regions.push(buffers.clone());
+            let device_memory = DeviceMemory::new(regions);
             let mem = &device_memory.mem;
             let mut queue = device_queue(ring.addresses(), config, mem);
             let seg = |slot: usize, i: usize, len: u32, writable: bool| Segment {
@@ -904,7 +945,7 @@ fn used_length_beyond_the_writable_length_is_detected() {
                 for (token, (segments, _, _)) in cases.iter().enumerate() {
                     // SAFETY: slot `token` of `buffers` belongs to this chain alone until it is
                     // popped below.
-                    unsafe { ring.add(segments, token as u32) }
+                    unsafe { add(&mut ring, segments, token as u32) }
                         .unwrap_or_else(|_| panic!("{config:?}: add chain {token}"));
                 }
                 ring.publish();

@@ -3,7 +3,8 @@
 # DPDK's vhost testpmd in mac mode, `start tx_first 32`), measured with callgrind (perf counters
 # are not available on these machines; instruction counts do not depend on the noise either).
 #
-#   scripts/bench/callgrind-fwd.sh [--split] [--seconds S] [--dpdk]
+#   scripts/bench/callgrind-fwd.sh [--split] [--seconds S] [--packet-classes] [--dpdk]
+#   FWD_BIN=/path/to/fwd scripts/bench/callgrind-fwd.sh ...   # a prebuilt fwd (A/B tests); no build
 #
 # Two runs of target/release/fwd under `valgrind --tool=callgrind --dump-instr=no`:
 #   1. with traffic for S seconds (default 6): under callgrind fwd is the slow side, yet it still
@@ -12,6 +13,9 @@
 # The per-packet table subtracts the empty polls of run 1 (rx_burst calls minus the tx_burst
 # calls, one per non-empty poll in mac mode) at the cost measured in run 2, then divides by the
 # packets received, and groups the self cost by the library function it was inlined into.
+# --packet-classes runs fwd with `--packet-classes` (the per-frame class statistics: size bins,
+# multicast, broadcast), to set its cost beside the plain figure. Printed last:
+#   RESULT fwd ring=<r> packet_classes=<on|off> instr_per_pkt=<n> packets=<p>
 #
 # --dpdk counts DPDK's virtio-user testpmd instead, in the same loopback and the same way (mac
 # forwarding, rings of 1024, burst 32; DPDK's default devargs unless DPDK_DEVARGS=",in_order=1,..."):
@@ -29,11 +33,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$(pwd)"
 
-ring=packed seconds=6 dpdk=0
+ring=packed seconds=6 dpdk=0 classes=off
 while [ $# -gt 0 ]; do
     case "$1" in
         --split) ring="split"; shift ;;
         --dpdk) dpdk=1; shift ;;
+        --packet-classes) classes=on; shift ;;
         --seconds) seconds="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
@@ -135,15 +140,19 @@ print(f"RESULT dpdk ring={ring} instr_per_pkt={per_packet:.1f} packets={packets}
 EOF
 fi
 
-cargo build --release -q -p virtio-pmd-apps --bin fwd
+fwd="${FWD_BIN:-$root/target/release/fwd}"
+[ -n "${FWD_BIN:-}" ] || cargo build --release -q -p virtio-pmd-apps --bin fwd
+[ -x "$fwd" ] || { echo "callgrind-fwd.sh: no fwd binary at $fwd" >&2; exit 1; }
+fwd_extra=()
+[ "$classes" = on ] && fwd_extra=(--packet-classes)
 
 # run NAME TRAFFIC(0|1) SECONDS
 run() {
     local name="$1" traffic="$2" secs="$3"
     "$vhost" start --socket "$sock" --prefix "$tag" --fwd mac --lcores 0,1 --main-lcore 1 > /dev/null
     setsid valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out/$name.out" \
-        "$root/target/release/fwd" --port "vhost:$sock" --forward-mode mac --cores 1 --ring "$ring" \
-        --huge-pages required < /dev/null > "$out/$name.log" 2>&1 &
+        "$fwd" --port "vhost:$sock" --forward-mode mac --cores 1 --ring "$ring" \
+        --huge-pages required "${fwd_extra[@]}" < /dev/null > "$out/$name.log" 2>&1 &
     fwd_pid=$!
     "$vhost" wait-log --prefix "$tag" --timeout 60 "virtio is now ready for processing" > /dev/null
     sleep 1
@@ -157,14 +166,16 @@ run() {
     "$vhost" stop --prefix "$tag" > /dev/null
 }
 
-echo "callgrind: fwd mac, $ring ring, ${seconds}s with traffic, 3s without ..." >&2
-run "fwd-$ring" 1 "$seconds"
-run "fwd-$ring-empty" 0 3
+echo "callgrind: fwd mac, $ring ring, packet classes $classes, ${seconds}s with traffic, 3s without ..." >&2
+name="fwd-$ring"
+[ "$classes" = on ] && name="fwd-$ring-classes"
+run "$name" 1 "$seconds"
+run "$name-empty" 0 3
 
-python3 - "$out/fwd-$ring.out" "$out/fwd-$ring-empty.out" "$out/fwd-$ring.log" <<'EOF'
+python3 - "$out/$name.out" "$out/$name-empty.out" "$out/$name.log" "$ring" "$classes" <<'EOF'
 import re, subprocess, sys
 
-traffic_out, empty_out, log = sys.argv[1:4]
+traffic_out, empty_out, log, ring, classes = sys.argv[1:6]
 
 def annotate(path, *args):
     return subprocess.run(["callgrind_annotate", "--threshold=100", *args, path],
@@ -210,6 +221,8 @@ def phase(src, fn):
         return "tx burst: header + descriptor write"
     if "publish" in fn or "notify" in fn.lower():
         return "publish + kick decision"
+    if "ClassCounters" in fn or "PacketClasses" in fn:
+        return "packet classes (size bins, multicast, broadcast)"
     if "fwd::engine" in fn:
         return "fwd app: loop, MAC rewrite, rdtsc"
     if "ArrayQueue" in fn or "PoolShared" in fn or "give_back" in fn:
@@ -233,4 +246,5 @@ for p, v in sorted(phases.items(), key=lambda kv: -kv[1]):
     detail = ", ".join(f"{s} {c:.0f}" for (pp, s), c in sorted(files.items(), key=lambda kv: -kv[1]) if pp == p and c >= 1)
     print(f"{v:9.1f}  {p}  [{detail}]")
 print(f"{sum(phases.values()):9.1f}  total per forwarded packet (empty polls excluded)")
+print(f"RESULT fwd ring={ring} packet_classes={classes} instr_per_pkt={sum(phases.values()):.1f} packets={packets}")
 EOF

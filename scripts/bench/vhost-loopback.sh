@@ -2,9 +2,9 @@
 # The virtio-user loopback benchmark (DPDK DTS style): our driver against DPDK's own virtio PMD,
 # alternating in one run, against the same DPDK vhost-user backend.
 #
-#   scripts/bench/vhost-loopback.sh [--split] [--mode loopback|txonly|rxonly] [--runs N] [--seconds S]
-#                                   [--warmup S] [--burst B] [--nice N] [--sides dpdk,dpdk-fast,ours]
-#                                   [--ring-size N]
+#   scripts/bench/vhost-loopback.sh [--split] [--mode loopback|txonly|rxonly] [--variant plain|mergeable]
+#                                   [--runs N] [--seconds S] [--warmup S] [--burst B] [--nice N]
+#                                   [--sides dpdk,dpdk-fast,dpdk-vec,ours] [--ring-size N]
 #   FWD_BIN=/path/to/fwd scripts/bench/vhost-loopback.sh ...   # a prebuilt fwd (A/B tests); no build
 #   FWD_EXTRA="--mbuf-cache 512" scripts/bench/vhost-loopback.sh ...   # more fwd options
 #
@@ -12,13 +12,24 @@
 # (`-l 0,1 --main-lcore 1`), then the virtio side on core 1:
 #   dpdk       dpdk-testpmd --vdev net_virtio_user0,path=SOCK,queues=1,packed_vq=1|0,queue_size=N
 #              (--main-lcore 0) --forward-mode=MODE --txd=N --rxd=N --record-core-cycles
-#              (DPDK's defaults: mergeable buffers on, in_order off, not vectorized)
-#   dpdk-fast  the same with DPDK's fastest settings: in_order=1,mrg_rxbuf=0,vectorized=1 (on a
-#              packed ring the vectorized path needs AVX512F/BW/VL, and EAL's
-#              --force-max-simd-bitwidth=512, given when the CPU has them; without, DPDK falls
-#              back to its scalar in-order path)
+#              (virtio-user's defaults: mrg_rxbuf=1, in_order=1, not vectorized: DPDK picks its
+#              mergeable receive path, packed; its in-order paths, split)
+#   dpdk-fast  the same with in_order=1,mrg_rxbuf=0,vectorized=1. Packed: DPDK's vectorized paths
+#              (they need AVX512F/BW/VL and EAL's --force-max-simd-bitwidth=512, given when the
+#              CPU has them; without, DPDK falls back to its scalar paths). Split: its in-order
+#              paths (DPDK turns split vectorized receive off under IN_ORDER, silently)
+#   dpdk-vec   split only: in_order=0,mrg_rxbuf=0,vectorized=1, DPDK's vectorized split receive
+#              path (with its standard transmit path)
 #   ours       target/release/fwd --port vhost:SOCK --forward-mode MODE --cores 1 --rxd N --txd N
 #              --huge-pages required
+# --variant (default plain):
+#   plain      ours on its one-buffer receive and one-descriptor transmit paths, against dpdk,
+#              dpdk-fast and (split) dpdk-vec
+#   mergeable  ours with mergeable receive buffers and transmit chains (fwd --max-pkt-len 9018:
+#              frames may exceed a 2048-byte buffer), against dpdk (DPDK's default, mrg_rxbuf=1)
+# Which receive and transmit paths each side ran is printed once per side (PATH lines): DPDK's
+# from its log (`--log-level=pmd.net.virtio.*:info`: set_rxtx_funcs() names them), ours from
+# fwd's port line.
 # --mode (default loopback):
 #   loopback  both sides forward in mac mode; the vhost side starts with `start tx_first 32`. The
 #             vhost core is the bottleneck here: both drivers land near its speed whatever they
@@ -43,19 +54,21 @@
 # processes on the two cores inflate both Mpps and cycles (the TSC keeps counting while a poller
 # is preempted); --nice -10 (root) renices every thread of both pollers once they run, so that
 # they win the cores over other work (which then crawls for the length of the run).
-# Three lines at the end, each comparing ours with dpdk (ratio) and with dpdk-fast (ratio_fast):
+# Three lines at the end, each comparing ours with dpdk (ratio), dpdk-fast (ratio_fast) and
+# dpdk-vec (ratio_vec):
 #   BEST    the fastest run of each side (noise only ever slows a run down);
 #   PAIRED  the median over the rounds of each round's ratio (ours / dpdk in the same round:
 #           a slow spell that hits one round cancels out);
 #   RESULT mode=<m> ring=<packed|split> ours_mpps=<x> dpdk_mpps=<y> ratio=<x/y> ours_cycles_per_pkt=<a>
 #          dpdk_cycles_per_pkt=<b> dpdk_fast_mpps=<z> ratio_fast=<x/z> dpdk_fast_cycles_per_pkt=<c>
+#          [dpdk_vec_mpps=.. ratio_vec=.. dpdk_vec_cycles_per_pkt=..]
 #           medians over the runs (sides left out by --sides are left out of the lines).
 # Logs are kept in $BENCH_DIR (default target/bench/vhost-loopback).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$(pwd)"
 
-ring=packed ring_size=1024 runs=6 seconds=3 warmup=1 burst=32 nice=0 sides="dpdk,dpdk-fast,ours" mode=loopback
+ring=packed ring_size=1024 runs=6 seconds=3 warmup=1 burst=32 nice=0 sides="" mode=loopback variant=plain
 while [ $# -gt 0 ]; do
     case "$1" in
         --split) ring="split"; shift ;;
@@ -68,6 +81,7 @@ while [ $# -gt 0 ]; do
         --nice) nice="$2"; shift 2 ;;
         --sides) sides="$2"; shift 2 ;;
         --mode) mode="$2"; shift 2 ;;
+        --variant) variant="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -84,6 +98,13 @@ uprefix="$tag-vu"
 packed_vq=1
 [ "$ring" = split ] && packed_vq=0
 fast_devargs=",in_order=1,mrg_rxbuf=0,vectorized=1"
+vec_devargs=",in_order=0,mrg_rxbuf=0,vectorized=1"
+case "$variant" in
+    plain) default_sides="dpdk,dpdk-fast,ours"; [ "$ring" = split ] && default_sides="dpdk,dpdk-fast,dpdk-vec,ours" ;;
+    mergeable) default_sides="dpdk,ours"; fwd_extra+=(--max-pkt-len 9018) ;;
+    *) echo "--variant: unknown variant '$variant' (plain, mergeable)" >&2; exit 2 ;;
+esac
+sides="${sides:-$default_sides}"
 fast_eal=()
 if [ "$ring" = packed ] && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
     fast_eal=(--force-max-simd-bitwidth=512)
@@ -142,19 +163,37 @@ counter() {
     "$vhost" stats --prefix "$vprefix" | awk -v name="$1:" '{ for (i = 1; i < NF; i++) if ($i == name) { print $(i + 1); exit } }'
 }
 
-# One measurement of side $1 (dpdk|dpdk-fast|ours), run $2; prints "MPPS CYCLES".
+# The receive and transmit paths side $1 ran, from its log $2: "rx=<path> tx=<path>".
+paths_of() {
+    local side="$1" log="$2" rx tx
+    case "$side" in
+        dpdk*)
+            # set_rxtx_funcs(): virtio: using packed ring vectorized Rx path on port 0
+            rx=$(tr -d '\033' < "$log" | sed -n 's/.*virtio: using \(.*\) Rx path on port.*/\1/p' | tail -1)
+            tx=$(tr -d '\033' < "$log" | sed -n 's/.*virtio: using \(.*\) Tx path on port.*/\1/p' | tail -1) ;;
+        ours)
+            # port 0: rx path simple (one buffer per frame) | tx path simple (...) | ...
+            rx=$(sed -n 's/^port 0: rx path \(.*\) | tx path .*/\1/p' "$log" | head -1)
+            tx=$(sed -n 's/^port 0: rx path .* | tx path \([^|]*[^ |]\) |.*/\1/p' "$log" | head -1) ;;
+    esac
+    echo "rx='${rx:-unknown}' tx='${tx:-unknown}'"
+}
+
+# One measurement of side $1 (dpdk|dpdk-fast|dpdk-vec|ours), run $2; prints "MPPS CYCLES".
 measure() {
     local side="$1" run="$2"
     # A subshell of its own (command substitution): stop what it started if it fails.
     trap cleanup EXIT
-    local log="$out_dir/$mode-$ring-$side-$run.log" vlog="$out_dir/$mode-$ring-$side-$run-vhost.log"
+    local log="$out_dir/$mode-$variant-$ring-$side-$run.log" vlog="$out_dir/$mode-$variant-$ring-$side-$run-vhost.log"
     "$vhost" start --socket "$sock" --prefix "$vprefix" --fwd "$vhost_fwd" --lcores 0,1 --main-lcore 1 --ring "$ring_size" \
         --app-extra "--burst=$burst" > /dev/null
     case "$side" in
-        dpdk|dpdk-fast)
+        dpdk|dpdk-fast|dpdk-vec)
             local devargs="" eal=()
             [ "$side" = dpdk-fast ] && devargs="$fast_devargs" eal=("${fast_eal[@]}")
+            [ "$side" = dpdk-vec ] && devargs="$vec_devargs"
             setsid dpdk-testpmd -l 0,1 --main-lcore 0 -n 1 --no-pci --single-file-segments --file-prefix="$uprefix" "${eal[@]}" \
+                --log-level='pmd.net.virtio.*:info' \
                 --vdev "net_virtio_user0,path=$sock,queues=1,packed_vq=$packed_vq,queue_size=$ring_size$devargs" \
                 -- --forward-mode="$virtio_fwd" --nb-cores=1 --txd="$ring_size" --rxd="$ring_size" --burst="$burst" \
                 --total-num-mbufs=16384 --stats-period 1000 \
@@ -204,6 +243,7 @@ measure() {
         ours) cycles=$(sed -n 's/^FWD-SUMMARY .*cycles_per_pkt=\([0-9.]*\).*/\1/p' "$log" | tail -1) ;;
     esac
     [ -n "$cycles" ] || die "$side: no cycles/packet figure in $log"
+    [ "$run" = 1 ] && echo "PATH $side $(paths_of "$side" "$log")" >> "$paths"
     # (The vhost side's own cycles/packet figure is not printed: it covers its whole session,
     # start-up and shutdown included, not the measured window.)
     awk -v p="$packets" -v t0="$t0" -v t1="$t1" -v c="$cycles" -v side="$side" -v run="$run" '
@@ -215,11 +255,13 @@ measure() {
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 for side in ${sides//,/ }; do
-    case "$side" in dpdk|dpdk-fast|ours) ;; *) die "--sides: unknown side '$side' (dpdk, dpdk-fast, ours)" ;; esac
+    case "$side" in dpdk|dpdk-fast|dpdk-vec|ours) ;; *) die "--sides: unknown side '$side' (dpdk, dpdk-fast, dpdk-vec, ours)" ;; esac
 done
-echo "vhost-user $mode, $ring ring of $ring_size, 64-byte frames, burst $burst: $runs x ($sides), ${seconds}s each after ${warmup}s warm-up" >&2
-results="$out_dir/$mode-$ring-results"
+echo "vhost-user $mode ($variant), $ring ring of $ring_size, 64-byte frames, burst $burst: $runs x ($sides), ${seconds}s each after ${warmup}s warm-up" >&2
+results="$out_dir/$mode-$variant-$ring-results"
+paths="$out_dir/$mode-$variant-$ring-paths"
 : > "$results"
+: > "$paths"
 for run in $(seq "$runs"); do
     for side in ${sides//,/ }; do
         result=$(measure "$side" "$run") || exit 1
@@ -236,17 +278,26 @@ has() { [[ ",$sides," == *",$1,"* ]]; }
 div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }
 best() { awk -v side="$1" '$1 == side && $3 > m { m = $3; c = $4 } END { printf "%s %s\n", m, c }' "$results"; }
 
-best_line="BEST mode=$mode ring=$ring"
-paired_line="PAIRED mode=$mode ring=$ring"
-result_line="RESULT mode=$mode ring=$ring"
+cat "$paths"
+# The fast sides must have run the paths they stand for.
+while read -r _ side rest; do
+    case "$side:$ring" in
+        dpdk-fast:packed|dpdk-vec:split) want=vectorized ;;
+        dpdk-fast:split) want=inorder ;;
+        *) continue ;;
+    esac
+    [[ "$rest" == *"rx='"*"$want"* ]] || echo "WARNING $side did not run DPDK's $want receive path ($rest): its figures are not DPDK's fastest" >&2
+done < "$paths"
+best_line="BEST mode=$mode variant=$variant ring=$ring"
+paired_line="PAIRED mode=$mode variant=$variant ring=$ring"
+result_line="RESULT mode=$mode variant=$variant ring=$ring"
 has ours && { read -r ob oc < <(best ours); best_line+=" ours_mpps=$ob ours_cycles_per_pkt=$oc"
     ours_mpps=$(column_of ours 3 | median); ours_cycles=$(column_of ours 4 | median)
     result_line+=" ours_mpps=$ours_mpps"; }
-for other in dpdk dpdk-fast; do
+for other in dpdk dpdk-fast dpdk-vec; do
     has "$other" || continue
     key="${other/-/_}"
-    suffix=""
-    [ "$other" = dpdk-fast ] && suffix="_fast"
+    suffix="${key#dpdk}"
     read -r db dc < <(best "$other")
     best_line+=" ${key}_mpps=$db ${key}_cycles_per_pkt=$dc"
     mpps=$(column_of "$other" 3 | median)

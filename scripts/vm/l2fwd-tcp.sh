@@ -273,7 +273,7 @@ l2fwd_phase() {
     wait_console "$name" '^TCP-PHASE-END ' 60 || FAIL+=("$name: l2fwd did not stop")
     local phase_log=$WORK/$name.txt
     tr -d '\r' <"$LOG" | sed -n "/^TCP-PHASE-BEGIN $name\$/,/^TCP-PHASE-END $name /p" >"$phase_log"
-    grep -E '^(l2fwd: port .*path|L2FWD-SUMMARY|L2FWD-POOL)' "$phase_log" | sed 's/^/  guest| /' || true
+    grep -E '^(L2FWD-PORT|L2FWD-SUMMARY|L2FWD-POOL)' "$phase_log" | sed 's/^/  guest| /' || true
     grep -q "^TCP-PHASE-END $name rc=0\$" "$phase_log" || FAIL+=("$name: l2fwd did not exit 0")
     grep -q '^L2FWD-POOL .* in_use=0 ' "$phase_log" || FAIL+=("$name: l2fwd did not get every mbuf back")
 }

@@ -13,8 +13,12 @@
 //! that stopped early, and joins them (setting the stop flag first), getting back what each body
 //! returned (its queues, its totals).
 //!
+//! [`spread`] and [`spread_at_most`] plan which lcore owns which items; a [`Lane`] (one receive
+//! queue into one transmit queue, with DPDK l2fwd's MAC rewrite) is the usual item.
+//!
 //! [`STOP`] with [`install_stop_handler`] is the flag SIGINT and SIGTERM set.
 
+mod lane;
 mod signal;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,6 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use lane::{Lane, LaneCounters};
 pub use signal::{install_stop_handler, STOP};
 
 use crate::error::{Error, Result};
@@ -274,9 +279,26 @@ pub fn spread(items: usize, cores: &[usize]) -> Vec<(Option<usize>, Vec<usize>)>
     plan
 }
 
+/// Gives `items` items to lcores `per_lcore` at a time, in order (DPDK l2fwd's `-q`, queues per
+/// lcore): lcore `i` gets items `i * per_lcore ..` and core `cores[i]` (not pinned beyond the
+/// listed cores, or when none are listed). Returns, per lcore, its core and its item indices.
+pub fn spread_at_most(items: usize, cores: &[usize], per_lcore: usize) -> Vec<(Option<usize>, Vec<usize>)> {
+    let per_lcore = per_lcore.max(1);
+    (0..items.div_ceil(per_lcore))
+        .map(|i| (cores.get(i).copied(), (i * per_lcore..items.min((i + 1) * per_lcore)).collect()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_most_n_items_per_lcore_in_order() {
+        assert_eq!(spread_at_most(5, &[3, 1], 2), [(Some(3), vec![0, 1]), (Some(1), vec![2, 3]), (None, vec![4])]);
+        assert_eq!(spread_at_most(2, &[], 4), [(None, vec![0, 1])]);
+        assert!(spread_at_most(0, &[1], 1).is_empty());
+    }
 
     fn flag() -> &'static AtomicBool {
         Box::leak(Box::new(AtomicBool::new(false)))

@@ -59,7 +59,9 @@ use crate::spec::features::{self, Features};
 use crate::spec::net::{self as net_spec, config as net_config};
 use crate::spec::status;
 use crate::transport::{RingFormat, Transport};
-use crate::virtqueue::{ring_bytes, Chains, PackedRing, RingMemory, SplitRing};
+use crate::virtqueue::{
+    indirect_bytes, ring_bytes, table_segments, Chains, IndirectTables, PackedRing, RingMemory, SplitRing,
+};
 
 /// Which ring layout to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,6 +109,13 @@ pub struct PortConfig {
     /// Send multi-segment mbufs, one descriptor chain each. Off by default: the one-descriptor
     /// transmit path is the fastest, and drops (and counts) a multi-segment mbuf.
     pub tx_multi_segment: bool,
+    /// On the transmit chains paths (`tx_multi_segment`, transmit offloads), send a packet of
+    /// several segments as one ring descriptor naming an indirect table of them
+    /// (VIRTIO_F_INDIRECT_DESC, negotiated only then, and when offered): the ring then holds as
+    /// many such packets as it has descriptors, not a fraction of that (size the pool for it:
+    /// every segment of every packet in flight is out of the pool). The tables are laid out
+    /// once, with the rings. On by default; no effect on the one-descriptor path.
+    pub tx_indirect: bool,
     /// Descriptors per ring of each queue pair, by pair (both rings of pair `i` get entry `i`):
     /// per-queue ring sizes, as DPDK's queue set-up takes them. Pairs beyond the list, or all
     /// when it is empty, get [`ring_size`](Self::ring_size).
@@ -139,6 +148,7 @@ impl Default for PortConfig {
             control_timeout: Duration::from_secs(1),
             rx_mergeable: false,
             tx_multi_segment: false,
+            tx_indirect: true,
             pair_ring_sizes: Vec::new(),
             offloads: OffloadConfig::default(),
             packet_classes: false,
@@ -425,6 +435,11 @@ impl Port {
         for offload in config.offloads.wanted(offered) {
             wanted = wanted.with(offload);
         }
+        // The transmit chains paths (see `init`) are the only users of indirect tables.
+        let tx_chains = config.tx_multi_segment || wanted.has(net_spec::F_CSUM);
+        if tx_chains && config.tx_indirect && offered.has(features::INDIRECT_DESC) {
+            wanted = wanted.with(features::INDIRECT_DESC);
+        }
         let ctrl_missing = if !transport_ctrl {
             CtrlUnavailable::Transport
         } else if !offered.has(net_spec::F_CTRL_VQ) {
@@ -578,16 +593,20 @@ impl Port {
                 None => Ok(size),
             })
             .collect::<Result<Vec<u16>>>()?;
+        // Per pair: the receive ring, the transmit ring, and with indirect descriptors the
+        // transmit ring's tables.
+        let indirect = wanted.has(features::INDIRECT_DESC);
         let offsets: Vec<usize> = sizes
             .iter()
-            .flat_map(|&s| [ring_bytes(format, s); 2])
+            .flat_map(|&s| [ring_bytes(format, s), ring_bytes(format, s), if indirect { indirect_bytes(s) } else { 0 }])
             .scan(0, |at, bytes| {
                 let offset = *at;
                 *at += bytes;
                 Some(offset)
             })
             .collect();
-        let total = sizes.iter().map(|&s| 2 * ring_bytes(format, s)).sum();
+        let total =
+            sizes.iter().map(|&s| 2 * ring_bytes(format, s) + if indirect { indirect_bytes(s) } else { 0 }).sum();
 
         transport.map_dma(pool.region())?;
         let rings = Arc::new(DmaRegion::new(&format!("{name}-rings"), total, config.huge_pages, iova)?);
@@ -595,25 +614,35 @@ impl Port {
 
         let in_order = wanted.has(features::IN_ORDER);
         let event_idx = wanted.has(features::EVENT_IDX);
-        // One descriptor per chain; transmit completions need no length.
-        let make_ring = |index: u16, chains: Chains| -> Result<Ring> {
-            let size = sizes[index as usize / 2];
-            let memory = RingMemory::new(rings.clone(), offsets[index as usize], format, size)?;
-            Ok(match format {
-                RingFormat::Packed => Ring::Packed(PackedRing::new(memory, in_order, chains)?),
-                RingFormat::Split => Ring::Split(SplitRing::new(memory, event_idx, in_order, chains)?),
+        // Queue `index` of pair `index / 2` lies at `offsets[3 * pair + index % 2]`, a transmit
+        // ring's tables right after it.
+        let make_ring = |index: u16, chains: Chains, indirect: bool| -> Result<Ring> {
+            let (pair, at) = (index as usize / 2, 3 * (index as usize / 2) + index as usize % 2);
+            let size = sizes[pair];
+            let memory = RingMemory::new(rings.clone(), offsets[at], format, size)?;
+            let tables = indirect.then(|| IndirectTables::new(rings.clone(), offsets[3 * pair + 2], format, size));
+            Ok(match (format, tables.transpose()?) {
+                (RingFormat::Packed, None) => Ring::Packed(PackedRing::new(memory, in_order, chains)?),
+                (RingFormat::Packed, Some(tables)) => {
+                    Ring::Packed(PackedRing::new(memory, in_order, chains)?.with_indirect(tables)?)
+                }
+                (RingFormat::Split, None) => Ring::Split(SplitRing::new(memory, event_idx, in_order, chains)?),
+                (RingFormat::Split, Some(tables)) => {
+                    Ring::Split(SplitRing::new(memory, event_idx, in_order, chains)?.with_indirect(tables)?)
+                }
             })
         };
         let quiesce: Arc<dyn Quiesce> = device.clone();
         for pair in 0..config.queue_pairs {
             let (rx_index, tx_index) = (2 * pair, 2 * pair + 1);
             let size = sizes[pair as usize];
-            let rx_ring = make_ring(rx_index, Chains::OneDescriptor)?;
+            // One descriptor per receive chain; transmit completions need no length.
+            let rx_ring = make_ring(rx_index, Chains::OneDescriptor, false)?;
             let tx_chains = match tx_path {
                 TxPath::Simple => Chains::OneDescriptorNoLengths,
                 TxPath::Chains | TxPath::Offloads(_) => Chains::Any,
             };
-            let tx_ring = make_ring(tx_index, tx_chains)?;
+            let tx_ring = make_ring(tx_index, tx_chains, indirect && tx_path != TxPath::Simple)?;
             // SAFETY: both rings were just laid in `rings`, a region made for this port's rings
             // alone and mapped for the device above; each ring's memory keeps the region alive,
             // and its queue resets the device before the ring is dropped (`with_quiesce`).
@@ -835,7 +864,7 @@ impl Port {
     fn log_data_path(&self, config: &PortConfig) {
         tracing::info!(
             "port {} ({}): {} ring of {} descriptors, {} queue pair(s), in_order {}, event_idx {}, control queue {}, \
-             rx path: {}, tx path: {}, packet classes {}, features {:?}",
+             rx path: {}, tx path: {}{}, packet classes {}, features {:?}",
             config.port_id,
             self.device.name,
             match self.format {
@@ -849,6 +878,10 @@ impl Port {
             self.ctrl.is_some(),
             self.rx_path,
             self.tx_path,
+            match self.tx_indirect_segments() {
+                0 => String::new(),
+                max => format!(", indirect tables of up to {max} segments"),
+            },
             config.packet_classes,
             self.features,
         );
@@ -890,6 +923,19 @@ impl Port {
     /// The transmit path chosen at open.
     pub fn tx_path(&self) -> TxPath {
         self.tx_path
+    }
+
+    /// The most segments a transmitted packet may have to go as one descriptor naming an
+    /// indirect table ([`PortConfig::tx_indirect`]); 0 when packets go as direct chains (or
+    /// on the one-descriptor path).
+    pub fn tx_indirect_segments(&self) -> u16 {
+        match self.tx_path {
+            TxPath::Simple => 0,
+            _ if self.features.has(features::INDIRECT_DESC) => {
+                self.pair_sizes.iter().copied().min().map_or(0, table_segments)
+            }
+            _ => 0,
+        }
     }
 
     /// The checksum and segmentation offloads negotiated.

@@ -10,9 +10,11 @@
 //! Packets", 5.1.6.4: a frame over `num_buffers` buffers, the first holding the header, comes
 //! back as one chained mbuf; `num_buffers` is checked against the ring and the buffers the
 //! device returned) and transmit chains (a multi-segment mbuf goes out as one descriptor chain,
-//! the header in the first segment's headroom: "Packet Transmission", 5.1.6.2), and hash
-//! reports (VIRTIO_NET_F_HASH_REPORT: the header is 20 bytes both ways, and the receive side
-//! puts each frame's `hash_value` and `hash_report` on its mbuf as an [`RxHash`]).
+//! the header in the first segment's headroom: "Packet Transmission", 5.1.6.2; on a ring with
+//! indirect tables, VIRTIO_F_INDIRECT_DESC, as one ring descriptor naming a table that holds
+//! the chain), and hash reports (VIRTIO_NET_F_HASH_REPORT: the header is 20 bytes both ways,
+//! and the receive side puts each frame's `hash_value` and `hash_report` on its mbuf as an
+//! [`RxHash`]).
 //!
 //! The ring format is chosen once, when the queue is built ([`Ring`]); each burst matches on it
 //! once and runs a loop specialised for that format. No allocation, lock, system call (a kick
@@ -265,7 +267,7 @@ pub struct TxQueue {
     /// Bytes of the virtio-net header: 12, or 20 with VIRTIO_NET_F_HASH_REPORT ("Packet
     /// Transmission": the receive header's size).
     header_len: usize,
-    /// One chain's segments, for [`TxPath::Chains`] (capacity: the ring size).
+    /// One chain's segments, for the chains paths (capacity: the ring size).
     chain: Vec<Segment>,
 }
 
@@ -598,11 +600,12 @@ impl TxQueue {
     /// (transmit completions need no length). Dropping returns the mbufs still in flight to their pools,
     /// after stopping the device given to [`TxQueue::with_quiesce`] (without one, the caller
     /// must have stopped the device).
-    /// With [`TxPath::Chains`], the ring must have been built for chains of any length
-    /// ([`Chains::Any`]).
+    /// With [`TxPath::Chains`] or [`TxPath::Offloads`], the ring must have been built for
+    /// chains of any length ([`Chains::Any`]); a ring with indirect tables (`with_indirect`)
+    /// then takes each multi-segment packet that fits a table as one descriptor.
     pub(crate) fn new(ring: Ring, notify: Box<dyn Notify>, path: TxPath) -> TxQueue {
         let reclaim_threshold = (ring.size() / 4).clamp(1, 32);
-        let chain = Vec::with_capacity(if path == TxPath::Chains { ring.size() as usize } else { 0 });
+        let chain = Vec::with_capacity(if path == TxPath::Simple { 0 } else { ring.size() as usize });
         TxQueue { core: QueueCore::new(ring, notify), reclaim_threshold, path, header_len: NET_HDR_LEN, chain }
     }
 
@@ -650,10 +653,11 @@ impl TxQueue {
 
     /// The chains paths: one descriptor chain per packet, the header in the first segment's
     /// headroom (all zero, or from the mbuf's offload request with `offloads`), then one
-    /// descriptor per further non-empty segment. Packets go while their segments fit the free
-    /// descriptors; one with more segments than the ring has descriptors can never go, and one
-    /// whose offload request the port cannot honour must not go: both are dropped and counted
-    /// (`bad_headers`).
+    /// descriptor per further non-empty segment. On a ring with indirect tables a packet of
+    /// several segments that fit a table takes one ring descriptor, its chain in the table
+    /// ([`Virtqueue::add_indirect`]). Packets go while their descriptors fit the free ones; one
+    /// with more segments than the ring has descriptors can never go, and one whose offload
+    /// request the port cannot honour must not go: both are dropped and counted (`bad_headers`).
     #[inline(never)]
     fn transmit_chains<R: Virtqueue<Mbuf>>(
         ring: &mut R,
@@ -666,7 +670,10 @@ impl TxQueue {
             return (0, false);
         }
         let size = ring.size() as usize;
-        let needed: usize = pkts.iter().map(|m| m.nb_segs() as usize).sum();
+        let indirect = ring.indirect_segments() as usize;
+        // Ring descriptors a packet of `segs` segments takes (at most: empty segments go without).
+        let descriptors = |segs: usize| if segs > 1 && segs <= indirect { 1 } else { segs };
+        let needed: usize = pkts.iter().map(|m| descriptors(m.nb_segs() as usize)).sum();
         if ring.in_flight() >= reclaim_threshold || (ring.free_descriptors() as usize) < needed {
             Self::reclaim_ring(ring);
         }
@@ -679,7 +686,7 @@ impl TxQueue {
                     // Dropped below.
                     return true;
                 }
-                match free.checked_sub(segs) {
+                match free.checked_sub(descriptors(segs)) {
                     Some(left) => {
                         free = left;
                         true
@@ -730,7 +737,14 @@ impl TxQueue {
             // token of its chain until the ring gives it back; every segment (the first with
             // the header) lies inside the buffer of one of its segments, owned through it, and
             // the device only reads them.
-            match unsafe { ring.add(chain, mbuf) } {
+            let added = unsafe {
+                if chain.len() > 1 && chain.len() <= indirect {
+                    ring.add_indirect(chain, mbuf)
+                } else {
+                    ring.add(chain, mbuf)
+                }
+            };
+            match added {
                 Ok(()) => {
                     sent += 1;
                     bytes += frame_len as u64;
@@ -799,6 +813,12 @@ impl TxQueue {
     pub fn reclaim(&mut self) {
         with_ring!(&mut self.core.ring, r => Self::reclaim_ring(r));
         self.core.counters.set_errors(&with_ring!(&self.core.ring, r => r.errors()));
+    }
+
+    /// The most segments a packet may have to go as one descriptor naming an indirect table
+    /// (VIRTIO_F_INDIRECT_DESC); 0 when the queue sends every packet as a direct chain.
+    pub fn indirect_segments(&self) -> u16 {
+        with_ring!(&self.core.ring, r => r.indirect_segments())
     }
 
     /// Frames handed to the device and not yet completed.

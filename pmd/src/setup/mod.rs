@@ -14,7 +14,12 @@
 //!    otherwise (a vhost-user backend maps our memory by its virtual address);
 //! 4. one [`Mempool`] for every port, so a frame received on one port is sent on another
 //!    without a copy;
-//! 5. [`Port::open`] on each transport (each logs the data path it chose, once).
+//! 5. [`Port::open`] on each transport (each logs the data path it chose, once), then the
+//!    spec's [`PortOptions`] through the port's control queue (receive filters, RSS).
+//!
+//! Once open, [`PortSet::wait_for_link`] waits for the links as DPDK's l2fwd does, and
+//! [`PortSet::link_changes`] reports what changed since; [`PortSet::report`] describes a port
+//! in one line. [`PortMap`] says which port forwards to which (DPDK l2fwd's `--portmap`).
 //!
 //! [`PortSet::close`] drops the ports (each device is reset before its buffers return), then the
 //! container, and checks that the pool has every mbuf back. Queues taken out of the ports
@@ -23,10 +28,18 @@
 //! Errors say which step and which port failed ([`SetupError`]), with the library [`Error`]
 //! underneath, whose [`kind`](Error::kind) tells a missing device from a refused feature.
 
+mod link;
+mod options;
+mod portmap;
+mod report;
 mod spec;
 
 use std::sync::Arc;
 
+pub use link::LinkState;
+pub use options::{BadRssKey, OptionError, OptionRefused, PortOptions, RssKey, PORT_OPTION_KEYS};
+pub use portmap::{PortMap, PortMapError};
+pub use report::PortReport;
 pub use spec::{Device, DeviceSpec, SpecError};
 
 use crate::error::Error;
@@ -96,6 +109,29 @@ pub enum SetupError {
         /// should be back (`in_use == 0`). Boxed: the error stays small.
         pool: Box<PoolStats>,
     },
+    /// A port's spec does not fit the configuration (an RSS table entry beyond its queue pairs).
+    #[error("port {port}: {source}")]
+    Spec {
+        /// The port's index.
+        port: usize,
+        /// Why.
+        #[source]
+        source: SpecError,
+    },
+    /// A port opened, but one of its [`PortOptions`] could not be applied: the device refused
+    /// the command, or lacks the feature or the control queue it needs.
+    #[error("port {port} ({name}): {source}")]
+    Options {
+        /// The port's index.
+        port: usize,
+        /// Its PCI address or socket path.
+        name: String,
+        /// The setting and why. Boxed, as `pool`: the error stays small.
+        #[source]
+        source: Box<OptionRefused>,
+        /// The pool's counters once every port opened so far was dropped.
+        pool: Box<PoolStats>,
+    },
     /// Some ports have `iommu=off` and others not: the one pool's DMA memory has either physical
     /// addresses or IOVAs of an IOMMU (or a vhost-user backend's virtual addresses), not both.
     #[error(
@@ -124,7 +160,21 @@ impl SetupError {
             | SetupError::Device { source, .. }
             | SetupError::Pool { source, .. }
             | SetupError::Port { source, .. } => Some(source),
-            SetupError::NoDevices | SetupError::MixedIommu { .. } | SetupError::MbufsMissing { .. } => None,
+            SetupError::Options { source, .. } => Some(&source.source),
+            SetupError::NoDevices
+            | SetupError::Spec { .. }
+            | SetupError::MixedIommu { .. }
+            | SetupError::MbufsMissing { .. } => None,
+        }
+    }
+
+    /// The pool's counters, for the errors raised once the pool existed (every mbuf should be
+    /// back: `in_use == 0`).
+    pub fn pool(&self) -> Option<&PoolStats> {
+        match self {
+            SetupError::Port { pool, .. } | SetupError::Options { pool, .. } => Some(pool),
+            SetupError::MbufsMissing { stats } => Some(stats),
+            _ => None,
         }
     }
 }
@@ -151,6 +201,9 @@ impl PortSet {
         let no_iommu = specs.iter().position(|s| s.no_iommu);
         if let (Some(without), Some(with)) = (no_iommu, specs.iter().position(|s| !s.no_iommu)) {
             return Err(SetupError::MixedIommu { without, with });
+        }
+        for (port, spec) in specs.iter().enumerate() {
+            spec.check(config.port.queue_pairs).map_err(|source| SetupError::Spec { port, source })?;
         }
         let container = if no_iommu.is_none() && specs.iter().any(|s| matches!(s.device, Device::Pci { .. })) {
             let c = Container::open()
@@ -192,17 +245,24 @@ impl PortSet {
                 queue_pairs: spec.queues.unwrap_or(config.port.queue_pairs),
                 ..config.port.clone()
             };
-            let port = match Port::open(transport, &pool, &port_config, &iova) {
+            let opened = Port::open(transport, &pool, &port_config, &iova).map_err(|e| (None, e));
+            let applied = opened.and_then(|mut port| match spec.options.apply(&mut port) {
+                Ok(()) => Ok(port),
+                Err(refused) => Err((Some(refused.setting), refused.source)),
+            });
+            let port = match applied {
                 Ok(port) => port,
-                Err(source) => {
+                Err((setting, source)) => {
                     // The ports opened so far go first (each resets its device and returns its
                     // buffers): the error then shows whether every mbuf came back.
                     drop(ports);
-                    return Err(SetupError::Port {
-                        port: id,
-                        name: spec.target(),
-                        source,
-                        pool: Box::new(pool.stats()),
+                    let (port, name, pool) = (id, spec.target(), Box::new(pool.stats()));
+                    return Err(match setting {
+                        None => SetupError::Port { port, name, source, pool },
+                        Some(setting) => {
+                            let source = Box::new(OptionRefused { setting, source });
+                            SetupError::Options { port, name, source, pool }
+                        }
                     });
                 }
             };
@@ -237,6 +297,11 @@ impl PortSet {
     /// The pool every port receives into (also for frames the application builds).
     pub fn pool(&self) -> &Mempool {
         &self.pool
+    }
+
+    /// Port `id` described in one line ([`PortReport`]).
+    pub fn report(&self, id: usize) -> PortReport<'_> {
+        PortReport { port: &self.ports[id], spec: &self.specs[id], mac: self.macs[id] }
     }
 
     /// The VFIO container, when a PCI port is open.

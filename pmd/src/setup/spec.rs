@@ -3,15 +3,19 @@
 //! function bound to vfio-pci in VFIO's no-IOMMU mode or to uio_pci_generic, physical addresses),
 //! `vhost:/path.sock[,queues=N][,mac=MAC]` for a vhost-user backend.
 //!
-//! Options follow the address, comma-separated, each `key=value`; which keys a kind takes is
-//! decided in one place ([`DeviceSpec::set_option`]), so a new one (a transport mode, a per-port
-//! setting) is one match arm and one field. The printed form ([`Display`](fmt::Display)) parses
-//! back to the same spec.
+//! Options follow the address, comma-separated, each `key=value` (a list in brackets:
+//! `vlans=[100,200]`); which keys a kind takes is decided in one place
+//! ([`DeviceSpec::set_option`]), so a new one (a transport mode, a per-port setting) is one match
+//! arm and one field. Besides the transport's keys, every kind takes the receive filters and RSS
+//! settings of [`PortOptions`] (`promisc=off,vlans=[100],rss_table=[3,2,1,0]`), which
+//! [`PortSet::open`](super::PortSet::open) applies once the port runs. The printed form
+//! ([`Display`](fmt::Display)) parses back to the same spec.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use super::options::{split_options, OptionError, PortOptions};
 use crate::net::MacAddr;
 use crate::transport::vfio::normalize_bdf;
 
@@ -50,6 +54,8 @@ pub struct DeviceSpec {
     /// [`open_without_iommu`](crate::transport::open_without_iommu) and its DMA memory has
     /// physical addresses (root, huge pages). The device can then reach all memory.
     pub no_iommu: bool,
+    /// Receive filters and RSS settings, applied through the control queue once the port runs.
+    pub options: PortOptions,
 }
 
 /// Why a device string does not parse. Each variant carries the whole string.
@@ -101,22 +107,54 @@ pub enum SpecError {
         /// What it must be.
         expected: &'static str,
     },
+    /// An RSS table entry names a queue pair the port does not have.
+    #[error("port '{spec}': rss_table entry {entry} is not a queue pair of the port's {queues} (0..{queues})")]
+    RssTableEntry {
+        /// The string (as printed).
+        spec: String,
+        /// The entry.
+        entry: u16,
+        /// The port's queue pairs.
+        queues: u16,
+    },
 }
 
-/// The keys every kind takes.
-const KNOWN_OPTIONS: &str = "queues=N, mac=MAC, iommu=on|off (pci only)";
+/// The keys every kind takes (with [`PORT_OPTION_KEYS`](super::PORT_OPTION_KEYS)).
+const KNOWN_OPTIONS: &str = "queues=N, mac=MAC, iommu=on|off (pci only), promisc=on|off, allmulti=on|off, \
+                             mac_table=[MAC,..], vlans=[VID,..], rss_table=[Q,..], rss_key=HEX";
 
 impl DeviceSpec {
     /// A PCI function by address (any form [`normalize_bdf`] takes), no options.
     pub fn pci(address: &str) -> Result<DeviceSpec, SpecError> {
         let bad = || SpecError::BadPciAddress { spec: format!("pci:{address}"), address: address.to_owned() };
         let address = normalize_bdf(address).map_err(|_| bad())?;
-        Ok(DeviceSpec { device: Device::Pci { address }, queues: None, mac: None, no_iommu: false })
+        Ok(DeviceSpec { device: Device::Pci { address }, ..DeviceSpec::vhost("") })
     }
 
     /// A vhost-user backend at `path`, no options.
     pub fn vhost(path: impl Into<PathBuf>) -> DeviceSpec {
-        DeviceSpec { device: Device::Vhost { path: path.into() }, queues: None, mac: None, no_iommu: false }
+        DeviceSpec {
+            device: Device::Vhost { path: path.into() },
+            queues: None,
+            mac: None,
+            no_iommu: false,
+            options: PortOptions::default(),
+        }
+    }
+
+    /// Checks a spec built or changed in code as its string form would be, and what only the
+    /// whole spec can tell: every VLAN id is one (0..=4095), every `rss_table` entry a queue
+    /// pair of the port, which has `queues=N` pairs, or `default_queues` without it.
+    pub fn check(&self, default_queues: u16) -> Result<(), SpecError> {
+        if let Some(vid) = self.options.vlans.iter().find(|v| **v > 4095) {
+            let (spec, value) = (self.to_string(), vid.to_string());
+            return Err(SpecError::BadValue { spec, key: "vlans", value, expected: "a VLAN id (0..=4095)" });
+        }
+        let queues = self.queues.unwrap_or(default_queues);
+        match self.options.rss_table.iter().find(|q| **q >= queues) {
+            Some(&entry) => Err(SpecError::RssTableEntry { spec: self.to_string(), entry, queues }),
+            None => Ok(()),
+        }
     }
 
     /// The PCI address or the socket path: what the port is called in messages
@@ -147,7 +185,14 @@ impl DeviceSpec {
                     _ => return Err(bad("iommu", "on or off")),
                 }
             }
-            _ => return Err(unknown()),
+            _ => {
+                return self.options.set(key, value).map_err(|e| match e {
+                    OptionError::UnknownKey(_) => unknown(),
+                    OptionError::BadValue { key, value, expected } => {
+                        SpecError::BadValue { spec: spec.to_owned(), key, value, expected }
+                    }
+                })
+            }
         }
         Ok(())
     }
@@ -171,7 +216,7 @@ impl FromStr for DeviceSpec {
         } else {
             return Err(SpecError::UnknownKind { spec: s.to_owned() });
         };
-        for option in options.split(',').filter(|o| !o.is_empty()) {
+        for option in split_options(options) {
             spec.set_option(s, option)?;
         }
         Ok(spec)
@@ -193,7 +238,7 @@ impl fmt::Display for DeviceSpec {
         if self.no_iommu {
             write!(f, ",iommu=off")?;
         }
-        Ok(())
+        write!(f, "{}", self.options)
     }
 }
 
@@ -229,6 +274,9 @@ mod tests {
             "vhost:/x,queues=1,mac=52:54:00:00:00:01",
             "pci:0000:00:05.1,mac=02:00:00:00:00:02",
             "pci:0000:00:03.0,queues=2,iommu=off",
+            "pci:0000:00:03.0,queues=4,promisc=off,allmulti=on,mac_table=[02:00:00:00:aa:01],vlans=[100,200],\
+             rss_table=[3,2,1,0],rss_key=6d5a",
+            "vhost:/x,vlans=[7]",
         ] {
             assert_eq!(s.parse::<DeviceSpec>().unwrap().to_string(), s);
         }
@@ -252,5 +300,20 @@ mod tests {
         assert!(matches!(err("vhost:/a,iommu=off"), SpecError::UnknownOption { .. }), "vhost-user has no IOMMU");
         assert!("pci:00:03.0,iommu=off".parse::<DeviceSpec>().unwrap().no_iommu);
         assert!(!"pci:00:03.0,iommu=on".parse::<DeviceSpec>().unwrap().no_iommu);
+        assert!(matches!(err("vhost:/a,vlans=[1,x]"), SpecError::BadValue { key: "vlans", .. }));
+        assert!(KNOWN_OPTIONS.ends_with(super::super::PORT_OPTION_KEYS));
+    }
+
+    #[test]
+    fn rss_table_entries_are_checked_against_the_queue_pairs() {
+        let spec: DeviceSpec = "vhost:/a,rss_table=[0,3]".parse().unwrap();
+        assert_eq!(spec.check(4), Ok(()));
+        let err = spec.check(2).unwrap_err();
+        assert!(matches!(err, SpecError::RssTableEntry { entry: 3, queues: 2, .. }), "{err}");
+        let spec: DeviceSpec = "vhost:/a,queues=4,rss_table=[3]".parse().unwrap();
+        assert_eq!(spec.check(1), Ok(()));
+        let mut spec = DeviceSpec::vhost("/a");
+        spec.options.vlans.push(4096);
+        assert!(matches!(spec.check(1), Err(SpecError::BadValue { key: "vlans", .. })));
     }
 }

@@ -3,6 +3,10 @@
 //!
 //! The device validates what it reads (addresses inside known regions, chain lengths, indices)
 //! and reports a malformed ring as an error rather than touching memory it does not know.
+//!
+//! It follows indirect descriptors (VIRTIO_F_INDIRECT_DESC): a descriptor flagged
+//! VIRTQ_DESC_F_INDIRECT, last of its chain, names a table of descriptors holding the chain's
+//! buffers ("Indirect Descriptors", 2.7.5.3; "Indirect Flag: Scatter-Gather Support", 2.8.7).
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
@@ -10,8 +14,8 @@ use std::sync::Arc;
 
 use crate::mem::DmaRegion;
 use crate::spec::packed::{
-    PackedDesc, DESC_F_AVAIL, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE, EVENT_FLAGS_DESC, EVENT_FLAGS_DISABLE,
-    EVENT_FLAGS_ENABLE,
+    PackedDesc, DESC_F_AVAIL, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE, EVENT_FLAGS_DESC,
+    EVENT_FLAGS_DISABLE, EVENT_FLAGS_ENABLE,
 };
 use crate::spec::split::{self, avail, used, SplitDesc, UsedElem, USED_F_NO_NOTIFY};
 use crate::spec::{Le16, Le32};
@@ -46,10 +50,12 @@ pub struct DeviceSegment {
 pub struct Chain {
     /// Buffer id (packed) or head index (split).
     pub id: u16,
-    /// Descriptors in the chain.
+    /// Ring descriptors the chain took (an indirect table's descriptors not counted).
     pub descs: u16,
     /// Its buffers.
     pub segments: Vec<DeviceSegment>,
+    /// Its buffers came from an indirect table.
+    pub indirect: bool,
 }
 
 impl Chain {
@@ -119,6 +125,58 @@ impl AddressSpace {
             .map(|r| unsafe { r.as_ptr().add((iova - r.iova()) as usize) })
             .ok_or(RingFault::BadAddress(iova))
     }
+}
+
+/// Reads the indirect table at `addr` (`len` bytes) of a ring of `size` descriptors into
+/// `chain`, after the buffers of the ring descriptors before it. Split tables are followed by
+/// `next` inside the table, packed ones read in order; a table of no descriptor, a length that
+/// is not a multiple of 16, more descriptors than the ring has, a `next` out of the table or a
+/// loop, and an INDIRECT flag inside a table (2.7.5.3.1) are malformed.
+fn read_indirect(
+    space: &AddressSpace,
+    (addr, len): (u64, u32),
+    size: u16,
+    format: RingFormat,
+    chain: &mut Chain,
+) -> Result<(), RingFault> {
+    let count = len as usize / 16;
+    if len % 16 != 0 || count == 0 || count > size as usize || chain.indirect {
+        return Err(RingFault::BadChain);
+    }
+    let table = space.translate(addr, len as u64)?;
+    chain.indirect = true;
+    let mut at = 0usize;
+    for walked in 0..count {
+        // SAFETY: `at < count`: inside the table just translated, which the driver does not
+        // touch while the chain is available; read unaligned (the driver may place it anywhere).
+        let raw = unsafe { table.add(16 * at).cast::<[u8; 16]>().read_volatile() };
+        let addr = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default());
+        let (flags, next) = match format {
+            RingFormat::Split => (u16::from_le_bytes([raw[12], raw[13]]), u16::from_le_bytes([raw[14], raw[15]])),
+            // Buffer id reserved; WRITE the only flag that counts.
+            RingFormat::Packed => (u16::from_le_bytes([raw[14], raw[15]]) & DESC_F_WRITE, 0),
+        };
+        if flags & split::DESC_F_INDIRECT != 0 {
+            return Err(RingFault::BadChain);
+        }
+        chain.segments.push(DeviceSegment {
+            ptr: space.translate(addr, len as u64)?,
+            len,
+            writable: flags & split::DESC_F_WRITE != 0,
+        });
+        match format {
+            RingFormat::Packed if walked + 1 == count => return Ok(()),
+            RingFormat::Packed => at += 1,
+            RingFormat::Split if flags & split::DESC_F_NEXT == 0 => return Ok(()),
+            RingFormat::Split => at = next as usize,
+        }
+        if at >= count {
+            return Err(RingFault::BadChain);
+        }
+    }
+    // A split table whose `next` links loop.
+    Err(RingFault::BadChain)
 }
 
 /// The device side of one ring.
@@ -227,7 +285,9 @@ impl PackedDevice {
 
     fn pop_avail(&mut self, space: &AddressSpace, chain: &mut Chain) -> Result<bool, RingFault> {
         chain.segments.clear();
+        chain.indirect = false;
         let mut pos = self.avail;
+        let mut descs = 0u16;
         loop {
             let flags = u16::from_le(self.flags(pos.idx()).load(Ordering::Acquire));
             let available = (flags & DESC_F_AVAIL != 0) == pos.wrap() && (flags & DESC_F_USED != 0) != pos.wrap();
@@ -241,21 +301,30 @@ impl PackedDevice {
             // SAFETY: `idx < size`; acquire above orders the read after the driver's writes.
             let desc = unsafe { self.desc.add(pos.idx() as usize).read_volatile() };
             let len = desc.len.get();
-            chain.segments.push(DeviceSegment {
-                ptr: space.translate(desc.addr.get(), len as u64)?,
-                len,
-                writable: flags & DESC_F_WRITE != 0,
-            });
+            if flags & DESC_F_INDIRECT != 0 {
+                // The chain's last descriptor (no NEXT with it), its buffers in the table.
+                if flags & DESC_F_NEXT != 0 {
+                    return Err(RingFault::BadChain);
+                }
+                read_indirect(space, (desc.addr.get(), len), self.size, RingFormat::Packed, chain)?;
+            } else {
+                chain.segments.push(DeviceSegment {
+                    ptr: space.translate(desc.addr.get(), len as u64)?,
+                    len,
+                    writable: flags & DESC_F_WRITE != 0,
+                });
+            }
             chain.id = desc.id.get();
             pos.advance(1, self.size);
+            descs += 1;
             if flags & DESC_F_NEXT == 0 {
                 break;
             }
-            if chain.segments.len() >= self.size as usize {
+            if descs >= self.size {
                 return Err(RingFault::BadChain);
             }
         }
-        chain.descs = chain.segments.len() as u16;
+        chain.descs = descs;
         self.avail = pos;
         Ok(true)
     }
@@ -345,15 +414,27 @@ impl SplitDevice {
             return Err(RingFault::BadChain);
         }
         let head = u16::from_le(self.avail_u16(avail::ring(self.last_avail % self.size)).load(Ordering::Relaxed));
+        chain.indirect = false;
         let mut at = head;
+        let mut descs = 0u16;
         loop {
-            if at >= self.size || chain.segments.len() >= self.size as usize {
+            if at >= self.size || descs >= self.size {
                 return Err(RingFault::BadChain);
             }
             // SAFETY: `at < size`; acquire on avail.idx ordered this after the driver's writes.
             let desc = unsafe { self.desc.add(at as usize).read_volatile() };
             let flags = desc.flags.get();
             let len = desc.len.get();
+            descs += 1;
+            if flags & split::DESC_F_INDIRECT != 0 {
+                // "Zero or more normal chained descriptors followed by a single descriptor with
+                // INDIRECT" (2.7.5.3.2), never INDIRECT with NEXT (2.7.5.3.1).
+                if flags & split::DESC_F_NEXT != 0 {
+                    return Err(RingFault::BadChain);
+                }
+                read_indirect(space, (desc.addr.get(), len), self.size, RingFormat::Split, chain)?;
+                break;
+            }
             chain.segments.push(DeviceSegment {
                 ptr: space.translate(desc.addr.get(), len as u64)?,
                 len,
@@ -365,7 +446,7 @@ impl SplitDevice {
             at = desc.next.get();
         }
         chain.id = head;
-        chain.descs = chain.segments.len() as u16;
+        chain.descs = descs;
         self.last_avail = self.last_avail.wrapping_add(1);
         Ok(true)
     }

@@ -30,7 +30,7 @@ use crate::mbuf::{Mbuf, Mempool};
 use crate::mem::{DmaRegion, HugePages, IovaAllocator};
 use crate::net::{Ring, RxPath, RxQueue, TxPath, TxQueue};
 use crate::transport::{Notify, RingFormat};
-use crate::virtqueue::{ring_bytes, Chains, PackedRing, RingMemory, SplitRing};
+use crate::virtqueue::{indirect_bytes, ring_bytes, Chains, IndirectTables, PackedRing, RingMemory, SplitRing};
 
 /// A notifier that counts the notifications it is asked to send.
 #[derive(Clone, Debug, Default)]
@@ -85,6 +85,17 @@ pub fn ring_memory(spec: RingSpec) -> Result<(RingMemory, Arc<DmaRegion>)> {
     Ok((RingMemory::new(region.clone(), 0, spec.format, spec.size)?, region))
 }
 
+/// Indirect tables for a ring of `spec`, in a region of their own.
+pub fn indirect_tables(spec: RingSpec) -> Result<(IndirectTables, Arc<DmaRegion>)> {
+    let region = Arc::new(DmaRegion::new(
+        "test-indirect",
+        indirect_bytes(spec.size),
+        HugePages::Never,
+        &IovaAllocator::identity(),
+    )?);
+    Ok((IndirectTables::new(region.clone(), 0, spec.format, spec.size)?, region))
+}
+
 /// A ring of `spec` carrying mbufs in `chains`.
 pub fn mbuf_ring(spec: RingSpec, chains: Chains) -> Result<(Ring, Arc<DmaRegion>)> {
     let (memory, region) = ring_memory(spec)?;
@@ -112,12 +123,37 @@ pub fn queue_pair_with_paths(
     rx_path: RxPath,
     tx_path: TxPath,
 ) -> Result<QueuePair> {
+    queue_pair_with_tx_indirect(spec, pool, port, rx_path, tx_path, false)
+}
+
+/// [`queue_pair_with_paths`], the transmit ring with indirect tables when `indirect` (as a
+/// port that negotiated VIRTIO_F_INDIRECT_DESC builds it): multi-segment packets that fit a
+/// table go as one descriptor each. The tables get a region of their own, in the pair's space.
+pub fn queue_pair_with_tx_indirect(
+    spec: RingSpec,
+    pool: &Mempool,
+    port: u16,
+    rx_path: RxPath,
+    tx_path: TxPath,
+    indirect: bool,
+) -> Result<QueuePair> {
     let (rx_ring, rx_region) = mbuf_ring(spec, Chains::OneDescriptor)?;
     let tx_chains = match tx_path {
         TxPath::Simple => Chains::OneDescriptorNoLengths,
         TxPath::Chains | TxPath::Offloads(_) => Chains::Any,
     };
     let (tx_ring, tx_region) = mbuf_ring(spec, tx_chains)?;
+    let mut regions = vec![rx_region, tx_region, pool.region().clone()];
+    let tx_ring = if indirect {
+        let (tables, region) = indirect_tables(spec)?;
+        regions.push(region);
+        match tx_ring {
+            Ring::Packed(ring) => Ring::Packed(ring.with_indirect(tables)?),
+            Ring::Split(ring) => Ring::Split(ring.with_indirect(tables)?),
+        }
+    } else {
+        tx_ring
+    };
     let rx_kicks = CountingNotify::default();
     let tx_kicks = CountingNotify::default();
     let rx_spec = QueueSpec { format: spec.format, size: spec.size, addresses: rx_ring.addresses() };
@@ -129,13 +165,5 @@ pub fn queue_pair_with_paths(
     if let RxPath::HashReport { .. } = rx_path {
         tx = tx.with_hash_header();
     }
-    Ok(QueuePair {
-        rx,
-        tx,
-        rx_kicks,
-        tx_kicks,
-        rx_spec,
-        tx_spec,
-        space: AddressSpace::new(vec![rx_region, tx_region, pool.region().clone()]),
-    })
+    Ok(QueuePair { rx, tx, rx_kicks, tx_kicks, rx_spec, tx_spec, space: AddressSpace::new(regions) })
 }

@@ -143,6 +143,8 @@ pub struct DeviceStats {
     pub dropped: AtomicU64,
     /// Faults injected.
     pub faults_injected: AtomicU64,
+    /// Transmit chains whose buffers came in an indirect table.
+    pub tx_indirect: AtomicU64,
 }
 
 /// A pending completion.
@@ -150,6 +152,16 @@ struct Done {
     id: u16,
     descs: u16,
     len: u32,
+}
+
+impl Done {
+    /// Queues the completion of transmit chain `chain` (nothing written: length 0).
+    fn transmitted(done: &mut Vec<Done>, chain: &Chain, stats: &DeviceStats) {
+        done.push(Done { id: chain.id, descs: chain.descs, len: 0 });
+        if chain.indirect {
+            stats.tx_indirect.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The device's engine for one ring pair; single-threaded, stepped by [`DeviceCore::poll`].
@@ -258,7 +270,7 @@ impl DeviceCore {
                     return Ok(false);
                 }
                 let len = self.tx_chain.gather(&mut self.scratch);
-                self.tx_done.push(Done { id: self.tx_chain.id, descs: self.tx_chain.descs, len: 0 });
+                Done::transmitted(&mut self.tx_done, &self.tx_chain, &self.stats);
                 if len <= self.rx_chain.writable_len() as usize && len >= self.header_len() {
                     // A device sets num_buffers to 1 without MRG_RXBUF; the rest of the
                     // transmitted header passes through.
@@ -284,7 +296,7 @@ impl DeviceCore {
                     let header = if self.config.hash_report.is_some() { NET_HDR_HASH_LEN } else { NET_HDR_LEN };
                     sink(&self.scratch[header.min(len)..len]);
                 }
-                self.tx_done.push(Done { id: self.tx_chain.id, descs: self.tx_chain.descs, len: 0 });
+                Done::transmitted(&mut self.tx_done, &self.tx_chain, &self.stats);
                 Ok(true)
             }
             Mode::Source { count, source } => {
@@ -328,7 +340,7 @@ impl DeviceCore {
                     return Ok(false);
                 }
                 let len = self.tx_chain.gather(&mut self.scratch);
-                self.tx_done.push(Done { id: self.tx_chain.id, descs: self.tx_chain.descs, len: 0 });
+                Done::transmitted(&mut self.tx_done, &self.tx_chain, &self.stats);
                 if len < header_len {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     return Ok(true);

@@ -23,7 +23,7 @@
 #![allow(unsafe_code)]
 
 /// The [`Virtqueue`] methods that both formats answer from same-named fields: `size`, `free`
-/// (descriptors), `chains` (in flight), `broken`, `errors`, `shadow` and `memory`.
+/// (descriptors), `chains` (in flight), `broken`, `errors`, `shadow`, `memory` and `indirect`.
 macro_rules! ring_state_methods {
     () => {
         #[inline]
@@ -59,16 +59,23 @@ macro_rules! ring_state_methods {
         fn addresses(&self) -> QueueAddresses {
             self.memory.addresses()
         }
+
+        #[inline(always)]
+        fn indirect_segments(&self) -> u16 {
+            self.indirect.as_ref().map_or(0, |tables| tables.max_segments())
+        }
     };
 }
 
 pub mod event;
+mod indirect;
 mod layout;
 mod packed;
 pub mod position;
 mod shadow;
 mod split;
 
+pub use indirect::{indirect_bytes, table_segments, IndirectTables, MAX_INDIRECT_SEGMENTS};
 pub use layout::{ring_bytes, RingMemory, RING_ALIGN};
 pub use packed::PackedRing;
 pub use split::SplitRing;
@@ -203,6 +210,20 @@ pub trait Virtqueue<T>: Send {
     /// # Safety
     /// [`add`](Self::add)'s contract, for every item `chains` yields.
     unsafe fn add_each(&mut self, chains: impl Iterator<Item = (Segment, T)>) -> usize;
+
+    /// Writes one chain as a single ring descriptor (VIRTQ_DESC_F_INDIRECT) naming the ring's
+    /// indirect table for it, which gets the segments ([`IndirectTables`]); the device sees it
+    /// after the next [`publish`](Self::publish), and completes it as any one-descriptor chain.
+    /// Gives `token` back when the ring has no tables, `segments` is empty or longer than
+    /// [`indirect_segments`](Self::indirect_segments), or no descriptor is free.
+    ///
+    /// # Safety
+    /// [`add`](Self::add)'s contract, for every segment.
+    unsafe fn add_indirect(&mut self, segments: &[Segment], token: T) -> Result<(), T>;
+
+    /// The longest chain [`add_indirect`](Self::add_indirect) takes: 0 on a ring built without
+    /// indirect tables.
+    fn indirect_segments(&self) -> u16;
 
     /// Makes every chain added since the last call visible to the device, and returns whether
     /// the device asked to be notified of that.

@@ -23,13 +23,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
 use super::event::packed_need_event;
+use super::indirect::IndirectTables;
 use super::layout::RingMemory;
 use super::position::RingPos;
 use super::shadow::Shadow;
 use super::{Chains, RingErrors, Segment, UsedLen, Virtqueue};
 use crate::error::{Error, Result};
 use crate::spec::packed::{
-    EventSuppress, PackedDesc, DESC_F_AVAIL, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE, EVENT_FLAGS_DESC,
+    EventSuppress, PackedDesc, DESC_F_AVAIL, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE, EVENT_FLAGS_DESC,
     EVENT_FLAGS_DISABLE, EVENT_FLAGS_ENABLE, MAX_QUEUE_SIZE,
 };
 use crate::spec::{Le16, Le32, Le64};
@@ -70,6 +71,9 @@ pub struct PackedRing<T> {
     shadow: Shadow<T>,
     errors: RingErrors,
     broken: bool,
+    /// With VIRTIO_F_INDIRECT_DESC: one table per buffer id, table `i` for the chain with id
+    /// `i` ([`Virtqueue::add_indirect`]).
+    indirect: Option<IndirectTables>,
 }
 
 // SAFETY: the raw pointer targets ring memory owned (through `memory`) by this value; the ring
@@ -197,6 +201,7 @@ impl<T: Send> PackedRing<T> {
             shadow: Shadow::new(size),
             errors: RingErrors::default(),
             broken: false,
+            indirect: None,
             memory,
         };
         // SAFETY: the driver area holds an `EventSuppress` (RingMemory's invariant), and the
@@ -208,6 +213,22 @@ impl<T: Send> PackedRing<T> {
                 .write_volatile(EventSuppress { desc: Le16::new(0), flags: Le16::new(EVENT_FLAGS_DISABLE) })
         };
         Ok(ring)
+    }
+
+    /// The ring, taking chains through indirect `tables` as well ([`Virtqueue::add_indirect`]);
+    /// the device must have negotiated VIRTIO_F_INDIRECT_DESC. Only on a fresh ring: `tables`
+    /// must be packed tables, one per buffer id.
+    pub fn with_indirect(mut self, tables: IndirectTables) -> Result<Self> {
+        if tables.format() != RingFormat::Packed || tables.count() != self.size || self.avail != RingPos::START {
+            return Err(Error::InvalidConfig(format!(
+                "indirect tables ({:?}, {}) do not fit a fresh packed ring of {} descriptors",
+                tables.format(),
+                tables.count(),
+                self.size
+            )));
+        }
+        self.indirect = Some(tables);
+        Ok(self)
     }
 
     /// In order with one descriptor per chain: a chain's id is its slot, chains complete slot
@@ -386,6 +407,46 @@ impl<T: Send> Virtqueue<T> for PackedRing<T> {
         self.free -= count as u16;
         self.chains += 1;
         self.shadow.insert(id, token, count as u16, writable_len);
+        Ok(())
+    }
+
+    #[inline(always)]
+    unsafe fn add_indirect(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
+        let Some(max) = self.indirect.as_ref().map(|tables| tables.max_segments() as usize) else {
+            return Err(token);
+        };
+        if segments.is_empty() || segments.len() > max || self.free == 0 || self.broken {
+            return Err(token);
+        }
+        let Some(id) = self.alloc_id() else {
+            return Err(token);
+        };
+        // The id is free, so is its table: a table is in use exactly while its chain is. (The
+        // tables exist: checked above.)
+        let Some(tables) = self.indirect.as_mut() else { return Err(token) };
+        let (addr, len, writable_len) = tables.write(id, segments);
+        let slot = self.avail.idx();
+        // WRITE is reserved in a descriptor with INDIRECT (2.8.7): only the ring's bits.
+        let flags = self.avail.avail_flags() | DESC_F_INDIRECT;
+        // SAFETY: `slot < size` (RingPos invariant), so the descriptor is inside the ring memory;
+        // it is free (counted in `free`), so the device does not read it now.
+        let desc = unsafe { self.desc.add(slot as usize) };
+        if self.pending_head.is_none() {
+            // The batch's first head: everything but its flags now, the flags in `publish`.
+            // SAFETY: as above; the device may be polling this slot's flags, left alone here.
+            unsafe {
+                std::ptr::addr_of_mut!((*desc).addr).write_volatile(Le64::new(addr));
+                std::ptr::addr_of_mut!((*desc).len).write_volatile(Le32::new(len));
+                std::ptr::addr_of_mut!((*desc).id).write_volatile(Le16::new(id));
+            }
+            self.pending_head = Some((slot, flags));
+        } else {
+            Self::write_desc(desc, addr, len, id, flags);
+        }
+        self.avail.step(self.size);
+        self.free -= 1;
+        self.chains += 1;
+        self.shadow.insert(id, token, 1, writable_len);
         Ok(())
     }
 

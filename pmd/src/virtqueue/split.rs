@@ -20,12 +20,14 @@
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use super::event::split_need_event;
+use super::indirect::IndirectTables;
 use super::layout::RingMemory;
 use super::shadow::Shadow;
 use super::{Chains, RingErrors, Segment, UsedLen, Virtqueue};
 use crate::error::{Error, Result};
 use crate::spec::split::{
-    avail, used, SplitDesc, UsedElem, AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY,
+    avail, used, SplitDesc, UsedElem, AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, MAX_QUEUE_SIZE,
+    USED_F_NO_NOTIFY,
 };
 use crate::transport::{QueueAddresses, RingFormat};
 
@@ -74,6 +76,9 @@ pub struct SplitRing<T> {
     shadow: Shadow<T>,
     errors: RingErrors,
     broken: bool,
+    /// With VIRTIO_F_INDIRECT_DESC: one table per descriptor, table `i` for the chain headed by
+    /// descriptor `i` ([`Virtqueue::add_indirect`]).
+    indirect: Option<IndirectTables>,
 }
 
 // SAFETY: the raw pointers target ring memory owned (through `memory`) by this value; the ring
@@ -186,6 +191,7 @@ impl<T: Send> SplitRing<T> {
             shadow: Shadow::new(size),
             errors: RingErrors::default(),
             broken: false,
+            indirect: None,
             memory,
         };
         // Ask for no used-buffer notifications. With EVENT_IDX, `used_event` is put as far
@@ -200,6 +206,22 @@ impl<T: Send> SplitRing<T> {
             }
         }
         Ok(ring)
+    }
+
+    /// The ring, taking chains through indirect `tables` as well ([`Virtqueue::add_indirect`]);
+    /// the device must have negotiated VIRTIO_F_INDIRECT_DESC. Only on a fresh ring: `tables`
+    /// must be split tables, one per descriptor.
+    pub fn with_indirect(mut self, tables: IndirectTables) -> Result<Self> {
+        if tables.format() != RingFormat::Split || tables.count() != self.size || self.avail_idx != 0 {
+            return Err(Error::InvalidConfig(format!(
+                "indirect tables ({:?}, {}) do not fit a fresh split ring of {} descriptors",
+                tables.format(),
+                tables.count(),
+                self.size
+            )));
+        }
+        self.indirect = Some(tables);
+        Ok(self)
     }
 
     /// In order with one descriptor per chain, lengths unneeded: completes the oldest
@@ -445,6 +467,30 @@ impl<T: Send> Virtqueue<T> for SplitRing<T> {
         self.free -= count as u16;
         self.chains += 1;
         self.shadow.insert(head, token, count as u16, writable_len);
+        self.push_avail(head);
+        Ok(())
+    }
+
+    #[inline(always)]
+    unsafe fn add_indirect(&mut self, segments: &[Segment], token: T) -> Result<(), T> {
+        let Some(tables) = self.indirect.as_mut() else { return Err(token) };
+        if segments.is_empty() || segments.len() > tables.max_segments() as usize || self.free == 0 || self.broken {
+            return Err(token);
+        }
+        let head = if self.in_order { self.next_desc } else { self.free_head };
+        // The head is free, so is its table: a table is in use exactly while its chain is.
+        let (addr, len, writable_len) = tables.write(head, segments);
+        // "The device MUST ignore the write-only flag ... in the descriptor that refers to an
+        // indirect table" (2.7.5.3.2): none set, and no NEXT with INDIRECT (2.7.5.3.1).
+        self.write_desc(head, &Segment { addr, len, writable: false }, DESC_F_INDIRECT, 0);
+        if self.in_order {
+            self.next_desc = (head + 1) & self.mask;
+        } else {
+            self.free_head = self.next[head as usize];
+        }
+        self.free -= 1;
+        self.chains += 1;
+        self.shadow.insert(head, token, 1, writable_len);
         self.push_avail(head);
         Ok(())
     }

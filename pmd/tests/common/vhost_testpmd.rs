@@ -27,13 +27,23 @@ pub struct Options {
     pub app_extra: &'static str,
     /// More `net_vhost` vdev arguments (`,tso=1`).
     pub vdev_extra: &'static str,
+    /// More EAL arguments (a second port: `--vdev net_vhost1,iface=..`).
+    pub eal_extra: String,
     /// Start forwarding once up (`start`).
     pub forward: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { queues: 1, fwd: "io", txpkts: None, app_extra: "", vdev_extra: "", forward: false }
+        Self {
+            queues: 1,
+            fwd: "io",
+            txpkts: None,
+            app_extra: "",
+            vdev_extra: "",
+            eal_extra: String::new(),
+            forward: false,
+        }
     }
 }
 
@@ -98,6 +108,9 @@ impl VhostTestpmd {
         if !options.vdev_extra.is_empty() {
             args.extend(["--vdev-extra".into(), options.vdev_extra.into()]);
         }
+        if !options.eal_extra.is_empty() {
+            args.extend(["--eal-extra".into(), options.eal_extra.clone()]);
+        }
         if !options.app_extra.is_empty() {
             args.extend(["--app-extra".into(), options.app_extra.into()]);
         }
@@ -127,8 +140,14 @@ impl VhostTestpmd {
 
     /// Runs one testpmd command and returns its output.
     pub fn cmd(&self, command: &str) -> String {
+        self.cmd_within(command, Duration::from_secs(10))
+    }
+
+    /// Runs one testpmd command, waiting at most `timeout` for its prompt, and returns its output.
+    pub fn cmd_within(&self, command: &str, timeout: Duration) -> String {
+        let timeout = timeout.as_secs().max(1).to_string();
         let out = Command::new(script())
-            .args(["cmd", "--prefix", &self.prefix, command])
+            .args(["cmd", "--prefix", &self.prefix, "--timeout", &timeout, command])
             .output()
             .expect("run vhost-testpmd.sh cmd");
         assert!(out.status.success(), "testpmd command {command:?} failed: {}", String::from_utf8_lossy(&out.stderr));

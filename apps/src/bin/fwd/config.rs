@@ -464,11 +464,20 @@ impl Settings {
             (false, true) => Some(Rss::Udp),
             (false, false) => None,
         };
-        let echo_window = o.echo_window.unwrap_or(256.min(rxd as usize / 2));
-        if echo_window == 0 || echo_window > rxd as usize / 2 {
+        // A frame larger than a buffer takes several receive descriptors (the first buffer
+        // also holds the 12-byte virtio-net header).
+        let buffers_per_frame = (txpkts + 12).div_ceil(mbuf_size as usize);
+        let most_in_flight = rxd as usize / 2 / buffers_per_frame;
+        let echo_window = o.echo_window.unwrap_or(256.min(most_in_flight));
+        if echo_window == 0 || echo_window > most_in_flight {
             return Err(format!(
-                "--echo-window {echo_window}: expected 1..={} (half the ring, so that the peer always finds room)",
-                rxd / 2
+                "--echo-window {echo_window}: expected 1..={most_in_flight} (half the ring, so that the peer always \
+                 finds room{})",
+                if buffers_per_frame > 1 {
+                    format!(", with {buffers_per_frame} buffers per {txpkts}-byte frame")
+                } else {
+                    String::new()
+                }
             ));
         }
         let duration = o.duration.map(|d| seconds(d, "--duration")).transpose()?;
@@ -625,6 +634,7 @@ mod tests {
         );
         assert_eq!(Rss::Udp.hash_types(), 0b10_1101, "IPv4, UDPv4, IPv6, UDPv6");
         assert_eq!(Rss::Ip.hash_types(), 0b1001, "IPv4, IPv6");
+        assert_eq!(s.echo_window, 102, "half the ring over 5 buffers per frame");
         let s = resolve(&["--port", "vhost:/a", "--max-pkt-len", "9014", "--mbuf-size", "9216"]).unwrap();
         assert!(!s.multi_segment(), "a frame fits one buffer");
         assert!(s.mbufs as usize >= 2 * 1024, "rings and bursts");

@@ -6,7 +6,8 @@
 //! a frame that waits in pktgen (the ring was full, the loop was late) counts that wait in its
 //! latency (no coordinated omission). Unpaced, a frame is stamped when it is written.
 //!
-//! Queue pair `q` of `Q` carries the flows `f ≡ q (mod Q)`, in turn; frame sizes follow the
+//! Paced, frame `k` goes out on queue pair `k mod Q` (of `Q`), so that every pair carries its
+//! share of the rate; queue pair `q` carries the flows `f ≡ q (mod Q)`, in turn; frame sizes follow the
 //! list given, frame after frame. The loop allocates nothing, takes no lock and makes no
 //! system call per frame: burst vectors, per-flow state and histograms exist before it starts;
 //! the live line, once per second, is the only output while it runs.
@@ -79,6 +80,8 @@ struct Lane {
     next_flow: usize,
     /// This lane's first flow and the flow stride.
     first_flow: usize,
+    /// Frames written on this lane.
+    written: u64,
 }
 
 /// Everything the polling loop touches.
@@ -124,6 +127,7 @@ impl State<'_> {
             self.next_seq[flow] += 1;
             self.frames_written += 1;
         }
+        lane.written += (lane.pending.len() - have) as u64;
     }
 
     /// Sends what lane `l` has pending.
@@ -186,7 +190,14 @@ pub fn run(
     let lanes = queues
         .into_iter()
         .enumerate()
-        .map(|(l, (rx, tx))| Lane { rx, tx, pending: Vec::with_capacity(params.burst), next_flow: 0, first_flow: l })
+        .map(|(l, (rx, tx))| Lane {
+            rx,
+            tx,
+            pending: Vec::with_capacity(params.burst),
+            next_flow: 0,
+            first_flow: l,
+            written: 0,
+        })
         .collect();
     let mut s = State {
         params,
@@ -218,12 +229,15 @@ pub fn run(
             let room = params.burst - s.lanes[l].pending.len();
             match cycles_per_frame {
                 Some(c) => {
-                    // Frame k is due at start + k * c: frames 0 ..= (now - start) / c are.
+                    // Frame k is due at start + k * c: frames 0 ..= (now - start) / c are; this
+                    // lane's are those with k mod lanes = l, its j-th frame k = j * lanes + l.
                     let due = ((now - start) as f64 / c) as u64 + 1;
-                    let first = s.frames_written;
-                    let want = due.saturating_sub(first).min(room as u64) as usize;
+                    let lanes = lane_count as u64;
+                    let due_here = (due + lanes - 1 - l as u64) / lanes;
+                    let first = s.lanes[l].written;
+                    let want = due_here.saturating_sub(first).min(room as u64) as usize;
                     if want > 0 {
-                        s.generate(l, want, |k| start + ((first + k) as f64 * c) as u64);
+                        s.generate(l, want, |k| start + (((first + k) * lanes + l as u64) as f64 * c) as u64);
                     }
                 }
                 None if room > 0 => s.generate(l, room, |_| now),

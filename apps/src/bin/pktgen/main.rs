@@ -241,6 +241,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     })
     .map_err(|e| format!("cannot start the generator: {e}"))?;
     let outcome = lcores.wait().pop().and_then(Result::ok).ok_or("the generator panicked")?;
+    let stats = set.ports()[0].stats();
     drop(pool);
     let in_use = match set.close() {
         Ok(stats) | Err(SetupError::MbufsMissing { stats }) => stats.in_use,
@@ -267,11 +268,12 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let setup = Setup {
         port: cli.port_name(),
         ring: ring.into(),
-        queues: cli.queues,
+        queues: stats.rx_queues.len() as u16,
         sizes: cli.sizes.clone(),
         flows: cli.flows,
         rate_pps: rate,
         tsc_hz,
+        stats,
     };
     let summary = Summary::new(setup, &outcome, in_use, plot, curve);
     say(cli, &summary.text());

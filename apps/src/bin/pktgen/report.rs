@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use virtio_pmd::net::PortStats;
 
 use crate::track::Counts;
 
@@ -152,6 +153,12 @@ pub struct Summary {
     pub alloc_failures: u64,
     /// Frames left in the transmit rings.
     pub tx_inflight: u64,
+    /// Frames each transmit queue sent, by queue pair (the port's counters).
+    #[serde(default)]
+    pub queue_sent: Vec<u64>,
+    /// Frames each receive queue received, by queue pair (the port's counters).
+    #[serde(default)]
+    pub queue_received: Vec<u64>,
     /// Latency of every frame of ours received.
     pub latency: Latency,
     /// TSC ticks per second.
@@ -180,6 +187,8 @@ pub struct Setup {
     pub rate_pps: Option<f64>,
     /// TSC ticks per second.
     pub tsc_hz: f64,
+    /// The port's counters at the end.
+    pub stats: PortStats,
 }
 
 impl Summary {
@@ -214,6 +223,8 @@ impl Summary {
             tx_full_polls: o.tx_full_polls,
             alloc_failures: o.alloc_failures,
             tx_inflight: o.tx_inflight,
+            queue_sent: setup.stats.tx_queues.iter().map(|q| q.packets).collect(),
+            queue_received: setup.stats.rx_queues.iter().map(|q| q.packets).collect(),
             latency: Latency::of(&o.latency, setup.tsc_hz),
             tsc_hz: setup.tsc_hz,
             pool_in_use,
@@ -228,6 +239,7 @@ impl Summary {
         format!(
             "sent {} received {} (unique {}) lost {} late {} duplicates {} foreign {} | tx {:.3} Mpps rx {:.3} Mpps \
              over {:.3} s | tx ring full in {} passes, {} allocation failures, {} left in flight\n\
+             per queue sent {:?} received {:?}\n\
              latency (us) over {} frames: min {:.2} mean {:.2} p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}\n\
              pool: {} mbufs in use{}",
             self.sent,
@@ -243,6 +255,8 @@ impl Summary {
             self.tx_full_polls,
             self.alloc_failures,
             self.tx_inflight,
+            self.queue_sent,
+            self.queue_received,
             l.count,
             l.min_us,
             l.mean_us,

@@ -1,17 +1,18 @@
-//! The forwarding: lanes (one receive queue, the transmit queue it forwards to, the MAC rewrite),
-//! polled by the library's lcores ([`virtio_pmd::lcore`]).
+//! Lanes: the unit of DPDK l2fwd-style forwarding that an lcore polls. A [`Lane`] is one
+//! receive queue, the transmit queue it forwards to, and the MAC rewrite (or none).
 //!
-//! A lane is owned by exactly one thread: port A's receive queue with port B's transmit queue,
-//! where B = A's peer. Every transmit queue is fed by exactly one receive queue (the pairing is
-//! an involution), so no queue is ever shared. The loop allocates nothing: the burst vector is
-//! the lcore's, reserved once before its loop, frames the transmit queue did not take are dropped (their mbufs go
-//! back to the pool) and counted, as in DPDK's l2fwd.
+//! A lane is owned by exactly one lcore: port A's receive queue with port B's transmit queue.
+//! When every transmit queue is fed by one receive queue (a pairing of ports that is an
+//! involution, as l2fwd's), no queue is ever shared. A burst allocates nothing: the burst vector
+//! is the lcore's ([`Lcore::poll`](super::Lcore::poll)), reserved once before its loop; frames
+//! the transmit queue did not take are dropped (their mbufs go back to the pool) and counted, as
+//! in DPDK's l2fwd.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_pmd::mbuf::Mbuf;
-use virtio_pmd::net::{RxQueue, TxQueue};
+use crate::mbuf::Mbuf;
+use crate::net::{RxQueue, TxQueue};
 
 /// Counters a lane's thread publishes for the statistics thread.
 #[derive(Debug, Default)]
@@ -30,9 +31,10 @@ pub struct Lane {
     pub queue: u16,
     rx: RxQueue,
     tx: TxQueue,
-    /// Destination MAC then source MAC, written over the first 12 bytes of every frame.
-    macs: [u8; 12],
-    /// Write each frame's reported hash over its source MAC (`--hash-to-src-mac`).
+    /// Destination MAC then source MAC, written over the first 12 bytes of every frame (`None`:
+    /// frames go out unchanged).
+    macs: Option<[u8; 12]>,
+    /// Write each frame's reported hash over its source MAC ([`Lane::with_hash_to_src_mac`]).
     hash_to_src_mac: bool,
     dropped: u64,
     counters: Arc<LaneCounters>,
@@ -40,21 +42,27 @@ pub struct Lane {
 
 impl Lane {
     /// A lane from `rx` (of port `rx_port`) to `tx` (of port `tx_port`), both of queue pair
-    /// `queue`, that rewrites frames to `dst` / `src`.
+    /// `queue`, that rewrites frames to `rewrite`'s destination and source MACs (`None`: sends
+    /// them unchanged).
     pub fn new(
         (rx_port, rx): (usize, RxQueue),
         (tx_port, tx): (usize, TxQueue),
         queue: u16,
-        dst: [u8; 6],
-        src: [u8; 6],
+        rewrite: Option<([u8; 6], [u8; 6])>,
     ) -> Lane {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&dst);
-        macs[6..].copy_from_slice(&src);
+        let macs = rewrite.map(|(dst, src)| {
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&dst);
+            macs[6..].copy_from_slice(&src);
+            macs
+        });
         Lane { rx_port, tx_port, queue, rx, tx, macs, hash_to_src_mac: false, dropped: 0, counters: Arc::default() }
     }
 
-    /// Writes each frame's reported hash over its source MAC ([`stamp_hash`]).
+    /// Writes each frame's reported hash over its source MAC after the rewrite (its value, then
+    /// its report type, big-endian; zero without one): for tests that check the hashes a device
+    /// reports (a port with
+    /// [`PortConfig::rx_hash_report`](crate::net::PortConfig::rx_hash_report)).
     pub fn with_hash_to_src_mac(mut self) -> Lane {
         self.hash_to_src_mac = true;
         self
@@ -78,9 +86,10 @@ impl Lane {
         if received == 0 {
             return 0;
         }
-        let macs = &self.macs;
         let before = pkts.len();
-        pkts.retain_mut(|m| rewrite(m.data_mut(), macs));
+        if let Some(macs) = &self.macs {
+            pkts.retain_mut(|m| rewrite(m.data_mut(), macs));
+        }
         if self.hash_to_src_mac {
             pkts.iter_mut().for_each(stamp_hash);
         }
@@ -102,7 +111,7 @@ impl Lane {
 /// Writes `macs` (destination, source) over the start of `frame`; false when the frame is too
 /// short to have both addresses.
 #[inline(always)]
-pub fn rewrite(frame: &mut [u8], macs: &[u8; 12]) -> bool {
+fn rewrite(frame: &mut [u8], macs: &[u8; 12]) -> bool {
     match frame.get_mut(..12) {
         Some(head) => {
             head.copy_from_slice(macs);
@@ -113,8 +122,8 @@ pub fn rewrite(frame: &mut [u8], macs: &[u8; 12]) -> bool {
 }
 
 /// Writes the frame's reported hash (value, then report type, big-endian; zero without one)
-/// over its source MAC, which `rewrite` left in place.
-pub fn stamp_hash(frame: &mut Mbuf) {
+/// over its source MAC.
+fn stamp_hash(frame: &mut Mbuf) {
     let hash = frame.rx_hash();
     let value = hash.map_or(0, |h| h.value);
     let report = hash.map_or(0, |h| h.kind.report());
@@ -124,15 +133,15 @@ pub fn stamp_hash(frame: &mut Mbuf) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;
+    use crate::mbuf::{Mempool, MempoolConfig};
+    use crate::mem::{HugePages, IovaAllocator};
+    use crate::testing::{queue_pair, DeviceConfig, DeviceCore, Mode, RingSpec, SoftDevice};
+    use crate::transport::RingFormat;
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
-    use virtio_pmd::mbuf::{Mempool, MempoolConfig};
-    use virtio_pmd::mem::{HugePages, IovaAllocator};
-    use virtio_pmd::testing::{queue_pair, DeviceConfig, DeviceCore, Mode, RingSpec, SoftDevice};
-    use virtio_pmd::transport::RingFormat;
 
     const DST: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const SRC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
@@ -155,7 +164,7 @@ mod tests {
 
     /// A device generating `count` frames into port 0's receive ring, and one consuming port 1's
     /// transmit ring (or none: nothing ever completes there).
-    fn run_lane(format: RingFormat, count: u64, sink: bool) -> (Vec<Vec<u8>>, u64, u64) {
+    fn run_lane(format: RingFormat, count: u64, sink: bool, update: bool) -> (Vec<Vec<u8>>, u64, u64) {
         let pool = pool();
         let spec = RingSpec { format, size: 64, in_order: false, event_idx: false };
         let a = queue_pair(spec, &pool, 0).unwrap();
@@ -171,7 +180,7 @@ mod tests {
             let core = DeviceCore::new(DeviceConfig { mode, ..Default::default() }, b.space, None, Some(b.tx_spec));
             SoftDevice::spawn(core.unwrap()).unwrap()
         });
-        let mut lane = Lane::new((0, a.rx), (1, b.tx), 0, DST, SRC);
+        let mut lane = Lane::new((0, a.rx), (1, b.tx), 0, update.then_some((DST, SRC)));
         let counters = lane.counters();
         let mut pkts = Vec::with_capacity(32);
         let (mut received, start) = (0u64, Instant::now());
@@ -196,9 +205,9 @@ mod tests {
     }
 
     #[test]
-    fn a_lane_forwards_frames_intact_with_the_macs_rewritten() {
-        for format in [RingFormat::Packed, RingFormat::Split] {
-            let (frames, received, dropped) = run_lane(format, 5000, true);
+    fn a_lane_forwards_frames_intact_with_the_macs_rewritten_or_unchanged() {
+        for (format, update) in [(RingFormat::Packed, true), (RingFormat::Split, true), (RingFormat::Packed, false)] {
+            let (frames, received, dropped) = run_lane(format, 5000, true, update);
             // Frames the transmit ring had no room for (the sink thread fell behind) are dropped,
             // as in DPDK's l2fwd, and counted; every other frame arrives intact, once (the
             // software device completes out of order: no order check).
@@ -212,8 +221,10 @@ mod tests {
                 let mut want = vec![0u8; 1514];
                 let len = frame(seq, &mut want);
                 want.truncate(len);
-                want[..6].copy_from_slice(&DST);
-                want[6..12].copy_from_slice(&SRC);
+                if update {
+                    want[..6].copy_from_slice(&DST);
+                    want[6..12].copy_from_slice(&SRC);
+                }
                 assert_eq!(got, &want, "{format:?} frame {seq}");
             }
         }
@@ -222,7 +233,7 @@ mod tests {
     #[test]
     fn frames_the_transmit_ring_cannot_take_are_dropped_and_counted() {
         // Nothing completes transmissions: the 64-entry ring fills, the rest is dropped.
-        let (_, received, dropped) = run_lane(RingFormat::Packed, 500, false);
+        let (_, received, dropped) = run_lane(RingFormat::Packed, 500, false, true);
         assert_eq!((received, dropped), (500, 500 - 64));
     }
 
@@ -240,7 +251,7 @@ mod tests {
 
     #[test]
     fn stamp_hash_writes_value_and_report_type_over_the_source_mac() {
-        use virtio_pmd::mbuf::{HashKind, RxHash};
+        use crate::mbuf::{HashKind, RxHash};
         let pool = pool();
         let mut m = pool.alloc().unwrap();
         m.append(60).unwrap().fill(0xee);
