@@ -541,3 +541,149 @@ fn jumbo_frames_both_ways_over_mergeable_buffers() {
     check_port(what, &out);
     testpmd.stop();
 }
+
+// ---- Offload metadata through fwd ----
+
+/// One's complement sum of `bytes` (16-bit big-endian words) over `sum`, folded.
+fn ones_sum(bytes: &[u8], mut sum: u32) -> u16 {
+    for pair in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// A TCP/IPv4 super-packet of `len` bytes for TSO: the IPv4 checksum complete, the TCP
+/// checksum field holding the pseudo-header sum without the length (as Linux and DPDK leave it
+/// for segmentation).
+fn tso_frame(len: usize, seq: u64) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + seq) as u8).collect();
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14..34].copy_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    f[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+    let ip_sum = !ones_sum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    f[46] = 0x50; // data offset: 5 words
+    f[47] = 0x10; // ACK
+    let pseudo = ones_sum(&f[26..34], 6);
+    f[50..52].copy_from_slice(&pseudo.to_be_bytes());
+    f
+}
+
+/// Offload metadata crossing fwd: DPDK's csum engine between two vhost ports (TCP checksum in
+/// hardware, TSO with MSS 1448 on both) hands 30000-byte TCP super-packets to `fwd io
+/// --offloads` as LRO packets (a GSO header and a partial checksum); fwd sends each on with its
+/// metadata, and DPDK's vhost reports every one of them as a received LRO packet
+/// (`RTE_MBUF_F_RX_LRO`, which it sets only from the virtio-net header's GSO type): without the
+/// pass-through they would arrive as plain 30000-byte frames. The test's own port on the other
+/// vhost port sends them (TSO requests) and gets them back whole, partial checksums as DPDK
+/// asked; DPDK's csum engine counts no bad checksum; every mbuf back on both sides.
+#[test]
+fn offload_metadata_crosses_fwd_through_dpdk_csum_engine() {
+    use virtio_pmd::mbuf::{Checksum, Gso, GsoKind, Mbuf, Mempool, MempoolConfig, Offload};
+    use virtio_pmd::mem::{HugePages, IovaAllocator};
+    use virtio_pmd::net::{OffloadConfig, Port, PortConfig};
+    use virtio_pmd::transport::vhost_user::{VhostUserConfig, VhostUserTransport};
+
+    const FRAMES: u64 = 100;
+    const LEN: usize = 30_000;
+    const MSS: u16 = 1448;
+    let fwd_socket = std::env::temp_dir().join(format!("vpmd-fwd-offload-b-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&fwd_socket);
+    let options = Options {
+        fwd: "csum",
+        vdev_extra: ",tso=1",
+        eal_extra: format!("--vdev net_vhost1,iface={},queues=1,tso=1", fwd_socket.display()),
+        ..Options::default()
+    };
+    let mut testpmd = VhostTestpmd::start("fwd-offload", options);
+    for command in ["port stop all", "csum set ip sw 0", "csum set tcp hw 0", "csum set ip sw 1", "csum set tcp hw 1"] {
+        testpmd.cmd(command);
+    }
+    for command in
+        [&format!("tso set {MSS} 0"), &format!("tso set {MSS} 1"), "port start all", "set verbose 1", "start"]
+    {
+        testpmd.cmd(command);
+    }
+    let what = "fwd io --offloads between DPDK csum engine ports";
+    let fwd_args: Vec<String> = ["--port", &format!("vhost:{}", fwd_socket.display()), "--forward-mode", "io"]
+        .iter()
+        .chain(&["--offloads", "--huge-pages", "required", "--mbufs", "8192"])
+        .map(|s| s.to_string())
+        .collect();
+    let mut fwd = Fwd::start(what, &fwd_args);
+    fwd.wait_ready();
+
+    let pool_config = MempoolConfig { count: 4096, huge_pages: HugePages::Required, ..MempoolConfig::default() };
+    let pool = Mempool::new(&pool_config, &IovaAllocator::identity()).expect("the test's pool");
+    let mut transport_config = VhostUserConfig::new(testpmd.socket());
+    transport_config.connect_timeout = Duration::from_secs(5);
+    let transport = VhostUserTransport::connect(transport_config).expect("connect to testpmd's port 0");
+    let port_config = PortConfig { huge_pages: HugePages::Required, ..PortConfig::default() }.for_forwarding(
+        LEN as u32,
+        pool.data_room(),
+        true,
+    );
+    assert_eq!(port_config.offloads, OffloadConfig::ALL);
+    let mut port = Port::open(Box::new(transport), &pool, &port_config, &IovaAllocator::identity()).unwrap();
+    let (mut rx, mut tx) = port.take_queues(0).unwrap();
+    let gso = Some(Gso { kind: GsoKind::Tcpv4, size: MSS, ecn: false });
+    let (mut sent, mut received) = (0u64, 0u64);
+    let mut out: Vec<Mbuf> = Vec::with_capacity(32);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received < FRAMES && Instant::now() < deadline {
+        if sent < FRAMES && sent - received < 8 {
+            let mut m = pool.alloc().unwrap();
+            m.extend_from_slice(&pool, &tso_frame(LEN, sent)).unwrap();
+            m.set_offload(Offload { checksum: Checksum::Partial { start: 34, offset: 16 }, gso });
+            sent += tx.tx_burst(&mut vec![m]) as u64;
+        }
+        tx.reclaim();
+        rx.rx_burst(&mut out);
+        for m in out.drain(..) {
+            let frame = m.to_vec();
+            assert_eq!(frame.len(), LEN, "frame {received} whole");
+            assert_eq!(m.offload().gso, gso, "frame {received}: segmentation as DPDK asked");
+            assert_eq!(m.offload().checksum, Checksum::Partial { start: 34, offset: 16 }, "frame {received}");
+            assert_eq!(u16::from_be_bytes([frame[50], frame[51]]), ones_sum(&frame[26..34], 6), "pseudo-header sum");
+            assert_eq!(!ones_sum(&frame[14..34], 0), 0, "frame {received}: IPv4 checksum");
+            received += 1;
+        }
+    }
+    let stats = testpmd.cmd("stop");
+    assert_eq!(received, FRAMES, "every frame came back through DPDK, fwd and DPDK:\n{stats}");
+    for counter in ["Bad-ipcsum:", "Bad-l4csum:"] {
+        let values: Vec<&str> =
+            stats.split(counter).skip(1).filter_map(|rest| rest.split_whitespace().next()).collect();
+        assert!(!values.is_empty() && values.iter().all(|v| *v == "0"), "DPDK's {counter} {values:?}:\n{stats}");
+    }
+    // testpmd's verbose log: a "port P/queue Q: received N packets" line, then a line of
+    // flags per packet.
+    let log = testpmd.log();
+    let (mut lro_from_fwd, mut from_fwd, mut section) = (0u64, 0u64, None);
+    for line in log.lines() {
+        if let Some(rest) = line.trim_start().strip_prefix("port ") {
+            if rest.contains(": received") {
+                section = rest.split('/').next().map(str::to_owned);
+            }
+        }
+        if line.trim_start().starts_with("ol_flags:") && section.as_deref() == Some("1") {
+            from_fwd += 1;
+            lro_from_fwd += u64::from(line.contains("RTE_MBUF_F_RX_LRO"));
+        }
+    }
+    eprintln!("{what}: {received} frames back; DPDK got {from_fwd} from fwd, {lro_from_fwd} of them LRO packets");
+    assert_eq!((from_fwd, lro_from_fwd), (FRAMES, FRAMES), "fwd passed every frame's GSO header on");
+    drop((rx, tx, port));
+    assert_eq!(pool.stats().in_use, 0, "every mbuf of the test's port is back");
+    fwd.terminate();
+    let out = fwd.finish();
+    assert_eq!((out.get("rx_pkts"), out.get("tx_pkts"), out.get("drops")), (FRAMES, FRAMES, 0), "{what}");
+    assert!(out.stdout.contains("tx path chains with offloads"), "{what}: offloads negotiated:\n{}", out.stdout);
+    testpmd.stop();
+    let _ = std::fs::remove_file(&fwd_socket);
+}

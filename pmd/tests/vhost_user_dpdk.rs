@@ -556,7 +556,7 @@ fn port_over_a_hung_backend_keeps_its_buffers_out_of_the_pool() {
 /// DPDK's frame size in the jumbo tests: 9000 bytes, sent by txonly in five segments.
 const JUMBO: u64 = 9000;
 
-fn open_jumbo_port(testpmd: &VhostTestpmd, pool: &Mempool, ring: RingChoice) -> Port {
+fn open_jumbo_port(testpmd: &VhostTestpmd, pool: &Mempool, ring: RingChoice, tx_indirect: bool) -> Port {
     let transport = VhostUserTransport::connect(config(testpmd)).unwrap();
     let config = PortConfig {
         ring,
@@ -564,6 +564,7 @@ fn open_jumbo_port(testpmd: &VhostTestpmd, pool: &Mempool, ring: RingChoice) -> 
         huge_pages: HugePages::Required,
         rx_mergeable: true,
         tx_multi_segment: true,
+        tx_indirect,
         ..PortConfig::default()
     };
     let port = Port::open(Box::new(transport), pool, &config, &IovaAllocator::identity()).unwrap();
@@ -584,7 +585,7 @@ fn jumbo_from_txonly(ring: RingChoice, name: &str) {
     };
     let mut testpmd = VhostTestpmd::start(name, options);
     let pool = pool();
-    let mut port = open_jumbo_port(&testpmd, &pool, ring);
+    let mut port = open_jumbo_port(&testpmd, &pool, ring, false);
     let (mut rx, tx) = port.take_queues(0).unwrap();
     let mut burst: Vec<Mbuf> = Vec::with_capacity(64);
     let mut received = 0u64;
@@ -629,7 +630,7 @@ fn jumbo_to_rxonly(ring: RingChoice, name: &str) {
     let options = Options { fwd: "rxonly", app_extra: "--max-pkt-len=9018", forward: true, ..Options::default() };
     let mut testpmd = VhostTestpmd::start(name, options);
     let pool = pool();
-    let mut port = open_jumbo_port(&testpmd, &pool, ring);
+    let mut port = open_jumbo_port(&testpmd, &pool, ring, false);
     let (rx, mut tx) = port.take_queues(0).unwrap();
     const FRAMES: u64 = 20_000;
     let mut frame = vec![0u8; JUMBO as usize];
@@ -702,7 +703,7 @@ fn indirect_chains_through_io(ring: RingChoice, name: &str) {
     let options = Options { fwd: "io", app_extra: "--max-pkt-len=9018", forward: true, ..Options::default() };
     let mut testpmd = VhostTestpmd::start(name, options);
     let pool = pool();
-    let mut port = open_jumbo_port(&testpmd, &pool, ring);
+    let mut port = open_jumbo_port(&testpmd, &pool, ring, true);
     assert!(port.features().has(features::INDIRECT_DESC), "DPDK's vhost offers indirect descriptors");
     assert!(port.tx_indirect_segments() >= 8, "{}", port.tx_indirect_segments());
     let (mut rx, mut tx) = port.take_queues(0).unwrap();

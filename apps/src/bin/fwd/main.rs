@@ -11,8 +11,18 @@
 //! of a port forwards to queue pair q of its peer. One thread per queue set (`--nb-cores`,
 //! pinned with `--cores`); see [`engine`] for the loops and the busy-cycle accounting.
 //!
-//! Output: the settings, one line per port, `FWD-READY` once forwarding runs, statistics every
-//! `--stats-period`, per-port totals at the end, the pool check, and last a machine-readable
+//! Queues: `--queues N`, or testpmd's `--rxq N --txq N` (equal: a virtio-net port has queue
+//! pairs); `--rss-ip`/`--rss-udp` set testpmd's RSS hash types on every port through the
+//! library's [`Port::set_rss`] (an error on a device without VIRTIO_NET_F_RSS). Frames:
+//! `--max-pkt-len`/`--mtu`, `--mbuf-size`; a frame larger than an mbuf is received into
+//! mergeable buffers and sent as a chain, and generated frames are written as chains
+//! ([`PortConfig::for_forwarding`]). `--offloads`: checksum, TSO and LRO negotiated where
+//! offered; a forwarded frame keeps its offload metadata (the mbuf carries it from the receive
+//! to the transmit side).
+//!
+//! Output: the settings, two lines per port, `FWD-READY` once forwarding runs, statistics every
+//! `--stats-period`, per-port and per-queue totals at the end (testpmd's RX/TX packets and
+//! drops per queue; `queue_total` JSON lines), the pool check, and last a machine-readable
 //! line:
 //!
 //! ```text

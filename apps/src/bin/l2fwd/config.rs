@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use virtio_pmd::mbuf::MempoolConfig;
-use virtio_pmd::net::{MacAddr, OffloadConfig, PortConfig};
+use virtio_pmd::net::{MacAddr, PortConfig};
 use virtio_pmd::setup::{DeviceSpec, PortMap, PortOptions, PortSetConfig, RssKey};
 use virtio_pmd_apps::options::{layered, Huge, Ring};
 
@@ -359,20 +359,17 @@ impl Settings {
             format!("max_pkt_len {max_pkt_len} is out of range: use 60..={MAX_PKT_LEN} bytes")
         })?;
         let (offloads, huge) = (o.offloads.unwrap_or(false), o.huge_pages.unwrap_or(Huge::Preferred).into());
-        // Frames larger than a buffer, and super-packets, span several.
-        let chains = offloads || max_pkt_len > BUFFER_DATA_ROOM;
         let port = PortConfig {
             queue_pairs: queues,
             ring_size: o.ring_size,
             pair_ring_sizes: ring_sizes,
             ring: o.ring.unwrap_or(Ring::Auto).into(),
             huge_pages: huge,
-            rx_mergeable: chains,
-            tx_multi_segment: chains,
-            offloads: OffloadConfig { tx_checksum: offloads, tso: offloads, rx_checksum: offloads, lro: offloads },
             rx_hash_report: o.hash_to_src_mac.unwrap_or(false),
             ..PortConfig::default()
-        };
+        }
+        // Frames larger than a buffer, and super-packets, span several.
+        .for_forwarding(max_pkt_len, BUFFER_DATA_ROOM, offloads);
         let pool = MempoolConfig {
             name: "l2fwd-pool".into(),
             count: pool_size,
