@@ -20,7 +20,10 @@
 # IPv4/UDP frames of many flows into the taps with AF_PACKET. --rss-check also gives port 1 a
 # changed indirection table (the queues in reverse order) and key at run time, and requires that every
 # receive queue of l2fwd got exactly the frames vm-peer predicts with its own Toeplitz hash from
-# the key and each port's table.
+# the key and each port's table; and l2fwd asks for hash reports (VIRTIO_NET_F_HASH_REPORT:
+# QEMU's software RSS reports its hash) and writes each frame's reported hash value and type over
+# its source MAC (--hash-to-src-mac), which vm-peer checks frame by frame against its own Toeplitz
+# hash of the frame's flow under the receiving port's key, type UDPv4 (--check-hash).
 #
 # 1. installs what is missing (QEMU, cpio, kmod, the guest kernel and busybox:
 #    scripts/vm/fetch-guest.sh; gcc and libc6-dev for the build: scripts/lib/need.sh);
@@ -264,8 +267,8 @@ if [ -n "$QUEUES" ]; then
         RSS_TABLE1=$(seq $((QUEUES - 1)) -1 0 | paste -sd,)
         # And another key: the 40-byte "symmetric" key (0x6d5a repeated), known from RSS papers.
         RSS_KEY1=$(printf '6d5a%.0s' $(seq 20))
-        L2FWD_ARGS="$L2FWD_ARGS --rss-table 1=$RSS_TABLE1 --rss-key 1=$RSS_KEY1"
-        PEER_NET+=(--rss-table "1=$RSS_TABLE1" --rss-key "1=$RSS_KEY1")
+        L2FWD_ARGS="$L2FWD_ARGS --rss-table 1=$RSS_TABLE1 --rss-key 1=$RSS_KEY1 --hash-to-src-mac"
+        PEER_NET+=(--rss-table "1=$RSS_TABLE1" --rss-key "1=$RSS_KEY1" --check-hash)
     fi
 fi
 

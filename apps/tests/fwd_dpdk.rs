@@ -20,6 +20,8 @@
 //! Needs DPDK and 2 MiB huge pages: without them the tests fail with a message saying to run
 //! `scripts/dpdk/install.sh` (never skipped). Run with `--nocapture` to see each case's summary.
 
+#[path = "../../pmd/tests/common/tcp_frames.rs"]
+mod tcp_frames;
 #[path = "../../pmd/tests/common/vhost_testpmd.rs"]
 mod vhost_testpmd;
 
@@ -30,6 +32,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tcp_frames::{ones_sum, tcp_frame, TcpChecksum};
 use vhost_testpmd::{Options, VhostTestpmd};
 
 const FWD: &str = env!("CARGO_BIN_EXE_fwd");
@@ -544,36 +547,6 @@ fn jumbo_frames_both_ways_over_mergeable_buffers() {
 
 // ---- Offload metadata through fwd ----
 
-/// One's complement sum of `bytes` (16-bit big-endian words) over `sum`, folded.
-fn ones_sum(bytes: &[u8], mut sum: u32) -> u16 {
-    for pair in bytes.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
-/// A TCP/IPv4 super-packet of `len` bytes for TSO: the IPv4 checksum complete, the TCP
-/// checksum field holding the pseudo-header sum without the length (as Linux and DPDK leave it
-/// for segmentation).
-fn tso_frame(len: usize, seq: u64) -> Vec<u8> {
-    let mut f: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + seq) as u8).collect();
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    f[14..34].copy_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
-    f[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
-    let ip_sum = !ones_sum(&f[14..34], 0);
-    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
-    f[46] = 0x50; // data offset: 5 words
-    f[47] = 0x10; // ACK
-    let pseudo = ones_sum(&f[26..34], 6);
-    f[50..52].copy_from_slice(&pseudo.to_be_bytes());
-    f
-}
-
 /// Offload metadata crossing fwd: DPDK's csum engine between two vhost ports (TCP checksum in
 /// hardware, TSO with MSS 1448 on both) hands 30000-byte TCP super-packets to `fwd io
 /// --offloads` as LRO packets (a GSO header and a partial checksum); fwd sends each on with its
@@ -638,7 +611,7 @@ fn offload_metadata_crosses_fwd_through_dpdk_csum_engine() {
     while received < FRAMES && Instant::now() < deadline {
         if sent < FRAMES && sent - received < 8 {
             let mut m = pool.alloc().unwrap();
-            m.extend_from_slice(&pool, &tso_frame(LEN, sent)).unwrap();
+            m.extend_from_slice(&pool, &tcp_frame(LEN, sent, TcpChecksum::ForSegmentation)).unwrap();
             m.set_offload(Offload { checksum: Checksum::Partial { start: 34, offset: 16 }, gso });
             sent += tx.tx_burst(&mut vec![m]) as u64;
         }

@@ -39,6 +39,7 @@ fn device(pair: &QueuePair, mode: Mode, rx: bool, tx: bool) -> DeviceCore {
         fault: None,
         seed: 1,
         mergeable: false,
+        hash_report: None,
     };
     let rx_spec = rx.then_some(pair.rx_spec);
     let tx_spec = tx.then_some(pair.tx_spec);

@@ -169,24 +169,27 @@ fn a_port_negotiates_indirect_descriptors_only_on_the_chains_paths_when_asked() 
     let open = |offered: &[u32], config: &PortConfig| {
         Port::open(Box::new(FakeTransport::new(fake_device(offered))), &pool, config, &iova).expect("open")
     };
-    // The one-descriptor path has no use for it.
-    let port = open(OFFERED, &base);
+    // The one-descriptor path has no use for it, even when asked.
+    let port = open(OFFERED, &PortConfig { tx_indirect: true, ..base.clone() });
     assert!(!port.features().has(features::INDIRECT_DESC));
     assert_eq!((port.tx_path(), port.tx_indirect_segments()), (TxPath::Simple, 0));
     drop(port);
-    // Chains, not asked for.
-    let port = open(OFFERED, &PortConfig { tx_multi_segment: true, tx_indirect: false, ..base.clone() });
+    // Chains, not asked for (the default).
+    let port = open(OFFERED, &PortConfig { tx_multi_segment: true, ..base.clone() });
     assert!(!port.features().has(features::INDIRECT_DESC));
     assert_eq!((port.tx_path(), port.tx_indirect_segments()), (TxPath::Chains, 0));
     drop(port);
     // Chains, not offered.
-    let port = open(&OFFERED[..3], &PortConfig { tx_multi_segment: true, rx_mergeable: false, ..base.clone() });
+    let port = open(
+        &OFFERED[..3],
+        &PortConfig { tx_multi_segment: true, tx_indirect: true, rx_mergeable: false, ..base.clone() },
+    );
     assert!(!port.features().has(features::INDIRECT_DESC));
     assert_eq!(port.tx_indirect_segments(), 0);
     drop(port);
-    // Chains, asked for (the default) and offered: negotiated, and frames cross through tables.
+    // Chains, asked for and offered: negotiated, and frames cross through tables.
     for ring in [virtio_pmd::net::RingChoice::Packed, virtio_pmd::net::RingChoice::Split] {
-        let mut port = open(OFFERED, &PortConfig { tx_multi_segment: true, ring, ..base.clone() });
+        let mut port = open(OFFERED, &PortConfig { tx_multi_segment: true, tx_indirect: true, ring, ..base.clone() });
         assert!(port.features().has(features::INDIRECT_DESC));
         assert_eq!((port.tx_path(), port.tx_indirect_segments()), (TxPath::Chains, MAX_INDIRECT_SEGMENTS));
         let (mut rx, mut tx) = port.take_queues(0).expect("queue pair 0");

@@ -29,6 +29,7 @@ fn device(offered: &[u32]) -> FakeDeviceConfig {
         notify: NotifyMode::Never,
         behind_iommu: false,
         refuse_driver_ok: false,
+        hash_reporter: None,
     }
 }
 

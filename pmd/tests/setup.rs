@@ -62,6 +62,7 @@ fn a_refused_feature_is_typed_apart_from_a_missing_device() {
         notify: NotifyMode::Never,
         behind_iommu: false,
         refuse_driver_ok: false,
+        hash_reporter: None,
     };
     let packed = PortConfig { ring: RingChoice::Packed, ..config().port };
     let err = Port::open(Box::new(FakeTransport::new(device)), &pool, &packed, &IovaAllocator::identity()).unwrap_err();

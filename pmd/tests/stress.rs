@@ -38,6 +38,7 @@ fn run(case: Case, seed: u64) -> u64 {
         fault: None,
         seed,
         mergeable: false,
+        hash_report: None,
     };
     // The receive ring was filled (and the still-silent device notified) before the device
     // started and stated its notification preference: that first kick is not counted below.

@@ -4,12 +4,15 @@
 //! Needs DPDK and 2 MiB huge pages: without them every test here fails with a message saying to
 //! run `scripts/dpdk/install.sh` (never skipped). Run with `--nocapture` to see set-up timings.
 
+#[path = "common/tcp_frames.rs"]
+mod tcp_frames;
 #[path = "common/vhost_testpmd.rs"]
 mod vhost_testpmd;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tcp_frames::{complete_checksum, ones_sum, tcp_checksum_ok, tcp_frame, TcpChecksum};
 use vhost_testpmd::{Options, VhostTestpmd};
 use virtio_pmd::error::Error;
 use virtio_pmd::mem::{DmaRegion, HugePages, IovaAllocator, HUGE_PAGE_SIZE};
@@ -556,7 +559,7 @@ fn port_over_a_hung_backend_keeps_its_buffers_out_of_the_pool() {
 /// DPDK's frame size in the jumbo tests: 9000 bytes, sent by txonly in five segments.
 const JUMBO: u64 = 9000;
 
-fn open_jumbo_port(testpmd: &VhostTestpmd, pool: &Mempool, ring: RingChoice) -> Port {
+fn open_jumbo_port(testpmd: &VhostTestpmd, pool: &Mempool, ring: RingChoice, tx_indirect: bool) -> Port {
     let transport = VhostUserTransport::connect(config(testpmd)).unwrap();
     let config = PortConfig {
         ring,
@@ -564,6 +567,7 @@ fn open_jumbo_port(testpmd: &VhostTestpmd, pool: &Mempool, ring: RingChoice) -> 
         huge_pages: HugePages::Required,
         rx_mergeable: true,
         tx_multi_segment: true,
+        tx_indirect,
         ..PortConfig::default()
     };
     let port = Port::open(Box::new(transport), pool, &config, &IovaAllocator::identity()).unwrap();
@@ -584,7 +588,7 @@ fn jumbo_from_txonly(ring: RingChoice, name: &str) {
     };
     let mut testpmd = VhostTestpmd::start(name, options);
     let pool = pool();
-    let mut port = open_jumbo_port(&testpmd, &pool, ring);
+    let mut port = open_jumbo_port(&testpmd, &pool, ring, false);
     let (mut rx, tx) = port.take_queues(0).unwrap();
     let mut burst: Vec<Mbuf> = Vec::with_capacity(64);
     let mut received = 0u64;
@@ -629,7 +633,7 @@ fn jumbo_to_rxonly(ring: RingChoice, name: &str) {
     let options = Options { fwd: "rxonly", app_extra: "--max-pkt-len=9018", forward: true, ..Options::default() };
     let mut testpmd = VhostTestpmd::start(name, options);
     let pool = pool();
-    let mut port = open_jumbo_port(&testpmd, &pool, ring);
+    let mut port = open_jumbo_port(&testpmd, &pool, ring, false);
     let (rx, mut tx) = port.take_queues(0).unwrap();
     const FRAMES: u64 = 20_000;
     let mut frame = vec![0u8; JUMBO as usize];
@@ -702,7 +706,7 @@ fn indirect_chains_through_io(ring: RingChoice, name: &str) {
     let options = Options { fwd: "io", app_extra: "--max-pkt-len=9018", forward: true, ..Options::default() };
     let mut testpmd = VhostTestpmd::start(name, options);
     let pool = pool();
-    let mut port = open_jumbo_port(&testpmd, &pool, ring);
+    let mut port = open_jumbo_port(&testpmd, &pool, ring, true);
     assert!(port.features().has(features::INDIRECT_DESC), "DPDK's vhost offers indirect descriptors");
     assert!(port.tx_indirect_segments() >= 8, "{}", port.tx_indirect_segments());
     let (mut rx, mut tx) = port.take_queues(0).unwrap();
@@ -793,49 +797,6 @@ fn indirect_chains_through_dpdk_io_split() {
 
 // ---- Checksum offload against DPDK's csum forwarding engine ----
 
-/// One's complement sum of `bytes` (16-bit big-endian words), folded.
-fn ones_sum(bytes: &[u8], mut sum: u32) -> u16 {
-    for pair in bytes.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
-/// A TCP/IPv4 frame of `len` bytes whose TCP checksum is left partial as Linux leaves it for a
-/// device (the pseudo-header sum in the field), the IPv4 checksum complete.
-fn partial_tcp_frame(len: usize, seq: u64) -> Vec<u8> {
-    let mut f: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + seq) as u8).collect();
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip_len = (len - 14) as u16;
-    f[14..34].copy_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
-    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
-    let ip_sum = !ones_sum(&f[14..34], 0);
-    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
-    f[46] = 0x50; // data offset: 5 words
-    f[47] = 0x18; // PSH, ACK
-    let tcp_len = u32::from(ip_len) - 20;
-    let pseudo = ones_sum(&f[26..34], 6 + tcp_len);
-    f[50..52].copy_from_slice(&pseudo.to_be_bytes());
-    f
-}
-
-/// Whether the TCP checksum of `frame` is right (a valid segment sums to 0xffff).
-fn tcp_checksum_ok(frame: &[u8]) -> bool {
-    let tcp_len = frame.len() as u32 - 34;
-    ones_sum(&frame[34..], u32::from(ones_sum(&frame[26..34], 6 + tcp_len))) == 0xffff
-}
-
-/// Completes the partial TCP checksum of `frame` as a device would.
-fn complete_checksum(frame: &mut [u8]) {
-    let sum = !ones_sum(&frame[34..], 0);
-    frame[50..52].copy_from_slice(&sum.to_be_bytes());
-}
-
 /// TCP/IPv4 frames with partial checksums (our transmit checksum offload) go to DPDK's csum
 /// engine on a vhost port with `tso=1`, which recomputes the IPv4 checksum in software, leaves
 /// TCP to hardware (`csum set tcp hw`), and sends them back: they arrive as partial checksums
@@ -880,7 +841,7 @@ fn csum_engine(ring: RingChoice, name: &str, tso: bool) {
         if sent < frames && sent - received < if tso { 8 } else { 64 } {
             let len = lens[sent as usize % lens.len()];
             let mut m = pool.alloc().unwrap();
-            m.extend_from_slice(&pool, &partial_tcp_frame(len, sent)).unwrap();
+            m.extend_from_slice(&pool, &tcp_frame(len, sent, TcpChecksum::Partial)).unwrap();
             m.set_offload(Offload { checksum: Checksum::Partial { start: 34, offset: 16 }, gso });
             let mut pkts = vec![m];
             sent += tx.tx_burst(&mut pkts) as u64;

@@ -9,8 +9,9 @@
 # Each case runs target/release/tx-chains-instr under `valgrind --tool=callgrind`, collecting
 # only inside its measured loop (`--toggle-collect`): building the packets (allocation and
 # chaining, the same for both layouts), tx_burst, reclaim, and the device's reading of the
-# descriptors and tables. Two figures per case: the driver's (tx_burst with its reclaim,
-# inclusive) and the whole loop's (with the packets' building and the software device).
+# descriptors and tables. Two figures per case: the driver's (TxQueue::transmit_chains, the
+# chains path of tx_burst, with its reclaim, inclusive) and the whole loop's (with the packets'
+# building and the software device, whose reading of a table costs it more than a chain).
 # Run it under the heavy lock (flock /tmp/virtio-pmd-heavy.lock). Printed last, one line per
 # ring format, the driver's instructions per packet:
 #   RESULT tx_chains ring=<r> seg2_chain=<n> seg2_indirect=<n> seg3_chain=.. seg4_indirect=<n>
@@ -56,7 +57,7 @@ for line in sys.stdin:
     n = int(m.group(1).replace(",", ""))
     if "PROGRAM TOTALS" in line:
         total = n
-    elif re.search(r"TxQueue::tx_burst( |$)", m.group(2)):
+    elif "TxQueue::transmit_chains" in m.group(2):
         driver = max(driver, n)
 print(f"{driver / packets:.1f} {total / packets:.1f}")' "$packets")
             drivers="$drivers $driver" wholes="$wholes $whole"

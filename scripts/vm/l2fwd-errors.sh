@@ -11,6 +11,14 @@
 #                  ... then NIC1 is bound to vfio-pci (scripts/bind-vfio.sh)
 #   ring-size      a ring size the device refuses (configuration: exit 2)
 #   no-hugepages   huge_pages = "required" with no huge pages reserved (exit 1)
+#   refused-command  a control command the device answers with VIRTIO_NET_ERR: the port option
+#                  rx_offloads=off sends VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, which QEMU refuses
+#                  on a backend without a virtio-net header (a UDP socket); the error names the
+#                  command (exit 1)
+#   too-many-pairs NIC0 (mq=on on a one-queue UDP backend: max_virtqueue_pairs 1) with --queues 2
+#   no-ctrl-queue  NIC2 (0000:00:05.0, ctrl_vq=off, never forwarded) with --queues 2: the device
+#                  offers no control queue (configuration: exit 2)
+#                  ... each of the three with L2FWD-POOL showing every mbuf back
 #   group-busy     a second l2fwd on the NICs while a first one (the holder) runs (exit 1); the
 #                  holder then stops on SIGTERM, cleanly, with every mbuf back in its pool
 # and last, on the same devices in the same boot, a normal run with traffic from the host
@@ -141,6 +149,18 @@ echo 0 >/proc/sys/vm/nr_hugepages
 case_ no-hugepages 1 l2fwd --config $CFG --huge-pages required
 echo "$pages" >/proc/sys/vm/nr_hugepages
 echo "guest: huge pages back to $(cat /proc/sys/vm/nr_hugepages)"
+# The device's refusals, each with the pool checked after it: POOL-OK when the case's output has
+# l2fwd's pool line with every mbuf back.
+C=0000:00:05.0
+pool_ok() {
+    if grep -q '^L2FWD-POOL .* in_use=0 .*every mbuf is back in the pool' /tmp/case.out; then echo "== POOL-OK $1"; fi
+}
+case_ refused-command 1 l2fwd --stats-interval 0 --duration 1 pci:$A,rx_offloads=off
+pool_ok refused-command
+case_ too-many-pairs 1 l2fwd --stats-interval 0 --queues 2 $A
+pool_ok too-many-pairs
+case_ no-ctrl-queue 2 l2fwd --stats-interval 0 --queues 2 $C
+pool_ok no-ctrl-queue
 
 # group-busy: a holder l2fwd on both NICs, a second one must fail; then the holder stops on SIGTERM.
 l2fwd --config $CFG --stats-interval 0 >/tmp/holder.out 2>&1 &
@@ -181,12 +201,19 @@ CHECKS=(
     "ring-size|^   l2fwd: error: port 0 \(0000:00:03\.0\): .*refused ring size 4096"
     "no-hugepages|^   l2fwd: error: .*huge pages"
     "group-busy|^   l2fwd: error: port 0: IOMMU group [0-9]+ of PCI device 0000:00:03\.0 is in use"
+    "refused-command|^   l2fwd: error: .*receive offloads: .*the device refused VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET"
+    "too-many-pairs|^   l2fwd: error: .*2 queue pairs asked for, but the device's max_virtqueue_pairs is lower: ask for at most 1"
+    "no-ctrl-queue|^   l2fwd: error: port 0 \(0000:00:05\.0\): .*2 queue pairs asked for.*offers no control queue .*ctrl_vq=on"
+    "refused-command|^== POOL-OK refused-command"
+    "too-many-pairs|^== POOL-OK too-many-pairs"
+    "no-ctrl-queue|^== POOL-OK no-ctrl-queue"
     "holder-sigterm|^   holder\| L2FWD-POOL .* in_use=0 .*every mbuf is back in the pool"
     "holder-sigterm|^   holder\| L2FWD-DONE clean"
     "final-run|^L2FWD-POOL .* in_use=0 .*every mbuf is back in the pool"
     "final-run|^L2FWD-DONE clean"
 )
-CASES="missing-bdf bad-bdf unknown-key no-driver virtio-pci ring-size no-hugepages group-busy holder-sigterm final-run"
+CASES="missing-bdf bad-bdf unknown-key no-driver virtio-pci ring-size no-hugepages refused-command too-many-pairs
+    no-ctrl-queue group-busy holder-sigterm final-run"
 
 # The guest of the boot without a vIOMMU: NIC0 on uio_pci_generic, NIC1 on no driver (vmskip).
 cp "$WORK/prelude.sh" "$WORK/guest-noiommu.sh"
@@ -280,7 +307,11 @@ boot() {
     grep '^RESULT' "$OUT_DIR/vm-peer-$name.txt" 2>/dev/null | sed "s/^/  $name final run: /" || true
 }
 
-boot iommu "$WORK/guest.sh" CHECKS "$CASES" --append "vmskip=0000:00:04.0"
+# NIC2 (0000:00:05.0) only for the no-control-queue cases: without ctrl_vq, and so without the
+# features that need it.
+boot iommu "$WORK/guest.sh" CHECKS "$CASES" --append "vmskip=0000:00:04.0" --nics 3 \
+    --nic-props 0=mq=on \
+    --nic-props 2=ctrl_vq=off,ctrl_rx=off,ctrl_vlan=off,ctrl_rx_extra=off,ctrl_mac_addr=off,guest_announce=off
 boot noiommu "$WORK/guest-noiommu.sh" CHECKS_NOIOMMU "$CASES_NOIOMMU" --no-iommu --ring split --append "vmskip=0000:00:04.0"
 
 say "took $((SECONDS - started)) s; logs in $OUT_DIR"

@@ -44,6 +44,8 @@ pub struct Lane {
     /// Frames the transmit queue has not taken yet, in order: at most one burst, and the lane
     /// receives nothing while there are any.
     held: Vec<Mbuf>,
+    /// Write each frame's reported hash over its source MAC ([`Lane::with_hash_to_src_mac`]).
+    hash_to_src_mac: bool,
     dropped: u64,
     counters: Arc<LaneCounters>,
 }
@@ -64,7 +66,17 @@ impl Lane {
             macs[6..].copy_from_slice(&src);
             macs
         });
-        Lane { rx_port, tx_port, queue, rx, tx, macs, held: Vec::new(), dropped: 0, counters: Arc::default() }
+        let (held, hash_to_src_mac) = (Vec::new(), false);
+        Lane { rx_port, tx_port, queue, rx, tx, macs, held, hash_to_src_mac, dropped: 0, counters: Arc::default() }
+    }
+
+    /// Writes each frame's reported hash over its source MAC after the rewrite (its value, then
+    /// its report type, big-endian; zero without one): for tests that check the hashes a device
+    /// reports (a port with
+    /// [`PortConfig::rx_hash_report`](crate::net::PortConfig::rx_hash_report)).
+    pub fn with_hash_to_src_mac(mut self) -> Lane {
+        self.hash_to_src_mac = true;
+        self
     }
 
     /// `rx_port:queue->tx_port:queue`.
@@ -96,6 +108,9 @@ impl Lane {
         let before = pkts.len();
         if let Some(macs) = &self.macs {
             pkts.retain_mut(|m| rewrite(m.data_mut(), macs));
+        }
+        if self.hash_to_src_mac {
+            pkts.iter_mut().for_each(stamp_hash);
         }
         let dropped = before - pkts.len();
         self.tx.tx_burst(pkts);
@@ -132,6 +147,18 @@ fn rewrite(frame: &mut [u8], macs: &[u8; 12]) -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// Writes the frame's reported hash (value, then report type, big-endian; zero without one)
+/// over its source MAC.
+fn stamp_hash(frame: &mut Mbuf) {
+    let hash = frame.rx_hash();
+    let value = hash.map_or(0, |h| h.value);
+    let report = hash.map_or(0, |h| h.kind.report());
+    if let Some(src) = frame.data_mut().get_mut(6..12) {
+        src[..4].copy_from_slice(&value.to_be_bytes());
+        src[4..].copy_from_slice(&report.to_be_bytes());
     }
 }
 
@@ -260,5 +287,20 @@ mod tests {
         let mut runt = [0u8; 11];
         assert!(!rewrite(&mut runt, &macs));
         assert_eq!(runt, [0u8; 11]);
+    }
+
+    #[test]
+    fn stamp_hash_writes_value_and_report_type_over_the_source_mac() {
+        use crate::mbuf::{HashKind, RxHash};
+        let pool = pool();
+        let mut m = pool.alloc().unwrap();
+        m.append(60).unwrap().fill(0xee);
+        m.set_rx_hash(Some(RxHash { value: 0x1234_5678, kind: HashKind::Udpv4 }));
+        stamp_hash(&mut m);
+        assert_eq!(&m.data()[6..12], &[0x12, 0x34, 0x56, 0x78, 0, 3]);
+        assert!(m.data()[..6].iter().chain(&m.data()[12..]).all(|b| *b == 0xee), "only the source MAC");
+        m.set_rx_hash(None);
+        stamp_hash(&mut m);
+        assert_eq!(&m.data()[6..12], &[0; 6], "no hash: zero");
     }
 }

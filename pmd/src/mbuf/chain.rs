@@ -188,8 +188,8 @@ impl Mbuf {
             let (new_head, old_head) = (self.header_mut() as *mut MbufHeader, old.header());
             // SAFETY: two distinct headers (two elements), both owned here.
             let new_head = unsafe { &mut *new_head };
-            (new_head.port, new_head.rss_hash, new_head.offload, new_head.user_data) =
-                (old_head.port, old_head.rss_hash, old_head.offload, old_head.user_data);
+            (new_head.port, new_head.rss_hash, new_head.hash_kind, new_head.offload, new_head.user_data) =
+                (old_head.port, old_head.rss_hash, old_head.hash_kind, old_head.offload, old_head.user_data);
             // Cannot fail: checked above.
             let _ = self.chain(old);
         }

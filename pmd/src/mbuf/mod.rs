@@ -24,6 +24,7 @@
 #![allow(unsafe_code)]
 
 mod chain;
+mod hash;
 mod offload;
 mod pool;
 
@@ -31,6 +32,7 @@ use std::ptr::NonNull;
 
 pub(crate) use chain::ChainBuilder;
 pub use chain::{ChainError, Segments, SegmentsMut};
+pub use hash::{HashKind, RxHash};
 pub use offload::{Checksum, Gso, GsoKind, Offload};
 
 pub(crate) use pool::recycle;
@@ -67,14 +69,14 @@ pub(crate) struct MbufHeader {
     pool: NonNull<pool::PoolShared>,
     /// The next segment of the packet, owned through the head.
     next: Option<NonNull<MbufHeader>>,
-    /// Headroom + data room.
-    buf_len: u32,
     /// Bytes of valid data in this segment, starting at `data_off`.
     data_len: u32,
     /// Bytes of data in the whole packet (head only).
     pkt_len: u32,
-    /// RSS hash reported by the device.
+    /// The hash value the device reported; meaningful only with `hash_kind`.
     rss_hash: u32,
+    /// Headroom + data room (at most `u16::MAX`: the pool checks it).
+    buf_len: u16,
     /// Offset of the first data byte from the start of `buf`.
     data_off: u16,
     /// Port the packet was received on, or is bound for.
@@ -83,6 +85,9 @@ pub(crate) struct MbufHeader {
     nb_segs: u16,
     /// Checksum and segmentation offload metadata (head only).
     offload: Offload,
+    /// What `rss_hash` was computed over; `None`: no hash (head only). Clearing it alone clears
+    /// the hash, one byte store on the receive fast path.
+    hash_kind: Option<HashKind>,
     // Second cache line.
     /// Free for the application's use (e.g. a timestamp or sequence number).
     user_data: u64,
@@ -90,6 +95,7 @@ pub(crate) struct MbufHeader {
 const _: () = assert!(core::mem::size_of::<MbufHeader>() == 128);
 const _: () = assert!(core::mem::offset_of!(MbufHeader, user_data) == 64);
 const _: () = assert!(core::mem::size_of::<Offload>() == 10);
+const _: () = assert!(core::mem::size_of::<Option<HashKind>>() == 1);
 
 impl MbufHeader {
     /// A fresh element's header: an empty one-segment packet with `headroom` (`buf`'s
@@ -98,7 +104,7 @@ impl MbufHeader {
         buf: NonNull<u8>,
         buf_iova: u64,
         pool: NonNull<pool::PoolShared>,
-        buf_len: u32,
+        buf_len: u16,
         headroom: u16,
     ) -> Self {
         MbufHeader {
@@ -114,6 +120,7 @@ impl MbufHeader {
             port: 0,
             nb_segs: 1,
             offload: Offload::NONE,
+            hash_kind: None,
             user_data: 0,
         }
     }
@@ -175,12 +182,12 @@ impl Mbuf {
     #[inline(always)]
     pub(crate) fn init_received(&mut self, data_off: u16, len: u32, port: u16) {
         let h = self.header_mut();
-        debug_assert!(data_off as u32 + len <= h.buf_len && h.next.is_none());
+        debug_assert!(data_off as u32 + len <= h.buf_len as u32 && h.next.is_none());
         h.data_off = data_off;
         h.data_len = len;
         h.pkt_len = len;
         h.port = port;
-        h.rss_hash = 0;
+        h.hash_kind = None;
         h.offload = Offload::NONE;
     }
 
@@ -225,7 +232,7 @@ impl Mbuf {
     pub fn tailroom(&self) -> usize {
         // SAFETY: the last segment's header is owned through this mbuf.
         let h = unsafe { self.last_segment().as_ref() };
-        (h.buf_len - h.data_off as u32 - h.data_len) as usize
+        (h.buf_len as u32 - h.data_off as u32 - h.data_len) as usize
     }
 
     /// Headroom + data room: the whole buffer of the first segment.
@@ -267,7 +274,7 @@ impl Mbuf {
         // SAFETY: the last segment is owned through this mbuf (and is `self.hdr` itself when
         // unchained: one mutable access at a time, below).
         let seg = unsafe { last.as_mut() };
-        if n > (seg.buf_len - seg.data_off as u32 - seg.data_len) as usize {
+        if n > (seg.buf_len as u32 - seg.data_off as u32 - seg.data_len) as usize {
             return None;
         }
         let old = seg.data_len as usize;
@@ -374,11 +381,11 @@ impl Mbuf {
             self.truncate_chain(0);
         }
         let h = self.header_mut();
-        h.data_off = headroom.min(h.buf_len as u16);
+        h.data_off = headroom.min(h.buf_len);
         h.data_len = 0;
         h.pkt_len = 0;
         h.offload = Offload::NONE;
-        h.rss_hash = 0;
+        h.hash_kind = None;
     }
 
     /// Port the packet arrived on (set by receive) or is meant for.
@@ -407,16 +414,21 @@ impl Mbuf {
         self.header_mut().offload = offload;
     }
 
-    /// RSS hash reported by the device (0 when none).
+    /// The hash the device reported for the packet (a port opened with
+    /// [`PortConfig::rx_hash_report`](crate::net::PortConfig::rx_hash_report)); `None` when it
+    /// reported none, or when the port does not ask for hashes.
     #[inline(always)]
-    pub fn rss_hash(&self) -> u32 {
-        self.header().rss_hash
+    pub fn rx_hash(&self) -> Option<RxHash> {
+        let h = self.header();
+        h.hash_kind.map(|kind| RxHash { value: h.rss_hash, kind })
     }
 
-    /// Sets the RSS hash.
+    /// Sets (or, `None`, clears) the packet's hash.
     #[inline(always)]
-    pub fn set_rss_hash(&mut self, hash: u32) {
-        self.header_mut().rss_hash = hash;
+    pub fn set_rx_hash(&mut self, hash: Option<RxHash>) {
+        let h = self.header_mut();
+        h.hash_kind = hash.map(|hash| hash.kind);
+        h.rss_hash = hash.map_or(0, |hash| hash.value);
     }
 
     /// The application's own 64 bits of per-packet data.

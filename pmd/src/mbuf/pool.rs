@@ -293,7 +293,8 @@ impl Mempool {
                     NonNull::new_unchecked(shared.region.as_ptr().add(offset)),
                     shared.region.iova() + offset as u64,
                     raw,
-                    buf_len,
+                    // Cannot truncate: checked above.
+                    buf_len as u16,
                     config.headroom,
                 ))
             };

@@ -50,6 +50,8 @@ pub enum CtrlCommand {
     MqVqPairsSet,
     /// `VIRTIO_NET_CTRL_MQ` / `VIRTIO_NET_CTRL_MQ_RSS_CONFIG`.
     MqRssConfig,
+    /// `VIRTIO_NET_CTRL_MQ` / `VIRTIO_NET_CTRL_MQ_HASH_CONFIG`.
+    MqHashConfig,
     /// `VIRTIO_NET_CTRL_GUEST_OFFLOADS` / `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET`.
     GuestOffloadsSet,
 }
@@ -93,6 +95,7 @@ impl CtrlCommand {
             CtrlCommand::AnnounceAck => (spec::ANNOUNCE, spec::ANNOUNCE_ACK),
             CtrlCommand::MqVqPairsSet => (spec::MQ, spec::MQ_VQ_PAIRS_SET),
             CtrlCommand::MqRssConfig => (spec::MQ, spec::MQ_RSS_CONFIG),
+            CtrlCommand::MqHashConfig => (spec::MQ, spec::MQ_HASH_CONFIG),
             CtrlCommand::GuestOffloadsSet => (spec::GUEST_OFFLOADS, spec::GUEST_OFFLOADS_SET),
         }
     }
@@ -113,6 +116,7 @@ impl CtrlCommand {
             CtrlCommand::AnnounceAck => "VIRTIO_NET_CTRL_ANNOUNCE_ACK",
             CtrlCommand::MqVqPairsSet => "VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET",
             CtrlCommand::MqRssConfig => "VIRTIO_NET_CTRL_MQ_RSS_CONFIG",
+            CtrlCommand::MqHashConfig => "VIRTIO_NET_CTRL_MQ_HASH_CONFIG",
             CtrlCommand::GuestOffloadsSet => "VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET",
         }
     }
@@ -357,6 +361,7 @@ mod tests {
             notify: NotifyMode::Never,
             behind_iommu: false,
             refuse_driver_ok: false,
+            hash_reporter: None,
         });
         transport.set_driver_features(offered).unwrap();
         let spec = CtrlRingSpec { format: RingFormat::Split, in_order: false, event_idx: false };

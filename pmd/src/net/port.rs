@@ -20,6 +20,13 @@
 //! receive queue of every packet follows from the key and table alone; [`Port::set_rss`]
 //! changes it at run time.
 //!
+//! Hash reports (VIRTIO_NET_F_HASH_REPORT, "Hash calculation for incoming packets") are
+//! negotiated only when [`PortConfig::rx_hash_report`] asks, and need the control queue: the
+//! device computes hashes only for the hash types the driver enables, with the RSS
+//! configuration (VIRTIO_NET_CTRL_MQ_RSS_CONFIG, sent then for one pair too) or, without
+//! VIRTIO_NET_F_RSS, VIRTIO_NET_CTRL_MQ_HASH_CONFIG; both with the default key and hash types.
+//! The header grows to 20 bytes both ways and the receive queues take [`RxPath::HashReport`].
+//!
 //! Invariant: a queue hands its in-flight buffers back to their pools only after the device was
 //! reset: every queue holds the shared device from the moment it is made, so dropping any queue
 //! (or the port), on a failed initialisation too, resets the device first, and a device can
@@ -42,7 +49,7 @@ use std::time::Duration;
 use super::ctrl::{CtrlCommand, CtrlQueue, CtrlRingSpec, CtrlUnavailable, RxFilter, MAX_DATA};
 use super::offload::{OffloadConfig, Offloads};
 use super::queue::{Quiesce, Ring, RxPath, RxQueue, TxPath, TxQueue};
-use super::rss::{RssCapabilities, RssConfig};
+use super::rss::{RssCapabilities, RssConfig, DEFAULT_HASH_TYPES, DEFAULT_KEY};
 use super::stats::QueueCounters;
 use super::QueueStats;
 use crate::error::{Error, Result};
@@ -106,8 +113,11 @@ pub struct PortConfig {
     /// several segments as one ring descriptor naming an indirect table of them
     /// (VIRTIO_F_INDIRECT_DESC, negotiated only then, and when offered): the ring then holds as
     /// many such packets as it has descriptors, not a fraction of that (size the pool for it:
-    /// every segment of every packet in flight is out of the pool). The tables are laid out
-    /// once, with the rings. On by default; no effect on the one-descriptor path.
+    /// every segment of every packet in flight is out of the pool), and the device reads one
+    /// ring descriptor per packet. The tables are laid out once, with the rings. Off by
+    /// default: the driver's cost per packet is the same as a chain's within 3% for 2 to 4
+    /// segments (callgrind, `scripts/bench/tx-chains-instr.sh`), so it pays only where ring
+    /// room or the device's ring reads matter. No effect on the one-descriptor path.
     pub tx_indirect: bool,
     /// Descriptors per ring of each queue pair, by pair (both rings of pair `i` get entry `i`):
     /// per-queue ring sizes, as DPDK's queue set-up takes them. Pairs beyond the list, or all
@@ -120,6 +130,11 @@ pub struct PortConfig {
     /// family of [`PortStats::xstats`]). Off by default: it reads every frame's length and
     /// destination MAC, a cache line the forwarding may not otherwise touch.
     pub packet_classes: bool,
+    /// Ask the device for each received frame's hash (VIRTIO_NET_F_HASH_REPORT), put on its
+    /// mbuf ([`Mbuf::rx_hash`](crate::mbuf::Mbuf::rx_hash)); an error at open when the device
+    /// does not offer it with a control queue. Off by default: the header grows to 20 bytes and
+    /// receive takes the header-reading path.
+    pub rx_hash_report: bool,
 }
 
 impl Default for PortConfig {
@@ -136,10 +151,11 @@ impl Default for PortConfig {
             control_timeout: Duration::from_secs(1),
             rx_mergeable: false,
             tx_multi_segment: false,
-            tx_indirect: true,
+            tx_indirect: false,
             pair_ring_sizes: Vec::new(),
             offloads: OffloadConfig::default(),
             packet_classes: false,
+            rx_hash_report: false,
         }
     }
 }
@@ -443,6 +459,25 @@ impl Port {
             // Never read: the control queue exists.
             CtrlUnavailable::NotOffered
         };
+        if config.rx_hash_report {
+            // "Device configuration layout": not without the control queue, which enables the
+            // hash types.
+            if !offered.has(net_spec::F_HASH_REPORT) {
+                return Err(Error::FeatureNotOffered {
+                    device: name.to_owned(),
+                    feature: "VIRTIO_NET_F_HASH_REPORT",
+                    why: "PortConfig::rx_hash_report asks for per-packet hashes: give the device hash reports \
+                          (QEMU: -device virtio-net-pci,hash=on) or turn rx_hash_report off",
+                });
+            }
+            if !wanted.has(net_spec::F_CTRL_VQ) {
+                return Err(Error::InvalidConfig(format!(
+                    "{name}: PortConfig::rx_hash_report needs the control queue to enable the hash types, and \
+                     {ctrl_missing}; or turn rx_hash_report off"
+                )));
+            }
+            wanted = wanted.with(net_spec::F_HASH_REPORT);
+        }
         Ok((wanted, format, ctrl_missing))
     }
 
@@ -517,10 +552,12 @@ impl Port {
         }
         let offloads = Offloads::from_features(wanted);
         let mergeable = wanted.has(net_spec::F_MRG_RXBUF);
-        let rx_path = match (offloads.any_rx(), mergeable) {
-            (true, _) => RxPath::Offloads { mergeable, offloads },
-            (false, true) => RxPath::Mergeable,
-            (false, false) => RxPath::Simple,
+        let hash_report = wanted.has(net_spec::F_HASH_REPORT);
+        let rx_path = match (hash_report, offloads.any_rx(), mergeable) {
+            (true, _, _) => RxPath::HashReport { mergeable, offloads: offloads.any_rx().then_some(offloads) },
+            (false, true, _) => RxPath::Offloads { mergeable, offloads },
+            (false, false, true) => RxPath::Mergeable,
+            (false, false, false) => RxPath::Simple,
         };
         let tx_path = match (offloads.tx_checksum, config.tx_multi_segment) {
             (true, _) => TxPath::Offloads(offloads),
@@ -618,6 +655,9 @@ impl Port {
             // Buffers are posted (not notified) now; the queues hold the device from here on.
             let mut rx = RxQueue::new(rx_ring, pool.clone(), rx_notify, config.port_id, rx_path);
             let mut tx = TxQueue::new(tx_ring, tx_notify, tx_path);
+            if hash_report {
+                tx = tx.with_hash_header();
+            }
             if config.packet_classes {
                 (rx, tx) = (rx.with_packet_classes(), tx.with_packet_classes());
             }
@@ -646,9 +686,10 @@ impl Port {
         }
         let rss_caps = if wanted.has(net_spec::F_RSS) { Some(Self::read_rss_caps(transport, name)?) } else { None };
         let mut rss = None;
-        if config.queue_pairs > 1 && multiqueue {
+        // With hash reports the hash types are enabled for one pair too.
+        if (config.queue_pairs > 1 && multiqueue) || hash_report {
             if let Some(ctrl) = ctrl.as_mut() {
-                if wanted.has(net_spec::F_MQ) {
+                if wanted.has(net_spec::F_MQ) && config.queue_pairs > 1 {
                     ctrl.command(CtrlCommand::MqVqPairsSet, &config.queue_pairs.to_le_bytes())?;
                 }
                 if let Some(caps) = rss_caps {
@@ -660,6 +701,9 @@ impl Port {
                     })?;
                     ctrl.command(CtrlCommand::MqRssConfig, &data)?;
                     rss = Some((caps, spread));
+                } else if hash_report {
+                    let data = Self::hash_config(transport, name)?;
+                    ctrl.command(CtrlCommand::MqHashConfig, &data)?;
                 }
             }
         }
@@ -773,6 +817,32 @@ impl Port {
             )));
         }
         Ok(caps)
+    }
+
+    /// `struct virtio_net_hash_config` ("Hash calculation"), for hash reports without RSS: the
+    /// default hash types the device supports (`supported_hash_types`), `reserved` zero, and
+    /// the default key, cut to `rss_max_key_size` when the device takes less.
+    fn hash_config(transport: &mut dyn Transport, name: &str) -> Result<Vec<u8>> {
+        let mut key_size = [0u8; 1];
+        transport.read_device_config(net_config::RSS_MAX_KEY_SIZE, &mut key_size)?;
+        let mut types = [0u8; 4];
+        transport.read_device_config(net_config::SUPPORTED_HASH_TYPES, &mut types)?;
+        let hash_types = DEFAULT_HASH_TYPES & u32::from_le_bytes(types);
+        let key_len = usize::from(key_size[0]).min(DEFAULT_KEY.len());
+        if hash_types == 0 || key_len == 0 {
+            return Err(Error::Transport(format!(
+                "{name}: the device offers VIRTIO_NET_F_HASH_REPORT with supported_hash_types {:#x} and \
+                 rss_max_key_size {}: no IP hash to enable; turn PortConfig::rx_hash_report off",
+                u32::from_le_bytes(types),
+                key_size[0]
+            )));
+        }
+        let mut data = Vec::with_capacity(4 + 8 + 1 + key_len);
+        data.extend_from_slice(&hash_types.to_le_bytes());
+        data.extend_from_slice(&[0; 8]);
+        data.push(key_len as u8);
+        data.extend_from_slice(&DEFAULT_KEY[..key_len]);
+        Ok(data)
     }
 
     /// The MAC and MTU the device reports, when negotiated (readable once FEATURES_OK is set).

@@ -12,7 +12,9 @@
 //! device returned) and transmit chains (a multi-segment mbuf goes out as one descriptor chain,
 //! the header in the first segment's headroom: "Packet Transmission", 5.1.6.2; on a ring with
 //! indirect tables, VIRTIO_F_INDIRECT_DESC, as one ring descriptor naming a table that holds
-//! the chain).
+//! the chain), and hash reports (VIRTIO_NET_F_HASH_REPORT: the header is 20 bytes both ways,
+//! and the receive side puts each frame's `hash_value` and `hash_report` on its mbuf as an
+//! [`RxHash`]).
 //!
 //! The ring format is chosen once, when the queue is built ([`Ring`]); each burst matches on it
 //! once and runs a loop specialised for that format. No allocation, lock, system call (a kick
@@ -24,10 +26,10 @@
 //! mbufs return to their pools only after the device was stopped ([`Quiesce`]), or are leaked.
 #![allow(unsafe_code)]
 
-use crate::mbuf::{recycle, ChainBuilder, Mbuf, Mempool};
+use crate::mbuf::{recycle, ChainBuilder, HashKind, Mbuf, Mempool, RxHash};
 
 use super::offload::Offloads;
-use crate::spec::net::{NetHeader, NET_HDR_LEN};
+use crate::spec::net::{HashFields, NetHeader, HASH_FIELDS_LEN, HASH_REPORT_NONE, NET_HDR_HASH_LEN, NET_HDR_LEN};
 use crate::transport::{Notify, QueueAddresses};
 #[cfg(doc)]
 use crate::virtqueue::Chains;
@@ -93,6 +95,26 @@ pub enum RxPath {
         /// The offloads negotiated.
         offloads: Offloads,
     },
+    /// VIRTIO_NET_F_HASH_REPORT: the 20-byte header, whose hash value and report type become
+    /// each frame's [`RxHash`] ([`Mbuf::rx_hash`]); a report type the spec does not define is
+    /// counted (`bad_hash_reports`) and the frame delivered without a hash. With or without
+    /// mergeable buffers and receive offloads.
+    HashReport {
+        /// VIRTIO_NET_F_MRG_RXBUF negotiated.
+        mergeable: bool,
+        /// The receive offloads negotiated, if any.
+        offloads: Option<Offloads>,
+    },
+}
+
+impl RxPath {
+    /// Bytes of the virtio-net header in front of each received frame.
+    pub fn header_len(self) -> usize {
+        match self {
+            RxPath::HashReport { .. } => NET_HDR_HASH_LEN,
+            _ => NET_HDR_LEN,
+        }
+    }
 }
 
 /// How a transmit queue puts packets on its ring, chosen at set-up.
@@ -116,6 +138,10 @@ impl std::fmt::Display for RxPath {
             RxPath::Mergeable => "mergeable (num_buffers, chained mbufs)",
             RxPath::Offloads { mergeable: true, .. } => "mergeable with offloads (num_buffers, checksum, LRO)",
             RxPath::Offloads { mergeable: false, .. } => "offloads (one buffer per frame, checksum, LRO)",
+            RxPath::HashReport { mergeable: true, .. } => {
+                "hash report (20-byte header, num_buffers, hash on each mbuf)"
+            }
+            RxPath::HashReport { mergeable: false, .. } => "hash report (20-byte header, hash on each mbuf)",
         })
     }
 }
@@ -141,6 +167,19 @@ struct HeaderPath {
     mergeable: bool,
     /// Receive offloads to read from the header.
     offloads: Option<Offloads>,
+    /// The header is 20 bytes, its hash fields to be read (VIRTIO_NET_F_HASH_REPORT).
+    hash_report: bool,
+}
+
+impl HeaderPath {
+    /// The header's length.
+    fn header_len(self) -> u32 {
+        if self.hash_report {
+            NET_HDR_HASH_LEN as u32
+        } else {
+            NET_HDR_LEN as u32
+        }
+    }
 }
 
 /// What receive and transmit queues share: the ring, its notifier, its counters, and the device
@@ -225,6 +264,9 @@ pub struct TxQueue {
     reclaim_threshold: u16,
     /// How packets go on the ring.
     path: TxPath,
+    /// Bytes of the virtio-net header: 12, or 20 with VIRTIO_NET_F_HASH_REPORT ("Packet
+    /// Transmission": the receive header's size).
+    header_len: usize,
     /// One chain's segments, for the chains paths (capacity: the ring size).
     chain: Vec<Segment>,
 }
@@ -293,8 +335,8 @@ impl RxQueue {
         let mut queue = RxQueue {
             path,
             data_off: pool.headroom(),
-            post_offset: (pool.headroom() as usize - NET_HDR_LEN) as u64,
-            post_len: pool.data_room() + NET_HDR_LEN as u32,
+            post_offset: (pool.headroom() as usize - path.header_len()) as u64,
+            post_len: pool.data_room() + path.header_len() as u32,
             staging: Vec::with_capacity(ring.size() as usize),
             core: QueueCore::new(ring, notify),
             pool,
@@ -330,12 +372,14 @@ impl RxQueue {
             RxPath::Simple => {
                 with_ring!(&mut core.ring, ring => Self::receive(ring, &core.counters, port, data_off, out, max))
             }
-            RxPath::Mergeable | RxPath::Offloads { .. } => {
-                let (mergeable, offloads) = match self.path {
-                    RxPath::Offloads { mergeable, offloads } => (mergeable, Some(offloads)),
-                    _ => (true, None),
+            RxPath::Mergeable | RxPath::Offloads { .. } | RxPath::HashReport { .. } => {
+                let (mergeable, offloads, hash_report) = match self.path {
+                    RxPath::Offloads { mergeable, offloads } => (mergeable, Some(offloads), false),
+                    RxPath::HashReport { mergeable, offloads } => (mergeable, offloads, true),
+                    _ => (true, None, false),
                 };
-                let shape = HeaderPath { data_off, post_offset: self.post_offset as u16, mergeable, offloads };
+                let post_offset = self.post_offset as u16;
+                let shape = HeaderPath { data_off, post_offset, mergeable, offloads, hash_report };
                 with_ring!(&mut core.ring, ring => Self::receive_mergeable(ring, &core.counters, port, shape, out, max))
             }
         };
@@ -351,7 +395,9 @@ impl RxQueue {
     /// can take. `num_buffers` of 0 or beyond the ring, a frame whose buffers are not all
     /// returned when the device's used entries run out (as DPDK's virtio PMD, which drops it
     /// too), and offload fields the negotiated features do not allow are counted in
-    /// `bad_headers` and the frame is dropped, every buffer of it back to the pool.
+    /// `bad_headers` and the frame is dropped, every buffer of it back to the pool. With hash
+    /// reports, the frame's first buffer's hash fields become its [`RxHash`], a report type
+    /// outside the spec's counted in `bad_hash_reports` and ignored.
     #[inline(never)]
     fn receive_mergeable<R: Virtqueue<Mbuf>>(
         ring: &mut R,
@@ -365,6 +411,8 @@ impl RxQueue {
         let before = frames.len();
         // Bytes delivered, frames dropped, frames dropped for their header.
         let mut tally = (0u64, 0u64, 0u64);
+        let mut bad_hash_reports = 0u64;
+        let header_len = shape.header_len();
         let ring_size = ring.size();
         // The frame being put together, its header, and how many more buffers it takes.
         let mut partial: Option<(ChainBuilder, NetHeader, u16)> = None;
@@ -410,11 +458,22 @@ impl RxQueue {
                         };
                         let header = NetHeader::from_bytes(bytes);
                         let num_buffers = if shape.mergeable { header.num_buffers.get() } else { 1 };
-                        if len < NET_HDR_LEN as u32 || num_buffers == 0 || num_buffers > ring_size {
+                        if len < header_len || num_buffers == 0 || num_buffers > ring_size {
                             tally.2 += 1;
                             return;
                         }
-                        mbuf.init_received(shape.data_off, len - NET_HDR_LEN as u32, port);
+                        mbuf.init_received(shape.data_off, len - header_len, port);
+                        if shape.hash_report {
+                            let at = shape.post_offset as usize + NET_HDR_LEN;
+                            let fields = mbuf.read_buffer::<HASH_FIELDS_LEN>(at).map(HashFields::from_bytes);
+                            match fields.map(|f| (f, HashKind::from_report(f.hash_report))) {
+                                Some((fields, Some(kind))) => {
+                                    mbuf.set_rx_hash(Some(RxHash { value: fields.hash_value, kind }))
+                                }
+                                Some((fields, None)) if fields.hash_report == HASH_REPORT_NONE => {}
+                                _ => bad_hash_reports += 1,
+                            }
+                        }
                         if num_buffers > 1 {
                             partial = Some((ChainBuilder::new(mbuf), header, num_buffers - 1));
                         } else {
@@ -447,6 +506,9 @@ impl RxQueue {
             if bad > 0 {
                 counters.add_bad_headers(bad);
             }
+        }
+        if bad_hash_reports > 0 {
+            counters.add_bad_hash_reports(bad_hash_reports);
         }
         counters.set_errors(&ring.errors());
         received
@@ -544,7 +606,14 @@ impl TxQueue {
     pub(crate) fn new(ring: Ring, notify: Box<dyn Notify>, path: TxPath) -> TxQueue {
         let reclaim_threshold = (ring.size() / 4).clamp(1, 32);
         let chain = Vec::with_capacity(if path == TxPath::Simple { 0 } else { ring.size() as usize });
-        TxQueue { core: QueueCore::new(ring, notify), reclaim_threshold, path, chain }
+        TxQueue { core: QueueCore::new(ring, notify), reclaim_threshold, path, header_len: NET_HDR_LEN, chain }
+    }
+
+    /// Prepends the 20-byte header of VIRTIO_NET_F_HASH_REPORT (its hash fields zero) rather
+    /// than the 12-byte one: for a port that negotiated hash reports.
+    pub(crate) fn with_hash_header(mut self) -> Self {
+        self.header_len = NET_HDR_HASH_LEN;
+        self
     }
 
     /// Queues frames from the front of `pkts` for transmission, removing the ones it accepted;
@@ -556,16 +625,22 @@ impl TxQueue {
         core.counters.add_classes(pkts, false);
         let threshold = self.reclaim_threshold;
         let (accepted, kick) = match self.path {
+            TxPath::Simple if self.header_len == NET_HDR_LEN => {
+                with_ring!(&mut core.ring, ring => Self::transmit::<_, NET_HDR_LEN>(ring, &core.counters, threshold, pkts))
+            }
             TxPath::Simple => {
-                with_ring!(&mut core.ring, ring => Self::transmit(ring, &core.counters, threshold, pkts))
+                with_ring!(&mut core.ring, ring => {
+                    Self::transmit::<_, NET_HDR_HASH_LEN>(ring, &core.counters, threshold, pkts)
+                })
             }
             TxPath::Chains | TxPath::Offloads(_) => {
                 let offloads = match self.path {
                     TxPath::Offloads(offloads) => Some(offloads),
                     _ => None,
                 };
+                let shape = (threshold, offloads, self.header_len);
                 with_ring!(&mut core.ring, ring => {
-                    Self::transmit_chains(ring, &core.counters, (threshold, offloads), pkts, &mut self.chain)
+                    Self::transmit_chains(ring, &core.counters, shape, pkts, &mut self.chain)
                 })
             }
         };
@@ -587,7 +662,7 @@ impl TxQueue {
     fn transmit_chains<R: Virtqueue<Mbuf>>(
         ring: &mut R,
         counters: &QueueCounters,
-        (reclaim_threshold, offloads): (u16, Option<Offloads>),
+        (reclaim_threshold, offloads, header_len): (u16, Option<Offloads>, usize),
         pkts: &mut Vec<Mbuf>,
         chain: &mut Vec<Segment>,
     ) -> (usize, bool) {
@@ -638,7 +713,14 @@ impl TxQueue {
                     }
                 },
             };
-            let Some((addr, len)) = mbuf.prepend_header_first(&header.to_bytes()) else {
+            let prepended = if header_len == NET_HDR_HASH_LEN {
+                let mut long = [0u8; NET_HDR_HASH_LEN];
+                long[..NET_HDR_LEN].copy_from_slice(&header.to_bytes());
+                mbuf.prepend_header_first(&long)
+            } else {
+                mbuf.prepend_header_first(&header.to_bytes())
+            };
+            let Some((addr, len)) = prepended else {
                 drops += 1;
                 continue;
             };
@@ -681,8 +763,9 @@ impl TxQueue {
         (count, ring.publish())
     }
 
+    /// The simple path, with an all-zero header of `HEADER` bytes.
     #[inline(always)]
-    fn transmit<R: Virtqueue<Mbuf>>(
+    fn transmit<R: Virtqueue<Mbuf>, const HEADER: usize>(
         ring: &mut R,
         counters: &QueueCounters,
         reclaim_threshold: u16,
@@ -703,8 +786,8 @@ impl TxQueue {
             // No offloads: an all-zero header (5.1.6.2). One descriptor: a multi-segment packet
             // is refused with the same test as a packet without headroom (the rest of it would
             // be lost); both are drops, counted below.
-            let (addr, len) = mbuf.prepend_zeroed::<NET_HDR_LEN>()?;
-            bytes += u64::from(len) - NET_HDR_LEN as u64;
+            let (addr, len) = mbuf.prepend_zeroed::<HEADER>()?;
+            bytes += u64::from(len) - HEADER as u64;
             Some((Segment { addr, len, writable: false }, mbuf))
         });
         // All are taken: `count` descriptors are free and each packet takes one.

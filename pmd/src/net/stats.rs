@@ -52,6 +52,9 @@ pub struct QueueStats {
     /// (`num_buffers` of 0, beyond the ring, or beyond the buffers it returned). Transmit:
     /// packets dropped because they have more segments than the ring has descriptors.
     pub bad_headers: u64,
+    /// Receive, with hash reports: frames whose `hash_report` is no type the spec defines,
+    /// delivered without a hash.
+    pub bad_hash_reports: u64,
     /// Receive: refills that found the pool empty.
     pub alloc_failures: u64,
     /// Notifications sent to the device.
@@ -91,6 +94,7 @@ impl std::ops::AddAssign for QueueStats {
         self.errors_by_kind.bad_len += other.errors_by_kind.bad_len;
         self.errors_by_kind.bad_used_idx += other.errors_by_kind.bad_used_idx;
         self.bad_headers += other.bad_headers;
+        self.bad_hash_reports += other.bad_hash_reports;
         self.alloc_failures += other.alloc_failures;
         self.kicks += other.kicks;
         self.publishes += other.publishes;
@@ -121,6 +125,7 @@ impl QueueStats {
                 bad_used_idx: d(e.0.bad_used_idx, e.1.bad_used_idx),
             },
             bad_headers: d(self.bad_headers, earlier.bad_headers),
+            bad_hash_reports: d(self.bad_hash_reports, earlier.bad_hash_reports),
             alloc_failures: d(self.alloc_failures, earlier.alloc_failures),
             kicks: d(self.kicks, earlier.kicks),
             publishes: d(self.publishes, earlier.publishes),
@@ -156,6 +161,7 @@ pub(crate) struct QueueCounters {
     bad_len: AtomicU64,
     bad_used_idx: AtomicU64,
     bad_headers: AtomicU64,
+    bad_hash_reports: AtomicU64,
     alloc_failures: AtomicU64,
     kicks: AtomicU64,
     publishes: AtomicU64,
@@ -204,6 +210,11 @@ impl QueueCounters {
         bump(&self.bad_headers, n);
     }
 
+    #[inline]
+    pub fn add_bad_hash_reports(&self, n: u64) {
+        bump(&self.bad_hash_reports, n);
+    }
+
     #[inline(always)]
     pub fn add_alloc_failure(&self) {
         bump(&self.alloc_failures, 1);
@@ -237,6 +248,7 @@ impl QueueCounters {
             errors: errors_by_kind.total(),
             errors_by_kind,
             bad_headers: get(&self.bad_headers),
+            bad_hash_reports: get(&self.bad_hash_reports),
             alloc_failures: get(&self.alloc_failures),
             kicks: get(&self.kicks),
             publishes: get(&self.publishes),

@@ -37,6 +37,9 @@ fn push_queue(out: &mut Vec<Xstat>, direction: &str, infix: &str, port_wide: boo
     push("ring_bad_len", q.errors_by_kind.bad_len);
     push("ring_bad_used_idx", q.errors_by_kind.bad_used_idx);
     push("bad_headers", q.bad_headers);
+    if direction == "rx" {
+        push("bad_hash_reports", q.bad_hash_reports);
+    }
     if let Some(c) = &q.classes {
         push("multicast_packets", c.multicast);
         push("broadcast_packets", c.broadcast);

@@ -17,7 +17,8 @@ use crate::net::{CtrlCommand, CtrlUnavailable, MacAddr, Port, DEFAULT_TABLE_LEN}
 
 /// The keys [`PortOptions::set`] takes.
 pub const PORT_OPTION_KEYS: &str =
-    "promisc=on|off, allmulti=on|off, mac_table=[MAC,..], vlans=[VID,..], rss_table=[Q,..], rss_key=HEX";
+    "promisc=on|off, allmulti=on|off, mac_table=[MAC,..], vlans=[VID,..], rss_table=[Q,..], rss_key=HEX, \
+     rx_offloads=on|off";
 
 /// A port's receive filters and RSS settings, each left as the device starts when not given.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,6 +37,9 @@ pub struct PortOptions {
     pub rss_table: Vec<u16>,
     /// `rss_key=HEX`: the RSS key. `None`: the default ([`DEFAULT_KEY`](crate::net::DEFAULT_KEY)).
     pub rss_key: Option<RssKey>,
+    /// `rx_offloads=on|off`: the negotiated receive offloads (checksum, LRO) on or off
+    /// (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET). `None`: as negotiated.
+    pub rx_offloads: Option<bool>,
 }
 
 /// Why a port option's value does not parse: what it must be.
@@ -87,13 +91,15 @@ impl PortOptions {
                 .rss_table
                 .extend(list::<u16>(value).ok_or_else(|| bad("rss_table", "a list of queue pairs ([3,2,1,0])"))?),
             "rss_key" => self.rss_key = Some(value.parse().map_err(|_| bad("rss_key", RssKey::EXPECTED))?),
+            "rx_offloads" => self.rx_offloads = Some(on_off(value).ok_or_else(|| bad("rx_offloads", "on or off"))?),
             _ => return Err(OptionError::UnknownKey(key.to_owned())),
         }
         Ok(())
     }
 
     /// Applies the options to `port` through its control queue, in a fixed order: promiscuous
-    /// mode, the MAC table, all-multicast mode, the VLANs, then RSS. Stops at the first setting
+    /// mode, the MAC table, all-multicast mode, the VLANs, RSS, then the receive offloads. Stops
+    /// at the first setting
     /// the device refuses (or lacks the feature or control queue for).
     pub fn apply(&self, port: &mut Port) -> std::result::Result<(), OptionRefused> {
         let refused = |setting| move |source| OptionRefused { setting, source };
@@ -113,6 +119,9 @@ impl PortOptions {
         }
         if !self.rss_table.is_empty() || self.rss_key.is_some() {
             self.apply_rss(port).map_err(refused("RSS table and key"))?;
+        }
+        if let Some(on) = self.rx_offloads {
+            port.set_rx_offloads(on, on).map_err(refused("receive offloads"))?;
         }
         Ok(())
     }
@@ -140,8 +149,8 @@ impl PortOptions {
 #[derive(Debug, thiserror::Error)]
 #[error("{setting}: {source}")]
 pub struct OptionRefused {
-    /// The setting: "promiscuous mode", "MAC table", "all-multicast mode", "VLAN filter" or
-    /// "RSS table and key".
+    /// The setting: "promiscuous mode", "MAC table", "all-multicast mode", "VLAN filter", "RSS
+    /// table and key" or "receive offloads".
     pub setting: &'static str,
     /// The device's answer, or what it lacks.
     #[source]
@@ -204,6 +213,9 @@ impl fmt::Display for PortOptions {
         }
         if let Some(key) = &self.rss_key {
             write!(f, ",rss_key={key}")?;
+        }
+        if let Some(on) = self.rx_offloads {
+            write!(f, ",rx_offloads={}", if on { "on" } else { "off" })?;
         }
         Ok(())
     }

@@ -121,7 +121,8 @@ pub enum SpecError {
 
 /// The keys every kind takes (with [`PORT_OPTION_KEYS`](super::PORT_OPTION_KEYS)).
 const KNOWN_OPTIONS: &str = "queues=N, mac=MAC, iommu=on|off (pci only), promisc=on|off, allmulti=on|off, \
-                             mac_table=[MAC,..], vlans=[VID,..], rss_table=[Q,..], rss_key=HEX";
+                             mac_table=[MAC,..], vlans=[VID,..], rss_table=[Q,..], rss_key=HEX, \
+                             rx_offloads=on|off";
 
 impl DeviceSpec {
     /// A PCI function by address (any form [`normalize_bdf`] takes), no options.

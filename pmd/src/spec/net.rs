@@ -88,8 +88,9 @@ pub const HDR_F_NEEDS_CSUM: u8 = 1;
 pub const HDR_F_DATA_VALID: u8 = 2;
 
 /// `struct virtio_net_hdr` as used by a VERSION_1 device: 12 bytes, `num_buffers` always
-/// present ("Device Operation", 5.1.6). Only the fields up to `num_buffers` are used; the hash
-/// report fields need a negotiated feature this driver does not ask for.
+/// present ("Device Operation", 5.1.6). With VIRTIO_NET_F_HASH_REPORT the header grows by the
+/// [`HashFields`] to [`NET_HDR_HASH_LEN`] bytes, on receive and transmit alike ("Packet
+/// Transmission": the transmit header has the receive header's size).
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct NetHeader {
@@ -142,6 +143,45 @@ impl NetHeader {
 /// Size of [`NetHeader`] on the wire.
 pub const NET_HDR_LEN: usize = 12;
 const _: () = assert!(core::mem::size_of::<NetHeader>() == NET_HDR_LEN);
+
+/// Size of the header with VIRTIO_NET_F_HASH_REPORT (`struct virtio_net_hdr_v1_hash`): the
+/// [`NetHeader`], then the [`HashFields`].
+pub const NET_HDR_HASH_LEN: usize = NET_HDR_LEN + HASH_FIELDS_LEN;
+
+/// Bytes of the [`HashFields`]: le32 `hash_value`, le16 `hash_report`, le16 `padding_reserved`.
+pub const HASH_FIELDS_LEN: usize = 8;
+
+/// `VIRTIO_NET_HASH_REPORT_NONE`: the device computed no hash for the packet.
+pub const HASH_REPORT_NONE: u16 = 0;
+
+/// The fields VIRTIO_NET_F_HASH_REPORT adds after `num_buffers` ("Hash reporting for incoming
+/// packets"); `padding_reserved` is not read.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct HashFields {
+    /// `hash_value`.
+    pub hash_value: u32,
+    /// `hash_report`: `VIRTIO_NET_HASH_REPORT_*`, untrusted (any value may come).
+    pub hash_report: u16,
+}
+
+impl HashFields {
+    /// The fields laid out in `bytes` (as a device wrote them after the [`NetHeader`]).
+    #[inline(always)]
+    pub fn from_bytes(bytes: [u8; HASH_FIELDS_LEN]) -> HashFields {
+        HashFields {
+            hash_value: u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            hash_report: u16::from_le_bytes([bytes[4], bytes[5]]),
+        }
+    }
+
+    /// The fields' wire bytes (`padding_reserved` zero).
+    pub fn to_bytes(&self) -> [u8; HASH_FIELDS_LEN] {
+        let mut b = [0u8; HASH_FIELDS_LEN];
+        b[..4].copy_from_slice(&self.hash_value.to_le_bytes());
+        b[4..6].copy_from_slice(&self.hash_report.to_le_bytes());
+        b
+    }
+}
 
 /// Byte offsets in `struct virtio_net_config` (5.1.4).
 pub mod config {
@@ -212,6 +252,9 @@ pub mod ctrl {
     /// `VIRTIO_NET_CTRL_MQ_RSS_CONFIG` ("Setting RSS parameters"): `struct
     /// virtio_net_rss_config` (VIRTIO_NET_F_RSS).
     pub const MQ_RSS_CONFIG: u8 = 1;
+    /// `VIRTIO_NET_CTRL_MQ_HASH_CONFIG` ("Hash calculation"): `struct virtio_net_hash_config`
+    /// (VIRTIO_NET_F_HASH_REPORT without VIRTIO_NET_F_RSS).
+    pub const MQ_HASH_CONFIG: u8 = 2;
     /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN`.
     pub const MQ_VQ_PAIRS_MIN: u16 = 1;
     /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX`.

@@ -41,6 +41,9 @@ pub struct FakeDeviceConfig {
     pub behind_iommu: bool,
     /// The device refuses DRIVER_OK: the bit does not stick and the device does not start.
     pub refuse_driver_ok: bool,
+    /// The hash fields the device reports for each frame it loops back, once the driver
+    /// negotiated VIRTIO_NET_F_HASH_REPORT (offer it in `offered`).
+    pub hash_reporter: Option<super::HashReporter>,
 }
 
 impl FakeDeviceConfig {
@@ -64,6 +67,7 @@ impl FakeDeviceConfig {
             notify: NotifyMode::Never,
             behind_iommu: false,
             refuse_driver_ok: false,
+            hash_reporter: None,
         }
     }
 }
@@ -285,6 +289,7 @@ impl FakeTransport {
             in_order: self.driver_features.has(features::IN_ORDER),
             event_idx: self.driver_features.has(features::EVENT_IDX),
             mergeable: self.driver_features.has(net_spec::F_MRG_RXBUF),
+            hash_report: self.config.hash_reporter.filter(|_| self.driver_features.has(net_spec::F_HASH_REPORT)),
             notify: self.config.notify,
             ..Default::default()
         };

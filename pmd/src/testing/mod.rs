@@ -21,7 +21,8 @@ pub use fake_transport::{
 pub use hostile_backend::{AfterAttack, AttackEnd, HostileBackend, HostileConfig, HostileReport, Target};
 pub use rng::Rng;
 pub use soft_device::{
-    DeviceConfig, DeviceCore, DeviceStats, Fault, FaultPlan, FrameSink, FrameSource, Mode, QueueSpec, Role, SoftDevice,
+    DeviceConfig, DeviceCore, DeviceStats, Fault, FaultPlan, FrameSink, FrameSource, HashReporter, Mode, QueueSpec,
+    Role, SoftDevice,
 };
 
 use crate::error::Result;
@@ -112,7 +113,9 @@ pub fn queue_pair(spec: RingSpec, pool: &Mempool, port: u16) -> Result<QueuePair
 }
 
 /// [`queue_pair`] on the given paths (a device for [`RxPath::Mergeable`] must write
-/// `num_buffers` as with VIRTIO_NET_F_MRG_RXBUF: [`DeviceConfig::mergeable`]).
+/// `num_buffers` as with VIRTIO_NET_F_MRG_RXBUF: [`DeviceConfig::mergeable`]). With
+/// [`RxPath::HashReport`] the transmit queue writes the 20-byte header too, as a port's does
+/// (a device for it needs [`DeviceConfig::hash_report`]).
 pub fn queue_pair_with_paths(
     spec: RingSpec,
     pool: &Mempool,
@@ -158,13 +161,9 @@ pub fn queue_pair_with_tx_indirect(
     let mut rx = RxQueue::new(rx_ring, pool.clone(), Box::new(rx_kicks.clone()), port, rx_path);
     // No DRIVER_OK to wait for here: the notification owed for the posted buffers goes now.
     rx.start();
-    Ok(QueuePair {
-        rx,
-        tx: TxQueue::new(tx_ring, Box::new(tx_kicks.clone()), tx_path),
-        rx_kicks,
-        tx_kicks,
-        rx_spec,
-        tx_spec,
-        space: AddressSpace::new(regions),
-    })
+    let mut tx = TxQueue::new(tx_ring, Box::new(tx_kicks.clone()), tx_path);
+    if let RxPath::HashReport { .. } = rx_path {
+        tx = tx.with_hash_header();
+    }
+    Ok(QueuePair { rx, tx, rx_kicks, tx_kicks, rx_spec, tx_spec, space: AddressSpace::new(regions) })
 }

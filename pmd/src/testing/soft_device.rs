@@ -8,7 +8,8 @@
 //! one fault (bad id, bad length, a buffer used twice, a wrong `num_buffers`). With mergeable
 //! receive buffers ([`DeviceConfig::mergeable`]), loopback spreads a frame over as many receive
 //! buffers as it takes and says how many in `num_buffers` ("Processing of Incoming Packets",
-//! 5.1.6.4).
+//! 5.1.6.4). With hash reports ([`DeviceConfig::hash_report`]) the header is 20 bytes both ways
+//! and every received frame's `hash_value` and `hash_report` come from the configured function.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::thread::JoinHandle;
 
 use super::device_ring::{AddressSpace, Chain, DeviceRing, NotifyMode, RingFault};
 use super::rng::Rng;
-use crate::spec::net::NET_HDR_LEN;
+use crate::spec::net::{HashFields, NET_HDR_HASH_LEN, NET_HDR_LEN};
 use crate::transport::{QueueAddresses, RingFormat};
 
 /// Where a ring is and how it is laid out, as the device learns it from the transport.
@@ -68,6 +69,9 @@ pub struct FaultPlan {
 pub type FrameSource = Box<dyn FnMut(u64, &mut [u8]) -> usize + Send>;
 /// Receives each transmitted frame (after the virtio-net header).
 pub type FrameSink = Box<dyn FnMut(&[u8]) + Send>;
+/// The `hash_value` and `hash_report` (any value, for a test of what the driver accepts) a
+/// device with VIRTIO_NET_F_HASH_REPORT writes for a received frame (after the header).
+pub type HashReporter = fn(&[u8]) -> (u32, u16);
 
 /// What the device does with frames.
 pub enum Mode {
@@ -106,6 +110,9 @@ pub struct DeviceConfig {
     /// VIRTIO_NET_F_MRG_RXBUF negotiated: loopback spreads a frame over several receive
     /// buffers.
     pub mergeable: bool,
+    /// VIRTIO_NET_F_HASH_REPORT negotiated: the header is 20 bytes both ways, and this gives
+    /// each received frame's hash fields.
+    pub hash_report: Option<HashReporter>,
 }
 
 impl Default for DeviceConfig {
@@ -120,6 +127,7 @@ impl Default for DeviceConfig {
             fault: None,
             seed: 1,
             mergeable: false,
+            hash_report: None,
         }
     }
 }
@@ -263,10 +271,11 @@ impl DeviceCore {
                 }
                 let len = self.tx_chain.gather(&mut self.scratch);
                 Done::transmitted(&mut self.tx_done, &self.tx_chain, &self.stats);
-                if len <= self.rx_chain.writable_len() as usize && len >= NET_HDR_LEN {
+                if len <= self.rx_chain.writable_len() as usize && len >= self.header_len() {
                     // A device sets num_buffers to 1 without MRG_RXBUF; the rest of the
                     // transmitted header passes through.
                     self.scratch[10..12].copy_from_slice(&1u16.to_le_bytes());
+                    Self::report_hash(self.config.hash_report, &mut self.scratch, len);
                     self.rx_chain.scatter(&self.scratch[..len]);
                     self.rx_done.push(Done { id: self.rx_chain.id, descs: self.rx_chain.descs, len: len as u32 });
                     self.rx_held = false;
@@ -284,7 +293,8 @@ impl DeviceCore {
                 }
                 if let Some(sink) = sink {
                     let len = self.tx_chain.gather(&mut self.scratch);
-                    sink(&self.scratch[NET_HDR_LEN.min(len)..len]);
+                    let header = if self.config.hash_report.is_some() { NET_HDR_HASH_LEN } else { NET_HDR_LEN };
+                    sink(&self.scratch[header.min(len)..len]);
                 }
                 Done::transmitted(&mut self.tx_done, &self.tx_chain, &self.stats);
                 Ok(true)
@@ -296,16 +306,18 @@ impl DeviceCore {
                 if self.generated >= *count || !rx.pop_avail(&self.space, &mut self.rx_chain)? {
                     return Ok(false);
                 }
+                let header = if self.config.hash_report.is_some() { NET_HDR_HASH_LEN } else { NET_HDR_LEN };
                 let len = match source {
                     Some(source) => {
-                        self.scratch[..NET_HDR_LEN].fill(0);
+                        self.scratch[..header].fill(0);
                         self.scratch[10..12].copy_from_slice(&1u16.to_le_bytes());
                         let room = (self.rx_chain.writable_len() as usize).min(self.scratch.len());
-                        let frame = source(self.generated, &mut self.scratch[NET_HDR_LEN..room]);
-                        self.rx_chain.scatter(&self.scratch[..NET_HDR_LEN + frame]);
-                        (NET_HDR_LEN + frame) as u32
+                        let frame = source(self.generated, &mut self.scratch[header..room]);
+                        Self::report_hash(self.config.hash_report, &mut self.scratch, header + frame);
+                        self.rx_chain.scatter(&self.scratch[..header + frame]);
+                        (header + frame) as u32
                     }
-                    None => (NET_HDR_LEN + 64) as u32,
+                    None => (header + 64) as u32,
                 };
                 self.generated += 1;
                 self.rx_done.push(Done { id: self.rx_chain.id, descs: self.rx_chain.descs, len });
@@ -317,6 +329,7 @@ impl DeviceCore {
     /// Loopback with mergeable receive buffers: takes a transmitted frame, gathers receive
     /// chains until they hold it, and scatters it over them, `num_buffers` in the header.
     fn step_mergeable_loopback(&mut self) -> Result<bool, RingFault> {
+        let header_len = self.header_len();
         let (Some(rx), Some(tx)) = (self.rx.as_mut(), self.tx.as_mut()) else {
             return Ok(false);
         };
@@ -328,10 +341,11 @@ impl DeviceCore {
                 }
                 let len = self.tx_chain.gather(&mut self.scratch);
                 Done::transmitted(&mut self.tx_done, &self.tx_chain, &self.stats);
-                if len < NET_HDR_LEN {
+                if len < header_len {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     return Ok(true);
                 }
+                Self::report_hash(self.config.hash_report, &mut self.scratch, len);
                 self.pending = Some(len);
                 len
             }
@@ -363,6 +377,25 @@ impl DeviceCore {
         }
         self.pending = None;
         Ok(true)
+    }
+
+    /// The virtio-net header's length.
+    fn header_len(&self) -> usize {
+        if self.config.hash_report.is_some() {
+            NET_HDR_HASH_LEN
+        } else {
+            NET_HDR_LEN
+        }
+    }
+
+    /// With hash reports (`reporter`), writes the hash fields of the frame (header included) of
+    /// `len` bytes in `scratch` into its header.
+    fn report_hash(reporter: Option<HashReporter>, scratch: &mut [u8], len: usize) {
+        if let Some(reporter) = reporter {
+            let (hash_value, hash_report) = reporter(&scratch[NET_HDR_HASH_LEN..len]);
+            let fields = HashFields { hash_value, hash_report }.to_bytes();
+            scratch[NET_HDR_LEN..NET_HDR_HASH_LEN].copy_from_slice(&fields);
+        }
     }
 
     /// Writes the used entries of `role`'s pending completions, in order or shuffled, in one

@@ -18,6 +18,7 @@
 //! json = false              # also print JSON lines (statistics, summaries, the pool check)
 //! max_pkt_len = 1514        # largest frame; beyond 2048: 9216-byte buffers, beyond those chains
 //! offloads = false          # checksum, TSO and LRO, passed through from receive to transmit
+//! hash_to_src_mac = false   # the device's hash of each frame over its source MAC (tests)
 //! no_iommu = false          # ports in VFIO no-IOMMU mode or on uio_pci_generic, physical addresses (root)
 //!
 //! # Set through each device's control queue at start (virtio_pmd::setup::PortOptions):
@@ -210,6 +211,12 @@ pub struct Options {
     /// reach ALL memory [default: off].
     #[arg(long = "no-iommu", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub no_iommu: Option<bool>,
+    /// Ask every port for the device's hash of each received frame (VIRTIO_NET_F_HASH_REPORT)
+    /// and write it over the forwarded frame's source MAC: the hash value, then the report type,
+    /// both big-endian (all zero without a hash); for tests that check the device's hashes
+    /// [default: off].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub hash_to_src_mac: Option<bool>,
     /// Promiscuous mode on (`--promisc`) or off (`--promisc=false`) on every port at start,
     /// through its control queue (DPDK's -P; `-P` is `--promisc`) [default: as the device starts].
     #[arg(short = 'P', long = "promisc", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
@@ -260,6 +267,8 @@ pub struct Settings {
     pub json: bool,
     /// Largest frame forwarded.
     pub max_pkt_len: u32,
+    /// The reported hash of each frame over its source MAC.
+    pub hash_to_src_mac: bool,
     /// Where the file came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -369,6 +378,7 @@ impl Settings {
             pair_ring_sizes: ring_sizes,
             ring: o.ring.unwrap_or(Ring::Auto).into(),
             huge_pages: huge,
+            rx_hash_report: o.hash_to_src_mac.unwrap_or(false),
             ..PortConfig::default()
         }
         .for_forwarding(max_pkt_len, data_room, offloads);
@@ -414,6 +424,7 @@ impl Settings {
             stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
             json: o.json.unwrap_or(false),
             max_pkt_len,
+            hash_to_src_mac: o.hash_to_src_mac.unwrap_or(false),
             source,
         })
     }

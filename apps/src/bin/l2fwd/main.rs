@@ -209,7 +209,8 @@ fn lanes(s: &Settings, set: &mut PortSet) -> Result<Vec<LcoreWork<Vec<Lane>>>, F
             // Every transmit queue is taken by exactly one lane: the pairing is an involution.
             let Some(t) = tx[peer][q].take() else { unreachable!("transmit queue {q} of port {peer} taken twice") };
             let rewrite = s.mac_updating.then_some((s.dst_macs[peer].0, macs[peer].0));
-            lanes.push(Some(Lane::new((id, r), (peer, t), q as u16, rewrite)));
+            let lane = Lane::new((id, r), (peer, t), q as u16, rewrite);
+            lanes.push(Some(if s.hash_to_src_mac { lane.with_hash_to_src_mac() } else { lane }));
         }
     }
     let plan = match s.queues_per_lcore {

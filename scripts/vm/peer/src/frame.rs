@@ -129,6 +129,22 @@ pub enum MacExpect {
     Any,
     /// Exactly this address.
     Exact(MacAddr),
+    /// The hash the forwarder's device reported for the frame, written over the source MAC
+    /// (l2fwd `--hash-to-src-mac`): the Toeplitz hash of the flow's IPv4 addresses and UDP ports
+    /// under this key (zero-padded), then `VIRTIO_NET_HASH_REPORT_UDPv4`, both big-endian.
+    /// Flow frames only.
+    ReportedHash([u8; 40]),
+}
+
+/// `VIRTIO_NET_HASH_REPORT_UDPv4`: the report type of a hash over IPv4 addresses and UDP ports.
+pub const HASH_REPORT_UDPV4: u16 = 3;
+
+/// The source MAC l2fwd `--hash-to-src-mac` writes for `flow` when the device hashed it under `key`.
+pub fn reported_hash_mac(key: &[u8], flow: &Flow) -> MacAddr {
+    let input = crate::toeplitz::ipv4_ports_input(flow.src, flow.dst, flow.sport, flow.dport);
+    let hash = crate::toeplitz::hash(key, &input).to_be_bytes();
+    let report = HASH_REPORT_UDPV4.to_be_bytes();
+    MacAddr([hash[0], hash[1], hash[2], hash[3], report[0], report[1]])
 }
 
 impl FromStr for MacExpect {
@@ -148,6 +164,7 @@ impl fmt::Display for MacExpect {
         match self {
             MacExpect::Any => f.write_str("any"),
             MacExpect::Exact(mac) => mac.fmt(f),
+            MacExpect::ReportedHash(_) => f.write_str("the reported hash"),
         }
     }
 }
@@ -426,10 +443,16 @@ pub fn check(frame: &[u8], expect: &Expect, scratch: &mut Vec<u8>) -> Result<Fra
             return Err(Defect::DstMac { got: got_dst, want });
         }
     }
-    if let MacExpect::Exact(want) = expect.src {
-        if got_src != want {
-            return Err(Defect::SrcMac { got: got_src, want });
+    let want_src = match expect.src {
+        MacExpect::Any => None,
+        MacExpect::Exact(want) => Some(want),
+        MacExpect::ReportedHash(key) if expect.flows > 0 => {
+            Some(reported_hash_mac(&key, &flow_of(kind, dir, seq, expect.flows)))
         }
+        MacExpect::ReportedHash(_) => return Err(Defect::SrcMac { got: got_src, want: MacAddr([0; 6]) }),
+    };
+    if let Some(want) = want_src.filter(|want| got_src != *want) {
+        return Err(Defect::SrcMac { got: got_src, want });
     }
     let id = FrameId { kind, dir, seq, ts_ns, len: frame.len(), flows: expect.flows, vlan };
     build(scratch, got_dst, got_src, &id);
@@ -591,6 +614,33 @@ mod tests {
         for seq in 0..200 {
             let id = check(&frame(seq), &expect(), &mut scratch).unwrap();
             assert_eq!((id.seq, id.dir, id.kind, id.ts_ns), (seq, 0, Kind::Data, 123_456_789));
+        }
+    }
+
+    #[test]
+    fn a_reported_hash_over_the_source_mac_is_checked_against_the_flow() {
+        let key = crate::toeplitz::parse_key(&"6d5a".repeat(20)).unwrap();
+        let mut padded = [0u8; 40];
+        padded.copy_from_slice(&key);
+        let sizes = SizePlan::new(min_len(64), MAX_LEN).unwrap();
+        let e = Expect { src: MacExpect::ReportedHash(padded), flows: 64, sizes, ..expect() };
+        let mut scratch = Vec::new();
+        for seq in 0..50u64 {
+            let id =
+                FrameId { kind: Kind::Data, dir: 0, seq, ts_ns: 7, len: e.sizes.len_of(seq), flows: 64, vlan: None };
+            let flow = flow_of(Kind::Data, 0, seq, 64);
+            let mut buf = Vec::new();
+            build(&mut buf, DST, reported_hash_mac(&key, &flow), &id);
+            assert_eq!(check(&buf, &e, &mut scratch).map(|got| got.seq), Ok(seq), "seq {seq}");
+            assert_eq!(&buf[10..12], &[0, 3], "report type UDPv4");
+            // Another flow's hash, or the plain source MAC, is caught.
+            let other = flow_of(Kind::Data, 0, seq + 1, 64);
+            for wrong in [reported_hash_mac(&key, &other), SRC] {
+                if wrong != reported_hash_mac(&key, &flow) {
+                    build(&mut buf, DST, wrong, &id);
+                    assert!(matches!(check(&buf, &e, &mut scratch), Err(Defect::SrcMac { .. })), "seq {seq}");
+                }
+            }
         }
     }
 

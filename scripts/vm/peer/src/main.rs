@@ -108,7 +108,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Send test frames into both ports, check what comes back, print RESULT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Self-test: stand in for QEMU + l2fwd (MAC rewrite included) on the QEMU side of the ports.
     Reflect(ReflectArgs),
 }
@@ -196,6 +196,12 @@ struct RunArgs {
     /// A port's RSS key, PORT=HEX (repeatable) [default: the Microsoft key, the driver's default].
     #[arg(long, value_name = "PORT=HEX")]
     rss_key: Vec<String>,
+    /// Check the hash the guest's device reported for every frame, which the forwarder wrote over
+    /// the source MAC (l2fwd --hash-to-src-mac): it must be the Toeplitz hash of the frame's flow
+    /// under the receiving port's key, type UDPv4 (replaces the source MAC check); needs
+    /// --rss-queues.
+    #[arg(long)]
+    check_hash: bool,
 }
 
 #[derive(Args, Debug)]
@@ -234,6 +240,16 @@ fn run(args: &RunArgs) -> Result<ExitCode, PeerError> {
     }
     let sizes = SizePlan::new(min_size, args.max_size).map_err(PeerError::Config)?;
     let rss = rss_plan(args).map_err(PeerError::Config)?;
+    // Direction d's frames go into port d, whose device hashes them with port d's key.
+    let hash_keys = match (&rss, args.check_hash) {
+        (Some(rss), true) => Some(rss.keys.clone().map(|key| {
+            let mut padded = [0u8; 40];
+            padded[..key.len().min(40)].copy_from_slice(&key[..key.len().min(40)]);
+            MacExpect::ReportedHash(padded)
+        })),
+        (None, true) => return Err(PeerError::Config("--check-hash needs --rss-queues (and --flows)".into())),
+        (_, false) => None,
+    };
     let dirs = match args.direction.as_str() {
         "0to1" => [true, false],
         "1to0" => [false, true],
@@ -251,10 +267,10 @@ fn run(args: &RunArgs) -> Result<ExitCode, PeerError> {
             args.expect_dst_mac_0to1.unwrap_or(exact(MacAddr::default_peer(1))),
             args.expect_dst_mac_1to0.unwrap_or(exact(MacAddr::default_peer(0))),
         ],
-        expect_src: [
+        expect_src: hash_keys.unwrap_or([
             args.expect_src_mac_0to1.unwrap_or(exact(macs[1])),
             args.expect_src_mac_1to0.unwrap_or(exact(macs[0])),
-        ],
+        ]),
         sizes,
         ready_timeout: Duration::from_secs(args.ready_timeout),
         drain: Duration::from_millis(args.drain_ms),
