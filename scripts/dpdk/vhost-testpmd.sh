@@ -15,6 +15,10 @@
 #       --forward sends `start` once it is up, --tx-first N sends `start tx_first N`.
 #   cmd [--prefix P] [--timeout S] COMMAND...
 #       Sends one testpmd command line and prints what it printed up to the next prompt.
+#   send [--prefix P] COMMAND...
+#       Sends one command line without waiting for the prompt. For a command after which the
+#       forwarding lcores print (`set verbose 1`): testpmd writes its prompt a character at a
+#       time, so their lines can split it, and `cmd` would wait for a prompt it cannot see.
 #   stats [--prefix P]       = cmd "show port stats all"
 #   wait-log [--prefix P] [--timeout S] REGEX
 #       Waits until testpmd's output matches REGEX (e.g. "new device"), prints the matching line.
@@ -239,7 +243,7 @@ prefix="${VHOST_TESTPMD_PREFIX:-vhtpmd}"
 case "$sub" in
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
-    cmd|stats|wait-log|pid|log|dir)
+    cmd|send|stats|wait-log|pid|log|dir)
         timeout=10
         while [ $# -gt 0 ]; do
             case "$1" in
@@ -251,6 +255,7 @@ case "$sub" in
         dir="$state_root/$prefix"
         case "$sub" in
             cmd) [ $# -ge 1 ] || die "cmd: no command given"; require_running; with_lock run_cmd "$timeout" "$*" ;;
+            send) [ $# -ge 1 ] || die "send: no command given"; require_running; with_lock send "$*" ;;
             stats) require_running; with_lock run_cmd "$timeout" "show port stats all" ;;
             wait-log)
                 [ $# -ge 1 ] || die "wait-log: no pattern given"
@@ -264,5 +269,5 @@ case "$sub" in
             dir) echo "$dir" ;;
         esac ;;
     -h|--help|help) usage ;;
-    *) die "unknown subcommand '$sub' (start, cmd, stats, wait-log, stop, pid, log, dir)" ;;
+    *) die "unknown subcommand '$sub' (start, cmd, send, stats, wait-log, stop, pid, log, dir)" ;;
 esac

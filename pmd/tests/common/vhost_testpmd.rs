@@ -138,20 +138,38 @@ impl VhostTestpmd {
         self.pid
     }
 
-    /// Runs one testpmd command and returns its output.
+    /// Runs one testpmd command, waiting at most 10 s for its prompt, and returns its output.
     pub fn cmd(&self, command: &str) -> String {
-        self.cmd_within(command, Duration::from_secs(10))
-    }
-
-    /// Runs one testpmd command, waiting at most `timeout` for its prompt, and returns its output.
-    pub fn cmd_within(&self, command: &str, timeout: Duration) -> String {
-        let timeout = timeout.as_secs().max(1).to_string();
         let out = Command::new(script())
-            .args(["cmd", "--prefix", &self.prefix, "--timeout", &timeout, command])
+            .args(["cmd", "--prefix", &self.prefix, "--timeout", "10", command])
             .output()
             .expect("run vhost-testpmd.sh cmd");
         assert!(out.status.success(), "testpmd command {command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sends `command` without waiting for testpmd's prompt: for commands after which the
+    /// forwarding lcores print frames (`set verbose 1`), whose lines can split the prompt that
+    /// testpmd writes a character at a time. [`wait_quiet`](Self::wait_quiet) then waits for
+    /// the output to settle.
+    pub fn send(&self, command: &str) {
+        let out = Command::new(script()).args(["send", "--prefix", &self.prefix, command]).output().expect("send");
+        assert!(out.status.success(), "testpmd command {command:?} not sent: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Waits until testpmd has printed nothing for `quiet`, for at most `timeout`.
+    pub fn wait_quiet(&self, quiet: Duration, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut len = self.log().len();
+        loop {
+            std::thread::sleep(quiet);
+            let now = self.log().len();
+            if now == len {
+                return;
+            }
+            assert!(Instant::now() < deadline, "testpmd still printing after {timeout:?}");
+            len = now;
+        }
     }
 
     /// Everything testpmd printed so far.
