@@ -619,7 +619,7 @@ mod tests {
 
     #[test]
     fn a_reported_hash_over_the_source_mac_is_checked_against_the_flow() {
-        let key = crate::toeplitz::parse_key(&"6d5a".repeat(20)).unwrap();
+        let key = "6d5a".repeat(20).parse::<virtio_pmd::setup::RssKey>().unwrap().0;
         let mut padded = [0u8; 40];
         padded.copy_from_slice(&key);
         let sizes = SizePlan::new(min_len(64), MAX_LEN).unwrap();

@@ -394,7 +394,7 @@ fn rss_plan(args: &RunArgs) -> Result<Option<RssPlan>, String> {
         let bad = |why: String| format!("--rss-key '{k}': {why} (expected PORT=HEX with PORT 0 or 1)");
         let (port, hex) = k.split_once('=').ok_or_else(|| bad("no '='".into()))?;
         let port: usize = port.trim().parse().ok().filter(|p| *p < 2).ok_or_else(|| bad("bad port".into()))?;
-        keys[port] = toeplitz::parse_key(hex.trim()).map_err(bad)?;
+        keys[port] = hex.trim().parse::<virtio_pmd::setup::RssKey>().map_err(|e| bad(e.to_string()))?.0;
     }
     Ok(Some(RssPlan { keys, tables }))
 }

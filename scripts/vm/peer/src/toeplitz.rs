@@ -44,19 +44,6 @@ pub fn queue_of(hash: u32, table: &[u16]) -> u16 {
     table[hash as usize & (table.len() - 1)]
 }
 
-/// A key written as hex digits (`6d5a56da...`), as l2fwd and vm-peer take it.
-pub fn parse_key(hex: &str) -> Result<Vec<u8>, String> {
-    let bad = || format!("'{hex}' is not a key: an even number of hex digits, e.g. 6d5a56da255b0ec2..");
-    if hex.is_empty() || hex.len() % 2 != 0 {
-        return Err(bad());
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-        .collect::<Option<_>>()
-        .ok_or_else(bad)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,12 +83,6 @@ mod tests {
         input.extend_from_slice(&2794u16.to_be_bytes());
         input.extend_from_slice(&1766u16.to_be_bytes());
         assert_eq!(hash(&DEFAULT_KEY, &input), 0x40207d3d);
-    }
-
-    #[test]
-    fn keys_parse_from_hex() {
-        assert_eq!(parse_key("6d5A01").unwrap(), [0x6d, 0x5a, 1]);
-        assert!(parse_key("6d5").is_err() && parse_key("").is_err() && parse_key("zz").is_err());
     }
 
     #[test]
