@@ -13,7 +13,7 @@ use virtio_pmd::setup::DeviceSpec;
 use virtio_pmd::spec::features::{self, Features};
 use virtio_pmd::spec::net::{self as net_spec, ctrl};
 use virtio_pmd::spec::status;
-use virtio_pmd::testing::{CtrlAnswer, CtrlRecord, FakeCtrl, FakeDeviceConfig, FakeEvent, FakeTransport, NotifyMode};
+use virtio_pmd::testing::{CtrlAnswer, CtrlRecord, FakeCtrl, FakeDeviceConfig, FakeEvent, FakeTransport};
 use virtio_pmd::Error;
 
 /// Every control feature, MQ, and the usual modern bits.
@@ -39,14 +39,8 @@ const MAX_PAIRS: u16 = 4;
 fn device(offered: &[u32]) -> FakeDeviceConfig {
     FakeDeviceConfig {
         offered: Features::from_bits(offered),
-        max_queue_size: 256,
         num_queues: 2 * MAX_PAIRS + 1,
-        mac: [0x52, 0x54, 0, 0, 0, 1],
-        mtu: 1500,
-        notify: NotifyMode::Never,
-        behind_iommu: false,
-        refuse_driver_ok: false,
-        hash_reporter: None,
+        ..FakeDeviceConfig::modern()
     }
 }
 

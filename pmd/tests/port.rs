@@ -15,22 +15,12 @@ use virtio_pmd::net::{Port, PortConfig, RingChoice, RxPath, TxPath};
 use virtio_pmd::spec::features::{self, Features};
 use virtio_pmd::spec::net as net_spec;
 use virtio_pmd::spec::status;
-use virtio_pmd::testing::{FakeDeviceConfig, FakeEvent, FakeTransport, NotifyMode};
+use virtio_pmd::testing::{FakeDeviceConfig, FakeEvent, FakeTransport};
 use virtio_pmd::transport::RingFormat;
 use virtio_pmd::Error;
 
 fn device(offered: &[u32]) -> FakeDeviceConfig {
-    FakeDeviceConfig {
-        offered: Features::from_bits(offered),
-        max_queue_size: 256,
-        num_queues: 2,
-        mac: [0x52, 0x54, 0, 0, 0, 1],
-        mtu: 1500,
-        notify: NotifyMode::Never,
-        behind_iommu: false,
-        refuse_driver_ok: false,
-        hash_reporter: None,
-    }
+    FakeDeviceConfig { offered: Features::from_bits(offered), ..FakeDeviceConfig::modern() }
 }
 
 const MODERN: &[u32] = &[

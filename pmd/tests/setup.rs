@@ -11,7 +11,7 @@ use virtio_pmd::net::{Port, PortConfig, RingChoice};
 use virtio_pmd::setup::{DeviceSpec, PortSet, PortSetConfig, SetupError};
 use virtio_pmd::spec::features::{self, Features};
 use virtio_pmd::spec::net as net_spec;
-use virtio_pmd::testing::{FakeDeviceConfig, FakeTransport, NotifyMode};
+use virtio_pmd::testing::{FakeDeviceConfig, FakeTransport};
 use virtio_pmd::{Error, ErrorKind};
 
 fn config() -> PortSetConfig {
@@ -55,14 +55,7 @@ fn a_refused_feature_is_typed_apart_from_a_missing_device() {
     let pool = virtio_pmd::mbuf::Mempool::new(&config().pool, &IovaAllocator::identity()).unwrap();
     let device = FakeDeviceConfig {
         offered: Features::from_bits(&[features::VERSION_1, net_spec::F_MAC]),
-        max_queue_size: 256,
-        num_queues: 2,
-        mac: [0x52, 0x54, 0, 0, 0, 1],
-        mtu: 1500,
-        notify: NotifyMode::Never,
-        behind_iommu: false,
-        refuse_driver_ok: false,
-        hash_reporter: None,
+        ..FakeDeviceConfig::modern()
     };
     let packed = PortConfig { ring: RingChoice::Packed, ..config().port };
     let err = Port::open(Box::new(FakeTransport::new(device)), &pool, &packed, &IovaAllocator::identity()).unwrap_err();

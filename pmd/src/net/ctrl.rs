@@ -337,7 +337,7 @@ mod tests {
     use super::*;
     use crate::spec::features::{self, Features};
     use crate::spec::net as net_spec;
-    use crate::testing::{FakeDeviceConfig, FakeTransport, NotifyMode};
+    use crate::testing::{FakeDeviceConfig, FakeTransport};
 
     /// A device that can, or cannot, be confirmed stopped.
     struct Stop(bool);
@@ -354,14 +354,9 @@ mod tests {
         let offered = Features::from_bits(&[features::VERSION_1, net_spec::F_CTRL_VQ]);
         let mut transport = FakeTransport::new(FakeDeviceConfig {
             offered,
-            max_queue_size: 256,
             num_queues: 3,
             mac: [2, 0, 0, 0, 0, 1],
-            mtu: 1500,
-            notify: NotifyMode::Never,
-            behind_iommu: false,
-            refuse_driver_ok: false,
-            hash_reporter: None,
+            ..FakeDeviceConfig::modern()
         });
         transport.set_driver_features(offered).unwrap();
         let spec = CtrlRingSpec { format: RingFormat::Split, in_order: false, event_idx: false };
