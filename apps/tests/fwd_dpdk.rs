@@ -225,23 +225,30 @@ fn fwd_args(testpmd: &VhostTestpmd, ring: &str, queues: u16, mode: &str, extra: 
     args
 }
 
-/// DPDK txonly -> fwd rxonly, every frame checked.
-fn dpdk_to_fwd(testpmd: &VhostTestpmd, ring: &str, queues: u16, len: usize) {
-    let what = format!("{ring} x{queues} {len} B: DPDK txonly -> fwd rxonly");
-    prepare(testpmd, "txonly", len);
-    let len_arg = len.to_string();
-    let mut fwd = Fwd::start(
-        &what,
-        &fwd_args(testpmd, ring, queues, "rxonly", &["--verify", "dpdk-txonly", "--verify-len", &len_arg]),
-    );
+/// Once `fwd` is ready, testpmd forwards (its current mode) into it for [`TRAFFIC`] and stops,
+/// then fwd stops: what testpmd sent, and what fwd printed.
+fn dpdk_into(testpmd: &VhostTestpmd, mut fwd: Fwd) -> (u64, Finished) {
     fwd.wait_ready();
     testpmd.cmd("start");
     std::thread::sleep(TRAFFIC);
     testpmd.cmd("stop");
     let sent = counter(testpmd, "TX-packets");
+    // The frames still in fwd's receive rings.
     std::thread::sleep(Duration::from_millis(100));
     fwd.terminate();
-    let out = fwd.finish();
+    (sent, fwd.finish())
+}
+
+/// DPDK txonly -> fwd rxonly, every frame checked.
+fn dpdk_to_fwd(testpmd: &VhostTestpmd, ring: &str, queues: u16, len: usize) {
+    let what = format!("{ring} x{queues} {len} B: DPDK txonly -> fwd rxonly");
+    prepare(testpmd, "txonly", len);
+    let len_arg = len.to_string();
+    let fwd = Fwd::start(
+        &what,
+        &fwd_args(testpmd, ring, queues, "rxonly", &["--verify", "dpdk-txonly", "--verify-len", &len_arg]),
+    );
+    let (sent, out) = dpdk_into(testpmd, fwd);
     let received = out.get("rx_pkts");
     assert!(received > 1000, "{what}: traffic flowed ({received} frames)");
     assert_eq!(received, sent, "{what}: fwd received every frame testpmd sent");
@@ -435,15 +442,8 @@ fn four_queue_pairs_from_rxq_and_txq_with_per_queue_counters() {
 
     let what = "x4 DPDK txonly -> fwd rxonly --rxq 4 --txq 4";
     prepare(&testpmd, "txonly", 64);
-    let mut fwd = Fwd::start(what, &args("rxonly", &["--verify", "dpdk-txonly", "--verify-len", "64"]));
-    fwd.wait_ready();
-    testpmd.cmd("start");
-    std::thread::sleep(TRAFFIC);
-    testpmd.cmd("stop");
-    let sent = counter(&testpmd, "TX-packets");
-    std::thread::sleep(Duration::from_millis(100));
-    fwd.terminate();
-    let out = fwd.finish();
+    let fwd = Fwd::start(what, &args("rxonly", &["--verify", "dpdk-txonly", "--verify-len", "64"]));
+    let (sent, out) = dpdk_into(&testpmd, fwd);
     assert_eq!(out.get("rx_pkts"), sent, "{what}: fwd received every frame testpmd sent");
     assert_eq!((out.get("verified"), out.get("bad")), (sent, 0), "{what}: every frame checked");
     check_queues(what, &out, sent, 0);
@@ -517,15 +517,7 @@ fn jumbo_frames_both_ways_over_mergeable_buffers() {
     for command in ["set fwd txonly", "set txpkts 2000,2000,2000,2000,1000", "clear port stats all"] {
         testpmd.cmd(command);
     }
-    let mut fwd = Fwd::start(what, &args("rxonly", &[]));
-    fwd.wait_ready();
-    testpmd.cmd("start");
-    std::thread::sleep(TRAFFIC);
-    testpmd.cmd("stop");
-    let sent = counter(&testpmd, "TX-packets");
-    std::thread::sleep(Duration::from_millis(100));
-    fwd.terminate();
-    let out = fwd.finish();
+    let (sent, out) = dpdk_into(&testpmd, Fwd::start(what, &args("rxonly", &[])));
     assert!(sent > 1000, "{what}: traffic flowed ({sent} frames)");
     assert_eq!(out.get("rx_pkts"), sent, "{what}: fwd received every frame testpmd sent");
     check_port(what, &out);
