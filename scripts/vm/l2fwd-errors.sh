@@ -128,6 +128,19 @@ case_() {
     if [ "$rc" -eq "$want" ]; then echo "== CASE-OK $name rc=$rc"; else echo "== CASE-FAIL $name rc=$rc wanted $want"; fail=1; fi
 }
 drv() { d=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && basename "$d" || echo "no driver"; }
+# final_run L2FWD-ARGS...: last, the same devices still work: l2fwd runs until the host, which
+# sends traffic once it sees L2FWD-READY, says it is done; then the boot's verdict.
+final_run() {
+    echo "guest: final run on $A ($(drv $A)) and $B ($(drv $B))${1:+, $*}"
+    l2fwd --config $CFG "$@" &
+    pid=$!
+    (line=$(vm-wait-host 600); echo "guest: host says '$line': SIGINT to l2fwd"; kill -INT "$pid") &
+    wait $pid
+    rc=$?
+    if [ $rc -eq 0 ]; then echo "== CASE-OK final-run rc=$rc"; else echo "== CASE-FAIL final-run rc=$rc"; fail=1; fi
+    echo "L2FWD-ERRORS-GUEST fail=$fail"
+    exit $fail
+}
 
 GUEST
 
@@ -177,16 +190,7 @@ rc=$?
 sed 's/^/   holder| /' /tmp/holder.out
 if [ $rc -eq 0 ] && grep -q '^L2FWD-DONE clean' /tmp/holder.out; then echo "== CASE-OK holder-sigterm rc=$rc"; else echo "== CASE-FAIL holder-sigterm rc=$rc"; fail=1; fi
 
-# Last: the same devices still work. The host sends traffic once it sees L2FWD-READY.
-echo "guest: final run on $A ($(drv $A)) and $B ($(drv $B))"
-l2fwd --config $CFG &
-pid=$!
-(line=$(vm-wait-host 600); echo "guest: host says '$line': SIGINT to l2fwd"; kill -INT "$pid") &
-wait $pid
-rc=$?
-if [ $rc -eq 0 ]; then echo "== CASE-OK final-run rc=$rc"; else echo "== CASE-FAIL final-run rc=$rc"; fail=1; fi
-echo "L2FWD-ERRORS-GUEST fail=$fail"
-exit $fail
+final_run
 GUEST
 
 # name|regex that must be on the console
@@ -232,15 +236,7 @@ echo 3 >/proc/sys/vm/nr_hugepages
 case_ pa-hugepages-short 1 l2fwd --config $CFG --no-iommu --pool-size 512 --pool-cache 64
 echo "$pages" >/proc/sys/vm/nr_hugepages
 echo "guest: huge pages back to $(cat /proc/sys/vm/nr_hugepages)"
-echo "guest: final run on $A ($(drv $A)) and $B ($(drv $B)), no IOMMU"
-l2fwd --config $CFG --no-iommu &
-pid=$!
-(line=$(vm-wait-host 600); echo "guest: host says '$line': SIGINT to l2fwd"; kill -INT "$pid") &
-wait $pid
-rc=$?
-if [ $rc -eq 0 ]; then echo "== CASE-OK final-run rc=$rc"; else echo "== CASE-FAIL final-run rc=$rc"; fail=1; fi
-echo "L2FWD-ERRORS-GUEST fail=$fail"
-exit $fail
+final_run --no-iommu
 GUEST
 # shellcheck disable=SC2034 # read by boot through a nameref
 CHECKS_NOIOMMU=(
