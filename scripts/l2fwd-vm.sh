@@ -251,6 +251,10 @@ IN_NS=()
 VM_NET=(--port-base "$PORT_BASE" --sock-buf "$SOCK_BUF")
 PEER_NET=(--port-base "$PORT_BASE")
 RSS_TABLE1=""
+# Receive filters and RSS settings of each port: options of its device string (the ports then
+# come on l2fwd's command line, replacing the config file's).
+PORT0_OPTS=""
+PORT1_OPTS=""
 if [ -n "$QUEUES" ]; then
     NETNS=mq-l2fwd-$$
     ip netns add "$NETNS"
@@ -267,14 +271,16 @@ if [ -n "$QUEUES" ]; then
         RSS_TABLE1=$(seq $((QUEUES - 1)) -1 0 | paste -sd,)
         # And another key: the 40-byte "symmetric" key (0x6d5a repeated), known from RSS papers.
         RSS_KEY1=$(printf '6d5a%.0s' $(seq 20))
-        L2FWD_ARGS="$L2FWD_ARGS --rss-table 1=$RSS_TABLE1 --rss-key 1=$RSS_KEY1 --hash-to-src-mac"
+        PORT1_OPTS=",rss_table=[$RSS_TABLE1],rss_key=$RSS_KEY1"
+        L2FWD_ARGS="$L2FWD_ARGS --hash-to-src-mac"
         PEER_NET+=(--rss-table "1=$RSS_TABLE1" --rss-key "1=$RSS_KEY1" --check-hash)
     fi
 fi
 
 if [ "$FILTERS" -eq 1 ]; then
-    L2FWD_ARGS="--promisc=false --mac-table 0=02:00:00:00:aa:01,01:00:5e:00:00:01 --mac-table 1=02:00:00:00:aa:02 \
---allmulti 1 --vlan 0=100 $L2FWD_ARGS"
+    L2FWD_ARGS="--promisc=false $L2FWD_ARGS"
+    PORT0_OPTS=",mac_table=[02:00:00:00:aa:01,01:00:5e:00:00:01],vlans=[100]"
+    PORT1_OPTS="$PORT1_OPTS,mac_table=[02:00:00:00:aa:02],allmulti=on"
     # PORT,NAME,DST,VLAN,verdict: what the device must do with frames sent into each port.
     for class in \
         0,own,52:54:00:00:00:01,-,pass 0,foreign-unicast,02:00:00:00:bb:01,-,drop \
@@ -296,10 +302,16 @@ if [ "$IOMMU" = off ]; then
     VM_ARGS=(--no-iommu)
     [ "$NOIOMMU_BIND" = vfio ] && VM_ARGS=(--no-iommu-vfio)
 fi
+if [ -n "$PORT0_OPTS$PORT1_OPTS" ]; then
+    L2FWD_ARGS="$L2FWD_ARGS pci:0000:00:03.0$PORT0_OPTS pci:0000:00:04.0$PORT1_OPTS"
+fi
 printf 'L2FWD_ARGS=%q\n' "$L2FWD_ARGS" >"$WORK/guest.sh"
 cat >>"$WORK/guest.sh" <<'GUEST'
-# shellcheck disable=SC2086 # word splitting of the extra options is intended
+# shellcheck disable=SC2086 # word splitting of the extra options is intended (no globbing:
+# device strings have brackets)
+set -f
 l2fwd --config /etc/l2fwd-vm.toml $L2FWD_ARGS &
+set +f
 pid=$!
 (line=$(vm-wait-host 3600); echo "guest: host says '$line': SIGINT to l2fwd"; kill -INT "$pid") &
 wait "$pid"

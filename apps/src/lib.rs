@@ -1,9 +1,7 @@
 //! Code the sample programs share (the `l2fwd`, `fwd` and `pktgen` binaries of this package).
 //!
-//! - [`options`]: the ring layout and huge page choices as written on the command line and in the
-//!   TOML files, their conversions into the library's [`RingChoice`](virtio_pmd::net::RingChoice)
-//!   and [`HugePages`](virtio_pmd::mem::HugePages), and [`layered`](options::layered): one
-//!   options struct for the command line and the file.
+//! - [`options`]: [`layered`](options::layered), one options struct for the command line and
+//!   the TOML file, the command line's values over the file's.
 //! - [`report`]: the rate arithmetic behind the statistics lines, JSON lines, and the logging
 //!   set-up.
 //! - [`tsc`]: the time-stamp counter (cycle counts, latency stamps) and a prefetch hint.

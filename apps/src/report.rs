@@ -1,10 +1,10 @@
-//! What the forwarders print: per-port counter snapshots, rates in Mpps, JSON lines (`--json`),
-//! and the logging set-up (tracing to stderr, so that stdout carries only the programs' own
+//! What the forwarders print: per-port counter snapshots, sampled once per statistics period
+//! ([`Sampler`]), rates in Mpps, JSON lines (`--json`), and the logging set-up (tracing to stderr, so that stdout carries only the programs' own
 //! lines).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use virtio_pmd::net::{rates, PortStats, Xstat};
+use virtio_pmd::net::{rates, Port, PortStats, Xstat};
 
 /// Counters of one port at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +45,72 @@ impl std::ops::AddAssign for Snapshot {
         self.errors += other.errors;
         self.alloc_failures += other.alloc_failures;
         self.kicks += other.kicks;
+    }
+}
+
+/// Every port's counters and extended statistics, sampled once per statistics period.
+#[derive(Debug)]
+pub struct Sampler {
+    app: &'static str,
+    begin: Instant,
+    last: (Instant, Vec<Snapshot>, Vec<Vec<Xstat>>),
+}
+
+/// What every port did over one statistics period.
+#[derive(Debug)]
+pub struct Period {
+    /// Seconds from the sampler's start to the period's end.
+    pub t: f64,
+    /// The period's length.
+    pub over: Duration,
+    /// Each port's counters at the start and at the end of the period.
+    pub ports: Vec<(Snapshot, Snapshot)>,
+    app: &'static str,
+    app_drops: Vec<u64>,
+    xstats: Vec<(Vec<Xstat>, Vec<Xstat>)>,
+}
+
+/// Every port's counters now, with `app_drops(port)` frames the program dropped added to its drops.
+fn sample(ports: &[Port], app_drops: &dyn Fn(usize) -> u64) -> (Instant, Vec<Snapshot>, Vec<Vec<Xstat>>) {
+    let snaps = ports.iter().enumerate().map(|(id, port)| Snapshot::of(&port.stats(), app_drops(id))).collect();
+    (Instant::now(), snaps, ports.iter().map(Port::xstats).collect())
+}
+
+impl Sampler {
+    /// Starts sampling `ports` for `app`'s lines; `app_drops` as in [`sample`](Self::sample).
+    pub fn new(app: &'static str, ports: &[Port], app_drops: &dyn Fn(usize) -> u64) -> Sampler {
+        let last = sample(ports, app_drops);
+        Sampler { app, begin: last.0, last }
+    }
+
+    /// The period since the last sample (the first: since [`new`](Self::new)); `app_drops(port)`
+    /// is the frames the program dropped on the port so far.
+    pub fn sample(&mut self, ports: &[Port], app_drops: &dyn Fn(usize) -> u64) -> Period {
+        let (before, now) = (std::mem::replace(&mut self.last, sample(ports, app_drops)), &self.last);
+        Period {
+            t: (now.0 - self.begin).as_secs_f64(),
+            over: now.0 - before.0,
+            ports: before.1.into_iter().zip(now.1.iter().copied()).collect(),
+            app: self.app,
+            app_drops: (0..ports.len()).map(app_drops).collect(),
+            xstats: before.2.into_iter().zip(now.2.iter().cloned()).collect(),
+        }
+    }
+}
+
+impl Period {
+    /// Port `id`'s frames received and sent per second over the period, in millions.
+    pub fn mpps(&self, id: usize) -> (f64, f64) {
+        let (before, now) = &self.ports[id];
+        (mpps(now.rx - before.rx, self.over), mpps(now.tx - before.tx, self.over))
+    }
+
+    /// Port `id`'s JSON `stats` line: its extended statistics and their rates over the period.
+    pub fn json(&self, id: usize) -> String {
+        let line = JsonLine::new(self.app, "stats").num("t", self.t).int("port", id as u64);
+        let line = line.int("app_dropped", self.app_drops[id]).num("interval_s", self.over.as_secs_f64());
+        let (before, now) = &self.xstats[id];
+        line.xstats("xstats", now).rates("rates", before, now, self.over).finish()
     }
 }
 

@@ -109,7 +109,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-printf 'ring = "packed"\nburts = 32\n[[ports]]\npci = "0000:00:03.0"\n' >"$WORK/l2fwd-bad.toml"
+printf 'ring = "packed"\nburts = 32\nports = ["0000:00:03.0"]\n' >"$WORK/l2fwd-bad.toml"
 
 # What both boots' guest scripts start with: the devices' names and the case runner.
 cat >"$WORK/prelude.sh" <<'GUEST'
@@ -197,7 +197,7 @@ GUEST
 # shellcheck disable=SC2034 # read by boot through a nameref
 CHECKS=(
     "missing-bdf|^   l2fwd: error: port 1: PCI device 0000:00:0a\.0 not found"
-    "bad-bdf|^   l2fwd: error: port 0: '00:99\.0' is not a PCI address"
+    "bad-bdf|^   l2fwd: error: port '00:99\.0': '00:99\.0' is not a PCI address"
     "unknown-key|^   l2fwd: error: config file /etc/l2fwd-bad\.toml: TOML parse error"
     "unknown-key|unknown field .burts."
     "no-driver|^   l2fwd: error: port 1: PCI device 0000:00:04\.0 is not bound to vfio-pci \(no driver bound\)"

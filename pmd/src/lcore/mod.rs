@@ -10,10 +10,12 @@
 //! as arrived, so the others never wait forever).
 //!
 //! [`Lcores`] is what the main thread holds: it waits for every lcore to be polling, notices one
-//! that stopped early, and joins them (setting the stop flag first), getting back what each body
-//! returned (its queues, its totals).
+//! that stopped early, supervises them ([`Lcores::supervise`]: a callback once per period until
+//! a stop, a duration, an lcore's end or the callback's failure), and joins them (setting the
+//! stop flag first), getting back what each body returned (its queues, its totals).
 //!
-//! [`spread`] and [`spread_at_most`] plan which lcore owns which items; a [`Lane`] (one receive
+//! [`spread`] and [`spread_at_most`] plan which lcore owns which items, and [`distribute`] hands
+//! them out along that plan; a [`Lane`] (one receive
 //! queue into one transmit queue, with DPDK l2fwd's MAC rewrite) is the usual item.
 //!
 //! [`STOP`] with [`install_stop_handler`] is the flag SIGINT and SIGTERM set.
@@ -152,6 +154,22 @@ pub struct Lcores<R> {
     shared: Arc<Shared>,
 }
 
+/// Why [`Lcores::supervise`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Supervised<E> {
+    /// The stop flag was set (a signal, or [`Lcore::request_stop`]).
+    Stopped,
+    /// The duration was reached.
+    DurationReached,
+    /// This lcore's body returned or panicked while no stop was asked for.
+    LcoreEnded(usize),
+    /// The period's callback failed.
+    Failed(E),
+}
+
+/// How often [`Lcores::supervise`] looks at the stop flag, the clock and the lcores.
+const SUPERVISE_TICK: Duration = Duration::from_millis(20);
+
 /// An lcore that panicked; [`Lcores::join`] reports it in its place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("lcore {index} panicked")]
@@ -242,6 +260,39 @@ impl<R> Lcores<R> {
         self.threads.iter().position(|t| t.handle.is_finished())
     }
 
+    /// Watches the lcores from the main thread: calls `each_period` with the time since the start
+    /// once every `period`, until the stop flag is set, `duration` (if any) has passed, an lcore
+    /// ended without a stop, or `each_period` failed; says which. The lcores keep running: then
+    /// [`join`](Self::join) them.
+    pub fn supervise<E>(
+        &self,
+        period: Duration,
+        duration: Option<Duration>,
+        mut each_period: impl FnMut(Duration) -> std::result::Result<(), E>,
+    ) -> Supervised<E> {
+        let begin = std::time::Instant::now();
+        let mut next = period;
+        loop {
+            std::thread::sleep(SUPERVISE_TICK.min(period));
+            if self.shared.stop.load(Ordering::SeqCst) {
+                return Supervised::Stopped;
+            }
+            let elapsed = begin.elapsed();
+            if duration.is_some_and(|d| elapsed >= d) {
+                return Supervised::DurationReached;
+            }
+            if let Some(index) = self.finished_early() {
+                return Supervised::LcoreEnded(index);
+            }
+            if elapsed >= next {
+                next = elapsed + period;
+                if let Err(e) = each_period(elapsed) {
+                    return Supervised::Failed(e);
+                }
+            }
+        }
+    }
+
     /// Asks every lcore to stop, waits for them, and returns what each body returned, in lcore
     /// order.
     pub fn join(self) -> Vec<std::result::Result<R, LcorePanicked>> {
@@ -289,15 +340,64 @@ pub fn spread_at_most(items: usize, cores: &[usize], per_lcore: usize) -> Vec<(O
         .collect()
 }
 
+/// Hands `items` to lcores: `per_lcore` at a time in order ([`spread_at_most`], DPDK l2fwd's
+/// `-q`), or without it spread evenly over `cores` ([`spread`]); each lcore's work is its items.
+pub fn distribute<T>(items: Vec<T>, cores: &[usize], per_lcore: Option<usize>) -> Vec<LcoreWork<Vec<T>>> {
+    let plan = match per_lcore {
+        Some(n) => spread_at_most(items.len(), cores, n),
+        None => spread(items.len(), cores),
+    };
+    let mut items: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    plan.into_iter()
+        .map(|(core, indices)| LcoreWork { core, work: indices.into_iter().filter_map(|i| items[i].take()).collect() })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static SUPERVISED_STOP: AtomicBool = AtomicBool::new(false);
+
+    #[test]
+    fn supervision_ends_on_the_duration_a_failure_an_lcore_ending_and_the_stop_flag() {
+        let work = |n: u64| vec![LcoreWork { core: None, work: n }];
+        // Runs until stopped; one lcore that ends by itself after 50 ms.
+        let body = |lcore: &mut Lcore, ms: u64| {
+            let begin = std::time::Instant::now();
+            while !lcore.stopping() && (ms == 0 || begin.elapsed() < Duration::from_millis(ms)) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        let lcores = launch("supervised", work(0), &SUPERVISED_STOP, body).unwrap();
+        let mut periods = Vec::new();
+        let period = Duration::from_millis(30);
+        let why = lcores.supervise(period, Some(Duration::from_millis(200)), |t| {
+            periods.push(t);
+            Ok::<(), ()>(())
+        });
+        assert_eq!(why, Supervised::DurationReached);
+        assert!((4..=7).contains(&periods.len()), "{periods:?}");
+        assert!(periods.windows(2).all(|w| w[1] - w[0] >= period), "{periods:?}");
+        assert_eq!(lcores.supervise(period, None, |_| Err("port 0 failed")), Supervised::Failed("port 0 failed"));
+        SUPERVISED_STOP.store(true, Ordering::SeqCst);
+        assert_eq!(lcores.supervise(period, None, |_| Ok::<(), ()>(())), Supervised::Stopped);
+        assert_eq!(lcores.join().len(), 1);
+        SUPERVISED_STOP.store(false, Ordering::SeqCst);
+        let lcores = launch("supervised", work(50), &SUPERVISED_STOP, body).unwrap();
+        assert_eq!(lcores.supervise(Duration::from_secs(1), None, |_| Ok::<(), ()>(())), Supervised::LcoreEnded(0));
+        assert!(lcores.join()[0].is_ok());
+    }
 
     #[test]
     fn at_most_n_items_per_lcore_in_order() {
         assert_eq!(spread_at_most(5, &[3, 1], 2), [(Some(3), vec![0, 1]), (Some(1), vec![2, 3]), (None, vec![4])]);
         assert_eq!(spread_at_most(2, &[], 4), [(None, vec![0, 1])]);
         assert!(spread_at_most(0, &[1], 1).is_empty());
+        let work = |w: Vec<LcoreWork<Vec<char>>>| w.into_iter().map(|l| (l.core, l.work)).collect::<Vec<_>>();
+        let items = || vec!['a', 'b', 'c'];
+        assert_eq!(work(distribute(items(), &[3, 1], Some(2))), [(Some(3), vec!['a', 'b']), (Some(1), vec!['c'])]);
+        assert_eq!(work(distribute(items(), &[3, 1], None)), [(Some(3), vec!['a', 'c']), (Some(1), vec!['b'])]);
     }
 
     fn flag() -> &'static AtomicBool {

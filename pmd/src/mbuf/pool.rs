@@ -315,6 +315,12 @@ impl Mempool {
         self.shared.headroom
     }
 
+    /// Mbufs each thread's cache keeps (it holds up to three times as many while it refills
+    /// and flushes).
+    pub fn cache_size(&self) -> u32 {
+        self.shared.cache_size as u32
+    }
+
     /// Bytes after the headroom in every buffer.
     pub fn data_room(&self) -> u32 {
         self.shared.buf_len - self.shared.headroom as u32

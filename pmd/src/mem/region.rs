@@ -13,8 +13,11 @@ use crate::error::{Error, Result};
 pub const HUGE_PAGE_SIZE: usize = 2 << 20;
 const SMALL_PAGE_SIZE: usize = 4096;
 
-/// Whether a region must, may, or must not be backed by 2 MiB huge pages.
+/// Whether a region must, may, or must not be backed by 2 MiB huge pages (`required`,
+/// `preferred`, `never` in a file or on a command line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize), serde(rename_all = "lowercase"))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum HugePages {
     /// Fail when no huge pages are available (the error says how to reserve them).
     Required,

@@ -63,8 +63,10 @@ use crate::virtqueue::{
     indirect_bytes, ring_bytes, table_segments, Chains, IndirectTables, PackedRing, RingMemory, SplitRing,
 };
 
-/// Which ring layout to use.
+/// Which ring layout to use (`auto`, `packed`, `split` in a file or on a command line).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize), serde(rename_all = "lowercase"))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum RingChoice {
     /// Packed when the device offers it, split otherwise.
     #[default]

@@ -19,7 +19,10 @@
 //!
 //! Once open, [`PortSet::wait_for_link`] waits for the links as DPDK's l2fwd does, and
 //! [`PortSet::link_changes`] reports what changed since; [`PortSet::report`] describes a port
-//! in one line. [`PortMap`] says which port forwards to which (DPDK l2fwd's `--portmap`).
+//! in one line. [`PortMap`] says which port forwards to which (DPDK l2fwd's `--portmap`), and
+//! [`PortSet::lanes`] takes every queue out of the ports as lanes along it.
+//! [`PortSetOptions`] is the options a program takes for all this, on its command line and in
+//! its configuration file.
 //!
 //! [`PortSet::close`] drops the ports (each device is reset before its buffers return), then the
 //! container, and checks that the pool has every mbuf back. Queues taken out of the ports
@@ -28,10 +31,12 @@
 //! Errors say which step and which port failed ([`SetupError`]), with the library [`Error`]
 //! underneath, whose [`kind`](Error::kind) tells a missing device from a refused feature.
 
+mod lanes;
 mod link;
 mod options;
 mod portmap;
 mod report;
+mod set_options;
 mod spec;
 
 use std::sync::Arc;
@@ -40,6 +45,7 @@ pub use link::LinkState;
 pub use options::{BadRssKey, OptionError, OptionRefused, PortOptions, RssKey, PORT_OPTION_KEYS};
 pub use portmap::{PortMap, PortMapError};
 pub use report::PortReport;
+pub use set_options::{PortSetOptions, JUMBO_DATA_ROOM, MAX_PKT_LEN, MAX_QUEUES};
 pub use spec::{Device, DeviceSpec, SpecError};
 
 use crate::error::Error;
@@ -109,8 +115,9 @@ pub enum SetupError {
         /// should be back (`in_use == 0`). Boxed: the error stays small.
         pool: Box<PoolStats>,
     },
-    /// A port's spec does not fit the configuration (an RSS table entry beyond its queue pairs).
-    #[error("port {port}: {source}")]
+    /// A port's spec does not parse, or does not fit the configuration (an RSS table entry
+    /// beyond its queue pairs). The message is the spec error's, which names the port's string.
+    #[error("{source}")]
     Spec {
         /// The port's index.
         port: usize,

@@ -62,14 +62,22 @@ pub struct DeviceSpec {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpecError {
-    /// Neither `pci:` nor `vhost:`.
+    /// Neither `pci:`, `vhost:` nor a PCI address.
     #[error(
-        "port '{spec}': expected pci:<address>[,queues=N][,mac=MAC] (e.g. pci:0000:00:03.0) or \
+        "port '{spec}': expected [pci:]<address>[,queues=N][,mac=MAC] (e.g. 0000:00:03.0) or \
          vhost:<socket>[,queues=N][,mac=MAC]"
     )]
     UnknownKind {
         /// The string.
         spec: String,
+    },
+    /// The same device as an earlier port of the list ([`PortSetOptions::specs`](super::PortSetOptions::specs)).
+    #[error("port '{spec}' is the same device as port {first}: give each device once")]
+    SameDevice {
+        /// The string.
+        spec: String,
+        /// The earlier port.
+        first: usize,
     },
     /// The PCI address is malformed.
     #[error("port '{spec}': '{address}' is not a PCI address: expected DDDD:BB:DD.F, e.g. 0000:00:03.0")]
@@ -203,7 +211,9 @@ impl FromStr for DeviceSpec {
     type Err = SpecError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (mut spec, options) = if let Some(rest) = s.strip_prefix("pci:") {
+        // A bare PCI address, as DPDK's `-a 0000:00:03.0,..`: its first part is hexadecimal.
+        let bare = s.split(':').next().is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_hexdigit()));
+        let (mut spec, options) = if let Some(rest) = s.strip_prefix("pci:").or(bare.then_some(s)) {
             let (address, options) = rest.split_once(',').unwrap_or((rest, ""));
             let spec = DeviceSpec::pci(address)
                 .map_err(|_| SpecError::BadPciAddress { spec: s.to_owned(), address: address.to_owned() })?;
@@ -287,7 +297,10 @@ mod tests {
     fn bad_strings_are_typed_errors_that_name_the_string() {
         let err = |s: &str| s.parse::<DeviceSpec>().unwrap_err();
         assert!(matches!(err("tap:x"), SpecError::UnknownKind { .. }));
-        assert!(err("tap:x").to_string().contains("expected pci:"));
+        assert!(err("tap:x").to_string().contains("expected [pci:]<address>"));
+        // A bare PCI address, as DPDK's -a: the same as with pci:, and its errors.
+        assert_eq!("00:03.0,queues=2".parse::<DeviceSpec>(), "pci:0000:00:03.0,queues=2".parse());
+        assert!(matches!(err("00:99.0"), SpecError::BadPciAddress { .. }));
         assert!(matches!(err("pci:00:99.0"), SpecError::BadPciAddress { address, .. } if address == "00:99.0"));
         assert!(matches!(err("vhost:"), SpecError::NoSocketPath { .. }));
         assert!(matches!(err("vhost:,queues=2"), SpecError::NoSocketPath { .. }));

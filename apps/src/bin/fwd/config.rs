@@ -13,9 +13,10 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use virtio_pmd::mbuf::DEFAULT_DATA_ROOM;
-use virtio_pmd::net::MacAddr;
+use virtio_pmd::mem::HugePages;
+use virtio_pmd::net::{MacAddr, RingChoice};
 use virtio_pmd::setup::DeviceSpec;
-use virtio_pmd_apps::options::{layered, Huge, Ring};
+use virtio_pmd_apps::options::layered;
 
 use crate::frame;
 
@@ -212,7 +213,7 @@ pub struct Options {
     pub offloads: Option<bool>,
     /// Ring layout [default: auto].
     #[arg(long, value_enum)]
-    pub ring: Option<Ring>,
+    pub ring: Option<RingChoice>,
     /// Negotiate VIRTIO_F_IN_ORDER when offered (command line: `--no-in-order` to not) [default:
     /// true].
     #[arg(long = "no-in-order", num_args = 0, default_missing_value = "false")]
@@ -250,7 +251,7 @@ pub struct Options {
     pub mbuf_cache: Option<u32>,
     /// Huge pages for the pool and the rings [default: preferred].
     #[arg(long, value_enum)]
-    pub huge_pages: Option<Huge>,
+    pub huge_pages: Option<HugePages>,
     /// Count packet classes per queue (size bins, multicast, broadcast) in the extended
     /// statistics: a look at every frame [default: off].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
@@ -283,7 +284,7 @@ pub struct Settings {
     /// Queue pairs: the most any port has (queue set q holds pair q of every port that has it).
     pub queue_sets: u16,
     /// Ring layout.
-    pub ring: Ring,
+    pub ring: RingChoice,
     /// Negotiate IN_ORDER.
     pub in_order: bool,
     /// How long to run.
@@ -307,7 +308,7 @@ pub struct Settings {
     /// Per-thread cache.
     pub mbuf_cache: u32,
     /// Huge pages.
-    pub huge_pages: Huge,
+    pub huge_pages: HugePages,
     /// Count packet classes.
     pub packet_classes: bool,
     /// Also print JSON lines.
@@ -500,7 +501,7 @@ impl Settings {
             burst,
             ring_size: rxd,
             queue_sets,
-            ring: o.ring.unwrap_or(Ring::Auto),
+            ring: o.ring.unwrap_or_default(),
             in_order: o.in_order.unwrap_or(true),
             duration,
             stats_period,
@@ -512,7 +513,7 @@ impl Settings {
             dump: o.dump.unwrap_or(0),
             mbufs,
             mbuf_cache,
-            huge_pages: o.huge_pages.unwrap_or(Huge::Preferred),
+            huge_pages: o.huge_pages.unwrap_or_default(),
             packet_classes: o.packet_classes.unwrap_or(false),
             json: o.json.unwrap_or(false),
             rss,
@@ -595,7 +596,7 @@ mod tests {
     #[test]
     fn bad_options_are_explained() {
         assert!(resolve(&[]).unwrap_err().contains("no ports"));
-        assert!(resolve(&["--port", "tap:x"]).unwrap_err().contains("expected pci:"));
+        assert!(resolve(&["--port", "tap:x"]).unwrap_err().contains("expected [pci:]<address>"));
         assert!(resolve(&["--port", "vhost:/a,foo=1"]).unwrap_err().contains("unknown option"));
         assert!(resolve(&["--port", "vhost:/a", "--rxd", "512", "--txd", "256"]).unwrap_err().contains("differ"));
         assert!(resolve(&["--port", "vhost:/a", "--txpkts", "20"]).unwrap_err().contains("--txpkts"));

@@ -52,14 +52,14 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use virtio_pmd::lcore::{self, LcoreWork, STOP};
 use virtio_pmd::mbuf::MempoolConfig;
-use virtio_pmd::net::{MacAddr, Port, PortConfig, PortStats, RssConfig, Xstat, DEFAULT_KEY, DEFAULT_TABLE_LEN};
+use virtio_pmd::net::{MacAddr, Port, PortConfig, PortStats, RssConfig, DEFAULT_KEY, DEFAULT_TABLE_LEN};
 use virtio_pmd::setup::{DeviceSpec, PortSet, PortSetConfig, SetupError};
 use virtio_pmd::transport::RingFormat;
 
 use config::{peer_of, Cli, Mode, Rss, Settings};
 use engine::{Live, Params, Stream, Totals, Work};
 use frame::Template;
-use virtio_pmd_apps::report::{init_logging, mpps, JsonLine, Record, Snapshot};
+use virtio_pmd_apps::report::{init_logging, mpps, JsonLine, Period, Record, Sampler, Snapshot};
 use virtio_pmd_apps::tsc;
 
 /// How often the main thread looks at the clock and the stop flag.
@@ -132,16 +132,16 @@ fn open_ports(s: &Settings) -> Result<PortSet, String> {
             name: "fwd".into(),
             count: s.mbufs,
             cache_size: s.mbuf_cache,
-            huge_pages: s.huge_pages.into(),
+            huge_pages: s.huge_pages,
             data_room: s.mbuf_size,
             ..MempoolConfig::default()
         },
         port: PortConfig {
             queue_pairs: s.port_queues[0],
             ring_size: Some(s.ring_size),
-            ring: s.ring.into(),
+            ring: s.ring,
             in_order: s.in_order,
-            huge_pages: s.huge_pages.into(),
+            huge_pages: s.huge_pages,
             packet_classes: s.packet_classes,
             ..PortConfig::default()
         }
@@ -274,23 +274,17 @@ fn snapshots(s: &Settings, ports: &[Port], lives: &[Arc<Live>]) -> Vec<Snapshot>
     ports.iter().enumerate().map(|(p, port)| Snapshot::of(&port.stats(), app_drops(s, lives, p))).collect()
 }
 
-/// Every port's extended statistics.
-fn xstats(set: &PortSet) -> Vec<Vec<Xstat>> {
-    set.ports().iter().map(Port::xstats).collect()
-}
-
-fn print_stats(elapsed: Duration, over: Duration, before: &[Snapshot], now: &[Snapshot]) {
-    for (p, (b, n)) in before.iter().zip(now).enumerate() {
+/// One `[t s] port p: ..` line per port over the period (and its JSON line).
+fn print_stats(period: &Period, json: bool) {
+    for (p, (_, n)) in period.ports.iter().enumerate() {
+        let (rx, tx) = period.mpps(p);
         println!(
-            "[{:7.1}s] port {p}: rx {} tx {} drops {} errors {} | rx {:.3} Mpps tx {:.3} Mpps",
-            elapsed.as_secs_f64(),
-            n.rx,
-            n.tx,
-            n.dropped,
-            n.errors,
-            mpps(n.rx - b.rx, over),
-            mpps(n.tx - b.tx, over),
+            "[{:7.1}s] port {p}: rx {} tx {} drops {} errors {} | rx {rx:.3} Mpps tx {tx:.3} Mpps",
+            period.t, n.rx, n.tx, n.dropped, n.errors,
         );
+        if json {
+            println!("{}", period.json(p));
+        }
     }
     let _ = std::io::stdout().flush();
 }
@@ -329,24 +323,17 @@ fn run(s: &Settings) -> Result<bool, String> {
     println!("FWD-READY ports={} threads={}", set.ports().len(), handles.len());
     let _ = std::io::stdout().flush();
 
-    let mut last = (Instant::now(), snapshots(s, set.ports(), &lives), xstats(&set));
+    let port_drops = |p: usize| app_drops(s, &lives, p);
+    let mut sampler = Sampler::new("fwd", set.ports(), &port_drops);
+    let mut last = Instant::now();
     while !STOP.load(Ordering::Relaxed) {
         std::thread::sleep(TICK);
         if s.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        if s.stats_period.is_some_and(|period| last.0.elapsed() >= period) {
-            let now = (Instant::now(), snapshots(s, set.ports(), &lives), xstats(&set));
-            print_stats(started.elapsed(), now.0 - last.0, &last.1, &now.1);
-            if s.json {
-                for (p, (before, after)) in last.2.iter().zip(&now.2).enumerate() {
-                    let line =
-                        JsonLine::new("fwd", "stats").num("t", started.elapsed().as_secs_f64()).int("port", p as u64);
-                    let line = line.int("app_dropped", app_drops(s, &lives, p));
-                    println!("{}", line.xstats("xstats", after).rates("rates", before, after, now.0 - last.0).finish());
-                }
-            }
-            last = now;
+        if s.stats_period.is_some_and(|period| last.elapsed() >= period) {
+            last = Instant::now();
+            print_stats(&sampler.sample(set.ports(), &port_drops), s.json);
         }
     }
     let mut totals: Option<Totals> = None;

@@ -28,10 +28,10 @@ use std::time::Duration;
 use clap::Parser;
 use virtio_pmd::lcore::{self, LcoreWork, STOP};
 use virtio_pmd::mbuf::MempoolConfig;
-use virtio_pmd::net::{MacAddr, PortConfig};
+use virtio_pmd::mem::HugePages;
+use virtio_pmd::net::{MacAddr, PortConfig, RingChoice};
 use virtio_pmd::setup::{DeviceSpec, PortSet, PortSetConfig, SetupError};
 use virtio_pmd::transport::RingFormat;
-use virtio_pmd_apps::options::{Huge, Ring};
 use virtio_pmd_apps::report::init_logging;
 use virtio_pmd_apps::tsc;
 
@@ -72,8 +72,8 @@ struct Cli {
     #[arg(long, default_value_t = 1)]
     queues: u16,
     /// Ring layout.
-    #[arg(long, value_enum, default_value_t = Ring::Auto)]
-    ring: Ring,
+    #[arg(long, value_enum, default_value_t = RingChoice::Auto)]
+    ring: RingChoice,
     /// Descriptors per ring.
     #[arg(long, default_value_t = 1024)]
     ring_size: u16,
@@ -81,8 +81,8 @@ struct Cli {
     #[arg(long, default_value_t = 8192)]
     mbufs: u32,
     /// Huge pages for the pool and the rings.
-    #[arg(long, value_enum, default_value_t = Huge::Preferred)]
-    huge_pages: Huge,
+    #[arg(long, value_enum, default_value_t = HugePages::Preferred)]
+    huge_pages: HugePages,
     /// Destination MAC of the frames.
     #[arg(long, default_value_t = MacAddr::default_peer(0))]
     dst_mac: MacAddr,
@@ -181,14 +181,14 @@ fn run(cli: &Cli) -> Result<bool, String> {
         pool: MempoolConfig {
             name: "pktgen".into(),
             count: cli.mbufs,
-            huge_pages: cli.huge_pages.into(),
+            huge_pages: cli.huge_pages,
             ..MempoolConfig::default()
         },
         port: PortConfig {
             queue_pairs: cli.queues,
             ring_size: Some(cli.ring_size),
-            ring: cli.ring.into(),
-            huge_pages: cli.huge_pages.into(),
+            ring: cli.ring,
+            huge_pages: cli.huge_pages,
             ..PortConfig::default()
         },
     };
