@@ -1,7 +1,7 @@
 //! `l2fwd`: DPDK's l2fwd on virtio-pmd. Frames received on port 0 leave on port 1 and the
 //! reverse (2 <-> 3, ..., or `--portmap`; an odd last port answers on itself), each with its
-//! destination MAC set to `02:00:00:00:00:<output port>` (or the port's `dst_mac`) and its source
-//! MAC to the output port's own.
+//! destination MAC set to `02:00:00:00:00:<output port>` and its source MAC to the output port's
+//! own (unless `--no-mac-updating`).
 //!
 //! ```text
 //! l2fwd 0000:00:03.0 0000:00:04.0                     # ports by PCI address (bound to vfio-pci)
