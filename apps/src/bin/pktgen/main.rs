@@ -27,10 +27,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use virtio_pmd::lcore::{self, LcoreWork, STOP};
-use virtio_pmd::mbuf::MempoolConfig;
-use virtio_pmd::mem::HugePages;
-use virtio_pmd::net::{MacAddr, PortConfig, RingChoice};
-use virtio_pmd::setup::{DeviceSpec, PortSet, PortSetConfig, SetupError};
+use virtio_pmd::net::MacAddr;
+use virtio_pmd::setup::{DeviceSpec, PortSet, PortSetOptions, SetupError};
 use virtio_pmd::transport::RingFormat;
 use virtio_pmd_apps::report::init_logging;
 use virtio_pmd_apps::tsc;
@@ -68,21 +66,10 @@ struct Cli {
     /// Frames per burst.
     #[arg(long, default_value_t = 32)]
     burst: usize,
-    /// Queue pairs (the flows are spread over them).
-    #[arg(long, default_value_t = 1)]
-    queues: u16,
-    /// Ring layout.
-    #[arg(long, value_enum, default_value_t = RingChoice::Auto)]
-    ring: RingChoice,
-    /// Descriptors per ring.
-    #[arg(long, default_value_t = 1024)]
-    ring_size: u16,
-    /// Mbufs in the pool.
-    #[arg(long, default_value_t = 8192)]
-    mbufs: u32,
-    /// Huge pages for the pool and the rings.
-    #[arg(long, value_enum, default_value_t = HugePages::Preferred)]
-    huge_pages: HugePages,
+    /// The port set's options: queue pairs (the flows are spread over them), rings, the pool,
+    /// huge pages, no-IOMMU.
+    #[command(flatten)]
+    set: PortSetOptions,
     /// Destination MAC of the frames.
     #[arg(long, default_value_t = MacAddr::default_peer(0))]
     dst_mac: MacAddr,
@@ -125,14 +112,17 @@ impl Cli {
         if self.sizes.is_empty() {
             return Err("--sizes: give at least one size".into());
         }
-        if self.queues == 0 || !(usize::from(self.queues)..=MAX_FLOWS).contains(&self.flows) {
-            return Err(format!("--flows {} must be from --queues ({}) to {MAX_FLOWS}", self.flows, self.queues));
+        let queues = self.set.queue_pairs();
+        if queues == 0 || !(usize::from(queues)..=MAX_FLOWS).contains(&self.flows) {
+            return Err(format!("--flows {} must be from --queues ({queues}) to {MAX_FLOWS}", self.flows));
         }
         if !(self.duration > 0.0 && self.duration.is_finite()) {
             return Err(format!("--duration {} must be a positive number of seconds", self.duration));
         }
-        if self.burst == 0 || self.burst > usize::from(self.ring_size) {
-            return Err(format!("--burst {} must be from 1 to the ring size ({})", self.burst, self.ring_size));
+        // The device's maximum ring size when none is given is at most 1024.
+        let ring_size = self.set.ring_size.unwrap_or(1024);
+        if self.burst == 0 || self.burst > usize::from(ring_size) {
+            return Err(format!("--burst {} must be from 1 to the ring size ({ring_size})", self.burst));
         }
         Ok(())
     }
@@ -177,22 +167,9 @@ fn tsc_hz() -> f64 {
 
 /// Opens the port, runs the generator, reports. Ok(false): mbufs were missing at the end.
 fn run(cli: &Cli) -> Result<bool, String> {
-    let config = PortSetConfig {
-        pool: MempoolConfig {
-            name: "pktgen".into(),
-            count: cli.mbufs,
-            huge_pages: cli.huge_pages,
-            ..MempoolConfig::default()
-        },
-        port: PortConfig {
-            queue_pairs: cli.queues,
-            ring_size: Some(cli.ring_size),
-            ring: cli.ring,
-            huge_pages: cli.huge_pages,
-            ..PortConfig::default()
-        },
-    };
-    let mut set = PortSet::open(std::slice::from_ref(&cli.port), &config).map_err(|e| e.to_string())?;
+    let config = cli.set.config("pktgen").map_err(|e| e.to_string())?;
+    let specs = cli.set.specs(&[cli.port.to_string()]).map_err(|e| e.to_string())?;
+    let mut set = PortSet::open(&specs, &config).map_err(|e| e.to_string())?;
     let mac = set.mac(0);
     let pool = set.pool().clone();
     let port = &mut set.ports_mut()[0];
