@@ -261,9 +261,9 @@ impl<R> Lcores<R> {
     }
 
     /// Watches the lcores from the main thread: calls `each_period` with the time since the start
-    /// once every `period`, until the stop flag is set, `duration` (if any) has passed, an lcore
-    /// ended without a stop, or `each_period` failed; says which. The lcores keep running: then
-    /// [`join`](Self::join) them.
+    /// once every `period` (`Duration::MAX`: never), until the stop flag is set, `duration` (if
+    /// any) has passed, an lcore ended without a stop, or `each_period` failed; says which. The
+    /// lcores keep running: then [`join`](Self::join) them.
     pub fn supervise<E>(
         &self,
         period: Duration,
@@ -285,7 +285,7 @@ impl<R> Lcores<R> {
                 return Supervised::LcoreEnded(index);
             }
             if elapsed >= next {
-                next = elapsed + period;
+                next = elapsed.saturating_add(period);
                 if let Err(e) = each_period(elapsed) {
                     return Supervised::Failed(e);
                 }

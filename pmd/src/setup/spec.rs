@@ -1,7 +1,8 @@
 //! Device strings in DPDK's style: `pci:0000:00:03.0[,queues=N][,mac=MAC][,iommu=off]` for a
 //! virtio-net PCI function bound to vfio-pci (with `iommu=off`: a machine without an IOMMU, the
 //! function bound to vfio-pci in VFIO's no-IOMMU mode or to uio_pci_generic, physical addresses),
-//! `vhost:/path.sock[,queues=N][,mac=MAC]` for a vhost-user backend.
+//! `vhost:/path.sock[,queues=N][,mac=MAC]` for a vhost-user backend. The `pci:` may be left out,
+//! as in DPDK's `-a 0000:00:03.0,..`.
 //!
 //! Options follow the address, comma-separated, each `key=value` (a list in brackets:
 //! `vlans=[100,200]`); which keys a kind takes is decided in one place

@@ -62,9 +62,6 @@ use frame::Template;
 use virtio_pmd_apps::report::{init_logging, mpps, JsonLine, Period, Record, Sampler, Snapshot};
 use virtio_pmd_apps::tsc;
 
-/// How often the main thread looks at the clock and the stop flag.
-const TICK: Duration = Duration::from_millis(20);
-
 fn main() -> ExitCode {
     init_logging("warn", true);
     let cli = Cli::parse();
@@ -325,17 +322,13 @@ fn run(s: &Settings) -> Result<bool, String> {
 
     let port_drops = |p: usize| app_drops(s, &lives, p);
     let mut sampler = Sampler::new("fwd", set.ports(), &port_drops);
-    let mut last = Instant::now();
-    while !STOP.load(Ordering::Relaxed) {
-        std::thread::sleep(TICK);
-        if s.duration.is_some_and(|d| started.elapsed() >= d) {
-            break;
-        }
-        if s.stats_period.is_some_and(|period| last.elapsed() >= period) {
-            last = Instant::now();
-            print_stats(&sampler.sample(set.ports(), &port_drops), s.json);
-        }
-    }
+    // Until the duration (from `started`), a signal, or an lcore's end (a panic sets the stop
+    // flag, and its lcore is reported after the join).
+    let duration = s.duration.map(|d| d.saturating_sub(started.elapsed()));
+    handles.supervise(s.stats_period.unwrap_or(Duration::MAX), duration, |_| {
+        print_stats(&sampler.sample(set.ports(), &port_drops), s.json);
+        Ok::<(), ()>(())
+    });
     let mut totals: Option<Totals> = None;
     let mut panicked = 0;
     for joined in handles.join() {
