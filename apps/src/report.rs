@@ -105,6 +105,19 @@ impl Period {
         (mpps(now.rx - before.rx, self.over), mpps(now.tx - before.tx, self.over))
     }
 
+    /// Port `id` over the period, as a [`Record`]: `t=<secs>s port rx tx dropped rx_mpps
+    /// tx_mpps` (totals so far, rates over the period), and `errors alloc_failures` when any.
+    pub fn record(&self, id: usize) -> Record {
+        let ((_, n), (rx, tx)) = (&self.ports[id], self.mpps(id));
+        let record = Record::default().text("t", format!("{:.1}s", self.t)).int("port", id as u64);
+        let record = record.int("rx", n.rx).int("tx", n.tx).int("dropped", n.dropped);
+        let record = record.num("rx_mpps", rx, 4).num("tx_mpps", tx, 4);
+        match n.errors + n.alloc_failures {
+            0 => record,
+            _ => record.int("errors", n.errors).int("alloc_failures", n.alloc_failures),
+        }
+    }
+
     /// Port `id`'s JSON `stats` line: its extended statistics and their rates over the period.
     pub fn json(&self, id: usize) -> String {
         let line = JsonLine::new(self.app, "stats").num("t", self.t).int("port", id as u64);
@@ -296,6 +309,27 @@ mod tests {
             r.json("fwd", "summary").finish(),
             r#"{"app":"fwd","event":"summary","mode":"io","mpps":1.23456,"rx_pkts":5}"#
         );
+    }
+
+    #[test]
+    fn a_period_prints_totals_and_rates_and_errors_only_when_there_are_some() {
+        let before = Snapshot { rx: 1_000_000, tx: 500_000, ..Snapshot::default() };
+        let now = Snapshot { rx: 3_000_000, tx: 1_500_000, dropped: 7, ..Snapshot::default() };
+        let mut period = Period {
+            t: 12.34,
+            over: Duration::from_secs(2),
+            ports: vec![(before, now)],
+            app: "l2fwd",
+            app_drops: vec![7],
+            xstats: vec![(Vec::new(), Vec::new())],
+        };
+        assert_eq!(period.mpps(0), (1.0, 0.5));
+        let line = "t=12.3s port=0 rx=3000000 tx=1500000 dropped=7 rx_mpps=1.0000 tx_mpps=0.5000";
+        assert_eq!(period.record(0).key_values(), line);
+        period.ports[0].1.alloc_failures = 3;
+        assert_eq!(period.record(0).key_values(), format!("{line} errors=0 alloc_failures=3"));
+        let json: serde_json::Value = serde_json::from_str(&period.json(0)).unwrap();
+        assert_eq!((json["event"].as_str(), json["app_dropped"].as_u64()), (Some("stats"), Some(7)));
     }
 
     #[test]

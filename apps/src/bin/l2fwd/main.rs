@@ -194,15 +194,8 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             println!("L2FWD-LINK port={id} state={state} t={:.1}s", elapsed.as_secs_f64());
         }
         let p = sampler.sample(set.ports(), &app_drops);
-        for (id, (_, n)) in p.ports.iter().enumerate().filter(|_| s.stats_interval.is_some()) {
-            let errors = if n.errors + n.alloc_failures > 0 {
-                format!(" errors={} alloc_failures={}", n.errors, n.alloc_failures)
-            } else {
-                String::new()
-            };
-            let ((rx, tx), t) = (p.mpps(id), p.t);
-            let (rx_n, tx_n, dropped) = (n.rx, n.tx, n.dropped);
-            println!("L2FWD-STATS t={t:.1}s port={id} rx={rx_n} tx={tx_n} dropped={dropped} rx_mpps={rx:.4} tx_mpps={tx:.4}{errors}");
+        for id in (0..p.ports.len()).filter(|_| s.stats_interval.is_some()) {
+            println!("L2FWD-STATS {}", p.record(id).key_values());
             if s.json {
                 println!("{}", p.json(id));
             }
