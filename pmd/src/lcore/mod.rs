@@ -18,9 +18,12 @@
 //! them out along that plan; a [`Lane`] (one receive
 //! queue into one transmit queue, with DPDK l2fwd's MAC rewrite) is the usual item.
 //!
-//! [`STOP`] with [`install_stop_handler`] is the flag SIGINT and SIGTERM set.
+//! [`STOP`] with [`install_stop_handler`] is the flag SIGINT and SIGTERM set. [`LcoreOptions`]
+//! is what a program takes for its lcores (cores, burst, idle sleep) on its command line and in
+//! its configuration file.
 
 mod lane;
+mod options;
 mod signal;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,6 +32,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use lane::{Lane, LaneCounters};
+pub use options::{LcoreOptions, MAX_BURST, MAX_IDLE_SLEEP_US};
 pub use signal::{install_stop_handler, STOP};
 
 use crate::error::{Error, Result};

@@ -137,6 +137,10 @@ pub struct PortConfig {
     /// does not offer it with a control queue. Off by default: the header grows to 20 bytes and
     /// receive takes the header-reading path.
     pub rx_hash_report: bool,
+    /// The largest frame the application means to forward, Ethernet header included
+    /// ([`for_forwarding`](Self::for_forwarding) sets it): a device that states a smaller MTU
+    /// (VIRTIO_NET_F_MTU) is logged as a warning at open (it will not send or take such frames).
+    pub max_frame: Option<u32>,
 }
 
 impl Default for PortConfig {
@@ -158,6 +162,7 @@ impl Default for PortConfig {
             offloads: OffloadConfig::default(),
             packet_classes: false,
             rx_hash_report: false,
+            max_frame: None,
         }
     }
 }
@@ -175,6 +180,7 @@ impl PortConfig {
         self.rx_mergeable = multi_segment;
         self.tx_multi_segment = multi_segment;
         self.offloads = if offloads { OffloadConfig::ALL } else { OffloadConfig::default() };
+        self.max_frame = Some(max_frame);
         self
     }
 }
@@ -531,6 +537,13 @@ impl Port {
         }
 
         let (mac, mtu) = Self::read_config(transport, wanted)?;
+        // Only a device that states its MTU (VIRTIO_NET_F_MTU) is held to it.
+        let mtu_frame = mtu.map(|mtu| u32::from(mtu) + ETH_HEADER_LEN);
+        if let (Some(max_frame), Some(mtu_frame)) = (config.max_frame, mtu_frame) {
+            if max_frame > mtu_frame {
+                tracing::warn!("{name}: frames of up to {max_frame} bytes asked for, but the device's MTU frame is {mtu_frame} bytes");
+            }
+        }
         let max_pairs = if multiqueue {
             let mut bytes = [0u8; 2];
             transport.read_device_config(net_config::MAX_VIRTQUEUE_PAIRS, &mut bytes)?;

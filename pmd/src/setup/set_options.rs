@@ -171,6 +171,7 @@ mod tests {
         assert_eq!((config.port.queue_pairs, config.port.ring_size, config.port.rx_mergeable), (1, None, false));
         let jumbo = PortSetOptions { max_pkt_len: Some(9014), ..PortSetOptions::default() }.config("p").unwrap();
         assert_eq!((jumbo.pool.data_room, jumbo.port.rx_mergeable), (JUMBO_DATA_ROOM, false));
+        assert_eq!(jumbo.port.max_frame, Some(9014), "checked against the device's MTU at open");
         let tso = PortSetOptions { offloads: Some(true), ..PortSetOptions::default() }.config("p").unwrap();
         assert_eq!((tso.pool.data_room, tso.port.rx_mergeable, tso.port.offloads.tso), (JUMBO_DATA_ROOM, true, true));
     }

@@ -163,7 +163,6 @@ fn open_ports(s: &Settings) -> Result<PortSet, String> {
             peer_of(id, s.ports.len()),
             s.eth_peers[id],
         );
-        let mtu_frame = port.mtu().map(|mtu| u32::from(mtu) + config::ETH_HEADER_LEN);
         println!(
             "port {id}: rx path {} | tx path {} | offloads {:?} | mtu {} | rss {}",
             port.rx_path(),
@@ -177,12 +176,6 @@ fn open_ports(s: &Settings) -> Result<PortSet, String> {
                 c.table.len()
             )),
         );
-        if let Some(frame) = mtu_frame.filter(|&f| s.max_pkt_len > f) {
-            println!(
-                "fwd: port {id}: warning: --max-pkt-len {} exceeds the device's MTU frame of {frame} bytes",
-                s.max_pkt_len
-            );
-        }
     }
     Ok(set)
 }

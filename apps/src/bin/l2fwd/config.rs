@@ -5,10 +5,9 @@
 //! ```toml
 //! ring = "auto"             # the library's PortSetOptions: ring, ring_size, ring_sizes, queues,
 //! queues = 1                #   pool_size, pool_cache, huge_pages, max_pkt_len, offloads, no_iommu
-//! burst = 32                # frames per rx/tx burst
+//! cores = [1]               # and LcoreOptions: cores (one polling thread each; none: one thread,
+//! burst = 32                #   not pinned), burst, idle_sleep_us (0: pure polling)
 //! stats_interval = 1        # seconds between statistics lines (0: none)
-//! cores = [1]               # one polling thread per core (empty: one thread, not pinned)
-//! idle_sleep_us = 0         # sleep this long when a thread's queues stay empty (0: pure polling)
 //! json = false              # also print JSON lines (statistics, summaries, the pool check)
 //! promiscuous = true        # every port's promiscuous mode (left out: as the device starts)
 //!
@@ -23,13 +22,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use virtio_pmd::lcore::LcoreOptions;
 use virtio_pmd::setup::{DeviceSpec, PortMap, PortSetConfig, PortSetOptions};
 use virtio_pmd_apps::options::layered;
-
-/// Most frames in one burst.
-const MAX_BURST: usize = 1024;
-/// Longest idle sleep, in microseconds.
-const MAX_IDLE_SLEEP_US: u64 = 100_000;
 
 /// Every option, on the command line or in the file (`-` there for `_` here), all optional.
 #[derive(Clone, Debug, Default, clap::Args, Deserialize, Serialize)]
@@ -42,15 +37,12 @@ pub struct Options {
     #[command(flatten)]
     #[serde(flatten)]
     pub set: PortSetOptions,
-    /// Frames per burst [default: 32].
-    #[arg(long)]
-    pub burst: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lcores: LcoreOptions,
     /// Seconds between statistics lines, 0 for none (DPDK's -T) [default: 1].
     #[arg(short = 'T', long, value_name = "SECS")]
     pub stats_interval: Option<u64>,
-    /// Cores of the polling threads, one thread each (e.g. 0,1) [default: one unpinned thread].
-    #[arg(long, value_delimiter = ',')]
-    pub cores: Option<Vec<usize>>,
     /// Receive queues (lanes) each polling thread polls, DPDK's -q: the lanes go to the cores in
     /// order, N each [default: spread evenly over the cores].
     #[arg(short = 'q', long = "queues-per-lcore", value_name = "N")]
@@ -62,9 +54,6 @@ pub struct Options {
     /// Forward frames unchanged (DPDK's --no-mac-updating) [default: the MACs are rewritten].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub no_mac_updating: Option<bool>,
-    /// Microseconds a polling thread sleeps once its queues stayed empty a while, 0 for never.
-    #[arg(long, value_name = "US")]
-    pub idle_sleep_us: Option<u64>,
     /// Also print statistics, summaries and the pool check as JSON lines.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub json: Option<bool>,
@@ -90,12 +79,8 @@ pub struct Settings {
     pub queues_per_lcore: Option<usize>,
     /// The pool and every port's configuration.
     pub config: PortSetConfig,
-    /// Frames per burst.
-    pub burst: usize,
-    /// Cores of the polling threads (empty: one unpinned thread).
-    pub cores: Vec<usize>,
-    /// How long a polling thread sleeps when idle (`None`: it never sleeps).
-    pub idle_sleep: Option<Duration>,
+    /// The polling threads' cores, burst and idle sleep, checked.
+    pub lcores: LcoreOptions,
     /// Time between statistics lines (`None`: none).
     pub stats_interval: Option<Duration>,
     /// Also print JSON lines.
@@ -116,16 +101,8 @@ impl Settings {
         config.port.rx_hash_report = o.hash_to_src_mac.unwrap_or(false);
         let mut specs = o.set.specs(o.ports.as_deref().unwrap_or_default()).map_err(|e| format!("{e}{from}"))?;
         specs.iter_mut().for_each(|spec| spec.options.promiscuous = o.promiscuous.or(spec.options.promiscuous));
-        let burst = o.burst.unwrap_or(32);
-        check((1..=MAX_BURST).contains(&burst), &|| format!("burst {burst} is out of range: use 1..={MAX_BURST}"))?;
-        let idle_sleep_us = o.idle_sleep_us.unwrap_or(0);
-        check(idle_sleep_us <= MAX_IDLE_SLEEP_US, &|| {
-            format!("idle_sleep_us {idle_sleep_us} is out of range: use 0 (never sleep) to {MAX_IDLE_SLEEP_US}")
-        })?;
-        let cores = o.cores.unwrap_or_default();
-        if let Some((i, c)) = cores.iter().enumerate().find(|(i, c)| cores[..*i].contains(c)) {
-            return Err(format!("core {c} is listed twice in cores (entry {i}){from}"));
-        }
+        o.lcores.check().map_err(|e| format!("{e}{from}"))?;
+        let cores = o.lcores.cores();
         let peers = match &o.portmap {
             Some(map) => PortMap::parse(map, specs.len()).map_err(|e| format!("--portmap '{map}': {e}{from}"))?,
             None => PortMap::pairs(specs.len()),
@@ -149,9 +126,7 @@ impl Settings {
             queues_per_lcore,
             specs,
             config,
-            burst,
-            cores,
-            idle_sleep: Some(idle_sleep_us).filter(|us| *us > 0).map(Duration::from_micros),
+            lcores: o.lcores,
             stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
             json: o.json.unwrap_or(false),
             max_pkt_len: o.set.max_pkt_len(),

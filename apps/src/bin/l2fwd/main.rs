@@ -91,10 +91,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = Settings::resolve(&cli.options, cli.config.as_deref()).map_err(|e| Failure(2, e)).and_then(|s| {
-        let (ports, cores) = (s.specs.iter().map(|p| p.target()).collect::<Vec<_>>(), &s.cores);
+        let (ports, cores) = (s.specs.iter().map(|p| p.target()).collect::<Vec<_>>(), s.lcores.cores());
         let cores = if cores.is_empty() { "unpinned".into() } else { format!("{cores:?}") };
         let per_lcore = s.queues_per_lcore.map_or("spread".into(), |n| n.to_string());
-        let idle = s.idle_sleep.map_or("busy polling".into(), |d| format!("sleep {} us", d.as_micros()));
+        let idle = s.lcores.idle_sleep().map_or("busy polling".into(), |d| format!("sleep {} us", d.as_micros()));
         let stats = s.stats_interval.map_or("never".into(), |d| format!("{} s", d.as_secs()));
         let macs = if s.mac_updating { "rewritten" } else { "unchanged" };
         println!(
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
             ports.join(" "),
             s.peers,
             s.config,
-            s.burst,
+            s.lcores.burst(),
             s.max_pkt_len,
         );
         s.specs.iter().enumerate().for_each(|(id, p)| println!("l2fwd: port {id}: {p}"));
@@ -130,13 +130,6 @@ const LINK_WAIT: Duration = Duration::from_secs(9);
 fn open(s: &Settings) -> Result<PortSet, Failure> {
     let set = PortSet::open(&s.specs, &s.config).inspect_err(|e| e.pool().into_iter().for_each(|p| pool_line(p, s)))?;
     for (id, port) in set.ports().iter().enumerate() {
-        let mtu_frame = u32::from(port.mtu().unwrap_or(1500)) + 14;
-        if s.max_pkt_len > mtu_frame {
-            println!(
-                "l2fwd: port {id}: warning: max_pkt_len {} exceeds the MTU frame of {mtu_frame} bytes",
-                s.max_pkt_len
-            );
-        }
         println!("L2FWD-PORT {id} {} peer={}", set.report(id), s.peers.peer(id));
         let options = &s.specs[id].options;
         if options.has_filters() {
@@ -158,8 +151,8 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
     let dst_macs: Vec<MacAddr> = (0..set.ports().len()).map(MacAddr::default_peer).collect();
     let lanes = set.lanes(&s.peers, s.mac_updating.then_some(&dst_macs)).map_err(runtime)?;
     let lanes = lanes.into_iter().map(|l| if s.hash_to_src_mac { l.with_hash_to_src_mac() } else { l }).collect();
-    let work = lcore::distribute(lanes, &s.cores, s.queues_per_lcore);
-    let needed = set.mbufs_held(work.len(), s.burst);
+    let work = lcore::distribute(lanes, s.lcores.cores(), s.queues_per_lcore);
+    let needed = set.mbufs_held(work.len(), s.lcores.burst());
     if needed > s.config.pool.count {
         println!(
             "l2fwd: warning: pool_size {} may be too small: the rings and thread caches can hold {needed} mbufs",
@@ -174,7 +167,7 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         let core = w.core.map_or("unpinned".into(), |c| format!("core {c}"));
         println!("l2fwd: thread {t} ({core}; lanes {})", w.work.iter().map(Lane::name).collect::<Vec<_>>().join(" "));
     }
-    let (burst, idle_sleep) = (s.burst, s.idle_sleep);
+    let (burst, idle_sleep) = (s.lcores.burst(), s.lcores.idle_sleep());
     let lcores = lcore::launch("l2fwd", work, &STOP, move |lcore, mut lanes: Vec<Lane>| {
         lcore.poll(burst, idle_sleep, |pkts| lanes.iter_mut().map(|lane| lane.forward(pkts)).sum());
         lanes
