@@ -83,7 +83,7 @@ pub enum SetupError {
         source: Error,
     },
     /// A port's device could not be reached (step 2): not found, not bound to vfio-pci, its
-    /// group busy, no backend at the socket.
+    /// group busy, no backend at the socket; or it failed while running ([`PortSet::check`]).
     #[error("port {port}: {source}")]
     Device {
         /// The port's index.
@@ -309,6 +309,13 @@ impl PortSet {
     /// Port `id` described in one line ([`PortReport`]).
     pub fn report(&self, id: usize) -> PortReport<'_> {
         PortReport { port: &self.ports[id], spec: &self.specs[id], mac: self.macs[id] }
+    }
+
+    /// Each port's health ([`Port::check`]): the first port whose device failed (it needs a
+    /// reset, or is gone), as [`SetupError::Device`].
+    pub fn check(&self) -> Result<(), SetupError> {
+        let failed = self.ports.iter().enumerate().find_map(|(port, p)| p.check().err().map(|e| (port, e)));
+        failed.map_or(Ok(()), |(port, source)| Err(SetupError::Device { port, source }))
     }
 
     /// The VFIO container, when a PCI port is open.

@@ -194,8 +194,7 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             }
         }
         std::io::stdout().flush().ok();
-        let failed = set.ports().iter().enumerate().find_map(|(id, p)| p.check().err().map(|e| (id, e)));
-        failed.map_or(Ok(()), |(id, e)| Err(format!("port {id}: {}", describe(&e))))
+        set.check().map_err(|e| describe(&e))
     });
     let mut failure = match stopped {
         Supervised::Stopped | Supervised::DurationReached => {
