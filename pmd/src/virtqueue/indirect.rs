@@ -88,6 +88,22 @@ impl IndirectTables {
         self.format
     }
 
+    /// Whether the tables fit a ring of `format` and `size` descriptors that has published
+    /// nothing yet (`fresh`); an `InvalidConfig` error naming both otherwise.
+    pub(crate) fn check_fits(&self, format: RingFormat, size: u16, fresh: bool) -> Result<()> {
+        if self.format == format && self.count == size && fresh {
+            return Ok(());
+        }
+        let ring = match format {
+            RingFormat::Packed => "packed",
+            RingFormat::Split => "split",
+        };
+        Err(Error::InvalidConfig(format!(
+            "indirect tables ({:?}, {}) do not fit a fresh {ring} ring of {size} descriptors",
+            self.format, self.count
+        )))
+    }
+
     /// Writes `segments` into table `table` in the ring's format and returns what the ring
     /// descriptor pointing at it carries: the table's device address and byte length, and the
     /// chain's device-writable bytes. Split: each descriptor but the last has NEXT, `next`
@@ -130,5 +146,27 @@ impl IndirectTables {
         }
         let iova = self.region.iova() + start as u64;
         (iova, (segments.len() * DESC_BYTES) as u32, writable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::{HugePages, IovaAllocator};
+
+    #[test]
+    fn tables_fit_only_a_fresh_ring_of_their_format_and_size() {
+        let region = DmaRegion::new("indirect-fit", indirect_bytes(8), HugePages::Never, &IovaAllocator::identity());
+        let tables = IndirectTables::new(Arc::new(region.unwrap()), 0, RingFormat::Split, 8).unwrap();
+        assert!(tables.check_fits(RingFormat::Split, 8, true).is_ok());
+        for (format, size, fresh) in
+            [(RingFormat::Packed, 8, true), (RingFormat::Split, 16, true), (RingFormat::Split, 8, false)]
+        {
+            let err = tables.check_fits(format, size, fresh).unwrap_err().to_string();
+            assert!(
+                err.contains("(Split, 8) do not fit a fresh") && err.contains(&format!("{size} descriptors")),
+                "{err}"
+            );
+        }
     }
 }

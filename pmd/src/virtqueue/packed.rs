@@ -219,14 +219,7 @@ impl<T: Send> PackedRing<T> {
     /// the device must have negotiated VIRTIO_F_INDIRECT_DESC. Only on a fresh ring: `tables`
     /// must be packed tables, one per buffer id.
     pub fn with_indirect(mut self, tables: IndirectTables) -> Result<Self> {
-        if tables.format() != RingFormat::Packed || tables.count() != self.size || self.avail != RingPos::START {
-            return Err(Error::InvalidConfig(format!(
-                "indirect tables ({:?}, {}) do not fit a fresh packed ring of {} descriptors",
-                tables.format(),
-                tables.count(),
-                self.size
-            )));
-        }
+        tables.check_fits(RingFormat::Packed, self.size, self.avail == RingPos::START)?;
         self.indirect = Some(tables);
         Ok(self)
     }

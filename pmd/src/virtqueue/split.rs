@@ -212,14 +212,7 @@ impl<T: Send> SplitRing<T> {
     /// the device must have negotiated VIRTIO_F_INDIRECT_DESC. Only on a fresh ring: `tables`
     /// must be split tables, one per descriptor.
     pub fn with_indirect(mut self, tables: IndirectTables) -> Result<Self> {
-        if tables.format() != RingFormat::Split || tables.count() != self.size || self.avail_idx != 0 {
-            return Err(Error::InvalidConfig(format!(
-                "indirect tables ({:?}, {}) do not fit a fresh split ring of {} descriptors",
-                tables.format(),
-                tables.count(),
-                self.size
-            )));
-        }
+        tables.check_fits(RingFormat::Split, self.size, self.avail_idx == 0)?;
         self.indirect = Some(tables);
         Ok(self)
     }
