@@ -83,6 +83,11 @@ impl Sampler {
         Sampler { app, begin: last.0, last }
     }
 
+    /// The time since [`new`](Self::new).
+    pub fn elapsed(&self) -> Duration {
+        self.begin.elapsed()
+    }
+
     /// The period since the last sample (the first: since [`new`](Self::new)); `app_drops(port)`
     /// is the frames the program dropped on the port so far.
     pub fn sample(&mut self, ports: &[Port], app_drops: &dyn Fn(usize) -> u64) -> Period {

@@ -178,19 +178,21 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         std::io::stdout().flush().ok();
     }
 
-    // Once per statistics period (every second without statistics lines): the counters, every
-    // change of link state, and the devices' health.
+    // Once per statistics period (every second without statistics lines): every change of link
+    // state, the statistics lines (if any), and the devices' health.
     let mut sampler = Sampler::new("l2fwd", set.ports(), &app_drops);
     let period = s.stats_interval.unwrap_or(Duration::from_secs(1));
     let stopped = lcores.supervise(period, duration, |elapsed| {
         for (id, state) in set.link_changes(&mut links) {
             println!("L2FWD-LINK port={id} state={state} t={:.1}s", elapsed.as_secs_f64());
         }
-        let p = sampler.sample(set.ports(), &app_drops);
-        for id in (0..p.ports.len()).filter(|_| s.stats_interval.is_some()) {
-            println!("L2FWD-STATS {}", p.record(id).key_values());
-            if s.json {
-                println!("{}", p.json(id));
+        if s.stats_interval.is_some() {
+            let p = sampler.sample(set.ports(), &app_drops);
+            for id in 0..p.ports.len() {
+                println!("L2FWD-STATS {}", p.record(id).key_values());
+                if s.json {
+                    println!("{}", p.json(id));
+                }
             }
         }
         std::io::stdout().flush().ok();
@@ -205,7 +207,7 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
         Supervised::LcoreEnded(t) => Some(Failure(1, format!("polling lcore {t} stopped unexpectedly"))),
         Supervised::Failed(msg) => Some(Failure(1, msg)),
     };
-    let seconds = sampler.sample(set.ports(), &app_drops).t;
+    let seconds = sampler.elapsed();
 
     // Shutdown: the lcores hand their lanes back; dropping the queues resets each device before
     // its buffers return to the pool; then every mbuf must be back.
@@ -214,7 +216,7 @@ fn run(s: &Settings, duration: Option<Duration>) -> Result<(), Failure> {
             failure.get_or_insert(runtime(e));
         }
     }
-    summary(s, &set, &app_drops, Duration::from_secs_f64(seconds));
+    summary(s, &set, &app_drops, seconds);
     let closed = set.close();
     match &closed {
         Ok(pool) | Err(SetupError::MbufsMissing { stats: pool }) => pool_line(pool, s),
