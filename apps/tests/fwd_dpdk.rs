@@ -239,6 +239,18 @@ fn dpdk_into(testpmd: &VhostTestpmd, mut fwd: Fwd) -> (u64, Finished) {
     (sent, fwd.finish())
 }
 
+/// fwd in echo mode (`args`, the duration added) against testpmd in macswap (prepared with
+/// `len`-byte txpkts): testpmd starts, fwd runs its duration and exits, testpmd stops. What fwd
+/// printed.
+fn dpdk_echo(testpmd: &VhostTestpmd, what: &str, len: usize, mut args: Vec<String>) -> Finished {
+    prepare(testpmd, "macswap", len);
+    testpmd.cmd("start");
+    args.extend(["--duration".to_string(), TRAFFIC.as_secs_f64().to_string()]);
+    let out = Fwd::start(what, &args).finish();
+    testpmd.cmd("stop");
+    out
+}
+
 /// DPDK txonly -> fwd rxonly, every frame checked.
 fn dpdk_to_fwd(testpmd: &VhostTestpmd, ring: &str, queues: u16, len: usize) {
     let what = format!("{ring} x{queues} {len} B: DPDK txonly -> fwd rxonly");
@@ -288,34 +300,16 @@ fn fwd_to_dpdk(testpmd: &VhostTestpmd, ring: &str, queues: u16, len: usize) {
 /// fwd echo <-> DPDK macswap; every returned frame checked, nothing lost.
 fn echo(testpmd: &VhostTestpmd, ring: &str, queues: u16, len: usize) {
     let what = format!("{ring} x{queues} {len} B: fwd echo <-> DPDK macswap");
-    prepare(testpmd, "macswap", len);
-    testpmd.cmd("start");
     let len_arg = len.to_string();
-    let secs = format!("{}", TRAFFIC.as_secs_f64());
-    let fwd = Fwd::start(
-        &what,
-        &fwd_args(
-            testpmd,
-            ring,
-            queues,
-            "echo",
-            &[
-                "--txpkts",
-                &len_arg,
-                "--verify-len",
-                &len_arg,
-                "--echo-expect",
-                "swapped",
-                "--duration",
-                &secs,
-                "--json",
-                "--packet-classes",
-            ],
-        ),
+    let args = fwd_args(
+        testpmd,
+        ring,
+        queues,
+        "echo",
+        &["--txpkts", &len_arg, "--verify-len", &len_arg, "--echo-expect", "swapped", "--json", "--packet-classes"],
     );
-    let out = fwd.finish();
+    let out = dpdk_echo(testpmd, &what, len, args);
     check_json(&what, &out, len);
-    testpmd.cmd("stop");
     let (sent, received) = (out.get("tx_pkts"), out.get("rx_pkts"));
     assert!(received > 1000, "{what}: traffic flowed ({received} frames back)");
     assert_eq!(out.get("bad"), 0, "{what}: no damaged frame\n{}", out.stderr);
@@ -449,11 +443,7 @@ fn four_queue_pairs_from_rxq_and_txq_with_per_queue_counters() {
     check_queues(what, &out, sent, 0);
 
     let what = "x4 fwd echo <-> DPDK macswap --rxq 4 --txq 4";
-    prepare(&testpmd, "macswap", 64);
-    testpmd.cmd("start");
-    let secs = TRAFFIC.as_secs_f64().to_string();
-    let out = Fwd::start(what, &args("echo", &["--txpkts", "64", "--duration", &secs])).finish();
-    testpmd.cmd("stop");
+    let out = dpdk_echo(&testpmd, what, 64, args("echo", &["--txpkts", "64"]));
     let (sent, received) = (out.get("tx_pkts"), out.get("rx_pkts"));
     assert!(received > 1000 && received == sent, "{what}: every frame came back ({received} of {sent})");
     assert_eq!((out.get("bad"), out.get("lost"), out.get("drops")), (0, 0, 0), "{what}");
@@ -523,11 +513,7 @@ fn jumbo_frames_both_ways_over_mergeable_buffers() {
     check_port(what, &out);
 
     let what = "9000 B: fwd echo <-> DPDK macswap";
-    prepare(&testpmd, "macswap", 64);
-    testpmd.cmd("start");
-    let secs = TRAFFIC.as_secs_f64().to_string();
-    let out = Fwd::start(what, &args("echo", &["--txpkts", "9000", "--duration", &secs])).finish();
-    testpmd.cmd("stop");
+    let out = dpdk_echo(&testpmd, what, 64, args("echo", &["--txpkts", "9000"]));
     let (sent, received) = (out.get("tx_pkts"), out.get("rx_pkts"));
     assert!(received > 1000 && received == sent, "{what}: every frame came back ({received} of {sent})");
     assert_eq!((out.get("verified"), out.get("bad"), out.get("lost")), (sent, 0, 0), "{what}\n{}", out.stderr);
