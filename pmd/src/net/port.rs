@@ -581,16 +581,20 @@ impl Port {
         };
         Self::check_pool(name, pool, mtu, (mergeable, offloads), offered.has(net_spec::F_MRG_RXBUF))?;
 
-        let queues_needed = 2 * config.queue_pairs;
+        // Counted in u32: max_virtqueue_pairs may be 0x8000, whose control queue index (0x10000)
+        // no u16 virtqueue count reaches.
+        let queues_needed = 2 * u32::from(config.queue_pairs);
         // "Virtqueues" (5.1.2): the control queue follows the most data queues the device has.
-        let ctrl_index = wanted.has(net_spec::F_CTRL_VQ).then_some(2 * max_pairs);
+        let ctrl_index = wanted.has(net_spec::F_CTRL_VQ).then_some(2 * u32::from(max_pairs));
         let available = transport.num_queues()?;
-        if available < queues_needed || ctrl_index.is_some_and(|index| available <= index) {
+        if u32::from(available) < queues_needed || ctrl_index.is_some_and(|index| u32::from(available) <= index) {
             return Err(Error::InvalidConfig(format!(
                 "{name}: {} queue pairs need {queues_needed} virtqueues, the device has {available}",
                 config.queue_pairs
             )));
         }
+        // Both are now below `available`, a u16.
+        let (queues_needed, ctrl_index) = (queues_needed as u16, ctrl_index.map(|index| index as u16));
         let max = (0..queues_needed).map(|q| transport.max_queue_size(q)).collect::<Result<Vec<_>>>()?;
         let device_max = max.iter().copied().min().unwrap_or(0);
         if config.pair_ring_sizes.len() > config.queue_pairs as usize {
