@@ -142,13 +142,16 @@ fn run(testpmd: &VhostTestpmd, second: &Path, mac_updating: bool) {
     // `port P/queue Q: received N packets` line per burst, then one `src=.. - dst=..` per frame.
     let mut port = None;
     let mut port1 = Vec::new();
-    // (A header may follow a prompt on its line.)
-    for line in log.lines().map(str::trim) {
+    // testpmd writes its prompt a character at a time, between the forwarding lcore's lines: a
+    // header or a frame's line may follow a prompt, or a piece of one, on its line.
+    for line in log.lines() {
         if let Some(at) = line.find("/queue ") {
             let number = line[..at].rsplit(' ').next().unwrap_or_default();
             port = line.contains(": received").then(|| number.to_string());
-        } else if line.starts_with("src=") && port.as_deref() == Some("1") {
-            port1.push(line.to_lowercase());
+        } else if let Some(at) = line.find("src=") {
+            if port.as_deref() == Some("1") {
+                port1.push(line[at..].to_lowercase());
+            }
         }
     }
     let want = if mac_updating { MACS[1].to_string() } else { tx_mac.clone() };
