@@ -889,10 +889,7 @@ impl Port {
              rx path: {}, tx path: {}{}, packet classes {}, features {:?}",
             config.port_id,
             self.device.name,
-            match self.format {
-                RingFormat::Packed => "packed",
-                RingFormat::Split => "split",
-            },
+            self.format.name(),
             self.ring_size,
             self.queues.len(),
             self.features.has(features::IN_ORDER),

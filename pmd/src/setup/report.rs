@@ -6,7 +6,6 @@ use std::fmt;
 use super::{Device, DeviceSpec, LinkState, PortSetConfig};
 use crate::mem::HugePages;
 use crate::net::{MacAddr, Port, RingChoice, RssConfig};
-use crate::transport::RingFormat;
 
 impl fmt::Display for PortSetConfig {
     /// `1 queue pair(s) each, ring auto, ring size device max, pool 8192 mbufs (cache 256), huge
@@ -60,10 +59,7 @@ impl fmt::Display for PortReport<'_> {
             Device::Pci { .. } => "pci",
             Device::Vhost { .. } => "vhost",
         };
-        let ring = match port.ring_format() {
-            RingFormat::Packed => "packed",
-            RingFormat::Split => "split",
-        };
+        let ring = port.ring_format().name();
         write!(f, "{kind}={} mac={} ring={ring} ring_size={}", self.spec.target(), self.mac, port.ring_size())?;
         write!(f, " queues={} mtu=", port.queue_pairs())?;
         match port.mtu() {

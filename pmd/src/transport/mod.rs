@@ -44,6 +44,16 @@ pub enum RingFormat {
     Split,
 }
 
+impl RingFormat {
+    /// `packed` or `split`, as the logs, reports and statistics lines write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RingFormat::Packed => "packed",
+            RingFormat::Split => "split",
+        }
+    }
+}
+
 /// Opens the virtio-net PCI function `bdf` of a machine without an IOMMU, giving its device
 /// physical addresses: through VFIO's no-IOMMU mode when it is bound to vfio-pci, through
 /// `uio_pci_generic` otherwise (whose error says how to bind it when it is bound to neither).

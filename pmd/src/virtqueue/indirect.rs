@@ -94,13 +94,11 @@ impl IndirectTables {
         if self.format == format && self.count == size && fresh {
             return Ok(());
         }
-        let ring = match format {
-            RingFormat::Packed => "packed",
-            RingFormat::Split => "split",
-        };
         Err(Error::InvalidConfig(format!(
-            "indirect tables ({:?}, {}) do not fit a fresh {ring} ring of {size} descriptors",
-            self.format, self.count
+            "indirect tables ({:?}, {}) do not fit a fresh {} ring of {size} descriptors",
+            self.format,
+            self.count,
+            format.name()
         )))
     }
 

@@ -429,11 +429,7 @@ fn report(s: &Settings, format: Option<RingFormat>, t: &Totals, over: Duration, 
         if s.mode == Mode::Txonly { "transmitted" } else { "received" },
         tsc_hz / 1e6
     );
-    let ring = match format {
-        Some(RingFormat::Packed) => "packed",
-        Some(RingFormat::Split) => "split",
-        None => "none",
-    };
+    let ring = format.map_or("none", RingFormat::name);
     let mut summary = Record::default()
         .text("mode", s.mode.name())
         .text("ring", ring)

@@ -29,7 +29,6 @@ use clap::Parser;
 use virtio_pmd::lcore::{self, LcoreWork, STOP};
 use virtio_pmd::net::MacAddr;
 use virtio_pmd::setup::{DeviceSpec, PortSet, PortSetOptions, SetupError};
-use virtio_pmd::transport::RingFormat;
 use virtio_pmd_apps::report::init_logging;
 use virtio_pmd_apps::tsc;
 
@@ -173,10 +172,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let mac = set.mac(0);
     let pool = set.pool().clone();
     let port = &mut set.ports_mut()[0];
-    let ring = match port.ring_format() {
-        RingFormat::Packed => "packed",
-        RingFormat::Split => "split",
-    };
+    let ring = port.ring_format().name();
     let rate = cli.rate.filter(|&r| r > 0.0);
     say(
         cli,
