@@ -1,6 +1,6 @@
 //! What the forwarders print: per-port counter snapshots, sampled once per statistics period
-//! ([`Sampler`]), rates in Mpps, JSON lines (`--json`), and the logging set-up (tracing to stderr, so that stdout carries only the programs' own
-//! lines).
+//! ([`Sampler`]), rates in Mpps, JSON lines (`--json`), and the logging set-up (tracing to
+//! stderr, so that stdout carries only the programs' own lines).
 
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,18 @@ impl std::ops::AddAssign for Snapshot {
 pub struct Sampler {
     app: &'static str,
     begin: Instant,
-    last: (Instant, Vec<Snapshot>, Vec<Vec<Xstat>>),
+    last: Sample,
+}
+
+/// Every port's counters at one moment, each read once.
+#[derive(Debug)]
+struct Sample {
+    at: Instant,
+    /// Each port's counters, its frames the program dropped included.
+    snapshots: Vec<Snapshot>,
+    xstats: Vec<Vec<Xstat>>,
+    /// Each port's frames the program dropped.
+    app_drops: Vec<u64>,
 }
 
 /// What every port did over one statistics period.
@@ -70,17 +81,20 @@ pub struct Period {
     xstats: Vec<(Vec<Xstat>, Vec<Xstat>)>,
 }
 
-/// Every port's counters now, with `app_drops(port)` frames the program dropped added to its drops.
-fn sample(ports: &[Port], app_drops: &dyn Fn(usize) -> u64) -> (Instant, Vec<Snapshot>, Vec<Vec<Xstat>>) {
-    let snaps = ports.iter().enumerate().map(|(id, port)| Snapshot::of(&port.stats(), app_drops(id))).collect();
-    (Instant::now(), snaps, ports.iter().map(Port::xstats).collect())
+impl Sample {
+    /// Every port's counters now, with `app_drops(port)` frames the program dropped added to its drops.
+    fn of(ports: &[Port], app_drops: &dyn Fn(usize) -> u64) -> Sample {
+        let app_drops: Vec<u64> = (0..ports.len()).map(app_drops).collect();
+        let snapshots = ports.iter().zip(&app_drops).map(|(port, &drops)| Snapshot::of(&port.stats(), drops)).collect();
+        Sample { at: Instant::now(), snapshots, xstats: ports.iter().map(Port::xstats).collect(), app_drops }
+    }
 }
 
 impl Sampler {
     /// Starts sampling `ports` for `app`'s lines; `app_drops` as in [`sample`](Self::sample).
     pub fn new(app: &'static str, ports: &[Port], app_drops: &dyn Fn(usize) -> u64) -> Sampler {
-        let last = sample(ports, app_drops);
-        Sampler { app, begin: last.0, last }
+        let last = Sample::of(ports, app_drops);
+        Sampler { app, begin: last.at, last }
     }
 
     /// The time since [`new`](Self::new).
@@ -91,14 +105,14 @@ impl Sampler {
     /// The period since the last sample (the first: since [`new`](Self::new)); `app_drops(port)`
     /// is the frames the program dropped on the port so far.
     pub fn sample(&mut self, ports: &[Port], app_drops: &dyn Fn(usize) -> u64) -> Period {
-        let (before, now) = (std::mem::replace(&mut self.last, sample(ports, app_drops)), &self.last);
+        let (before, now) = (std::mem::replace(&mut self.last, Sample::of(ports, app_drops)), &self.last);
         Period {
-            t: (now.0 - self.begin).as_secs_f64(),
-            over: now.0 - before.0,
-            ports: before.1.into_iter().zip(now.1.iter().copied()).collect(),
+            t: (now.at - self.begin).as_secs_f64(),
+            over: now.at - before.at,
+            ports: before.snapshots.into_iter().zip(now.snapshots.iter().copied()).collect(),
             app: self.app,
-            app_drops: (0..ports.len()).map(app_drops).collect(),
-            xstats: before.2.into_iter().zip(now.2.iter().cloned()).collect(),
+            app_drops: now.app_drops.clone(),
+            xstats: before.xstats.into_iter().zip(now.xstats.iter().cloned()).collect(),
         }
     }
 }
