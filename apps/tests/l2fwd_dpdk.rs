@@ -55,8 +55,6 @@ fn count(fields: &HashMap<String, String>, key: &str) -> u64 {
     fields[key].parse().unwrap_or_else(|_| panic!("{key}={} is not a count", fields[key]))
 }
 
-/// One run of l2fwd between the two ports of `testpmd` (the second at `second`);
-/// `mac_updating` false adds --no-mac-updating.
 /// A spawned l2fwd, killed when a failing test unwinds past it.
 struct Running(Child);
 
@@ -69,6 +67,8 @@ impl Drop for Running {
     }
 }
 
+/// One run of l2fwd between the two ports of `testpmd` (the second at `second`);
+/// `mac_updating` false adds --no-mac-updating.
 fn run(testpmd: &VhostTestpmd, second: &Path, mac_updating: bool) {
     let what = if mac_updating { "MACs rewritten" } else { "--no-mac-updating" };
     testpmd.cmd("clear port stats all");
@@ -185,7 +185,6 @@ fn run(testpmd: &VhostTestpmd, second: &Path, mac_updating: bool) {
 }
 
 /// Both runs against one testpmd, each a new l2fwd (new vhost-user connections).
-///
 #[test]
 fn l2fwd_between_dpdk_vhost_ports_with_and_without_mac_updating() {
     let second = std::env::temp_dir().join(format!("vpmd-l2fwd-{}-1.sock", std::process::id()));
